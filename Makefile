@@ -1,0 +1,41 @@
+# Two commands on a fresh Debian machine, as root: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test services install migrate seed bench lint clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services:
+	bash deploy/ensure-services.sh
+
+migrate: install services
+	$(BIN)/python -m store.db
+
+seed: migrate
+	$(BIN)/python -m store.demo
+
+run: seed
+	$(BIN)/python deploy/run_all.py
+
+test: install services
+	$(BIN)/python -m pytest -q
+
+bench: install services
+	$(BIN)/python -m simulators.bench
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy geofence ingest alerts api store simulators
+
+clean-venv:
+	rm -rf $(VENV)

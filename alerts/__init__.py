@@ -1,0 +1,1 @@
+"""Alert lifecycle, notifications and scheduled checks."""

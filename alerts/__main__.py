@@ -1,0 +1,3 @@
+from alerts.worker import main
+
+main()

@@ -1,0 +1,104 @@
+"""Alert worker: relays the transactional outbox to the live feed (a Redis stream).
+
+Woken by LISTEN/NOTIFY within milliseconds of an alert's commit, and sweeping every few seconds
+so a missed notification (worker restart, dropped connection) delays nothing for long. A row is
+marked published only after the stream has it; a crash in between republishes it, and every
+entry carries its outbox id so consumers can drop the repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import orjson
+import psycopg
+import redis
+
+from alerts.service import OUTBOX_CHANNEL
+from store.settings import Settings, get_settings
+
+log = logging.getLogger("alerts.worker")
+
+FEED_STREAM = "feed"
+SWEEP_S = 2.0
+
+
+def feed_key(settings: Settings) -> str:
+    """Redis stream carrying alert events to live consumers (SSE)."""
+    return settings.redis_prefix + FEED_STREAM
+
+
+def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, limit: int = 500) -> int:
+    """Publish up to `limit` unpublished outbox rows; returns how many."""
+    with conn.transaction():
+        rows = conn.execute(
+            """SELECT id, topic, payload FROM outbox WHERE published_at IS NULL
+               ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
+            (limit,),
+        ).fetchall()
+        if not rows:
+            return 0
+        pipe = r.pipeline(transaction=False)
+        for oid, topic, payload in rows:
+            pipe.xadd(
+                feed_key(settings),
+                {"outbox_id": oid, "topic": topic, "payload": orjson.dumps(payload)},
+                maxlen=settings.alert_feed_maxlen,
+                approximate=True,
+            )
+        pipe.execute()
+        conn.execute(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],)
+        )
+    return len(rows)
+
+
+class AlertWorker:
+    """Runs the outbox relay until stopped."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._stop = threading.Event()
+        self.relayed = 0
+
+    def stop(self) -> None:
+        """Finish after the current round."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Relay loop with reconnection on database or Redis failure."""
+        while not self._stop.is_set():
+            try:
+                self._serve()
+            except (psycopg.Error, redis.RedisError):
+                log.exception("alert worker lost a connection; reconnecting")
+                self._stop.wait(1)
+
+    def _serve(self) -> None:
+        r = redis.Redis.from_url(self.settings.redis_url)
+        with psycopg.connect(self.settings.psycopg_dsn, autocommit=True) as listen_conn, \
+                psycopg.connect(self.settings.psycopg_dsn) as conn:
+            listen_conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            while not self._stop.is_set():
+                while (n := relay_once(conn, r, self.settings)) > 0:
+                    self.relayed += n
+                # Wait for the next NOTIFY (or the sweep interval), then drain everything.
+                for _ in listen_conn.notifies(timeout=SWEEP_S, stop_after=1):
+                    pass
+
+
+def main() -> None:
+    """Entry point: `python -m alerts.worker`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    worker = AlertWorker()
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    log.info("alert worker started")
+    worker.run()
+    log.info("alert worker stopped after relaying %d events", worker.relayed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Dependencies: database session, Redis, the current staff member and their jurisdiction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import redis
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from api.errors import Forbidden, NotFound, Unauthorized
+from api.security import token_key
+from store.db import session_factory
+from store.models import AuditLog, OrgUnit, Staff, Supervisee
+from store.settings import Settings, get_settings
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+
+
+def get_session() -> Iterator[Session]:
+    """One session per request, committed by the endpoint that writes."""
+    with session_factory()() as session:
+        yield session
+
+
+_redis: redis.Redis | None = None
+
+
+def get_redis() -> redis.Redis:
+    """Process-wide Redis client."""
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(get_settings().redis_url)
+    return _redis
+
+
+def reset_redis() -> None:
+    """Forget the cached client (tests switch settings)."""
+    global _redis
+    _redis = None
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+@dataclass
+class StaffContext:
+    """The authenticated staff member and the organisation subtree they may see."""
+
+    staff: Staff
+    unit: OrgUnit
+    unit_ids: frozenset[int]
+
+    @property
+    def id(self) -> int:
+        return self.staff.id
+
+    def can_see_unit(self, unit_id: int) -> bool:
+        """True when the unit lies in this staff member's subtree."""
+        return unit_id in self.unit_ids
+
+
+def current_staff(
+    request: Request,
+    session: SessionDep,
+    r: RedisDep,
+    settings: SettingsDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> StaffContext:
+    """Resolve the bearer token to a staff member and their jurisdiction."""
+    if not token:
+        raise Unauthorized("a bearer token is required (POST /api/v1/auth/token)")
+    staff_id = r.get(token_key(settings.redis_prefix, token))
+    if staff_id is None:
+        raise Unauthorized("token is invalid or expired")
+    staff = session.get(Staff, int(staff_id))
+    if staff is None or not staff.active:
+        raise Unauthorized("account is disabled")
+    unit = session.get(OrgUnit, staff.org_unit_id)
+    assert unit is not None
+    ids = session.scalars(
+        select(OrgUnit.id).where(OrgUnit.path.startswith(unit.path, autoescape=True))
+    ).all()
+    request.state.staff_id = staff.id
+    return StaffContext(staff, unit, frozenset(ids))
+
+
+CurrentStaff = Annotated[StaffContext, Depends(current_staff)]
+
+
+def supervisee_in_jurisdiction(
+    session: Session, ctx: StaffContext, supervisee_id: int
+) -> Supervisee:
+    """The supervisee, if it exists and the staff member may see it (404 otherwise)."""
+    sup = session.get(Supervisee, supervisee_id)
+    # Out-of-jurisdiction looks exactly like absent: no probing for who exists.
+    if sup is None or not ctx.can_see_unit(sup.office_id):
+        raise NotFound(f"supervisee {supervisee_id} not found")
+    return sup
+
+
+def require_unit(ctx: StaffContext, unit_id: int) -> None:
+    """Refuse acting on an organisation unit outside the staff member's subtree."""
+    if not ctx.can_see_unit(unit_id):
+        raise Forbidden(f"organisation unit {unit_id} is outside your jurisdiction")
+
+
+def audit(
+    session: Session,
+    ctx: StaffContext | None,
+    request: Request,
+    action: str,
+    target: str,
+    purpose: str = "",
+    **detail: Any,
+) -> None:
+    """Record a staff action or a read of location data (committed with the request)."""
+    session.add(
+        AuditLog(
+            staff_id=ctx.id if ctx else None,
+            action=action,
+            target=target,
+            purpose=purpose,
+            remote=request.client.host if request.client else None,
+            detail=detail,
+        )
+    )
+
+
+def pg_now(session: Session) -> Any:
+    """Database time (one clock for every component)."""
+    return session.execute(text("SELECT now()")).scalar_one()

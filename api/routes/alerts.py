@@ -1,0 +1,172 @@
+"""Alerts: list, filter, acknowledge, resolve, and the live Server-Sent Events feed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+import orjson
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import func, select
+
+from alerts.worker import feed_key
+from api.deps import (
+    CurrentStaff,
+    RedisDep,
+    SessionDep,
+    SettingsDep,
+    StaffContext,
+    audit,
+    current_staff,
+    oauth2_scheme,
+    pg_now,
+)
+from api.errors import Conflict, NotFound
+from api.schemas import AlertOut, AlertPage, ResolveIn
+from store.enums import AlertKind, AlertStatus
+from store.models import Alert
+
+router = APIRouter(prefix="/alerts", tags=["alerts"])
+
+HEARTBEAT_MS = 15_000
+
+
+def _alert(session: SessionDep, ctx: StaffContext, alert_id: int) -> Alert:
+    alert = session.get(Alert, alert_id)
+    if alert is None or not ctx.can_see_unit(alert.office_id):
+        raise NotFound(f"alert {alert_id} not found")
+    return alert
+
+
+@router.get("", response_model=AlertPage)
+def list_alerts(
+    ctx: CurrentStaff,
+    session: SessionDep,
+    request: Request,
+    status: AlertStatus | None = None,
+    kind: AlertKind | None = None,
+    supervisee_id: int | None = None,
+    office_id: int | None = None,
+    since: datetime | None = None,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500),
+) -> AlertPage:
+    """Alerts of the caller's jurisdiction, newest first, filtered and paged."""
+    q = select(Alert).where(Alert.office_id.in_(ctx.unit_ids))
+    if status is not None:
+        q = q.where(Alert.status == status.value)
+    if kind is not None:
+        q = q.where(Alert.kind == kind.value)
+    if supervisee_id is not None:
+        q = q.where(Alert.supervisee_id == supervisee_id)
+    if office_id is not None:
+        q = q.where(Alert.office_id == office_id)
+    if since is not None:
+        q = q.where(Alert.updated_at >= since)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    items = session.scalars(q.order_by(Alert.updated_at.desc(), Alert.id.desc())
+                            .offset(offset).limit(limit)).all()
+    # Alerts carry the position that caused them: a read of location data.
+    audit(session, ctx, request, "alert.list", "alerts", count=len(items))
+    session.commit()
+    return AlertPage(items=[AlertOut.model_validate(a) for a in items], total=total,
+                     offset=offset, limit=limit)
+
+
+@router.get("/{alert_id}", response_model=AlertOut)
+def get_alert(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: Request) -> Alert:
+    """One alert with its explanation (`reason`: rule, zone, distance, accuracy)."""
+    alert = _alert(session, ctx, alert_id)
+    audit(session, ctx, request, "alert.read", f"alert:{alert_id}")
+    session.commit()
+    return alert
+
+
+@router.post("/{alert_id}/acknowledge", response_model=AlertOut)
+def acknowledge(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: Request) -> Alert:
+    """Take responsibility for an open alert."""
+    alert = _alert(session, ctx, alert_id)
+    if alert.status != AlertStatus.OPEN:
+        raise Conflict(f"alert {alert_id} is {alert.status}, not open")
+    alert.status = AlertStatus.ACKNOWLEDGED.value
+    alert.acknowledged_by = ctx.id
+    alert.acknowledged_at = pg_now(session)
+    audit(session, ctx, request, "alert.acknowledge", f"alert:{alert_id}")
+    session.commit()
+    return alert
+
+
+@router.post("/{alert_id}/resolve", response_model=AlertOut)
+def resolve(
+    alert_id: int, body: ResolveIn, ctx: CurrentStaff, session: SessionDep, request: Request
+) -> Alert:
+    """Close an alert; a note saying what was found is required."""
+    alert = _alert(session, ctx, alert_id)
+    if alert.status == AlertStatus.RESOLVED:
+        raise Conflict(f"alert {alert_id} is already resolved")
+    alert.status = AlertStatus.RESOLVED.value
+    alert.resolved_by = ctx.id
+    alert.resolved_at = pg_now(session)
+    alert.resolution_note = body.note
+    audit(session, ctx, request, "alert.resolve", f"alert:{alert_id}")
+    session.commit()
+    return alert
+
+
+def stream_staff(
+    request: Request,
+    session: SessionDep,
+    r: RedisDep,
+    settings: SettingsDep,
+    header_token: Annotated[str | None, Depends(oauth2_scheme)],
+    access_token: str | None = Query(None, description="for EventSource, which cannot send headers"),
+) -> StaffContext:
+    """Bearer token from the header or, for browsers' EventSource, the query string."""
+    return current_staff(request, session, r, settings, header_token or access_token)
+
+
+@router.get("/stream/live", response_class=StreamingResponse)
+async def live_feed(
+    request: Request,
+    ctx: Annotated[StaffContext, Depends(stream_staff)],
+    session: SessionDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: alerts of the caller's jurisdiction as they open or update.
+
+    Resumes after `Last-Event-ID` when the browser reconnects; otherwise starts with new events.
+    """
+    audit(session, ctx, request, "alert.stream_subscribe", "alerts")
+    session.commit()
+    units = ctx.unit_ids
+    start = last_event_id or "$"
+
+    async def events() -> AsyncIterator[bytes]:
+        r = aioredis.Redis.from_url(settings.redis_url)
+        last = start
+        try:
+            yield b": connected\n\n"
+            while not await request.is_disconnected():
+                resp = await r.xread({feed_key(settings): last}, count=200, block=HEARTBEAT_MS)
+                if not resp:
+                    yield b": keepalive\n\n"
+                    continue
+                for _stream, entries in resp:
+                    for entry_id, fields in entries:
+                        last = entry_id.decode()
+                        payload = orjson.loads(fields[b"payload"])
+                        if payload.get("office_id") not in units:
+                            continue
+                        payload["outbox_id"] = int(fields[b"outbox_id"])
+                        topic = fields[b"topic"].decode()
+                        yield (f"id: {last}\nevent: {topic}\ndata: ".encode()
+                               + orjson.dumps(payload) + b"\n\n")
+        finally:
+            await r.aclose()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,181 @@
+"""HTTP entry points for phones: OwnTracks HTTP mode and Traccar Client (OsmAnd protocol).
+
+Both authenticate the device, then hand the message to the same pipeline as MQTT; the phone gets
+200 only after its fixes are committed, so an accepted fix is never lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import queue
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+import psycopg
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import DomainError, Unauthorized
+from api.security import hash_device_secret, secret_matches
+from ingest.pipeline import Channel, MessageResult, Pipeline, RawMessage
+from store.settings import get_settings
+
+router = APIRouter(prefix="/ingest", tags=["ingest (phones)"])
+
+
+class PayloadRejected(DomainError):
+    status_code = 400
+    code = "payload_rejected"
+
+
+class PayloadTooLarge(DomainError):
+    status_code = 413
+    code = "oversized"
+
+
+class _Pool:
+    """A few pipelines (each with its own connections) shared by the request threads."""
+
+    def __init__(self) -> None:
+        self._idle: queue.LifoQueue[Pipeline] = queue.LifoQueue()
+
+    @contextmanager
+    def acquire(self) -> Iterator[Pipeline]:
+        try:
+            p = self._idle.get_nowait()
+        except queue.Empty:
+            p = Pipeline.connect(get_settings())
+        try:
+            yield p
+        except (psycopg.Error, OSError):
+            p.close()  # broken connection: do not return it to the pool
+            raise
+        else:
+            self._idle.put(p)
+
+    def close(self) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
+
+
+pool = _Pool()
+
+
+def _device_by_secret(p: Pipeline, secret: str) -> str | None:
+    row = p.conn.execute(
+        "SELECT id FROM devices WHERE secret_hash = %s AND active", (hash_device_secret(secret),)
+    ).fetchone()
+    p.conn.rollback()
+    return None if row is None else str(row[0])
+
+
+def _device_by_basic(p: Pipeline, authorization: str | None) -> str | None:
+    if not authorization or not authorization.lower().startswith("basic "):
+        return None
+    try:
+        user, _, password = base64.b64decode(authorization[6:], validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    row = p.conn.execute(
+        "SELECT secret_hash FROM devices WHERE id = %s AND active", (user,)
+    ).fetchone()
+    p.conn.rollback()
+    return user if row is not None and secret_matches(password, row[0]) else None
+
+
+async def _body(request: Request) -> bytes:
+    limit = get_settings().max_payload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _result_or_error(res: MessageResult) -> MessageResult:
+    if not res.ok:
+        raise PayloadRejected(f"{res.reason}: {res.detail}", code=f"rejected.{res.reason}")
+    return res
+
+
+def _remote(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _dead_letter_unauthenticated(p: Pipeline, msg: RawMessage) -> None:
+    """Unknown credentials are still recorded: the pipeline dead-letters device None."""
+    p.process([msg])
+
+
+@router.post("/owntracks")
+async def owntracks_http(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> JSONResponse:
+    """OwnTracks HTTP mode: Basic auth with device id and secret; replies with an empty list."""
+    body = await _body(request)
+    def work() -> MessageResult | None:
+        with pool.acquire() as p:
+            device = _device_by_basic(p, authorization)
+            msg = RawMessage(Channel.OWNTRACKS_HTTP, body, device, request.url.path,
+                             time.time(), _remote(request))
+            if device is None:
+                _dead_letter_unauthenticated(p, msg)
+                return None
+            return p.process([msg])[0]
+
+    res = await run_in_threadpool(work)
+    if res is None:
+        raise Unauthorized("device credentials are missing or wrong (Basic device_id:secret)")
+    _result_or_error(res)
+    return JSONResponse([])
+
+
+async def _osmand(request: Request, secret: str) -> dict[str, Any]:
+    body = await _body(request)
+    ctype = request.headers.get("content-type", "")
+    params = dict(request.query_params)
+    channel = Channel.OSMAND_QUERY
+    if body and "json" in ctype:
+        channel = Channel.OSMAND_JSON
+    elif body:
+        try:
+            params.update(parse_qsl(body.decode(), keep_blank_values=True))
+        except UnicodeDecodeError as e:
+            raise PayloadRejected("form body is not UTF-8", code="rejected.bad_encoding") from e
+    def work() -> MessageResult | None:
+        with pool.acquire() as p:
+            device = _device_by_secret(p, secret)
+            msg = RawMessage(channel, body, device, request.url.path.rsplit("/", 1)[0] + "/***",
+                             time.time(), _remote(request), params)
+            if device is None:
+                _dead_letter_unauthenticated(p, msg)
+                return None
+            return p.process([msg])[0]
+
+    res = await run_in_threadpool(work)
+    if res is None:
+        raise Unauthorized("unknown or revoked device secret")
+    r = _result_or_error(res)
+    return {"accepted": r.accepted, "duplicates": r.duplicates}
+
+
+@router.post("/osmand/{secret}")
+async def osmand_post(secret: str, request: Request) -> dict[str, Any]:
+    """Traccar Client: query-string/form parameters or the JSON body of the current app."""
+    return await _osmand(request, secret)
+
+
+@router.get("/osmand/{secret}")
+async def osmand_get(secret: str, request: Request) -> dict[str, Any]:
+    """Traccar Client with GET requests (older versions, some settings)."""
+    return await _osmand(request, secret)

@@ -1,0 +1,48 @@
+"""Operations: health and the dead-letter table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import select, text
+
+from api.deps import CurrentStaff, RedisDep, SessionDep, audit
+from api.errors import Forbidden
+from api.schemas import DeadLetterOut
+from store.enums import Role
+from store.models import DeadLetter
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def health(session: SessionDep, r: RedisDep) -> dict[str, Any]:
+    """Liveness of the API and its database and Redis connections."""
+    session.execute(text("SELECT 1"))
+    r.ping()
+    return {"status": "ok"}
+
+
+@router.get("/dead-letters", response_model=list[DeadLetterOut])
+def dead_letters(
+    ctx: CurrentStaff, session: SessionDep, request: Request, reason: str | None = None,
+    offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+) -> list[DeadLetterOut]:
+    """Rejected messages with their reason (city administrators: they may name any device)."""
+    if ctx.staff.role != Role.CITY_ADMIN:
+        raise Forbidden("only city administrators may read the dead-letter table")
+    q = select(DeadLetter)
+    if reason is not None:
+        q = q.where(DeadLetter.reason == reason)
+    rows = session.scalars(q.order_by(DeadLetter.id.desc()).offset(offset).limit(limit)).all()
+    audit(session, ctx, request, "dead_letters.read", "dead_letters", count=len(rows))
+    session.commit()
+    return [
+        DeadLetterOut(
+            id=d.id, received_at=d.received_at, source=d.source, topic=d.topic,
+            device_id=d.device_id, reason=d.reason, detail=d.detail, raw_size=d.raw_size,
+            raw_preview=d.raw[:512].decode("utf-8", errors="replace"), remote=d.remote,
+        )
+        for d in rows
+    ]

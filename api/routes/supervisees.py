@@ -1,0 +1,236 @@
+"""Supervisees, their devices, and their location data (every read audited)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import select, text
+
+from api.deps import (
+    CurrentStaff,
+    RedisDep,
+    SessionDep,
+    SettingsDep,
+    audit,
+    supervisee_in_jurisdiction,
+)
+from api.errors import Conflict, Invalid, NotFound
+from api.routes.zones import visible_zone
+from api.schemas import (
+    DeviceCredentials,
+    DeviceIn,
+    DeviceOut,
+    HomeAreaIn,
+    SuperviseeIn,
+    SuperviseeOut,
+)
+from api.security import hash_device_secret, new_device_id, new_device_secret
+from ingest.registry import bump_config_version
+from store.enums import OrgKind
+from store.models import Device, OrgUnit, Supervisee
+
+router = APIRouter(tags=["supervisees"])
+
+PurposeQ = Query(
+    "routine supervision", max_length=200,
+    description="Why location data is read; recorded in the audit log",
+)
+MAX_TRACK_SPAN = timedelta(days=31)
+
+_POSITION_COLS = """device_id, fix_time, received_at, lon, lat, raw_lon, raw_lat, crs, accuracy,
+    altitude, speed, heading, battery, provider, source, mock, seq, late, membership"""
+
+
+def _check_home_zone(session: Any, ctx: Any, zone_id: int) -> None:
+    zone = visible_zone(session, ctx, zone_id)
+    if zone.kind != "home_area":
+        raise Invalid(f"zone {zone_id} is a {zone.kind}, not a home area")
+
+
+@router.post("/supervisees", response_model=SuperviseeOut, status_code=201)
+def create_supervisee(
+    body: SuperviseeIn, ctx: CurrentStaff, session: SessionDep, request: Request,
+    r: RedisDep, settings: SettingsDep,
+) -> Supervisee:
+    """Register a supervisee with a judicial office of the caller's jurisdiction."""
+    office = session.get(OrgUnit, body.office_id)
+    if office is None or not ctx.can_see_unit(office.id):
+        raise NotFound(f"organisation unit {body.office_id} not found")
+    if office.kind != OrgKind.JUDICIAL_OFFICE:
+        raise Invalid("a supervisee belongs to a judicial office, not to a bureau")
+    if body.home_zone_id is not None:
+        _check_home_zone(session, ctx, body.home_zone_id)
+    if session.scalars(select(Supervisee).where(Supervisee.case_number == body.case_number)).first():
+        raise Conflict(f"case number {body.case_number!r} is already registered")
+    sup = Supervisee(**body.model_dump(mode="json"))
+    session.add(sup)
+    session.flush()
+    audit(session, ctx, request, "supervisee.create", f"supervisee:{sup.id}")
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    return sup
+
+
+@router.get("/supervisees", response_model=list[SuperviseeOut])
+def list_supervisees(
+    ctx: CurrentStaff, session: SessionDep, office_id: int | None = None,
+    offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+) -> list[Supervisee]:
+    """Supervisees of the caller's jurisdiction."""
+    q = select(Supervisee).where(Supervisee.office_id.in_(ctx.unit_ids))
+    if office_id is not None:
+        q = q.where(Supervisee.office_id == office_id)
+    return list(session.scalars(q.order_by(Supervisee.id).offset(offset).limit(limit)))
+
+
+@router.get("/supervisees/{supervisee_id}", response_model=SuperviseeOut)
+def get_supervisee(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> Supervisee:
+    """One supervisee."""
+    return supervisee_in_jurisdiction(session, ctx, supervisee_id)
+
+
+@router.put("/supervisees/{supervisee_id}/home-area", response_model=SuperviseeOut)
+def set_home_area(
+    supervisee_id: int, body: HomeAreaIn, ctx: CurrentStaff, session: SessionDep,
+    request: Request, r: RedisDep, settings: SettingsDep,
+) -> Supervisee:
+    """Set the approved movement area (执行地)."""
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    _check_home_zone(session, ctx, body.zone_id)
+    sup.home_zone_id = body.zone_id
+    audit(session, ctx, request, "supervisee.set_home_area", f"supervisee:{sup.id}",
+          zone_id=body.zone_id)
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    return sup
+
+
+@router.post(
+    "/supervisees/{supervisee_id}/devices", response_model=DeviceCredentials, status_code=201
+)
+def enrol_device(
+    supervisee_id: int, body: DeviceIn, ctx: CurrentStaff, session: SessionDep,
+    request: Request, r: RedisDep, settings: SettingsDep,
+) -> DeviceCredentials:
+    """Enrol a phone; its credentials are returned once and stored only hashed."""
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    device_id, secret = new_device_id(), new_device_secret()
+    session.add(Device(id=device_id, supervisee_id=sup.id, label=body.label,
+                       secret_hash=hash_device_secret(secret)))
+    audit(session, ctx, request, "device.enrol", f"device:{device_id}", supervisee_id=sup.id)
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    base = settings.public_base_url.rstrip("/")
+    return DeviceCredentials(
+        device_id=device_id,
+        secret=secret,
+        mqtt={
+            "host": settings.mqtt_host, "port": settings.mqtt_port,
+            "client_id": device_id, "username": device_id, "password": secret,
+            "location_topic": f"devices/{device_id}/location",
+            "owntracks_topic": f"owntracks/{device_id}/{device_id}",
+            "command_topic": f"devices/{device_id}/cmd",
+        },
+        http={
+            "owntracks_url": f"{base}/api/v1/ingest/owntracks",
+            "owntracks_auth": {"username": device_id, "password": secret},
+            "traccar_client_url": f"{base}/api/v1/ingest/osmand/{secret}",
+            "traccar_client_device_identifier": device_id,
+        },
+    )
+
+
+@router.get("/supervisees/{supervisee_id}/devices", response_model=list[DeviceOut])
+def list_devices(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> list[Device]:
+    """A supervisee's phones (never their secrets)."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    return list(session.scalars(select(Device).where(Device.supervisee_id == supervisee_id)))
+
+
+@router.delete("/devices/{device_id}", response_model=DeviceOut)
+def revoke_device(
+    device_id: str, ctx: CurrentStaff, session: SessionDep, request: Request,
+    r: RedisDep, settings: SettingsDep,
+) -> Device:
+    """Revoke a phone at once: its further messages are dead-lettered as unknown."""
+    dev = session.get(Device, device_id)
+    if dev is None:
+        raise NotFound(f"device {device_id} not found")
+    supervisee_in_jurisdiction(session, ctx, dev.supervisee_id)
+    dev.active = False
+    dev.revoked_at = datetime.now().astimezone()
+    audit(session, ctx, request, "device.revoke", f"device:{device_id}")
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    return dev
+
+
+def _position_row(row: Any) -> dict[str, Any]:
+    d = dict(row._mapping)
+    for k in ("fix_time", "received_at"):
+        d[k] = d[k].isoformat()
+    return d
+
+
+@router.get("/supervisees/{supervisee_id}/position")
+def latest_position(
+    supervisee_id: int, ctx: CurrentStaff, session: SessionDep, request: Request,
+    purpose: str = PurposeQ,
+) -> dict[str, Any]:
+    """The newest accepted fix (WGS-84) as a GeoJSON Feature."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    row = session.execute(
+        text(f"""SELECT {_POSITION_COLS} FROM positions WHERE supervisee_id = :s
+                 ORDER BY fix_time DESC LIMIT 1"""),
+        {"s": supervisee_id},
+    ).first()
+    audit(session, ctx, request, "location.read_latest", f"supervisee:{supervisee_id}", purpose)
+    session.commit()
+    if row is None:
+        raise NotFound(f"no position yet for supervisee {supervisee_id}")
+    props = _position_row(row)
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [props["lon"], props["lat"]]},
+        "properties": props,
+    }
+
+
+@router.get("/supervisees/{supervisee_id}/track")
+def track(
+    supervisee_id: int, ctx: CurrentStaff, session: SessionDep, request: Request,
+    start: datetime = Query(..., alias="from"), end: datetime = Query(..., alias="to"),
+    purpose: str = PurposeQ, limit: int = Query(10_000, ge=1, le=100_000),
+) -> dict[str, Any]:
+    """Fixes in [from, to) as a FeatureCollection: the track line first, then each fix."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise Invalid("from and to need a timezone (e.g. 2026-11-26T08:00:00Z)")
+    if not start < end or end - start > MAX_TRACK_SPAN:
+        raise Invalid("need from < to, at most 31 days apart")
+    rows = session.execute(
+        text(f"""SELECT {_POSITION_COLS} FROM positions
+                  WHERE supervisee_id = :s AND fix_time >= :a AND fix_time < :b
+                  ORDER BY fix_time LIMIT :n"""),
+        {"s": supervisee_id, "a": start, "b": end, "n": limit},
+    ).all()
+    audit(session, ctx, request, "location.read_track", f"supervisee:{supervisee_id}", purpose,
+          start=start.isoformat(), end=end.isoformat(), fixes=len(rows))
+    session.commit()
+    points = [_position_row(r) for r in rows]
+    features: list[dict[str, Any]] = []
+    if len(points) >= 2:
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "LineString",
+                         "coordinates": [[p["lon"], p["lat"]] for p in points]},
+            "properties": {"kind": "track", "supervisee_id": supervisee_id},
+        })
+    features += [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [p["lon"], p["lat"]]},
+         "properties": p}
+        for p in points
+    ]
+    return {"type": "FeatureCollection", "features": features, "crs_note": "WGS-84 (EPSG:4326)"}

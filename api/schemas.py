@@ -1,0 +1,155 @@
+"""Request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from geofence.model import CRS, ZoneKind
+from store.enums import AlertStatus, Level, MonitoringBasis, SupervisionType
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class StaffOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    username: str
+    full_name: str
+    role: str
+    org_unit_id: int
+
+
+class OrgUnitOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    parent_id: int | None
+    kind: str
+    name: str
+    name_en: str | None
+    adcode: str | None
+
+
+class SuperviseeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    office_id: int
+    full_name: str = Field(min_length=1, max_length=200)
+    case_number: str = Field(min_length=1, max_length=64)
+    supervision_type: SupervisionType
+    level: Level = Level.NORMAL
+    key_flags: list[str] = Field(default_factory=list, max_length=20)
+    monitoring_basis: MonitoringBasis = MonitoringBasis.INFORMATION_CHECK
+    home_zone_id: int | None = None
+
+
+class SuperviseeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    office_id: int
+    full_name: str
+    case_number: str
+    supervision_type: str
+    level: str
+    key_flags: list[str]
+    monitoring_basis: str
+    home_zone_id: int | None
+    active: bool
+
+
+class HomeAreaIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    zone_id: int
+
+
+class DeviceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(default=None, max_length=100)
+
+
+class DeviceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    supervisee_id: int
+    label: str | None
+    active: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class DeviceCredentials(BaseModel):
+    """Returned once at enrolment: the secret is never shown again."""
+
+    device_id: str
+    secret: str
+    mqtt: dict[str, Any]
+    http: dict[str, Any]
+
+
+class ZoneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    kind: ZoneKind
+    crs: CRS = CRS.WGS84
+    owner_unit_id: int
+    geometry: dict[str, Any]
+
+
+class AlertOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    kind: str
+    severity: str
+    status: str
+    supervisee_id: int
+    office_id: int
+    device_id: str | None
+    opened_at: datetime
+    updated_at: datetime
+    first_fix_time: datetime | None
+    last_fix_time: datetime | None
+    lon: float | None
+    lat: float | None
+    count: int
+    late: bool
+    reason: dict[str, Any]
+    acknowledged_by: int | None
+    acknowledged_at: datetime | None
+    resolved_by: int | None
+    resolved_at: datetime | None
+    resolution_note: str | None
+
+
+class AlertPage(BaseModel):
+    items: list[AlertOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field(min_length=3, max_length=4000)
+
+
+class AlertFilter(BaseModel):
+    status: AlertStatus | None = None
+
+
+class DeadLetterOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    received_at: datetime
+    source: str
+    topic: str | None
+    device_id: str | None
+    reason: str
+    detail: str
+    raw_size: int
+    raw_preview: str
+    remote: str | None

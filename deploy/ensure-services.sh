@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Make sure PostgreSQL+PostGIS, Redis and Mosquitto are reachable at the configured addresses.
+# Where one is missing on this machine, install it from Debian's packages and start it.
+# Idempotent: on a machine where everything runs, it only checks (a second or two).
+set -euo pipefail
+
+PGHOST=${PGHOST:-127.0.0.1}; PGPORT=${PGPORT:-5432}; PGUSER=${PGUSER:-postgres}
+REDIS_PORT=${REDIS_PORT:-6379}; MQTT_PORT=${MQTT_PORT:-1883}
+DB_NAME=${CCS_DB_NAME:-ccs}
+APT_UPDATED=0
+
+say() { printf '[services] %s\n' "$*"; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then say "need root to install $*"; exit 1; fi
+  if [ $APT_UPDATED = 0 ]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+wait_port() {
+  for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 0.5; done
+  say "$2 did not come up on port $1"; exit 1
+}
+
+# PostgreSQL
+if ! port_open "$PGPORT"; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    say "installing PostgreSQL"; apt_install postgresql
+  fi
+  ver=$(ls /etc/postgresql | sort -V | tail -1)
+  say "starting PostgreSQL $ver"
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  wait_port "$PGPORT" PostgreSQL
+fi
+pgver=$(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -Atc "SHOW server_version_num" | cut -c1-2)
+# PostGIS for that server version
+if ! ls "/usr/share/postgresql/$pgver/extension/postgis.control" >/dev/null 2>&1; then
+  say "installing PostGIS for PostgreSQL $pgver"
+  apt_install "postgresql-$pgver-postgis-3"
+fi
+if [ -z "$(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -Atc \
+      "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" ]; then
+  say "creating database $DB_NAME"
+  psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qc "CREATE DATABASE $DB_NAME"
+fi
+psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB_NAME" -qc "CREATE EXTENSION IF NOT EXISTS postgis" >/dev/null
+
+# Redis
+if ! port_open "$REDIS_PORT"; then
+  command -v redis-server >/dev/null || { say "installing Redis"; apt_install redis-server; }
+  say "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" \
+    --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ccs.log
+  wait_port "$REDIS_PORT" Redis
+fi
+
+# Mosquitto
+if ! port_open "$MQTT_PORT"; then
+  command -v mosquitto >/dev/null || { say "installing Mosquitto"; apt_install mosquitto; }
+  say "starting Mosquitto with deploy/mosquitto/mosquitto.conf"
+  mkdir -p /var/lib/mosquitto /var/log/mosquitto
+  mosquitto -d -c "$(dirname "$0")/mosquitto/mosquitto.conf"
+  wait_port "$MQTT_PORT" Mosquitto
+fi
+command -v mosquitto_pub >/dev/null || { say "installing mosquitto-clients"; apt_install mosquitto-clients; }
+say "PostgreSQL+PostGIS :$PGPORT, Redis :$REDIS_PORT, Mosquitto :$MQTT_PORT ready"

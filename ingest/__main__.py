@@ -1,0 +1,3 @@
+from ingest.mqtt_worker import main
+
+main()

@@ -1,0 +1,348 @@
+"""The one ingest pipeline every entry point feeds: decode, validate, decide, persist, alert.
+
+One call handles a batch of raw messages in one database transaction: positions go in with COPY,
+dead letters and alerts in the same commit; per-device engine state is written to Redis after
+the commit with compare-and-set on fix time. Callers acknowledge only after `process` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+
+import orjson
+import psycopg
+import redis
+
+from alerts.service import AlertTarget, record_events
+from geofence.engine import EngineConfig, evaluate
+from geofence.model import Decision, DeviceState, Fix, Source
+from ingest.decoders import (
+    Decoded,
+    DecodeError,
+    Limits,
+    decode_native,
+    decode_osmand_json,
+    decode_osmand_query,
+    decode_owntracks,
+)
+from ingest.registry import Registry
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Channel(StrEnum):
+    """How a message reached us: decides the decoder."""
+
+    NATIVE_MQTT = "native_mqtt"
+    OWNTRACKS_MQTT = "owntracks_mqtt"
+    OWNTRACKS_HTTP = "owntracks_http"
+    OSMAND_QUERY = "osmand_query"
+    OSMAND_JSON = "osmand_json"
+
+
+@dataclass(slots=True)
+class RawMessage:
+    """A message as received, before any decoding."""
+
+    channel: Channel
+    payload: bytes
+    device_id: str | None  # from the topic, or the authenticated HTTP device
+    topic: str | None = None
+    received_at: float = field(default_factory=time.time)
+    remote: str | None = None
+    params: Mapping[str, str] | None = None  # OsmAnd query parameters
+
+
+@dataclass(slots=True)
+class MessageResult:
+    """What became of one message."""
+
+    ok: bool
+    reason: str | None = None
+    detail: str = ""
+    accepted: int = 0  # fixes newly stored
+    duplicates: int = 0  # fixes we already had (redelivery, retries)
+    other: int = 0  # non-location messages recorded
+
+
+# Hot path writes, in one place so the column order is defined once.
+_POS_COLS = (
+    "device_id", "supervisee_id", "fix_time", "received_at", "lon", "lat", "raw_lon", "raw_lat",
+    "crs", "accuracy", "altitude", "speed", "heading", "battery", "provider", "source", "mock",
+    "seq", "late", "membership",
+)
+_TEMP_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS pos_in (
+    device_id text, supervisee_id integer, fix_time timestamptz, received_at timestamptz,
+    lon float8, lat float8, raw_lon float8, raw_lat float8, crs text, accuracy real,
+    altitude real, speed real, heading real, battery real, provider text, source text,
+    mock boolean, seq bigint, late boolean, membership text
+) ON COMMIT DELETE ROWS
+"""
+_COLS = ", ".join(_POS_COLS)
+_MOVE = f"""INSERT INTO positions ({_COLS}) SELECT {_COLS} FROM pos_in
+ON CONFLICT DO NOTHING RETURNING device_id, fix_time"""
+
+_STATE_CAS = """
+local written = {}
+for i, key in ipairs(KEYS) do
+  local t = tonumber(ARGV[2 * i - 1])
+  local old = tonumber(redis.call('HGET', key, 't'))
+  if old == nil or t > old then
+    redis.call('HSET', key, 't', ARGV[2 * i - 1], 's', ARGV[2 * i])
+    written[i] = 1
+  else
+    written[i] = 0
+  end
+end
+return written
+"""
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _us(t: float) -> int:
+    """Fix time in whole microseconds: PostgreSQL's resolution, so keys round-trip exactly."""
+    return round(t * 1_000_000)
+
+
+def _ts(t: float) -> datetime:
+    return EPOCH + timedelta(microseconds=_us(t))
+
+
+class Pipeline:
+    """Owns a database connection and a Redis client; not thread-safe (one per worker thread)."""
+
+    def __init__(self, settings: Settings, conn: psycopg.Connection, r: redis.Redis) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.redis = r
+        self.prefix = settings.redis_prefix
+        self.registry = Registry(r, self.prefix)
+        self.limits = Limits(
+            max_bytes=settings.max_payload_bytes,
+            max_fixes=settings.max_fixes_per_message,
+            max_future_s=settings.max_future_s,
+            max_age_s=settings.max_age_s,
+        )
+        self.engine_config = EngineConfig(settings.max_decision_accuracy_m)
+        self._cas = r.register_script(_STATE_CAS)
+        self._partitions: set[date] = set()
+        if not conn.autocommit:
+            raise ValueError("the pipeline needs an autocommit connection")
+        conn.execute(_TEMP_TABLE)
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Pipeline:
+        """A pipeline with its own connections."""
+        # Autocommit: look-ups run alone, and each batch is one explicit transaction.
+        conn = psycopg.connect(settings.psycopg_dsn, autocommit=True)
+        return cls(settings, conn, redis.Redis.from_url(settings.redis_url))
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.conn.close()
+        self.redis.close()
+
+    def state_key(self, device_id: str) -> str:
+        """Redis key of a device's engine state."""
+        return f"{self.prefix}dev:{device_id}"
+
+    def _ensure_partitions(self, now: float) -> None:
+        today = _ts(now).date()
+        days = [today + timedelta(days=k) for k in (-1, 0, 1, 2)]
+        todo = [d for d in days if d not in self._partitions]
+        if todo:
+            with self.conn.transaction():
+                for d in todo:
+                    self.conn.execute("SELECT ensure_positions_partition(%s)", (d,))
+            self._partitions.update(todo)
+
+    def _decode(self, msg: RawMessage, now: float) -> Decoded:
+        if len(msg.payload) > self.limits.max_bytes:
+            raise DecodeError("oversized", f"{len(msg.payload)} bytes > {self.limits.max_bytes}")
+        if msg.channel == Channel.NATIVE_MQTT:
+            return decode_native(msg.device_id or "", msg.payload, now, self.limits)
+        if msg.channel == Channel.OWNTRACKS_MQTT:
+            return decode_owntracks(
+                msg.device_id or "", msg.payload, now, self.limits, Source.OWNTRACKS_MQTT
+            )
+        if msg.channel == Channel.OWNTRACKS_HTTP:
+            return decode_owntracks(
+                msg.device_id or "", msg.payload, now, self.limits, Source.OWNTRACKS_HTTP
+            )
+        if msg.channel == Channel.OSMAND_QUERY:
+            return decode_osmand_query(msg.params or {}, now, self.limits)
+        return decode_osmand_json(msg.payload, now, self.limits)
+
+    def process(self, messages: Sequence[RawMessage], now: float | None = None) -> list[MessageResult]:
+        """Handle a batch end to end; returns one result per message, in order."""
+        now = time.time() if now is None else now
+        self.registry.refresh_if_changed()
+        self._ensure_partitions(now)
+        results = [MessageResult(ok=True) for _ in messages]
+        dead: list[tuple[int, str, str]] = []
+        decoded: list[tuple[int, Decoded]] = []
+        for i, msg in enumerate(messages):
+            try:
+                d = self._decode(msg, now)
+            except DecodeError as e:
+                dead.append((i, e.reason, e.detail))
+                continue
+            if msg.device_id is None:
+                dead.append((i, "unknown_device", "no device identity"))
+                continue
+            if d.claimed_device_id is not None and d.claimed_device_id != msg.device_id:
+                dead.append(
+                    (i, "device_mismatch",
+                     f"payload names {d.claimed_device_id!r}, credentials are {msg.device_id!r}")
+                )
+                continue
+            # Fixes carry the authenticated device id, whatever the payload said.
+            decoded.append((i, d))
+        infos = self.registry.lookup(self.conn, {messages[i].device_id for i, _ in decoded})
+        fixes: list[Fix] = []
+        owner: list[int] = []
+        others: list[tuple[int, dict[str, object]]] = []
+        for i, d in decoded:
+            dev = messages[i].device_id
+            if dev not in infos:
+                dead.append((i, "unknown_device", f"device {dev!r} is not enrolled or is revoked"))
+                continue
+            for f in d.fixes:
+                fixes.append(f if f.device_id == dev else _with_device(f, dev))
+                owner.append(i)
+            others.extend((i, o) for o in d.other)
+
+        devices = sorted({f.device_id for f in fixes})
+        states = self._load_states(devices)
+        result = evaluate(
+            fixes, self.registry.subjects(infos), self.registry.zones, states, now,
+            self.engine_config,
+        )
+        # evaluate() returns decisions sorted by (device, time); map them back to messages.
+        owner_of = {(f.device_id, f.time, id(f)): owner[k] for k, f in enumerate(fixes)}
+
+        with self.conn.transaction():
+            inserted = self._write_positions(result.decisions, infos, messages, owner_of)
+            self._write_dead_letters(messages, dead)
+            self._write_others(messages, others)
+            targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}
+            record_events(self.conn, result.events, targets)
+
+        self._save_states(result.states)
+        for dec in result.decisions:
+            i = owner_of[(dec.fix.device_id, dec.fix.time, id(dec.fix))]
+            key = (dec.fix.device_id, _us(dec.fix.time))
+            if key in inserted:
+                results[i].accepted += 1
+                inserted.discard(key)
+            else:
+                results[i].duplicates += 1
+        for i, _ in others:
+            results[i].other += 1
+        for i, reason, detail in dead:
+            results[i] = MessageResult(ok=False, reason=reason, detail=detail)
+        return results
+
+    def _load_states(self, devices: list[str]) -> dict[str, DeviceState]:
+        if not devices:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for d in devices:
+            pipe.hget(self.state_key(d), "s")
+        states = {}
+        for d, raw in zip(devices, pipe.execute(), strict=True):
+            if raw is not None:
+                states[d] = DeviceState.from_dict(orjson.loads(raw))
+        return states
+
+    def _save_states(self, states: Mapping[str, DeviceState]) -> None:
+        if not states:
+            return
+        keys = [self.state_key(d) for d in states]
+        args: list[object] = []
+        for st in states.values():
+            args += [repr(st.last_fix_time), orjson.dumps(st.to_dict())]
+        self._cas(keys=keys, args=args)
+
+    def _write_positions(
+        self,
+        decisions: Sequence[Decision],
+        infos: Mapping[str, object],
+        messages: Sequence[RawMessage],
+        owner_of: Mapping[tuple[str, float, int], int],
+    ) -> set[tuple[str, int]]:
+        if not decisions:
+            return set()
+        with self.conn.cursor() as cur:
+            with cur.copy(f"COPY pos_in ({_COLS}) FROM STDIN") as cp:
+                for dec in decisions:
+                    f = dec.fix
+                    info = infos[f.device_id]
+                    msg = messages[owner_of[(f.device_id, f.time, id(f))]]
+                    cp.write_row((
+                        f.device_id, info.supervisee_id, _ts(f.time),  # type: ignore[attr-defined]
+                        _ts(msg.received_at), dec.lon, dec.lat, f.lon, f.lat, f.crs.value,
+                        f.accuracy, f.altitude, f.speed, f.heading, f.battery, f.provider,
+                        f.source.value, f.mock, f.seq, not dec.evaluated, dec.membership.value,
+                    ))
+            cur.execute(_MOVE)
+            return {(d, (t - EPOCH) // _US) for d, t in cur.fetchall()}
+
+    def _write_dead_letters(
+        self, messages: Sequence[RawMessage], dead: Sequence[tuple[int, str, str]]
+    ) -> None:
+        if not dead:
+            return
+        rows = []
+        for i, reason, detail in dead:
+            m = messages[i]
+            raw = m.payload
+            if m.channel == Channel.OSMAND_QUERY and m.params is not None:
+                raw = orjson.dumps(dict(m.params))
+            rows.append((
+                _ts(m.received_at), m.channel.value, m.topic, m.device_id, reason, detail,
+                raw[: self.limits.max_bytes], len(raw), m.remote,
+            ))
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO dead_letters (received_at, source, topic, device_id, reason, detail,
+                                             raw, raw_size, remote)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                rows,
+            )
+        log.info("dead-lettered %d message(s): %s", len(dead), sorted({r for _, r, _ in dead}))
+
+    def _write_others(
+        self, messages: Sequence[RawMessage], others: Sequence[tuple[int, dict[str, object]]]
+    ) -> None:
+        if not others:
+            return
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO device_messages (received_at, device_id, source, msg_type, payload)
+                   VALUES (%s, %s, %s, %s, %s)""",
+                [
+                    (
+                        _ts(messages[i].received_at), messages[i].device_id,
+                        messages[i].channel.value, str(o.get("_type", "unknown")),
+                        orjson.dumps(o).decode(),
+                    )
+                    for i, o in others
+                ],
+            )
+
+
+def _with_device(f: Fix, device_id: str) -> Fix:
+    from dataclasses import replace
+
+    return replace(f, device_id=device_id)

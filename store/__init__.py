@@ -1,0 +1,1 @@
+"""Shared schema, settings and database access for every component."""

@@ -1,0 +1,147 @@
+"""ORM mirror of the schema built by the migrations (the API and slow workflows use it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from geoalchemy2 import Geometry
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base for every mapped table."""
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class OrgUnit(Base):
+    __tablename__ = "org_units"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("org_units.id"))
+    kind: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    name_en: Mapped[str | None] = mapped_column(Text)
+    adcode: Mapped[str | None] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = _now()
+
+
+class Staff(Base):
+    __tablename__ = "staff"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_unit_id: Mapped[int] = mapped_column(ForeignKey("org_units.id"))
+    username: Mapped[str] = mapped_column(Text, unique=True)
+    full_name: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(Text)
+    password_hash: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    created_at: Mapped[datetime] = _now()
+
+
+class Zone(Base):
+    __tablename__ = "zones"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    owner_unit_id: Mapped[int] = mapped_column(ForeignKey("org_units.id"))
+    adcode: Mapped[str | None] = mapped_column(Text)
+    crs: Mapped[str] = mapped_column(Text)
+    source_geojson: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    geom: Mapped[Any] = mapped_column(Geometry("MULTIPOLYGON", srid=4326, spatial_index=False))
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    active: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class Supervisee(Base):
+    __tablename__ = "supervisees"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    office_id: Mapped[int] = mapped_column(ForeignKey("org_units.id"))
+    full_name: Mapped[str] = mapped_column(Text)
+    case_number: Mapped[str] = mapped_column(Text, unique=True)
+    supervision_type: Mapped[str] = mapped_column(Text)
+    level: Mapped[str] = mapped_column(Text, server_default="normal")
+    key_flags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    monitoring_basis: Mapped[str] = mapped_column(Text, server_default="information_check")
+    home_zone_id: Mapped[int | None] = mapped_column(ForeignKey("zones.id"))
+    active: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    created_at: Mapped[datetime] = _now()
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    supervisee_id: Mapped[int] = mapped_column(ForeignKey("supervisees.id"))
+    label: Mapped[str | None] = mapped_column(Text)
+    secret_hash: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="open")
+    supervisee_id: Mapped[int] = mapped_column(ForeignKey("supervisees.id"))
+    office_id: Mapped[int] = mapped_column(ForeignKey("org_units.id"))
+    device_id: Mapped[str | None] = mapped_column(Text)
+    opened_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    first_fix_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_fix_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lon: Mapped[float | None] = mapped_column(Float)
+    lat: Mapped[float | None] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer, server_default="1")
+    late: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    reason: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    acknowledged_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolution_note: Mapped[str | None] = mapped_column(Text)
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    received_at: Mapped[datetime] = _now()
+    source: Mapped[str] = mapped_column(Text)
+    topic: Mapped[str | None] = mapped_column(Text)
+    device_id: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text, server_default="")
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    raw_size: Mapped[int] = mapped_column(Integer)
+    remote: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    at: Mapped[datetime] = _now()
+    staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    action: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text, server_default="")
+    purpose: Mapped[str] = mapped_column(Text, server_default="")
+    remote: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")

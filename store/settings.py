@@ -1,0 +1,95 @@
+"""One settings class for service URLs, secrets and thresholds (env prefix CCS_)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret-change-me"}
+DEV_SECRET = "dev-secret-change-me"
+
+
+class Environment(StrEnum):
+    """Where the system runs; only development accepts placeholder secrets."""
+
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read from CCS_* environment variables or a .env file."""
+
+    model_config = SettingsConfigDict(env_prefix="CCS_", env_file=".env", extra="ignore")
+
+    environment: Environment = Environment.DEVELOPMENT
+    secret_key: str = DEV_SECRET
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/ccs"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "ccs:"
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_client_id: str = "ccs-ingest"
+    mqtt_session_expiry_s: int = 7 * 86400
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_base_url: str = "http://127.0.0.1:8000"
+    token_ttl_s: int = 12 * 3600
+
+    # Ingest hot path
+    batch_max_messages: int = 2000
+    batch_max_wait_ms: int = 20
+    max_payload_bytes: int = 64 * 1024
+    max_fixes_per_message: int = 1000
+    max_future_s: int = 600
+    max_age_s: int = 30 * 86400
+
+    # First engine rule: accuracy worse than this decides nothing
+    max_decision_accuracy_m: float = 200.0
+
+    alert_feed_maxlen: int = 100_000
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.environment != Environment.DEVELOPMENT and (
+            self.secret_key.strip().lower() in PLACEHOLDER_SECRETS or len(self.secret_key) < 32
+        ):
+            raise ValueError(
+                "CCS_SECRET_KEY must be set to a random value of at least 32 characters "
+                f"outside development (environment={self.environment.value})"
+            )
+        return self
+
+    @property
+    def psycopg_dsn(self) -> str:
+        """The database URL without SQLAlchemy's driver suffix, for raw psycopg."""
+        return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+_override: Settings | None = None
+
+
+@lru_cache(maxsize=1)
+def _from_env() -> Settings:
+    return Settings()
+
+
+def get_settings() -> Settings:
+    """The process-wide settings (tests may install an override)."""
+    return _override if _override is not None else _from_env()
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Install (or clear, with None) a settings override; used by tests and launchers."""
+    global _override
+    _override = settings
+
+
+__all__ = ["Environment", "Settings", "get_settings", "set_settings", "Field"]

@@ -1,0 +1,179 @@
+"""Test fixtures on the real services: PostgreSQL/PostGIS, Redis and Mosquitto.
+
+The test database is built by the real migrations. A missing service fails loudly with the
+command that starts it; nothing is mocked and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from api.deps import reset_redis
+from store.db import migrate, reset_engine, session_factory
+from store.settings import Environment, Settings, set_settings
+
+ADMIN_DSN = os.environ.get("CCS_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DB = f"ccs_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+HOW_TO_START = (
+    "start it with `make services` (deploy/ensure-services.sh), or on this machine: "
+    "PostgreSQL `pg_ctlcluster --skip-systemctl-redirect 15 main start`, Redis `redis-server "
+    "--daemonize yes --port 6379 --save '' --appendonly no`, Mosquitto `mosquitto -d -c "
+    "/etc/mosquitto/mosquitto.conf`"
+)
+PASSWORD = "correct horse battery staple"
+
+
+def _require_port(name: str, port: int) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError as e:
+        pytest.fail(f"{name} is not reachable on 127.0.0.1:{port} ({e}); {HOW_TO_START}",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    """Settings pointing at a fresh, migrated test database and an isolated Redis prefix."""
+    _require_port("PostgreSQL", 5432)
+    _require_port("Redis", 6379)
+    _require_port("Mosquitto", 1883)
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {TEST_DB}")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"
+    s = Settings(
+        environment=Environment.TEST,
+        secret_key=secrets.token_urlsafe(40),
+        database_url=url,
+        redis_prefix=f"ccs-test-{os.getpid()}:",
+        mqtt_client_id=f"ccs-test-ingest-{os.getpid()}",
+        batch_max_wait_ms=5,
+    )
+    set_settings(s)
+    reset_engine()
+    reset_redis()
+    migrate(url)
+    yield s
+    set_settings(None)
+    reset_engine()
+
+
+@pytest.fixture()
+def rds(settings: Settings) -> Iterator[redis.Redis]:
+    """Redis client; this run's keys are removed after each test."""
+    r = redis.Redis.from_url(settings.redis_url)
+    yield r
+    keys = list(r.scan_iter(match=settings.redis_prefix + "*", count=1000))
+    if keys:
+        r.delete(*keys)
+    r.close()
+
+
+TABLES = ("audit_log, device_messages, dead_letters, outbox, alerts, positions, devices, "
+          "supervisees, zones, staff, org_units")
+
+
+@pytest.fixture()
+def db(settings: Settings, rds: redis.Redis) -> Iterator[psycopg.Connection]:
+    """A raw connection to an emptied test database."""
+    with psycopg.connect(settings.psycopg_dsn, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        yield conn
+
+
+@pytest.fixture()
+def session(db: psycopg.Connection) -> Iterator[Session]:
+    """An ORM session on the emptied test database."""
+    with session_factory()() as s:
+        yield s
+
+
+@dataclass
+class Org:
+    """A small real organisation: Wuhan, two districts with an office each, real boundaries."""
+
+    city_id: int
+    district_ids: dict[str, int]  # adcode -> bureau
+    office_ids: dict[str, int]
+    zone_ids: dict[str, int]  # adcode -> home-area zone (GCJ-02 district boundary)
+    staff: dict[str, int]  # username -> id
+    supervisee_id: int  # in Jiang'an office, home area Jiang'an
+    other_supervisee_id: int  # in Jianghan office
+
+
+JIANGAN, JIANGHAN = "420102", "420103"
+
+
+_HASH: list[str] = []
+
+
+def _password_hash(hasher) -> str:  # type: ignore[no-untyped-def]
+    if not _HASH:
+        _HASH.append(hasher(PASSWORD))
+    return _HASH[0]
+
+
+@pytest.fixture()
+def org(session: Session, rds: redis.Redis, settings: Settings) -> Org:
+    """City bureau > two district bureaus > one office each; officer, supervisor, admin."""
+    from functools import partial
+
+    from api.security import hash_password
+    from geofence.model import CRS
+    from ingest.registry import bump_config_version
+    from store.demo import create_staff, create_unit, create_zone, load_regions
+    from store.enums import OrgKind, Role
+    from store.models import Supervisee
+
+    create_staff = partial(create_staff, password_hash=_password_hash(hash_password))
+    fc = load_regions()
+    feats = {f["properties"]["adcode"]: f for f in fc["features"]}
+    city = create_unit(session, None, OrgKind.CITY_BUREAU, "武汉市司法局", adcode="420100")
+    staff = {"admin": create_staff(session, city, "admin", Role.CITY_ADMIN, PASSWORD).id}
+    districts, offices, zones, sups = {}, {}, {}, {}
+    for code in (JIANGAN, JIANGHAN):
+        f = feats[code]
+        slug = f["properties"]["name_en"].lower().replace("'", "")
+        d = create_unit(session, city, OrgKind.DISTRICT_BUREAU, f["properties"]["name"] + "司法局",
+                        adcode=code)
+        o = create_unit(session, d, OrgKind.JUDICIAL_OFFICE, f["properties"]["name"] + "司法所")
+        z = create_zone(session, d, f["properties"]["name"], f["geometry"], CRS.GCJ02, adcode=code)
+        districts[code], offices[code], zones[code] = d.id, o.id, z.id
+        staff[f"{slug}-supervisor"] = create_staff(session, d, f"{slug}-supervisor",
+                                                   Role.DISTRICT_SUPERVISOR, PASSWORD).id
+        staff[f"{slug}-officer"] = create_staff(session, o, f"{slug}-officer", Role.OFFICER,
+                                                PASSWORD).id
+        sup = Supervisee(office_id=o.id, full_name=f"Test {slug}", case_number=f"T-{code}",
+                         supervision_type="probation", home_zone_id=z.id)
+        session.add(sup)
+        session.flush()
+        sups[code] = sup.id
+    session.commit()
+    bump_config_version(rds, settings.redis_prefix)
+    return Org(city.id, districts, offices, zones, staff, sups[JIANGAN], sups[JIANGHAN])
+
+
+@pytest.fixture()
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The real FastAPI app in-process."""
+    from api.app import create_app
+
+    with TestClient(create_app()) as c:
+        yield c
+
+
+def login(client: TestClient, username: str, password: str = PASSWORD) -> dict[str, str]:
+    """Authorization header for a staff member."""
+    r = client.post("/api/v1/auth/token", data={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}

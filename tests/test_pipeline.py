@@ -1,0 +1,215 @@
+"""The ingest pipeline on the real database and Redis: decode, decide, persist, alert."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import psycopg
+import pytest
+
+from ingest.pipeline import Channel, Pipeline, RawMessage
+from store.settings import Settings
+from tests.conftest import JIANGAN, JIANGHAN, Org
+from tests.geo import deep_inside, near_border
+
+NOW = time.time()
+
+
+@pytest.fixture()
+def device(db: psycopg.Connection, org: Org) -> str:
+    """An enrolled phone of the Jiang'an supervisee."""
+    db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES ('dtest', %s, 'x')",
+               (org.supervisee_id,))
+    return "dtest"
+
+
+@pytest.fixture()
+def pipeline(settings: Settings, db: psycopg.Connection) -> Pipeline:
+    p = Pipeline.connect(settings)
+    yield p
+    p.close()
+
+
+def fix(lonlat: tuple[float, float], t: float, acc: float | None = 10.0, **kw: object) -> dict:
+    d = {"time": t, "lon": lonlat[0], "lat": lonlat[1], "crs": "gcj02", **kw}
+    if acc is not None:
+        d["accuracy"] = acc
+    return d
+
+
+def native(device: str, *fixes: dict) -> RawMessage:
+    body = fixes[0] if len(fixes) == 1 else list(fixes)
+    return RawMessage(Channel.NATIVE_MQTT, orjson.dumps(body), device,
+                      f"devices/{device}/location")
+
+
+def alerts(db: psycopg.Connection) -> list[tuple]:
+    return db.execute(
+        "SELECT kind, status, count, supervisee_id, reason, device_id FROM alerts ORDER BY id"
+    ).fetchall()
+
+
+def test_fix_inside_home_area_is_stored_without_alert(pipeline, device, db):
+    res = pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 60))], now=NOW)
+    assert res[0].ok and res[0].accepted == 1
+    row = db.execute("SELECT membership, crs, late FROM positions").fetchone()
+    assert row == ("inside", "gcj02", False)
+    assert alerts(db) == []
+
+
+def test_exit_needs_accuracy_circle_wholly_outside(pipeline, device, db, org):
+    # Deep inside the neighbouring district: the circle lies wholly outside Jiang'an.
+    pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 120))], now=NOW)
+    pipeline.process([native(device, fix(deep_inside(JIANGHAN), NOW - 60, acc=30))], now=NOW)
+    [(kind, status, count, sup, reason, dev)] = alerts(db)
+    assert (kind, status, count, sup, dev) == ("area_exit", "open", 1, org.supervisee_id, device)
+    assert reason["zone_id"] == org.zone_ids[JIANGAN]
+    assert reason["membership"] == "outside"
+    assert reason["distance_m"] > 30  # farther from the border than the accuracy radius
+    assert reason["accuracy_m"] == 30
+
+
+def test_circle_straddling_the_border_decides_nothing(pipeline, device, db):
+    # 60 m outside, 150 m accuracy: the person may well be inside; 60 m inside, likewise.
+    pipeline.process([native(device, fix(near_border(JIANGAN, JIANGHAN, 60), NOW - 60, acc=150),
+                             fix(near_border(JIANGAN, JIANGHAN, -60), NOW - 50, acc=150),
+                             fix(near_border(JIANGAN, JIANGHAN, 60), NOW - 40, acc=40))],
+                     now=NOW)
+    rows = db.execute("SELECT membership FROM positions ORDER BY fix_time").fetchall()
+    assert rows == [("border",), ("border",), ("outside",)]
+    assert [a[0] for a in alerts(db)] == ["area_exit"]  # only the sharp fix decided
+
+
+def test_fix_without_usable_accuracy_decides_nothing(pipeline, device, db):
+    pipeline.process([native(device, fix(deep_inside(JIANGHAN), NOW - 90, acc=None)),
+                      native(device, fix(deep_inside(JIANGHAN), NOW - 60, acc=900))], now=NOW)
+    rows = db.execute("SELECT membership FROM positions ORDER BY fix_time").fetchall()
+    assert rows == [("undecidable",), ("undecidable",)]
+    assert alerts(db) == []
+
+
+def test_repeated_exits_update_the_one_open_alert(pipeline, device, db):
+    inside, outside = deep_inside(JIANGAN), deep_inside(JIANGHAN)
+    for k, p in enumerate([outside, inside, outside, inside, outside]):
+        pipeline.process([native(device, fix(p, NOW - 300 + k * 10))], now=NOW)
+    [(kind, status, count, *_)] = alerts(db)
+    assert (kind, status, count) == ("area_exit", "open", 3)
+    outbox = db.execute("SELECT topic FROM outbox ORDER BY id").fetchall()
+    assert [t for (t,) in outbox] == ["alert.opened", "alert.updated", "alert.updated"]
+
+
+def test_buffered_fixes_in_one_message_are_evaluated_in_fix_time_order(pipeline, device, db):
+    inside, outside = deep_inside(JIANGAN), deep_inside(JIANGHAN)
+    # Sent newest first: sorted by fix time, the person went out and came back.
+    pipeline.process([native(device, fix(inside, NOW - 10), fix(outside, NOW - 20),
+                             fix(inside, NOW - 30))], now=NOW)
+    [(kind, status, count, *_)] = alerts(db)
+    assert (kind, count) == ("area_exit", 1)
+
+
+def test_fix_older_than_device_state_is_stored_late_and_decides_nothing(pipeline, device, db):
+    inside, outside = deep_inside(JIANGAN), deep_inside(JIANGHAN)
+    pipeline.process([native(device, fix(inside, NOW - 10))], now=NOW)
+    pipeline.process([native(device, fix(outside, NOW - 100))], now=NOW)
+    rows = db.execute("SELECT late, membership FROM positions ORDER BY fix_time").fetchall()
+    assert rows == [(True, "outside"), (False, "inside")]
+    assert alerts(db) == []
+
+
+def test_redelivered_message_is_recognised_as_duplicate(pipeline, device, db):
+    msg = native(device, fix(deep_inside(JIANGHAN), NOW - 60))
+    first = pipeline.process([msg], now=NOW)[0]
+    again = pipeline.process([msg, msg], now=NOW)
+    assert (first.accepted, first.duplicates) == (1, 0)
+    assert [(r.accepted, r.duplicates) for r in again] == [(0, 1), (0, 1)]
+    assert db.execute("SELECT count(*) FROM positions").fetchone() == (1,)
+    assert [a[2] for a in alerts(db)] == [1]  # the replay did not bump the alert
+
+
+def test_unknown_device_is_dead_lettered_with_raw_bytes(pipeline, db, org):
+    msg = native("dghost", fix(deep_inside(JIANGAN), NOW - 60))
+    [res] = pipeline.process([msg], now=NOW)
+    assert not res.ok and res.reason == "unknown_device"
+    raw, reason, dev, topic = db.execute(
+        "SELECT raw, reason, device_id, topic FROM dead_letters").fetchone()
+    assert (bytes(raw), reason, dev, topic) == (msg.payload, "unknown_device", "dghost",
+                                                "devices/dghost/location")
+    assert db.execute("SELECT count(*) FROM positions").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "bad_json"),
+        (orjson.dumps({"time": NOW, "lat": 95.0, "lon": 114.3, "accuracy": 5}),
+         "impossible_coordinates"),
+        (orjson.dumps({"time": NOW, "lat": "north", "lon": 114.3}), "bad_type"),
+        (orjson.dumps({"lat": 30.6, "lon": 114.3}), "missing_field"),
+        (orjson.dumps({"time": NOW + 86400, "lat": 30.6, "lon": 114.3}), "future_time"),
+        (b"x" * (64 * 1024 + 1), "oversized"),
+    ],
+)
+def test_bad_input_is_dead_lettered_with_its_reason(pipeline, device, db, payload, reason):
+    good = native(device, fix(deep_inside(JIANGAN), NOW - 60))
+    bad = RawMessage(Channel.NATIVE_MQTT, payload, device, f"devices/{device}/location")
+    res = pipeline.process([bad, good], now=NOW)
+    assert (res[0].ok, res[0].reason) == (False, reason)
+    assert res[1].ok and res[1].accepted == 1  # one bad message does not sink the batch
+    stored = db.execute("SELECT reason, raw_size FROM dead_letters").fetchall()
+    assert stored == [(reason, len(payload))]
+
+
+def test_owntracks_other_message_types_are_recorded_not_rejected(pipeline, device, db):
+    msg = RawMessage(Channel.OWNTRACKS_MQTT, orjson.dumps({"_type": "lwt", "tst": int(NOW)}),
+                     device, f"owntracks/u/{device}")
+    [res] = pipeline.process([msg], now=NOW)
+    assert res.ok and res.other == 1
+    assert db.execute("SELECT msg_type, device_id FROM device_messages").fetchall() == [
+        ("lwt", device)]
+    assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
+
+
+def test_revoked_device_is_refused_at_once(pipeline, device, db, rds, settings):
+    from ingest.registry import bump_config_version
+
+    pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 90))], now=NOW)
+    db.execute("UPDATE devices SET active = false WHERE id = %s", (device,))
+    bump_config_version(rds, settings.redis_prefix)
+    [res] = pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 60))], now=NOW)
+    assert (res.ok, res.reason) == (False, "unknown_device")
+
+
+def test_device_state_is_compare_and_set_on_fix_time(settings, device, db, rds):
+    a, b = Pipeline.connect(settings), Pipeline.connect(settings)
+    try:
+        outside, inside = deep_inside(JIANGHAN), deep_inside(JIANGAN)
+        # Worker b decides a later fix first; worker a then saves a state for an older fix.
+        b.process([native(device, fix(outside, NOW - 10))], now=NOW)
+        a.process([native(device, fix(inside, NOW - 50))], now=NOW)
+        state = orjson.loads(rds.hget(a.state_key(device), "s"))
+        assert state["area"] == "outside"
+        assert state["t"] == pytest.approx(NOW - 10)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_positions_are_partitioned_by_day(pipeline, device, db):
+    pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 60))], now=NOW)
+    part = db.execute("SELECT tableoid::regclass::text FROM positions").fetchone()[0]
+    assert part.startswith("positions_2") and part != "positions_default"
+    # A buffered fix from a week ago still has a home: the default partition.
+    pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 7 * 86400))], now=NOW)
+    parts = {p for (p,) in db.execute("SELECT tableoid::regclass::text FROM positions")}
+    assert "positions_default" in parts
+
+
+def test_stored_fix_keeps_raw_and_wgs84_coordinates(pipeline, device, db):
+    lon, lat = deep_inside(JIANGAN)
+    pipeline.process([native(device, fix((lon, lat), NOW - 60))], now=NOW)
+    raw_lon, raw_lat, wlon, wlat = db.execute(
+        "SELECT raw_lon, raw_lat, lon, lat FROM positions").fetchone()
+    assert (raw_lon, raw_lat) == (lon, lat)
+    # GCJ-02 is offset from WGS-84 by a few hundred metres around Wuhan.
+    assert 0.002 < abs(raw_lon - wlon) + abs(raw_lat - wlat) < 0.02
