@@ -170,8 +170,8 @@ def _validate(device_id: str, c: _Candidate, source: Source, now: float, limits:
     _check_range("battery", c.battery, 0.0, 100.0)
     if c.seq is not None and not 0 <= c.seq <= _MAX_SEQ:
         raise DecodeError("bad_value", f"seq={c.seq!r}: must be within [0, 2^63-1]")
-    if c.provider is not None and not 0 < len(c.provider) <= _MAX_TEXT:
-        raise DecodeError("bad_value", f"provider: must be 1..{_MAX_TEXT} characters")
+    if c.provider is not None and len(c.provider) > _MAX_TEXT:
+        raise DecodeError("bad_value", f"provider: longer than {_MAX_TEXT} characters")
 
     return Fix(
         device_id=device_id,
@@ -270,15 +270,11 @@ def _elements(doc: Any, limits: Limits) -> tuple[list[dict[str, Any]], bool]:
         raise DecodeError("too_many_fixes", f"{len(doc)} elements > limit {limits.max_fixes}")
     for i, el in enumerate(doc):
         if not isinstance(el, dict):
-            raise DecodeError(
-                "not_object", f"element {i}: expected an object, got {_json_kind(el)}"
-            )
+            raise DecodeError("not_object", f"element {i}: expected an object, got {_json_kind(el)}")
     return doc, True
 
 
-def _each(
-    items: list[dict[str, Any]], as_array: bool, fn: Callable[[dict[str, Any]], None]
-) -> None:
+def _each(items: list[dict[str, Any]], as_array: bool, fn: Callable[[dict[str, Any]], None]) -> None:
     """Apply `fn` to every element; an error names the element index when it came in an array."""
     for i, item in enumerate(items):
         try:
@@ -330,9 +326,7 @@ def _validate_model(model: type[_M], data: dict[str, Any]) -> _M:
 
 def _time_type(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise PydanticCustomError(
-            "time_type", "expected epoch seconds (number) or an ISO-8601 string"
-        )
+        raise PydanticCustomError("time_type", "expected epoch seconds (number) or an ISO-8601 string")
     return value
 
 
@@ -379,7 +373,7 @@ def decode_native(device_id: str, payload: bytes, now: float, limits: Limits = L
             speed=m.speed,
             heading=m.heading,
             battery=m.battery,
-            provider=m.provider,
+            provider=m.provider or None,  # "" means "not known", like null
             mock=m.mock,
             seq=m.seq,
         )
@@ -491,7 +485,7 @@ def _osmand_time(raw: str) -> float:
         raise DecodeError("impossible_time", f"timestamp: longer than {_MAX_TEXT} characters")
     if _DECIMAL.fullmatch(raw):
         value = float(raw)
-        return value
+        return value if value < _MS_THRESHOLD else value / 1000.0
     if "T" in raw:
         return _parse_iso(raw, "timestamp")
     try:
@@ -526,9 +520,7 @@ def _osmand_position(params: Mapping[str, str]) -> tuple[float, float]:
     elif "location" in params:
         parts = params["location"].split(",")
         if len(parts) != 2:
-            raise DecodeError(
-                "bad_type", f'location: expected "lat,lon", got {_short(params["location"])}'
-            )
+            raise DecodeError("bad_type", f'location: expected "lat,lon", got {_short(params["location"])}')
         coords = {"location.lat": parts[0], "location.lon": parts[1]}
     else:
         raise DecodeError("missing_field", "lat")
@@ -540,9 +532,7 @@ def _osmand_position(params: Mapping[str, str]) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def decode_osmand_query(
-    params: Mapping[str, str], now: float, limits: Limits = Limits()
-) -> Decoded:
+def decode_osmand_query(params: Mapping[str, str], now: float, limits: Limits = Limits()) -> Decoded:
     """OsmAnd query-string / form parameters (OsmAnd app, classic Traccar Client).
 
     The device named by `id`/`deviceid` comes back as `claimed_device_id`; the fix carries it too.

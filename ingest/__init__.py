@@ -1,0 +1,1 @@
+"""Ingest: decode what phones send, validate it, and feed the pipeline."""
