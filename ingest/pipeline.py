@@ -192,13 +192,13 @@ class Pipeline:
         dead: list[tuple[int, str, str]] = []
         decoded: list[tuple[int, Decoded]] = []
         for i, msg in enumerate(messages):
+            if msg.device_id is None:
+                dead.append((i, "unknown_device", "no valid device credentials or topic"))
+                continue
             try:
                 d = self._decode(msg, now)
             except DecodeError as e:
                 dead.append((i, e.reason, e.detail))
-                continue
-            if msg.device_id is None:
-                dead.append((i, "unknown_device", "no device identity"))
                 continue
             if d.claimed_device_id is not None and d.claimed_device_id != msg.device_id:
                 dead.append(

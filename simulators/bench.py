@@ -1,0 +1,774 @@
+"""Sustained-load benchmark of the ingest pipeline: `python -m simulators.bench [--quick]`.
+
+Builds a fresh database `ccs_bench` (migrations, demo seed, simulated fleet), clears the Redis
+prefix `ccs-bench:`, starts the ingest worker and the alert worker as subprocesses, publishes
+at a target aggregate rate from several publisher processes, waits for the pipeline to drain
+and prints what got through and how fast. Everything talks to 127.0.0.1 only.
+
+Definitions (fix time = the wall-clock time of its publish):
+  accepted rate   stored positions / (last received_at - first received_at)
+  lost fixes      published (PUBACKed) fixes with no positions row, matched by (device, time)
+  receive latency positions.received_at - fix time (publish -> the worker's MQTT callback)
+  alert latency   fix time of the fix that opened/updated an alert -> the bench reading the
+                  alert from the Redis feed stream (XREAD, blocking, in a thread)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+import redis
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DB = "ccs_bench"
+BENCH_PREFIX = "ccs-bench:"
+INGEST_CLIENT_ID = "ccs-bench-ingest"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+PROBE_DEVICE = "bench-probe"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------------------------
+# Options and settings
+# ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m simulators.bench",
+                                description="Sustained-load benchmark of the ingest pipeline")
+    p.add_argument("--rate", type=float, help="offered reports/s in total (default 5000)")
+    p.add_argument("--duration", type=float, help="seconds of publishing (default 60)")
+    p.add_argument("--phones", type=int,
+                   help="simulated phones (default: = rate, i.e. one report per phone per s)")
+    p.add_argument("--publishers", type=int, default=2, help="publisher processes (default 2)")
+    p.add_argument("--wander", type=float, default=0.1,
+                   help="share of phones that leave their district (default 0.1)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="smoke run: 500 reports/s for 10 s")
+    p.add_argument("--drain-timeout", type=float, default=120.0,
+                   help="max seconds to wait for the pipeline to catch up (default 120)")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the ccs_bench database and Redis keys for inspection")
+    a = p.parse_args(argv)
+    a.rate = a.rate or (500.0 if a.quick else 5000.0)
+    a.duration = a.duration or (10.0 if a.quick else 60.0)
+    a.phones = a.phones or max(1, round(a.rate))
+    a.interval = a.phones / a.rate
+    if a.interval <= 0.001 or a.duration <= 0 or a.publishers < 1:
+        p.error("need phones/rate > 1 ms, duration > 0 and at least one publisher")
+    return a
+
+
+@dataclass(frozen=True)
+class BenchEnv:
+    """Where the bench's services are."""
+
+    admin_dsn: str
+    dsn: str  # psycopg DSN of ccs_bench
+    url: str  # SQLAlchemy URL of ccs_bench
+    redis_url: str
+    mqtt_host: str
+    mqtt_port: int
+    mqtt_username: str | None
+    mqtt_password: str | None
+
+
+def bench_env() -> BenchEnv:
+    """The bench's URLs, derived from the CCS_* settings; refuses anything not on loopback."""
+    from store.settings import Settings
+
+    s = Settings()
+    base = make_url(s.database_url)
+    hosts = {"database": base.host or "", "redis": make_url(s.redis_url).host or "",
+             "mqtt": s.mqtt_host}
+    for name, host in hosts.items():
+        if host not in LOOPBACK:
+            raise SystemExit(f"the bench only talks to 127.0.0.1; {name} host is {host!r}")
+    url = base.set(database=BENCH_DB).render_as_string(hide_password=False)
+    admin = base.set(database="postgres", drivername="postgresql")
+    return BenchEnv(
+        admin_dsn=admin.render_as_string(hide_password=False),
+        dsn=url.replace("postgresql+psycopg://", "postgresql://", 1), url=url,
+        redis_url=s.redis_url, mqtt_host=s.mqtt_host, mqtt_port=s.mqtt_port,
+        mqtt_username=s.mqtt_username, mqtt_password=s.mqtt_password,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Machine facts and CPU accounting
+# ------------------------------------------------------------------------------------------
+
+
+def machine_facts() -> list[tuple[str, str]]:
+    """nproc, memory, CPU model, kernel and service versions."""
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return [
+        ("CPUs (nproc)", str(os.cpu_count())),
+        ("CPU model", cpu),
+        ("memory", mem),
+        ("kernel", platform.release()),
+        ("python", platform.python_version()),
+    ]
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by a process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _pids_named(name: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == name:
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
+def _other_ingest_workers() -> list[int]:
+    """Pids of `python -m ingest` processes already running (not started by this bench)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-m" in argv and (b"ingest" in argv or b"ingest.mqtt_worker" in argv):
+            out.append(int(d.name))
+    return out
+
+
+class CpuMeter:
+    """CPU seconds of named process groups between `start()` and `stop()`.
+
+    Only processes alive at both readings count (one that starts or exits in between is left
+    out rather than counted wrong).
+    """
+
+    def __init__(self, groups: dict[str, list[int] | str]) -> None:
+        self.groups = groups  # label -> pids, or a process name (comm) looked up each time
+        self.t0: dict[str, dict[int, float]] = {}
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+        self._w0 = 0.0
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        out = {}
+        for label, who in self.groups.items():
+            pids = _pids_named(who) if isinstance(who, str) else who
+            out[label] = {p: v for p in pids if (v := _proc_cpu(p)) is not None}
+        return out
+
+    def start(self) -> None:
+        """Take the first reading."""
+        self.t0, self._w0 = self._read(), time.monotonic()
+
+    def stop(self) -> None:
+        """Take the second reading."""
+        t1 = self._read()
+        self.wall = time.monotonic() - self._w0
+        self.used = {
+            label: sum(v - self.t0.get(label, {})[p] for p, v in now.items()
+                       if p in self.t0.get(label, {}))
+            for label, now in t1.items()
+        }
+
+
+# ------------------------------------------------------------------------------------------
+# Setup
+# ------------------------------------------------------------------------------------------
+
+
+def fresh_database(env: BenchEnv, phones: int) -> None:
+    """Drop and create ccs_bench, migrate, seed the demo organisation and the fleet."""
+    from simulators.fleet import provision_fleet
+    from store.db import migrate, reset_engine, session_factory
+    from store.demo import seed_demo
+    from store.settings import Settings, set_settings
+
+    with psycopg.connect(env.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+    set_settings(Settings(database_url=env.url, redis_prefix=BENCH_PREFIX))
+    reset_engine()
+    migrate(env.url)
+    with session_factory()() as session:
+        seed_demo(session, supervisees_per_office=0)
+        session.commit()
+        provision_fleet(session, phones)  # fresh Redis prefix: no workers to tell yet
+    reset_engine()
+
+
+def clear_redis(env: BenchEnv) -> None:
+    """Delete every key under the bench prefix."""
+    r = redis.Redis.from_url(env.redis_url)
+    keys = list(r.scan_iter(match=BENCH_PREFIX + "*", count=1000))
+    for k in range(0, len(keys), 1000):
+        r.delete(*keys[k:k + 1000])
+    r.close()
+
+
+def clear_mqtt_session(env: BenchEnv, client_id: str) -> None:
+    """End any persistent session (and its queued messages) of `client_id` at the broker."""
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                    protocol=mqtt.MQTTv5)
+    if env.mqtt_username:
+        c.username_pw_set(env.mqtt_username, env.mqtt_password)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    done = threading.Event()
+    c.on_connect = lambda *a: done.set()
+    c.connect(env.mqtt_host, env.mqtt_port, clean_start=True, properties=props)
+    c.loop_start()
+    done.wait(5)
+    c.disconnect()
+    c.loop_stop()
+
+
+def _die_with_parent() -> None:
+    # Linux: SIGTERM the worker if the bench itself is killed, so nothing is left running.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Worker:
+    """A worker subprocess and its log."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, n: int = 5) -> str:
+        """Last lines of its log."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def start_worker(name: str, module: str, env: BenchEnv, logdir: Path) -> Worker:
+    """`python -m module` with the bench's settings, logging to logdir/name.log."""
+    child_env = dict(os.environ)
+    child_env.update({
+        "CCS_DATABASE_URL": env.url,
+        "CCS_REDIS_URL": env.redis_url,
+        "CCS_REDIS_PREFIX": BENCH_PREFIX,
+        "CCS_MQTT_HOST": env.mqtt_host,
+        "CCS_MQTT_PORT": str(env.mqtt_port),
+        "CCS_MQTT_CLIENT_ID": INGEST_CLIENT_ID,
+        "PYTHONUNBUFFERED": "1",
+    })
+    log = logdir / f"{name}.log"
+    fh = log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module], cwd=ROOT, env=child_env, stdout=fh,
+        stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    fh.close()
+    return Worker(name, proc, log)
+
+
+def stop_workers(workers: list[Worker], timeout: float = 20.0) -> None:
+    """SIGTERM each worker (they finish their batch), then SIGKILL what is left."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        try:
+            w.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"  {w.name} did not stop in {timeout:.0f} s: killing it", file=sys.stderr)
+            w.proc.kill()
+            w.proc.wait(5)
+
+
+def wait_ingest_ready(env: BenchEnv, ingest: Worker, timeout: float = 60.0) -> None:
+    """Publish a probe from an unknown device until its dead letter shows up in the database."""
+    from simulators.publisher import MqttTarget, connect
+
+    client = connect(MqttTarget(env.mqtt_host, env.mqtt_port, "ccs-bench-probe",
+                                env.mqtt_username, env.mqtt_password))
+    deadline = time.monotonic() + timeout
+    try:
+        with psycopg.connect(env.dsn, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                if ingest.proc.poll() is not None:
+                    raise RuntimeError(f"ingest worker exited:\n{ingest.log_tail(20)}")
+                payload = orjson.dumps({"time": time.time(), "lat": 30.6, "lon": 114.3})
+                client.publish(f"devices/{PROBE_DEVICE}/location", payload, qos=1)
+                for _ in range(10):
+                    time.sleep(0.2)
+                    if conn.execute("SELECT 1 FROM dead_letters WHERE device_id = %s",
+                                    (PROBE_DEVICE,)).fetchone():
+                        return
+        raise RuntimeError(f"ingest worker not ready after {timeout:.0f} s:\n{ingest.log_tail(20)}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# ------------------------------------------------------------------------------------------
+# Alert feed reader
+# ------------------------------------------------------------------------------------------
+
+
+class FeedReader(threading.Thread):
+    """Reads the alert feed stream with blocking XREAD; records when each entry arrived."""
+
+    def __init__(self, redis_url: str, key: str) -> None:
+        super().__init__(name="feed-reader", daemon=True)
+        self.r = redis.Redis.from_url(redis_url)
+        self.key = key
+        self.entries: list[tuple[float, dict[bytes, bytes]]] = []
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        last = "0-0"
+        try:
+            while not self.stopping.is_set():
+                resp: Any = self.r.xread({self.key: last}, count=1000, block=200)
+                now = time.time()
+                for _key, items in resp or []:
+                    for entry_id, fields in items:
+                        self.entries.append((now, fields))
+                        last = entry_id
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            self.error = e
+        finally:
+            self.r.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Publisher processes
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PubShared:
+    """Shared counters and signals between the bench and one publisher process."""
+
+    sent: Any
+    acked: Any
+    out: Any
+    wanderers: Any
+
+
+def _publisher_main(
+    k: int, n_procs: int, args: dict[str, Any], env: BenchEnv, shared: PubShared,
+    ready: Any, go: Any, t0: Any, stop: Any, out_path: str,
+) -> None:
+    """One publisher process: build its share of the fleet, then publish in real time."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bench decides when to stop
+    from simulators.phone import PhoneFleet, districts_from_geojson
+    from simulators.publisher import MqttTarget, publish_fleet
+    from store.demo import load_regions
+
+    phones = np.arange(k, args["phones"], n_procs)
+    districts = districts_from_geojson(load_regions())
+    cfg = bench_phone_config(args["wander"], args["duration"])
+    # Phones are built for start time 0 and shifted once t0 is known (it is set after all
+    # publishers are ready, so the start is simultaneous).
+    fleet = PhoneFleet(districts, args["phones"], args["seed"], cfg, 0.0, phones)
+    shared.wanderers.value = int(fleet.wanderer.sum())
+    ready.release()
+    go.wait()
+    start = t0.value
+    fleet.rebase(start)
+
+    def progress(sent: int, acked: int, out: int) -> None:
+        shared.sent.value, shared.acked.value, shared.out.value = sent, acked, out
+
+    target = MqttTarget(env.mqtt_host, env.mqtt_port, f"ccs-bench-pub-{k}", env.mqtt_username,
+                        env.mqtt_password)
+    cpu0 = time.process_time()
+    log = publish_fleet(fleet, args["phones"], args["interval"], start,
+                        start + args["duration"], target, progress, stop)
+    np.savez(out_path, phone=log.phone, time_ms=log.time_ms,
+             meta=np.array([log.acked, log.started, log.finished, time.process_time() - cpu0]))
+
+
+def bench_phone_config(wander: float, duration: float) -> Any:
+    """Phone model tuned so wanderers leave within the run: they start near the border."""
+    from simulators.phone import PhoneConfig
+
+    return PhoneConfig(
+        wander_share=wander,
+        gcj02_share=0.3,
+        wander_depart_s=(1.0, max(1.5, 0.25 * duration)),
+        wander_lead_m=(10.0, 100.0),
+        wander_speed_ms=(10.0, 20.0),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------
+
+
+def _pct(a: np.ndarray, q: float) -> float:
+    return float(np.percentile(a, q)) if a.size else float("nan")
+
+
+def _ms(seconds: float) -> str:
+    return "n/a" if seconds != seconds else f"{seconds * 1000:,.0f} ms"
+
+
+def _iso_to_ms(iso: str) -> int:
+    return round((datetime.fromisoformat(iso) - EPOCH) / timedelta(microseconds=1) / 1000)
+
+
+@dataclass
+class Results:
+    """Everything measured, for the table."""
+
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    ok: bool = True
+
+    def add(self, name: str, value: str) -> None:
+        """One table row."""
+        self.rows.append((name, value))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole bench; returns the exit status (1 if fixes were lost)."""
+    env = bench_env()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(f"CCS ingest bench, {stamp}")
+    for fact, value in machine_facts():
+        print(f"  {fact:14} {value}")
+    print(f"  {'plan':14} {args.phones} phones x 1 report / {args.interval:g} s = "
+          f"{args.rate:,.0f} reports/s for {args.duration:g} s, {args.publishers} publisher "
+          f"process(es), wander {args.wander:g}, seed {args.seed}")
+    others = _other_ingest_workers()
+    if others:
+        print(f"  WARNING: other ingest workers are running (pids {others}); every ingest worker "
+              "subscribes to devices/+/location, so they will receive (and dead-letter) the "
+              "bench's traffic and share the CPU")
+    logdir = ROOT / ".run" / "bench"
+    logdir.mkdir(parents=True, exist_ok=True)
+
+    t = time.monotonic()
+    print("setup: fresh database ccs_bench, Redis prefix ccs-bench:, fleet ...", flush=True)
+    clear_redis(env)
+    fresh_database(env, args.phones)
+    clear_mqtt_session(env, INGEST_CLIENT_ID)
+    print(f"setup done in {time.monotonic() - t:.1f} s; starting workers (logs in {logdir})",
+          flush=True)
+
+    workers: list[Worker] = []
+    procs: list[Any] = []
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    reader: FeedReader | None = None
+    try:
+        ingest = start_worker("ingest", "ingest", env, logdir)
+        alerts = start_worker("alerts", "alerts", env, logdir)
+        workers = [ingest, alerts]
+        wait_ingest_ready(env, ingest)
+        reader = FeedReader(env.redis_url, BENCH_PREFIX + "feed")
+        reader.start()
+
+        # Publishers: build fleets in parallel, then start together.
+        ready = ctx.Semaphore(0)
+        go = ctx.Event()
+        t0 = ctx.Value("d", 0.0)
+        shared = [PubShared(*(ctx.Value("q", 0) for _ in range(4)))
+                  for _ in range(args.publishers)]
+        outs = [str(logdir / f"published-{k}.npz") for k in range(args.publishers)]
+        for o in outs:
+            Path(o).unlink(missing_ok=True)
+        pargs = {"phones": args.phones, "interval": args.interval, "duration": args.duration,
+                 "wander": args.wander, "seed": args.seed}
+        for k in range(args.publishers):
+            p = ctx.Process(target=_publisher_main, name=f"publisher-{k}",
+                            args=(k, args.publishers, pargs, env, shared[k], ready, go, t0,
+                                  stop, outs[k]))
+            p.start()
+            procs.append(p)
+        for _ in procs:
+            if not ready.acquire(timeout=120):
+                raise RuntimeError("a publisher process did not get ready")
+        n_wanderers = sum(s.wanderers.value for s in shared)
+
+        cpu = CpuMeter({
+            "ingest worker": [ingest.proc.pid],
+            "alert worker": [alerts.proc.pid],
+            "mosquitto": "mosquitto",
+            "postgres (all)": "postgres",
+            "redis": "redis-server",
+            "bench (this)": [os.getpid()],
+        })
+        t0.value = time.time() + 0.5
+        go.set()
+        cpu.start()
+        publish_end = t0.value + args.duration
+        _progress_loop(args, env, shared, reader, t0.value, publish_end, procs, workers)
+        for p in procs:
+            p.join(timeout=60)
+        cpu.stop()
+
+        logs = [np.load(o) for o in outs]
+        pub_phone = np.concatenate([g["phone"] for g in logs])
+        pub_ms = np.concatenate([g["time_ms"] for g in logs])
+        acked = int(sum(g["meta"][0] for g in logs))
+        cpu.used["publishers (self-reported)"] = float(sum(g["meta"][3] for g in logs))
+
+        drain_s = _drain(env, pub_phone.size, reader, args.drain_timeout, workers)
+        res = _measure(env, args, pub_phone, pub_ms, acked, reader,
+                       n_wanderers, sum(s.out.value for s in shared), drain_s, cpu)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping publishers and workers", file=sys.stderr)
+        return 130
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+        if reader is not None:
+            reader.stopping.set()
+            reader.join(timeout=5)
+        stop_workers(workers)
+        with contextlib.suppress(OSError):
+            clear_mqtt_session(env, INGEST_CLIENT_ID)
+        for w in workers:
+            print(f"  {w.name} worker exited with {w.proc.returncode}; last log line: "
+                  f"{w.log_tail(1)}")
+    _print_table(res)
+    if not args.keep:
+        clear_redis(env)
+    return 0 if res.ok else 1
+
+
+def _progress_loop(
+    args: argparse.Namespace, env: BenchEnv, shared: list[PubShared], reader: FeedReader,
+    t0: float, publish_end: float, procs: list[Any], workers: list[Worker],
+) -> None:
+    tty = sys.stdout.isatty()
+    every = 1.0 if tty else 5.0
+    last_t, last_sent = t0, 0
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        while any(p.is_alive() for p in procs):
+            time.sleep(every)
+            for w in workers:
+                if w.proc.poll() is not None:
+                    raise RuntimeError(f"{w.name} worker died:\n{w.log_tail(20)}")
+            if reader.error is not None:
+                raise RuntimeError(f"alert feed reader failed: {reader.error!r}")
+            now = time.time()
+            sent = sum(s.sent.value for s in shared)
+            out = sum(s.out.value for s in shared)
+            stored = conn.execute("SELECT count(*) FROM positions").fetchone()[0]  # type: ignore[index]
+            rate = (sent - last_sent) / max(now - last_t, 1e-9)
+            last_t, last_sent = now, sent
+            line = (f"elapsed {max(now - t0, 0):6.1f} s  sent {sent:9,d}  rate {rate:8,.0f}/s  "
+                    f"stored {stored:9,d}  alerts read {len(reader.entries):5d}  "
+                    f"wanderers out {out:5d}")
+            print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
+    if tty:
+        print()
+
+
+def _drain(env: BenchEnv, published: int, reader: FeedReader, timeout: float,
+           workers: list[Worker]) -> float:
+    """Wait until every published fix is stored and every alert is on the feed and read."""
+    t = time.monotonic()
+    deadline = t + timeout
+    last, last_change = -1, time.monotonic()
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            stored = conn.execute(
+                "SELECT count(*) FROM positions WHERE device_id LIKE 'sim%'").fetchone()[0]  # type: ignore[index]
+            pending, total = conn.execute(
+                "SELECT count(*) FILTER (WHERE published_at IS NULL), count(*) FROM outbox"
+            ).fetchone()  # type: ignore[misc]
+            if stored >= published and pending == 0 and len(reader.entries) >= total:
+                return time.monotonic() - t
+            if stored != last:
+                last, last_change = stored, time.monotonic()
+            elif time.monotonic() - last_change > 20:
+                print(f"drain: no progress for 20 s ({stored:,} of {published:,} stored)",
+                      file=sys.stderr)
+                break
+            if any(w.proc.poll() is not None for w in workers):
+                break
+            time.sleep(0.25)
+    return time.monotonic() - t
+
+
+def _measure(
+    env: BenchEnv, args: argparse.Namespace, pub_phone: np.ndarray, pub_ms: np.ndarray,
+    acked: int, reader: FeedReader, n_wanderers: int,
+    wanderers_out: int, drain_s: float, cpu: CpuMeter,
+) -> Results:
+    res = Results()
+    base_ms = int(pub_ms.min()) if pub_ms.size else 0
+
+    def keys(phone: np.ndarray, ms: np.ndarray) -> np.ndarray:
+        return phone.astype(np.int64) * 10**10 + (ms.astype(np.int64) - base_ms)
+
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            """SELECT substr(device_id, 4)::bigint,
+                      round(extract(epoch FROM fix_time) * 1000)::bigint,
+                      extract(epoch FROM received_at)::float8
+                 FROM positions WHERE device_id LIKE 'sim%'"""
+        ).fetchall()
+        dead = conn.execute(
+            "SELECT reason, count(*) FROM dead_letters WHERE device_id LIKE 'sim%' "
+            "GROUP BY reason").fetchall()
+        foreign = conn.execute(
+            "SELECT count(*), count(DISTINCT device_id) FROM dead_letters "
+            "WHERE device_id IS DISTINCT FROM %s AND device_id NOT LIKE 'sim%%'",
+            (PROBE_DEVICE,)).fetchone()
+        n_alerts, n_outbox = conn.execute(
+            "SELECT (SELECT count(*) FROM alerts), (SELECT count(*) FROM outbox)").fetchone()  # type: ignore[misc]
+    st = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    st_phone, st_ms, st_recv = st[:, 0].astype(np.int64), st[:, 1].astype(np.int64), st[:, 2]
+    pub_keys = keys(pub_phone, pub_ms)
+    st_keys = keys(st_phone, st_ms)
+    missing = np.setdiff1d(pub_keys, st_keys).size
+    unexpected = np.setdiff1d(st_keys, pub_keys).size
+    span = float(st_recv.max() - st_recv.min()) if st_recv.size > 1 else float("nan")
+    recv_lat = st_recv - st_ms / 1000.0
+
+    # Alerts: match (device, fix time) to a published fix; latency = read time - fix time.
+    pub_set = set(pub_keys.tolist())
+    lat: list[float] = []
+    unmatched = 0
+    seen: set[bytes] = set()
+    topics: dict[str, int] = {}
+    for read_at, fields in reader.entries:
+        oid = fields.get(b"outbox_id", b"")
+        if oid in seen:
+            continue
+        seen.add(oid)
+        payload = orjson.loads(fields[b"payload"])
+        topic = fields.get(b"topic", b"?").decode()
+        topics[topic] = topics.get(topic, 0) + 1
+        dev = str(payload.get("device_id") or "")
+        try:
+            ms = _iso_to_ms(payload["fix_time"])
+            key = int(dev[3:]) * 10**10 + (ms - base_ms)
+        except (KeyError, ValueError):
+            unmatched += 1
+            continue
+        if key not in pub_set:
+            unmatched += 1
+            continue
+        lat.append(read_at - ms / 1000.0)
+    alert_lat = np.array(lat)
+
+    published = int(pub_phone.size)
+    pub_span = max(float(pub_ms.max() - pub_ms.min()) / 1000 if pub_ms.size else 0.0, 1e-9)
+    res.add("offered rate (target)", f"{args.rate:,.0f} reports/s ({args.phones:,} phones, "
+            f"every {args.interval:g} s, {args.duration:g} s)")
+    res.add("published (QoS 1, PUBACKed)", f"{published:,} in {pub_span:.1f} s = "
+            f"{published / pub_span:,.0f}/s ({acked:,} PUBACKs)")
+    res.add("stored positions", f"{len(st_keys):,}")
+    res.add("accepted rate (stored / receive span)",
+            f"{len(st_keys) / span:,.0f} reports/s (span {span:.1f} s)")
+    res.add("lost fixes (published - stored)", f"{published - len(st_keys):,} "
+            f"({missing:,} published fixes missing, {unexpected:,} unexpected rows)")
+    res.add("publish -> ingest receive p50 / p99",
+            f"{_ms(_pct(recv_lat, 50))} / {_ms(_pct(recv_lat, 99))} "
+            f"(max {_ms(float(recv_lat.max()) if recv_lat.size else float('nan'))})")
+    res.add("fix -> alert on feed p50 / p99",
+            f"{_ms(_pct(alert_lat, 50))} / {_ms(_pct(alert_lat, 99))} "
+            f"(n={alert_lat.size}, max {_ms(float(alert_lat.max()) if alert_lat.size else float('nan'))})")
+    res.add("alerts", f"{n_alerts} alerts, {n_outbox} outbox events "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(topics.items())) or 'none'}); "
+            f"{unmatched} feed entries unmatched")
+    res.add("wanderers", f"{wanderers_out} of {n_wanderers} outside their district at the end")
+    res.add("dead letters (bench traffic)",
+            ", ".join(f"{r} {c}" for r, c in dead) if dead else "0")
+    if foreign and foreign[0]:
+        res.add("foreign traffic on the broker", f"{foreign[0]:,} messages of {foreign[1]} "
+                "devices not from this bench (dead-lettered): another client shares the broker")
+    res.add("drain after last publish", f"{drain_s:.1f} s")
+    if cpu.wall > 0:
+        busy = ", ".join(f"{k} {v / cpu.wall:.0%}" for k, v in cpu.used.items())
+        res.add("CPU while publishing+draining", f"{busy} (of one core; wall {cpu.wall:.1f} s)")
+    res.ok = published > 0 and published == len(st_keys) and missing == 0
+    return res
+
+
+def _print_table(res: Results) -> None:
+    width = max(len(k) for k, _ in res.rows)
+    print()
+    print(f"{'metric':{width}}  value")
+    print(f"{'-' * width}  {'-' * 60}")
+    for k, v in res.rows:
+        print(f"{k:{width}}  {v}")
+    print()
+    print("RESULT: " + ("OK, nothing lost" if res.ok else "FIXES LOST OR NOTHING PUBLISHED"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except RuntimeError as e:
+        print(f"bench failed: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Publishing a simulated fleet over MQTT in real time (shared by `python -m simulators` and
+the bench).
+
+Each phone reports every `interval_s`; phases are spread evenly over the interval so the
+aggregate rate is smooth. A fix's time is the wall-clock time of its publish (ms resolution,
+strictly increasing per phone), so (device, fix time) identifies a published fix and
+"received - fix time" is the delivery latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from simulators.fleet import device_id
+from simulators.phone import PhoneFleet, fix_payload
+
+log = logging.getLogger("simulators.publisher")
+
+# Far above what a publisher has unacknowledged against a local broker; paho's default (20)
+# would make the PUBACK round trip the limit.
+MAX_INFLIGHT = 10_000
+ACK_WAIT_S = 30.0
+TICK_S = 0.02
+
+Progress = Callable[[int, int, int], None]  # (sent, acked, wanderers out)
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    """Where and as whom to publish."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "ccs-simulator"
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass
+class PublishLog:
+    """What one publisher sent: one (phone, fix time in ms) per publish, and the PUBACK count."""
+
+    phone: npt.NDArray[np.int64]
+    time_ms: npt.NDArray[np.int64]
+    acked: int
+    started: float
+    finished: float
+
+    @property
+    def sent(self) -> int:
+        """Number of publishes."""
+        return int(self.phone.size)
+
+
+def connect(target: MqttTarget, timeout_s: float = 10.0) -> mqtt.Client:
+    """A connected QoS 1 publisher with its network loop running (raises if unreachable)."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=target.client_id, protocol=mqtt.MQTTv311, clean_session=True)
+    client.max_inflight_messages_set(MAX_INFLIGHT)
+    client.max_queued_messages_set(0)  # unlimited: nothing generated is dropped client-side
+    if target.username:
+        client.username_pw_set(target.username, target.password)
+    ok = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: ok.set() if not rc.is_failure else None
+    client.connect(target.host, target.port, keepalive=30)
+    client.loop_start()
+    if not ok.wait(timeout_s):
+        client.loop_stop()
+        raise ConnectionError(f"MQTT broker {target.host}:{target.port} did not accept us")
+    return client
+
+
+def publish_fleet(
+    fleet: PhoneFleet,
+    n_total: int,
+    interval_s: float,
+    t0: float,
+    stop_at: float,
+    target: MqttTarget,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> PublishLog:
+    """Publish the fleet's fixes from t0 until stop_at (or `stop`), then wait for PUBACKs."""
+    if interval_s <= 0.001:
+        raise ValueError("interval_s must exceed 1 ms (fix times have ms resolution)")
+    acked = 0
+    lock = threading.Lock()
+
+    def on_publish(client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        nonlocal acked
+        with lock:
+            acked += 1
+
+    client = connect(target)
+    client.on_publish = on_publish
+    topics = [f"devices/{device_id(int(p))}/location" for p in fleet.phone]
+    # Phases spread by global phone number, so several publishers interleave evenly.
+    next_due = t0 + fleet.phone * (interval_s / n_total)
+    last_ms = np.zeros(fleet.n, dtype=np.int64)
+    phones: list[npt.NDArray[np.int64]] = []
+    times: list[npt.NDArray[np.int64]] = []
+    sent = 0
+    started = time.time()
+    try:
+        while True:
+            now = time.time()
+            if now >= stop_at or (stop is not None and stop.is_set()):
+                break
+            due = np.flatnonzero(next_due <= now)
+            if due.size:
+                batch = fleet.advance(now, due)
+                ms = np.empty(due.size, dtype=np.int64)
+                for k, j in enumerate(due):
+                    t_ms = max(round(time.time() * 1000), int(last_ms[j]) + 1)
+                    last_ms[j] = ms[k] = t_ms
+                    payload = orjson.dumps(fix_payload(batch, k, t_ms / 1000))
+                    client.publish(topics[j], payload, qos=1)
+                phones.append(fleet.phone[due])
+                times.append(ms)
+                sent += due.size
+                next_due[due] += interval_s
+                if progress is not None:
+                    progress(sent, acked, fleet.wanderers_out())
+            # Ticks of at least TICK_S: one model step per tick for all phones then due keeps
+            # the per-call numpy overhead small (fix times are still taken per publish).
+            wait = max(float(next_due.min()), now + TICK_S) - time.time()
+            if wait > 0:
+                time.sleep(min(wait, 0.05))
+        finished = time.time()
+        deadline = time.monotonic() + ACK_WAIT_S
+        while acked < sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if progress is not None:
+            progress(sent, acked, fleet.wanderers_out())
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if acked < sent:
+        log.warning("%d of %d publishes were not acknowledged by the broker", sent - acked, sent)
+    return PublishLog(
+        np.concatenate(phones) if phones else np.empty(0, dtype=np.int64),
+        np.concatenate(times) if times else np.empty(0, dtype=np.int64),
+        acked, started, finished,
+    )

@@ -1,0 +1,123 @@
+"""End to end on the real broker, database and Redis: phone → MQTT → ingest → alert → SSE."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import threading
+import time
+
+import httpx
+import psycopg
+
+from alerts.worker import AlertWorker
+from ingest.mqtt_worker import MqttIngestWorker
+from store.settings import Settings
+from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org
+from tests.geo import deep_inside
+from tests.services import Phone, api_server, forget_session, in_thread, start_ingest_process
+
+
+def _read_sse(url: str, headers: dict[str, str], out: queue.Queue, stop: threading.Event) -> None:
+    with httpx.Client(timeout=None) as c, c.stream("GET", url, headers=headers) as r:
+        out.put(("status", r.status_code))
+        event: dict[str, str] = {}
+        for line in r.iter_lines():
+            if stop.is_set():
+                return
+            if line == "":
+                if "data" in event:
+                    out.put(("event", event))
+                event = {}
+            elif not line.startswith(":"):
+                k, _, v = line.partition(": ")
+                event[k] = v
+
+
+def test_phone_leaving_its_district_raises_an_alert_on_the_live_feed(settings: Settings, org: Org):
+    client_id = f"{settings.mqtt_client_id}-e2e"
+    ingest = MqttIngestWorker(settings, client_id=client_id)
+    try:
+        with api_server(settings) as base, in_thread(ingest), in_thread(AlertWorker(settings)):
+            assert ingest.connected.wait(10), "ingest worker did not connect to the broker"
+            token = httpx.post(f"{base}/api/v1/auth/token",
+                               data={"username": "jiangan-officer", "password": PASSWORD}).json()
+            h = {"Authorization": f"Bearer {token['access_token']}"}
+            cred = httpx.post(f"{base}/api/v1/supervisees/{org.supervisee_id}/devices",
+                              json={}, headers=h).json()
+            # Another office's officer listens too: they must not see it.
+            other = httpx.post(f"{base}/api/v1/auth/token",
+                               data={"username": "jianghan-officer", "password": PASSWORD}).json()
+            feeds: dict[str, queue.Queue] = {"mine": queue.Queue(), "other": queue.Queue()}
+            stop = threading.Event()
+            for name, hdr in (("mine", h),
+                              ("other", {"Authorization": f"Bearer {other['access_token']}"})):
+                threading.Thread(target=_read_sse, daemon=True, args=(
+                    f"{base}/api/v1/alerts/stream/live", hdr, feeds[name], stop)).start()
+                assert feeds[name].get(timeout=10) == ("status", 200)
+            phone = Phone(settings, cred["device_id"])
+            t0 = time.time() - 30
+            home, away = deep_inside(JIANGAN), deep_inside(JIANGHAN)
+            phone.report(*home, t0).wait_for_publish(5)
+            phone.report(*away, t0 + 10).wait_for_publish(5)
+            kind, event = feeds["mine"].get(timeout=20)
+            stop.set()
+            phone.close()
+            data = json.loads(event["data"])
+            assert (kind, event["event"]) == ("event", "alert.opened")
+            assert (data["kind"], data["supervisee_id"], data["device_id"]) == (
+                "area_exit", org.supervisee_id, cred["device_id"])
+            assert data["reason"]["zone_id"] == org.zone_ids[JIANGAN]
+            assert feeds["other"].empty()
+    finally:
+        forget_session(settings, client_id)
+
+
+def test_killed_ingest_worker_loses_no_acknowledged_fix(settings: Settings, org: Org,
+                                                       db: psycopg.Connection, tmp_path):
+    db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES ('dkill', %s, 'h')",
+               (org.supervisee_id,))
+    client_id = f"{settings.mqtt_client_id}-kill"
+    n, home = 1500, deep_inside(JIANGAN)
+    worker = start_ingest_process(settings, client_id, str(tmp_path / 'ingest.log'))
+    phone = Phone(settings, "dkill")
+    try:
+        # Until the worker has subscribed, the broker has nobody to queue for: probe first.
+        t0 = time.time() - 600
+        for attempt in range(40):
+            phone.report(*home, t0 - 100 + attempt).wait_for_publish(5)
+            if _wait_for_count(db, 1, 0.5) >= 1:
+                break
+        probes = _wait_for_count(db, 1, 1)
+        assert probes >= 1, "the ingest worker never subscribed"
+        infos = []
+        for k in range(n):
+            infos.append(phone.report(home[0], home[1], t0 + k * 0.1))
+            if k == n // 3:
+                worker.send_signal(signal.SIGKILL)  # no chance to ack or clean up
+                worker.wait(10)
+            if k == 2 * n // 3:
+                worker = start_ingest_process(settings, client_id, str(tmp_path / 'ingest.log'))
+            time.sleep(0.001)
+        for info in infos:
+            info.wait_for_publish(10)  # every fix was accepted by the broker (PUBACK)
+        stored = _wait_for_count(db, n + probes, 60)
+        assert stored - probes == n, (tmp_path / "ingest.log").read_text()[-3000:]
+        assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
+    finally:
+        phone.close()
+        worker.terminate()
+        worker.wait(10)
+        forget_session(settings, client_id)
+
+
+def _wait_for_count(db: psycopg.Connection, want: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count = db.execute("SELECT count(*) FROM positions").fetchone()[0]
+        if count >= want:
+            return count
+        time.sleep(0.2)
+    return count
