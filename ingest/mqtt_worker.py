@@ -83,7 +83,7 @@ class MqttIngestWorker:
             log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
-        self.inbox.put(Inbound(msg.mid, msg.qos, route(msg.topic, msg.payload, time.time())))
+        self.inbox.put(Inbound(msg.mid, msg.qos, route(msg.topic, bytes(msg.payload), time.time())))
 
     def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)

@@ -208,7 +208,7 @@ class Pipeline:
                 continue
             # Fixes carry the authenticated device id, whatever the payload said.
             decoded.append((i, d))
-        infos = self.registry.lookup(self.conn, {messages[i].device_id for i, _ in decoded})
+        infos = self.registry.lookup(self.conn, {messages[i].device_id or "" for i, _ in decoded})
         fixes: list[Fix] = []
         owner: list[int] = []
         others: list[tuple[int, dict[str, object]]] = []
@@ -269,7 +269,7 @@ class Pipeline:
         if not states:
             return
         keys = [self.state_key(d) for d in states]
-        args: list[object] = []
+        args: list[str | bytes] = []
         for st in states.values():
             args += [repr(st.last_fix_time), orjson.dumps(st.to_dict())]
         self._cas(keys=keys, args=args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import psycopg
 import redis
@@ -46,7 +47,7 @@ class Registry:
 
     def refresh_if_changed(self) -> None:
         """One Redis GET per batch: drop caches when someone changed the configuration."""
-        v = self._redis.get(self._prefix + CONFIG_VERSION_KEY)
+        v = cast(bytes | None, self._redis.get(self._prefix + CONFIG_VERSION_KEY))
         if v != self._version:
             self._version = v
             self.devices.clear()

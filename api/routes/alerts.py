@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -151,7 +151,7 @@ async def live_feed(
         try:
             yield b": connected\n\n"
             while not await request.is_disconnected():
-                resp = await r.xread({feed_key(settings): last}, count=200, block=HEARTBEAT_MS)
+                resp: Any = await r.xread({feed_key(settings): last}, count=200, block=HEARTBEAT_MS)
                 if not resp:
                     yield b": keepalive\n\n"
                     continue
