@@ -313,13 +313,13 @@ class Pipeline:
                 _ts(m.received_at), m.channel.value, m.topic, m.device_id, reason, detail,
                 raw[: self.limits.max_bytes], len(raw), m.remote,
             ))
-        with self.conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO dead_letters (received_at, source, topic, device_id, reason, detail,
-                                             raw, raw_size, remote)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                rows,
-            )
+        # COPY here too: a flood of junk must not slow the pipeline more than good fixes do.
+        with self.conn.cursor() as cur, cur.copy(
+            "COPY dead_letters (received_at, source, topic, device_id, reason, detail, raw,"
+            " raw_size, remote) FROM STDIN"
+        ) as cp:
+            for row in rows:
+                cp.write_row(row)
         log.info("dead-lettered %d message(s): %s", len(dead), sorted({r for _, r, _ in dead}))
 
     def _write_others(
