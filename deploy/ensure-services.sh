@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PGHOST=${PGHOST:-127.0.0.1}; PGPORT=${PGPORT:-5432}; PGUSER=${PGUSER:-postgres}
-REDIS_PORT=${REDIS_PORT:-6379}; MQTT_PORT=${MQTT_PORT:-1883}
+REDIS_PORT=${REDIS_PORT:-6379}; MQTT_PORT=${CCS_MQTT_PORT:-1884}
 DB_NAME=${CCS_DB_NAME:-ccs}
 APT_UPDATED=0
 
@@ -54,12 +54,16 @@ if ! port_open "$REDIS_PORT"; then
   wait_port "$REDIS_PORT" Redis
 fi
 
-# Mosquitto
+# Mosquitto: the project's own instance with deploy/mosquitto/mosquitto.conf (see that file for
+# why the distribution's defaults will not do).
 if ! port_open "$MQTT_PORT"; then
   command -v mosquitto >/dev/null || { say "installing Mosquitto"; apt_install mosquitto; }
-  say "starting Mosquitto with deploy/mosquitto/mosquitto.conf"
-  mkdir -p /var/lib/mosquitto /var/log/mosquitto
-  mosquitto -d -c "$(dirname "$0")/mosquitto/mosquitto.conf"
+  say "starting Mosquitto on :$MQTT_PORT with deploy/mosquitto/mosquitto.conf"
+  mkdir -p /var/lib/ccs-mosquitto /var/log/ccs-mosquitto
+  if id mosquitto >/dev/null 2>&1; then
+    chown mosquitto /var/lib/ccs-mosquitto /var/log/ccs-mosquitto
+  fi
+  mosquitto -d -c "$(cd "$(dirname "$0")" && pwd)/mosquitto/mosquitto.conf"
   wait_port "$MQTT_PORT" Mosquitto
 fi
 command -v mosquitto_pub >/dev/null || { say "installing mosquitto-clients"; apt_install mosquitto-clients; }

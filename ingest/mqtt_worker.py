@@ -25,7 +25,11 @@ from store.settings import Settings, get_settings
 
 log = logging.getLogger("ingest.mqtt")
 
-SUBSCRIPTIONS = [("devices/+/location", 1), ("owntracks/+/+", 1)]
+
+
+def subscriptions(prefix: str) -> list[tuple[str, int]]:
+    """Topic filters of the ingest worker (QoS 1)."""
+    return [(f"{prefix}devices/+/location", 1), (f"{prefix}owntracks/+/+", 1)]
 
 
 @dataclass(slots=True)
@@ -37,9 +41,9 @@ class Inbound:
     raw: RawMessage
 
 
-def route(topic: str, payload: bytes, received_at: float) -> RawMessage:
+def route(topic: str, payload: bytes, received_at: float, prefix: str = "") -> RawMessage:
     """Map a topic to its channel and the device it names (unroutable topics get device None)."""
-    parts = topic.split("/")
+    parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
     if len(parts) == 3 and parts[0] == "devices" and parts[2] == "location" and parts[1]:
         return RawMessage(Channel.NATIVE_MQTT, payload, parts[1], topic, received_at)
     if len(parts) == 3 and parts[0] == "owntracks" and parts[2]:
@@ -73,7 +77,7 @@ class MqttIngestWorker:
         if reason_code.is_failure:
             log.error("MQTT connect refused: %s", reason_code)
             return
-        client.subscribe(SUBSCRIPTIONS)
+        client.subscribe(subscriptions(self.settings.mqtt_topic_prefix))
         log.info("MQTT connected (session present: %s)", flags.session_present)
         self.connected.set()
 
@@ -83,7 +87,8 @@ class MqttIngestWorker:
             log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
-        self.inbox.put(Inbound(msg.mid, msg.qos, route(msg.topic, bytes(msg.payload), time.time())))
+        self.inbox.put(Inbound(msg.mid, msg.qos, route(msg.topic, bytes(msg.payload), time.time(),
+                                                   self.settings.mqtt_topic_prefix)))
 
     def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # finish cleanly, print the summary
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     target = MqttTarget(s.mqtt_host, s.mqtt_port, args.client_id, s.mqtt_username,
-                        s.mqtt_password)
+                        s.mqtt_password, getattr(s, "mqtt_topic_prefix", ""))
     try:
         log = publish_fleet(fleet, args.phones, args.interval, t0, stop_at, target, progress, stop)
     except ConnectionError as e:

@@ -8,7 +8,9 @@ and prints what got through and how fast. Everything talks to 127.0.0.1 only.
 Definitions (fix time = the wall-clock time of its publish):
   accepted rate   stored positions / (last received_at - first received_at)
   lost fixes      published (PUBACKed) fixes with no positions row, matched by (device, time)
-  receive latency positions.received_at - fix time (publish -> the worker's MQTT callback)
+  receive latency positions.received_at - fix time (publish -> the worker's MQTT callback;
+                  it does not include the wait in the worker's queue nor the commit)
+  commit latency  publish -> committed and the device state saved, sampled on ~32 devices
   alert latency   fix time of the fix that opened/updated an alert -> the bench reading the
                   alert from the Redis feed stream (XREAD, blocking, in a thread)
 """
@@ -41,10 +43,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.engine import make_url
 
+from simulators.fleet import device_id
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DB = "ccs_bench"
 BENCH_PREFIX = "ccs-bench:"
 INGEST_CLIENT_ID = "ccs-bench-ingest"
+BENCH_TOPIC_PREFIX = "ccs-bench/"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PROBE_DEVICE = "bench-probe"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=120.0,
                    help="max seconds to wait for the pipeline to catch up (default 120)")
     p.add_argument("--keep", action="store_true",
-                   help="leave the ccs_bench database and Redis keys for inspection")
+                   help="also leave the Redis keys (the ccs_bench database is always left "
+                        "for inspection; the next run drops it)")
     a = p.parse_args(argv)
     a.rate = a.rate or (500.0 if a.quick else 5000.0)
     a.duration = a.duration or (10.0 if a.quick else 60.0)
@@ -94,6 +100,7 @@ class BenchEnv:
     mqtt_port: int
     mqtt_username: str | None
     mqtt_password: str | None
+    topic_prefix: str  # the bench's own MQTT namespace, when the workers support one
 
 
 def bench_env() -> BenchEnv:
@@ -114,6 +121,9 @@ def bench_env() -> BenchEnv:
         dsn=url.replace("postgresql+psycopg://", "postgresql://", 1), url=url,
         redis_url=s.redis_url, mqtt_host=s.mqtt_host, mqtt_port=s.mqtt_port,
         mqtt_username=s.mqtt_username, mqtt_password=s.mqtt_password,
+        # Its own topic namespace keeps the bench's traffic away from any other ingest worker
+        # (and from their persistent sessions) on the same broker.
+        topic_prefix=BENCH_TOPIC_PREFIX if "mqtt_topic_prefix" in Settings.model_fields else "",
     )
 
 
@@ -309,6 +319,7 @@ def start_worker(name: str, module: str, env: BenchEnv, logdir: Path) -> Worker:
         "CCS_MQTT_HOST": env.mqtt_host,
         "CCS_MQTT_PORT": str(env.mqtt_port),
         "CCS_MQTT_CLIENT_ID": INGEST_CLIENT_ID,
+        "CCS_MQTT_TOPIC_PREFIX": env.topic_prefix,
         "PYTHONUNBUFFERED": "1",
     })
     log = logdir / f"{name}.log"
@@ -341,7 +352,7 @@ def wait_ingest_ready(env: BenchEnv, ingest: Worker, timeout: float = 60.0) -> N
     from simulators.publisher import MqttTarget, connect
 
     client = connect(MqttTarget(env.mqtt_host, env.mqtt_port, "ccs-bench-probe",
-                                env.mqtt_username, env.mqtt_password))
+                                env.mqtt_username, env.mqtt_password, env.topic_prefix))
     deadline = time.monotonic() + timeout
     try:
         with psycopg.connect(env.dsn, autocommit=True) as conn:
@@ -349,7 +360,8 @@ def wait_ingest_ready(env: BenchEnv, ingest: Worker, timeout: float = 60.0) -> N
                 if ingest.proc.poll() is not None:
                     raise RuntimeError(f"ingest worker exited:\n{ingest.log_tail(20)}")
                 payload = orjson.dumps({"time": time.time(), "lat": 30.6, "lon": 114.3})
-                client.publish(f"devices/{PROBE_DEVICE}/location", payload, qos=1)
+                client.publish(f"{env.topic_prefix}devices/{PROBE_DEVICE}/location", payload,
+                               qos=1)
                 for _ in range(10):
                     time.sleep(0.2)
                     if conn.execute("SELECT 1 FROM dead_letters WHERE device_id = %s",
@@ -393,6 +405,47 @@ class FeedReader(threading.Thread):
             self.r.close()
 
 
+class CommitProbe(threading.Thread):
+    """Samples when fixes are through the pipeline: publish -> committed latency.
+
+    The pipeline saves each device's engine state (Redis hash `{prefix}dev:{id}`, field `t` =
+    its newest fix time) right after the batch's commit. Every `period_s` the probe reads it
+    for a few devices (one pipelined round trip, far cheaper than asking PostgreSQL); when a
+    device's newest fix changes, now - fix time is one sample (resolution: the period).
+    """
+
+    def __init__(self, redis_url: str, devices: list[str], period_s: float = 0.02) -> None:
+        super().__init__(name="commit-probe", daemon=True)
+        self.redis_url, self.devices, self.period_s = redis_url, devices, period_s
+        self.samples: list[float] = []
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        last: dict[str, float] = {}
+        keys = [f"{BENCH_PREFIX}dev:{d}" for d in self.devices]
+        r = redis.Redis.from_url(self.redis_url)
+        try:
+            while not self.stopping.wait(self.period_s):
+                pipe = r.pipeline(transaction=False)
+                for k in keys:
+                    pipe.hget(k, "t")
+                values = pipe.execute()
+                now = time.time()
+                for dev, raw in zip(self.devices, values, strict=True):
+                    if raw is None:
+                        continue
+                    t = float(raw)
+                    if t > last.get(dev, 0.0):
+                        if dev in last:  # the first sight may be long after the commit
+                            self.samples.append(now - t)
+                        last[dev] = t
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            self.error = e
+        finally:
+            r.close()
+
+
 # ------------------------------------------------------------------------------------------
 # Publisher processes
 # ------------------------------------------------------------------------------------------
@@ -434,10 +487,11 @@ def _publisher_main(
         shared.sent.value, shared.acked.value, shared.out.value = sent, acked, out
 
     target = MqttTarget(env.mqtt_host, env.mqtt_port, f"ccs-bench-pub-{k}", env.mqtt_username,
-                        env.mqtt_password)
+                        env.mqtt_password, env.topic_prefix)
     cpu0 = time.process_time()
     log = publish_fleet(fleet, args["phones"], args["interval"], start,
-                        start + args["duration"], target, progress, stop)
+                        start + args["duration"], target, progress, stop,
+                        ack_wait_s=args["ack_wait"])
     np.savez(out_path, phone=log.phone, time_ms=log.time_ms,
              meta=np.array([log.acked, log.started, log.finished, time.process_time() - cpu0]))
 
@@ -494,8 +548,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'plan':14} {args.phones} phones x 1 report / {args.interval:g} s = "
           f"{args.rate:,.0f} reports/s for {args.duration:g} s, {args.publishers} publisher "
           f"process(es), wander {args.wander:g}, seed {args.seed}")
+    print(f"  {'MQTT topics':14} {env.topic_prefix or '(no prefix)'}devices/+/location")
     others = _other_ingest_workers()
-    if others:
+    if others and not env.topic_prefix:
         print(f"  WARNING: other ingest workers are running (pids {others}); every ingest worker "
               "subscribes to devices/+/location, so they will receive (and dead-letter) the "
               "bench's traffic and share the CPU")
@@ -515,6 +570,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     reader: FeedReader | None = None
+    probe: CommitProbe | None = None
     try:
         ingest = start_worker("ingest", "ingest", env, logdir)
         alerts = start_worker("alerts", "alerts", env, logdir)
@@ -522,6 +578,9 @@ def run(args: argparse.Namespace) -> int:
         wait_ingest_ready(env, ingest)
         reader = FeedReader(env.redis_url, BENCH_PREFIX + "feed")
         reader.start()
+        step = max(1, args.phones // 32)
+        probe = CommitProbe(env.redis_url, [device_id(i) for i in range(0, args.phones, step)])
+        probe.start()
 
         # Publishers: build fleets in parallel, then start together.
         ready = ctx.Semaphore(0)
@@ -533,7 +592,7 @@ def run(args: argparse.Namespace) -> int:
         for o in outs:
             Path(o).unlink(missing_ok=True)
         pargs = {"phones": args.phones, "interval": args.interval, "duration": args.duration,
-                 "wander": args.wander, "seed": args.seed}
+                 "wander": args.wander, "seed": args.seed, "ack_wait": args.drain_timeout}
         for k in range(args.publishers):
             p = ctx.Process(target=_publisher_main, name=f"publisher-{k}",
                             args=(k, args.publishers, pargs, env, shared[k], ready, go, t0,
@@ -561,6 +620,9 @@ def run(args: argparse.Namespace) -> int:
         for p in procs:
             p.join(timeout=60)
         cpu.stop()
+        failed = [p.name for p in procs if p.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"publisher process(es) failed: {failed}")
 
         logs = [np.load(o) for o in outs]
         pub_phone = np.concatenate([g["phone"] for g in logs])
@@ -569,7 +631,9 @@ def run(args: argparse.Namespace) -> int:
         cpu.used["publishers (self-reported)"] = float(sum(g["meta"][3] for g in logs))
 
         drain_s = _drain(env, pub_phone.size, reader, args.drain_timeout, workers)
-        res = _measure(env, args, pub_phone, pub_ms, acked, reader,
+        probe.stopping.set()
+        probe.join(timeout=5)
+        res = _measure(env, args, pub_phone, pub_ms, acked, reader, probe,
                        n_wanderers, sum(s.out.value for s in shared), drain_s, cpu)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping publishers and workers", file=sys.stderr)
@@ -581,9 +645,10 @@ def run(args: argparse.Namespace) -> int:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
-        if reader is not None:
-            reader.stopping.set()
-            reader.join(timeout=5)
+        for th in (reader, probe):
+            if th is not None:
+                th.stopping.set()
+                th.join(timeout=5)
         stop_workers(workers)
         with contextlib.suppress(OSError):
             clear_mqtt_session(env, INGEST_CLIENT_ID)
@@ -654,7 +719,7 @@ def _drain(env: BenchEnv, published: int, reader: FeedReader, timeout: float,
 
 def _measure(
     env: BenchEnv, args: argparse.Namespace, pub_phone: np.ndarray, pub_ms: np.ndarray,
-    acked: int, reader: FeedReader, n_wanderers: int,
+    acked: int, reader: FeedReader, probe: CommitProbe, n_wanderers: int,
     wanderers_out: int, drain_s: float, cpu: CpuMeter,
 ) -> Results:
     res = Results()
@@ -729,6 +794,17 @@ def _measure(
     res.add("publish -> ingest receive p50 / p99",
             f"{_ms(_pct(recv_lat, 50))} / {_ms(_pct(recv_lat, 99))} "
             f"(max {_ms(float(recv_lat.max()) if recv_lat.size else float('nan'))})")
+    if recv_lat.size:
+        # Where the tail comes from: p99 per 10 s of fix time (a backlog shows as a ramp).
+        win = ((st_ms - st_ms.min()) // 10_000).astype(np.int64)
+        p99s = [_pct(recv_lat[win == w], 99) for w in range(int(win.max()) + 1)]
+        res.add("  receive p99 per 10 s window",
+                " ".join(f"{v * 1000:,.0f}" for v in p99s) + " ms")
+    committed = np.array(probe.samples)
+    res.add("publish -> committed p50 / p99 (sampled)",
+            f"{_ms(_pct(committed, 50))} / {_ms(_pct(committed, 99))} (n={committed.size} "
+            f"fixes of {len(probe.devices)} devices, polled every {probe.period_s * 1000:.0f} ms)"
+            + (f"; probe failed: {probe.error!r}" if probe.error else ""))
     res.add("fix -> alert on feed p50 / p99",
             f"{_ms(_pct(alert_lat, 50))} / {_ms(_pct(alert_lat, 99))} "
             f"(n={alert_lat.size}, max {_ms(float(alert_lat.max()) if alert_lat.size else float('nan'))})")
@@ -757,7 +833,13 @@ def _print_table(res: Results) -> None:
     for k, v in res.rows:
         print(f"{k:{width}}  {v}")
     print()
-    print("RESULT: " + ("OK, nothing lost" if res.ok else "FIXES LOST OR NOTHING PUBLISHED"))
+    if res.ok:
+        print("RESULT: OK, nothing lost")
+    else:
+        print("RESULT: FIXES LOST (or nothing published). Fixes PUBACKed by the broker but never "
+              "stored were dropped by Mosquitto once the ingest worker fell more than its "
+              "Receive Maximum + max_queued_messages behind (its log says 'Outgoing messages "
+              "are being dropped for client ccs-bench-ingest').")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,9 +26,12 @@ from simulators.phone import PhoneFleet, fix_payload
 
 log = logging.getLogger("simulators.publisher")
 
-# Far above what a publisher has unacknowledged against a local broker; paho's default (20)
-# would make the PUBACK round trip the limit.
-MAX_INFLIGHT = 10_000
+# No client-side cap on unacknowledged QoS 1 messages (0 = unlimited). paho's default of 20
+# would make the PUBACK round trip the limit, and any positive cap is worse than it looks:
+# with a cap set, paho 2.x walks every outstanding message on each PUBACK
+# (Client._update_inflight), so once a backlog builds each acknowledgement costs O(backlog)
+# and the publisher collapses (50,000 messages: 31 s with a cap of 10,000, 3 s without).
+MAX_INFLIGHT = 0
 ACK_WAIT_S = 30.0
 TICK_S = 0.02
 
@@ -40,10 +43,11 @@ class MqttTarget:
     """Where and as whom to publish."""
 
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: int = 1884
     client_id: str = "ccs-simulator"
     username: str | None = None
     password: str | None = None
+    topic_prefix: str = ""  # the system's namespace on a shared broker (CCS_MQTT_TOPIC_PREFIX)
 
 
 @dataclass
@@ -62,8 +66,12 @@ class PublishLog:
         return int(self.phone.size)
 
 
-def connect(target: MqttTarget, timeout_s: float = 10.0) -> mqtt.Client:
-    """A connected QoS 1 publisher with its network loop running (raises if unreachable)."""
+def connect(target: MqttTarget, threaded: bool = True, timeout_s: float = 10.0) -> mqtt.Client:
+    """A connected QoS 1 publisher (raises if the broker does not accept it).
+
+    threaded: paho runs its network loop in a thread; otherwise the caller must call
+    `client.loop()` regularly (cheaper: no thread wake-ups and GIL hand-offs per message).
+    """
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                          client_id=target.client_id, protocol=mqtt.MQTTv311, clean_session=True)
     client.max_inflight_messages_set(MAX_INFLIGHT)
@@ -73,9 +81,16 @@ def connect(target: MqttTarget, timeout_s: float = 10.0) -> mqtt.Client:
     ok = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: ok.set() if not rc.is_failure else None
     client.connect(target.host, target.port, keepalive=30)
-    client.loop_start()
-    if not ok.wait(timeout_s):
-        client.loop_stop()
+    deadline = time.monotonic() + timeout_s
+    if threaded:
+        client.loop_start()
+        ok.wait(timeout_s)
+    else:
+        while not ok.is_set() and time.monotonic() < deadline:
+            client.loop(timeout=0.05)
+    if not ok.is_set():
+        if threaded:
+            client.loop_stop()
         raise ConnectionError(f"MQTT broker {target.host}:{target.port} did not accept us")
     return client
 
@@ -89,21 +104,23 @@ def publish_fleet(
     target: MqttTarget,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    ack_wait_s: float = ACK_WAIT_S,
 ) -> PublishLog:
-    """Publish the fleet's fixes from t0 until stop_at (or `stop`), then wait for PUBACKs."""
+    """Publish the fleet's fixes from t0 until stop_at (or `stop`), then wait for PUBACKs.
+
+    The wait for PUBACKs ends after `ack_wait_s` without any new acknowledgement.
+    """
     if interval_s <= 0.001:
         raise ValueError("interval_s must exceed 1 ms (fix times have ms resolution)")
     acked = 0
-    lock = threading.Lock()
 
     def on_publish(client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         nonlocal acked
-        with lock:
-            acked += 1
+        acked += 1  # called from client.loop() in this thread
 
-    client = connect(target)
+    client = connect(target, threaded=False)
     client.on_publish = on_publish
-    topics = [f"devices/{device_id(int(p))}/location" for p in fleet.phone]
+    topics = [f"{target.topic_prefix}devices/{device_id(int(p))}/location" for p in fleet.phone]
     # Phases spread by global phone number, so several publishers interleave evenly.
     next_due = t0 + fleet.phone * (interval_s / n_total)
     last_ms = np.zeros(fleet.n, dtype=np.int64)
@@ -134,17 +151,20 @@ def publish_fleet(
             # Ticks of at least TICK_S: one model step per tick for all phones then due keeps
             # the per-call numpy overhead small (fix times are still taken per publish).
             wait = max(float(next_due.min()), now + TICK_S) - time.time()
-            if wait > 0:
-                time.sleep(min(wait, 0.05))
+            client.loop(timeout=min(max(wait, 0.0), 0.05))  # PUBACKs, keep-alive, writes
         finished = time.time()
-        deadline = time.monotonic() + ACK_WAIT_S
-        while acked < sent and time.monotonic() < deadline:
-            time.sleep(0.02)
+        last_ack, last_change = acked, time.monotonic()
+        while acked < sent and time.monotonic() - last_change < ack_wait_s:
+            client.loop(timeout=0.05)
+            if acked != last_ack:
+                last_ack, last_change = acked, time.monotonic()
+                if progress is not None:
+                    progress(sent, acked, fleet.wanderers_out())
         if progress is not None:
             progress(sent, acked, fleet.wanderers_out())
     finally:
         client.disconnect()
-        client.loop_stop()
+        client.loop(timeout=0.1)
     if acked < sent:
         log.warning("%d of %d publishes were not acknowledged by the broker", sent - acked, sent)
     return PublishLog(

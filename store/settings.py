@@ -32,11 +32,13 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "ccs:"
     mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = 1883
+    mqtt_port: int = 1884  # the project's own Mosquitto (deploy/mosquitto/mosquitto.conf)
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_client_id: str = "ccs-ingest"
     mqtt_session_expiry_s: int = 7 * 86400
+    # Namespace on a shared broker (e.g. "ccs/"): every topic this system uses starts with it.
+    mqtt_topic_prefix: str = ""
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -27,8 +27,8 @@ TEST_DB = f"ccs_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 HOW_TO_START = (
     "start it with `make services` (deploy/ensure-services.sh), or on this machine: "
     "PostgreSQL `pg_ctlcluster --skip-systemctl-redirect 15 main start`, Redis `redis-server "
-    "--daemonize yes --port 6379 --save '' --appendonly no`, Mosquitto `mosquitto -d -c "
-    "/etc/mosquitto/mosquitto.conf`"
+    "--daemonize yes --port 6379 --save '' --appendonly no`, the project's Mosquitto `mosquitto -d -c "
+    "deploy/mosquitto/mosquitto.conf`"
 )
 PASSWORD = "correct horse battery staple"
 
@@ -46,7 +46,7 @@ def settings() -> Iterator[Settings]:
     """Settings pointing at a fresh, migrated test database and an isolated Redis prefix."""
     _require_port("PostgreSQL", 5432)
     _require_port("Redis", 6379)
-    _require_port("Mosquitto", 1883)
+    _require_port("Mosquitto (the project's, deploy/mosquitto/mosquitto.conf)", 1884)
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {TEST_DB}")
@@ -57,6 +57,8 @@ def settings() -> Iterator[Settings]:
         database_url=url,
         redis_prefix=f"ccs-test-{os.getpid()}:",
         mqtt_client_id=f"ccs-test-ingest-{os.getpid()}",
+        # Tests own a namespace on the shared broker: other traffic cannot reach their workers.
+        mqtt_topic_prefix=f"ccs-test-{os.getpid()}/",
         batch_max_wait_ms=5,
     )
     set_settings(s)

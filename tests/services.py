@@ -69,7 +69,10 @@ def worker_env(settings: Settings, client_id: str) -> dict[str, str]:
         "CCS_DATABASE_URL": settings.database_url,
         "CCS_REDIS_URL": settings.redis_url,
         "CCS_REDIS_PREFIX": settings.redis_prefix,
+        "CCS_MQTT_HOST": settings.mqtt_host,
+        "CCS_MQTT_PORT": str(settings.mqtt_port),
         "CCS_MQTT_CLIENT_ID": client_id,
+        "CCS_MQTT_TOPIC_PREFIX": settings.mqtt_topic_prefix,
         "CCS_BATCH_MAX_WAIT_MS": "5",
     }
 
@@ -99,6 +102,7 @@ class Phone:
 
     def __init__(self, settings: Settings, device_id: str) -> None:
         self.device_id = device_id
+        self.prefix = settings.mqtt_topic_prefix
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   client_id=f"phone-{device_id}", protocol=mqtt.MQTTv5)
         self.client.max_inflight_messages_set(1000)
@@ -109,7 +113,8 @@ class Phone:
     def report(self, lon: float, lat: float, t: float, accuracy: float = 10.0,
                crs: str = "gcj02") -> mqtt.MQTTMessageInfo:
         body = {"time": t, "lon": lon, "lat": lat, "accuracy": accuracy, "crs": crs}
-        return self.client.publish(f"devices/{self.device_id}/location", orjson.dumps(body), qos=1)
+        topic = f"{self.prefix}devices/{self.device_id}/location"
+        return self.client.publish(topic, orjson.dumps(body), qos=1)
 
     def close(self) -> None:
         self.client.disconnect()

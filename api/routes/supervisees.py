@@ -129,9 +129,9 @@ def enrol_device(
         mqtt={
             "host": settings.mqtt_host, "port": settings.mqtt_port,
             "client_id": device_id, "username": device_id, "password": secret,
-            "location_topic": f"devices/{device_id}/location",
-            "owntracks_topic": f"owntracks/{device_id}/{device_id}",
-            "command_topic": f"devices/{device_id}/cmd",
+            "location_topic": f"{settings.mqtt_topic_prefix}devices/{device_id}/location",
+            "owntracks_topic": f"{settings.mqtt_topic_prefix}owntracks/{device_id}/{device_id}",
+            "command_topic": f"{settings.mqtt_topic_prefix}devices/{device_id}/cmd",
         },
         http={
             "owntracks_url": f"{base}/api/v1/ingest/owntracks",
