@@ -1,11 +1,13 @@
 """The decision engine: (state, fixes) -> (new state, decisions, events), vectorised per batch.
 
-Kept in two steps after Traccar: `membership` answers "where is this fix relative to its zones",
-`fold` answers "what changed since the last fix". Both are pure; `now` is a parameter.
+Kept in two steps after Traccar: the vectorised part answers "where is each fix relative to its
+zones" (one shapely call per zone for the whole batch), the fold answers "what changed since the
+last fix" per device in fix-time order. Both are pure; `now` is a parameter.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,21 +22,38 @@ from geofence.model import (
     Event,
     EventKind,
     Fix,
+    LastFix,
     Membership,
     Reason,
     Subject,
+    Track,
 )
-from geofence.zones import M_UNDECIDABLE, MEMBERSHIPS, PreparedZone
+from geofence.profile import Rules
+from geofence.zones import (
+    M_BORDER,
+    M_INSIDE,
+    M_OUTSIDE,
+    M_UNDECIDABLE,
+    MEMBERSHIPS,
+    PreparedZone,
+)
 
 RULE_AREA_EXIT = "area_exit.accuracy_circle_wholly_outside"
 RULE_AREA_RETURN = "area_return.accuracy_circle_wholly_inside"
+RULE_EXCLUSION_ENTRY = "exclusion_entry.accuracy_circle_wholly_inside"
+RULE_EXCLUSION_APPROACH = "exclusion_approach.within_buffer"
+RULE_EXCLUSION_CROSSING = "exclusion_crossing.segment_through_zone"
+RULE_EXCLUSION_LEFT = "exclusion_left.accuracy_circle_wholly_outside"
+RULE_CURFEW = "curfew_breach.outside_during_window"
+RULE_CURFEW_AT_START = "curfew_breach.outside_when_window_opened"
+RULE_MOCK = "spoofing.mock_location_flag"
+RULE_SPEED = "spoofing.impossible_speed"
+RULE_FROZEN = "spoofing.identical_fixes"
+RULE_UNDECIDABLE = "roll_call.undecidable_streak"
+RULE_CURFEW_UNKNOWN = "roll_call.curfew_unknown"
 
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Thresholds of the engine (a rule profile will supply them per person)."""
-
-    max_decision_accuracy_m: float = 200.0
+_EARTH_R = 6_371_008.8
+_UNUSABLE_PROVIDERS = frozenset({"cell"})
 
 
 @dataclass
@@ -46,41 +65,341 @@ class BatchResult:
     states: dict[str, DeviceState] = field(default_factory=dict)  # only devices whose state changed
 
 
-def _home_memberships(
-    fixes: Sequence[Fix],
-    lon: np.ndarray,
-    lat: np.ndarray,
-    subjects: Mapping[str, Subject],
-    zones: Mapping[int, PreparedZone],
-    config: EngineConfig,
-) -> np.ndarray:
-    """Membership of every fix in its subject's home area, one vectorised call per zone."""
+def _haversine(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = (math.sin((p2 - p1) / 2) ** 2
+         + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2)
+    return 2 * _EARTH_R * math.asin(min(1.0, math.sqrt(a)))
+
+
+def step(
+    track: Track, m: Membership, t: float, bad: Membership, n_bad: int, span_bad: float,
+    n_good: int, span_good: float, deep: bool = False,
+) -> tuple[Track, str | None]:
+    """Debounce one area: N pieces of evidence spanning T flip the status ("bad"/"good").
+
+    Border and undecidable fixes neither count nor break a streak. Evidence that is "deep" (the
+    accuracy circle far beyond the border) needs only two fixes and a third of the span: no GPS
+    error of a phone that reports its accuracy puts it a kilometre beyond the circle twice.
+    """
+    good = Membership.INSIDE if bad == Membership.OUTSIDE else Membership.OUTSIDE
+    if m != bad and m != good:
+        return track, None
+    bad_st = AreaStatus.OUTSIDE if bad == Membership.OUTSIDE else AreaStatus.INSIDE
+    good_st = AreaStatus.INSIDE if bad_st == AreaStatus.OUTSIDE else AreaStatus.OUTSIDE
+    towards_bad = track.status != bad_st
+    confirms = (m == bad) == towards_bad
+    if not confirms:  # evidence for the current status: any streak against it is broken
+        if track.status == AreaStatus.UNKNOWN:
+            return Track(good_st, t, 0, None, track.flag), None
+        if track.pending:
+            return replace(track, pending=0, pending_since=None, shallow=False), None
+        return track, None
+    pending = track.pending + 1
+    since = track.pending_since if track.pending and track.pending_since is not None else t
+    shallow = track.shallow or not deep
+    n, span = (n_bad, span_bad) if towards_bad else (n_good, span_good)
+    if not shallow:
+        n, span = min(n, 2), span / 3
+    if pending >= n and t - since >= span:
+        return Track(bad_st if towards_bad else good_st, since, 0, None, track.flag), (
+            "bad" if towards_bad else "good")
+    return replace(track, pending=pending, pending_since=since, shallow=shallow), None
+
+
+@dataclass
+class _Prepared:
+    """Vectorised facts about every fix of the batch, computed before the fold."""
+
+    order: list[int]
+    lon: np.ndarray
+    lat: np.ndarray
+    usable: np.ndarray
+    late: np.ndarray
+    allowed: np.ndarray  # membership code in the allowed area
+    deep: np.ndarray  # outside the allowed area by accuracy + deep margin
+    zone_memb: dict[tuple[int, int], int]  # (fix, zone) -> membership code (exclusions, curfews)
+    near: dict[tuple[int, int], bool]  # exclusion buffer: circle within the buffer
+    far: dict[tuple[int, int], bool]  # exclusion buffer: circle wholly beyond the buffer
+    crossing: dict[tuple[int, int], bool]  # segment from the previous usable fix crosses the zone
+    prev: dict[int, LastFix]  # previous usable fix of each usable fix
+
+
+def _zone_codes(
+    zones: Mapping[int, PreparedZone], tasks: Mapping[int, list[tuple[int, float]]],
+    lon: np.ndarray, lat: np.ndarray,
+) -> dict[tuple[int, int], int]:
+    out: dict[tuple[int, int], int] = {}
+    for zid, items in tasks.items():
+        zone = zones.get(zid)
+        if zone is None or not items:
+            continue
+        idx = np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items))
+        acc = np.fromiter((a for _, a in items), dtype=np.float64, count=len(items))
+        codes = zone.membership(lon[idx], lat[idx], acc)
+        out.update(zip(((int(i), zid) for i in idx), codes.tolist(), strict=True))
+    return out
+
+
+def _prepare(
+    fixes: Sequence[Fix], subjects: Mapping[str, Subject], zones: Mapping[int, PreparedZone],
+    states: Mapping[str, DeviceState],
+) -> _Prepared:
     n = len(fixes)
-    memb = np.full(n, M_UNDECIDABLE, dtype=np.int8)
-    acc = np.array([np.nan if f.accuracy is None else f.accuracy for f in fixes], dtype=np.float64)
-    usable = np.isfinite(acc) & (acc <= config.max_decision_accuracy_m)
-    by_zone: dict[int, list[int]] = defaultdict(list)
-    for i, f in enumerate(fixes):
+    order = sorted(range(n), key=lambda i: (fixes[i].device_id, fixes[i].time))
+    codes = np.fromiter((CRS_CODE[f.crs] for f in fixes), dtype=np.int8, count=n)
+    lon, lat = to_wgs84_mixed(
+        np.fromiter((f.lon for f in fixes), dtype=np.float64, count=n),
+        np.fromiter((f.lat for f in fixes), dtype=np.float64, count=n),
+        codes,
+    )
+    acc = np.fromiter((np.nan if f.accuracy is None else f.accuracy for f in fixes),
+                      dtype=np.float64, count=n)
+    usable = np.zeros(n, dtype=bool)
+    late = np.zeros(n, dtype=bool)
+    prev: dict[int, LastFix] = {}
+    allowed_tasks: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    zone_tasks: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    allowed_of: dict[int, list[int]] = {}
+    last_seen: dict[str, float] = {}
+    last_usable: dict[str, LastFix | None] = {}
+    for i in order:
+        f = fixes[i]
         subj = subjects.get(f.device_id)
-        if usable[i] and subj is not None and subj.home_zone_id in zones:
-            by_zone[subj.home_zone_id].append(i)  # type: ignore[index]
-    for zone_id, idx_list in by_zone.items():
+        st = states.get(f.device_id)
+        if f.device_id not in last_seen:
+            last_seen[f.device_id] = st.last_fix_time if st else float("-inf")
+            last_usable[f.device_id] = st.last if st else None
+        if f.time <= last_seen[f.device_id]:
+            late[i] = True
+            continue
+        last_seen[f.device_id] = f.time
+        rules = subj.rules if subj else Rules()
+        a = acc[i]
+        if not (np.isfinite(a) and a <= rules.max_accuracy_m) or f.provider in _UNUSABLE_PROVIDERS:
+            continue
+        usable[i] = True
+        p = last_usable[f.device_id]
+        if p is not None:
+            prev[i] = p
+        last_usable[f.device_id] = LastFix(f.time, float(lon[i]), float(lat[i]), float(a))
+        if subj is None:
+            continue
+        ids = subj.allowed_zone_ids(f.time)
+        allowed_of[i] = ids
+        for zid in ids:
+            allowed_tasks[zid].append((i, float(a)))
+        for ex in subj.exclusions:
+            zone_tasks[ex.zone_id].append((i, float(a)))
+        for cu in subj.curfews:
+            zone_tasks[cu.zone_id].append((i, float(a)))
+
+    per_zone = _zone_codes(zones, allowed_tasks, lon, lat)
+    allowed = np.full(n, M_UNDECIDABLE, dtype=np.int8)
+    outside_idx: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for i, ids in allowed_of.items():
+        cs = [per_zone[(i, z)] for z in ids if (i, z) in per_zone]
+        if not cs:
+            continue
+        if M_INSIDE in cs:
+            allowed[i] = M_INSIDE
+        elif all(c == M_OUTSIDE for c in cs):
+            allowed[i] = M_OUTSIDE
+            rules = subjects[fixes[i].device_id].rules
+            for z in ids:
+                outside_idx[z].append((i, float(acc[i]) + rules.deep_margin_m))
+        else:
+            allowed[i] = M_BORDER
+    deep = np.zeros(n, dtype=bool)
+    if outside_idx:
+        deep_codes = _zone_codes(zones, outside_idx, lon, lat)
+        for i in {i for items in outside_idx.values() for i, _ in items}:
+            deep[i] = all(deep_codes.get((i, z)) == M_OUTSIDE for z in allowed_of[i])
+
+    zone_memb = _zone_codes(zones, zone_tasks, lon, lat)
+    near: dict[tuple[int, int], bool] = {}
+    far: dict[tuple[int, int], bool] = {}
+    near_tasks: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    far_tasks: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    cross_candidates: dict[int, list[int]] = defaultdict(list)
+    for i in allowed_of:
+        subj = subjects[fixes[i].device_id]
+        for ex in subj.exclusions:
+            if ex.buffer_m > 0:
+                if ex.buffer_m > acc[i]:
+                    near_tasks[ex.zone_id].append((i, ex.buffer_m - float(acc[i])))
+                far_tasks[ex.zone_id].append((i, ex.buffer_m + float(acc[i])))
+            p = prev.get(i)
+            if p is not None and fixes[i].time - p.time <= subj.rules.segment_max_gap_s:
+                cross_candidates[ex.zone_id].append(i)
+    for (i, z), c in _zone_codes(zones, near_tasks, lon, lat).items():
+        near[(i, z)] = c != M_OUTSIDE
+    for (i, z), c in _zone_codes(zones, far_tasks, lon, lat).items():
+        far[(i, z)] = c == M_OUTSIDE
+    crossing: dict[tuple[int, int], bool] = {}
+    for zid, idx_list in cross_candidates.items():
+        zone = zones.get(zid)
+        if zone is None:
+            continue
         idx = np.asarray(idx_list)
-        memb[idx] = zones[zone_id].membership(lon[idx], lat[idx], acc[idx])
-    return memb
+        p_lon = np.array([prev[i].lon for i in idx_list])
+        p_lat = np.array([prev[i].lat for i in idx_list])
+        margin = np.maximum(acc[idx], np.array([prev[i].accuracy for i in idx_list]))
+        crossing.update(zone.segments_cross(p_lon, p_lat, lon[idx], lat[idx], margin, idx))
+    return _Prepared(order, lon, lat, usable, late, allowed, deep, zone_memb, near, far,
+                     crossing, prev)
 
 
-def fold(
-    state: DeviceState, fix: Fix, membership: Membership
-) -> tuple[DeviceState, EventKind | None]:
-    """Advance one device's state by one in-order fix; return the new state and any change."""
-    new = replace(state, last_fix_time=fix.time)
-    if membership == Membership.OUTSIDE and state.area != AreaStatus.OUTSIDE:
-        return replace(new, area=AreaStatus.OUTSIDE, area_since=fix.time), EventKind.AREA_EXIT
-    if membership == Membership.INSIDE and state.area != AreaStatus.INSIDE:
-        kind = EventKind.AREA_RETURN if state.area == AreaStatus.OUTSIDE else None
-        return replace(new, area=AreaStatus.INSIDE, area_since=fix.time), kind
-    return new, None
+class _Fold:
+    """Per-device fold over the prepared facts, collecting events."""
+
+    def __init__(self, fixes: Sequence[Fix], subjects: Mapping[str, Subject],
+                 zones: Mapping[int, PreparedZone], pre: _Prepared, now: float,
+                 retro: bool) -> None:
+        self.fixes, self.subjects, self.zones, self.pre = fixes, subjects, zones, pre
+        self.now, self.retro = now, retro
+        self.events: list[Event] = []
+
+    def emit(self, kind: EventKind, i: int, rule: str, zone_id: int | None, m: Membership,
+             since: float | None = None, **detail: object) -> None:
+        f = self.fixes[i]
+        lon, lat = float(self.pre.lon[i]), float(self.pre.lat[i])
+        distance = None
+        if zone_id is not None and zone_id in self.zones:
+            distance = self.zones[zone_id].signed_distance(lon, lat)
+        subj = self.subjects.get(f.device_id)
+        rules = subj.rules if subj else Rules()
+        if subj is not None and subj.profile:
+            detail["profile"] = subj.profile
+        late = self.retro or (self.now - f.time) > rules.late_after_s
+        reason = Reason(rule, zone_id, m, distance, f.accuracy, tuple(sorted(detail.items())))
+        self.events.append(Event(kind, f.device_id, f.time, lon, lat, reason, since, late,
+                                 self.now))
+
+    def fix(self, st: DeviceState, i: int) -> DeviceState:
+        f = self.fixes[i]
+        subj = self.subjects.get(f.device_id)
+        rules = subj.rules if subj else Rules()
+        st = replace(st, last_fix_time=f.time)
+        st = self._spoofing(st, i, rules)
+        if not self.pre.usable[i] or subj is None:
+            return self._undecidable(st, i, rules)
+        if st.undecidable or st.rollcall_asked:
+            st = replace(st, undecidable=0, undecidable_since=None, rollcall_asked=False)
+        st = self._speed(st, i, rules)
+        st = self._area(st, i, subj, rules)
+        st = self._exclusions(st, i, subj, rules)
+        st = self._curfews(st, i, subj, rules)
+        lon, lat = float(self.pre.lon[i]), float(self.pre.lat[i])
+        return replace(st, last=LastFix(f.time, lon, lat, float(f.accuracy or 0.0)))
+
+    def _undecidable(self, st: DeviceState, i: int, rules: Rules) -> DeviceState:
+        t = self.fixes[i].time
+        count = st.undecidable + 1
+        since = st.undecidable_since if st.undecidable and st.undecidable_since is not None else t
+        st = replace(st, undecidable=count, undecidable_since=since)
+        if not st.rollcall_asked and (count >= rules.undecidable_fixes
+                                      or t - since >= rules.undecidable_span_s):
+            self.emit(EventKind.ROLL_CALL_REQUEST, i, RULE_UNDECIDABLE, None,
+                      Membership.UNDECIDABLE, since, undecidable_fixes=count)
+            st = replace(st, rollcall_asked=True)
+        return st
+
+    def _spoofing(self, st: DeviceState, i: int, rules: Rules) -> DeviceState:
+        f = self.fixes[i]
+        if f.mock and not st.mock_flagged:
+            self.emit(EventKind.SPOOFING, i, RULE_MOCK, None, Membership.UNDECIDABLE)
+        st = replace(st, mock_flagged=f.mock)
+        key = (f.lon, f.lat, f.accuracy)
+        if key == st.same_key:
+            st = replace(st, same_count=st.same_count + 1)
+            if (not st.frozen_flagged and st.same_count >= rules.frozen_fixes
+                    and st.same_since is not None and f.time - st.same_since >= rules.frozen_span_s):
+                self.emit(EventKind.SPOOFING, i, RULE_FROZEN, None, Membership.UNDECIDABLE,
+                          st.same_since, identical_fixes=st.same_count)
+                st = replace(st, frozen_flagged=True)
+            return st
+        return replace(st, same_key=key, same_count=1, same_since=f.time, frozen_flagged=False)
+
+    def _speed(self, st: DeviceState, i: int, rules: Rules) -> DeviceState:
+        p = self.pre.prev.get(i)
+        f = self.fixes[i]
+        if p is None or f.time <= p.time:
+            return st
+        d = _haversine(p.lon, p.lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
+        moved = d - p.accuracy - float(f.accuracy or 0.0)
+        speed = moved / (f.time - p.time)
+        if moved >= rules.min_jump_m and speed > rules.max_speed_mps:
+            self.emit(EventKind.SPOOFING, i, RULE_SPEED, None, Membership.UNDECIDABLE, p.time,
+                      speed_mps=round(speed, 1), jump_m=round(d, 1))
+        return st
+
+    def _area(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> DeviceState:
+        m = MEMBERSHIPS[self.pre.allowed[i]]
+        track, change = step(st.area, m, self.fixes[i].time, Membership.OUTSIDE,
+                             rules.exit_fixes, rules.exit_span_s, rules.return_fixes,
+                             rules.return_span_s, bool(self.pre.deep[i]))
+        zone_id = subj.home_zone_id
+        if change == "bad":
+            self.emit(EventKind.AREA_EXIT, i, RULE_AREA_EXIT, zone_id, m, track.since,
+                      allowed_zones=subj.allowed_zone_ids(self.fixes[i].time))
+        elif change == "good" and not self.retro:
+            self.emit(EventKind.AREA_RETURN, i, RULE_AREA_RETURN, zone_id, m, track.since)
+        return replace(st, area=track)
+
+    def _exclusions(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> DeviceState:
+        t = self.fixes[i].time
+        for ex in subj.exclusions:
+            key = f"x{ex.zone_id}"
+            track = st.zone(key)
+            code = self.pre.zone_memb.get((i, ex.zone_id))
+            if code is None:
+                continue
+            m = MEMBERSHIPS[code]
+            new, change = step(track, m, t, Membership.INSIDE, rules.exclusion_fixes,
+                               rules.exclusion_span_s, rules.exclusion_fixes,
+                               rules.exclusion_span_s)
+            if change == "bad":
+                self.emit(EventKind.EXCLUSION_ENTRY, i, RULE_EXCLUSION_ENTRY, ex.zone_id, m,
+                          new.since)
+            elif change == "good" and not self.retro:
+                self.emit(EventKind.EXCLUSION_LEFT, i, RULE_EXCLUSION_LEFT, ex.zone_id, m)
+            if (new.status != AreaStatus.INSIDE and m != Membership.INSIDE
+                    and self.pre.crossing.get((i, ex.zone_id))):
+                p = self.pre.prev[i]
+                self.emit(EventKind.EXCLUSION_CROSSING, i, RULE_EXCLUSION_CROSSING, ex.zone_id, m,
+                          p.time, from_lon=p.lon, from_lat=p.lat, from_time=p.time)
+            if ex.buffer_m > 0:
+                if new.flag is None and self.pre.near.get((i, ex.zone_id)) \
+                        and new.status != AreaStatus.INSIDE:
+                    self.emit(EventKind.EXCLUSION_APPROACH, i, RULE_EXCLUSION_APPROACH,
+                              ex.zone_id, m, buffer_m=ex.buffer_m)
+                    new = replace(new, flag=t)
+                elif new.flag is not None and self.pre.far.get((i, ex.zone_id)):
+                    new = replace(new, flag=None)
+            if new != track:
+                st = st.with_zone(key, new)
+        return st
+
+    def _curfews(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> DeviceState:
+        t = self.fixes[i].time
+        for j, cu in enumerate(subj.curfews):
+            key = f"c{j}"
+            track = st.zone(key)
+            code = self.pre.zone_memb.get((i, cu.zone_id))
+            if code is None:
+                continue
+            m = MEMBERSHIPS[code]
+            new, _ = step(track, m, t, Membership.OUTSIDE, rules.exit_fixes, rules.exit_span_s,
+                          rules.return_fixes, rules.return_span_s, bool(self.pre.deep[i]))
+            ws = cu.window_start(t)
+            if new.status == AreaStatus.OUTSIDE and ws is not None and new.flag != ws:
+                self.emit(EventKind.CURFEW_BREACH, i, RULE_CURFEW, cu.zone_id, m,
+                          max(new.since or t, ws), window_start=ws, curfew=f"{cu.start}-{cu.end}")
+                new = replace(new, flag=ws)
+            if new != track:
+                st = st.with_zone(key, new)
+        return st
 
 
 def evaluate(
@@ -89,46 +408,89 @@ def evaluate(
     zones: Mapping[int, PreparedZone],
     states: Mapping[str, DeviceState],
     now: float,
-    config: EngineConfig = EngineConfig(),
+    retro: bool = False,
 ) -> BatchResult:
-    """Decide a batch of fixes of many devices; each device's fixes are folded in fix-time order."""
-    del now  # the first rule needs no clock; later rules (debounce spans, curfews) will
+    """Decide a batch of fixes of many devices; each device's fixes are folded in fix-time order.
+
+    Fixes older than a device's state never change it: they are judged on their own, from a
+    clean slate, so a buffered upload that arrives after a live fix can still reveal a past
+    violation (reported as late), but cannot undo a later decision.
+    """
     result = BatchResult()
     if not fixes:
         return result
-    order = sorted(range(len(fixes)), key=lambda i: (fixes[i].device_id, fixes[i].time))
-    fixes = [fixes[i] for i in order]
-    codes = np.fromiter((CRS_CODE[f.crs] for f in fixes), dtype=np.int8, count=len(fixes))
-    lon, lat = to_wgs84_mixed(
-        np.fromiter((f.lon for f in fixes), dtype=np.float64, count=len(fixes)),
-        np.fromiter((f.lat for f in fixes), dtype=np.float64, count=len(fixes)),
-        codes,
-    )
-    memb = _home_memberships(fixes, lon, lat, subjects, zones, config)
+    pre = _prepare(fixes, subjects, zones, states)
+    fold = _Fold(fixes, subjects, zones, pre, now, retro)
     current: dict[str, DeviceState] = {}
-    for i, fix in enumerate(fixes):
-        dev = fix.device_id
-        state = current.get(dev) or states.get(dev) or DeviceState()
-        m = MEMBERSHIPS[memb[i]]
-        if fix.time <= state.last_fix_time:
-            # Older than what this device already told us: stored, never allowed to undo
-            # a later decision.
-            result.decisions.append(
-                Decision(fix, float(lon[i]), float(lat[i]), m, None, evaluated=False)
-            )
+    late_fixes: list[Fix] = []
+    for i in pre.order:
+        f = fixes[i]
+        m = MEMBERSHIPS[pre.allowed[i]]
+        lon, lat = float(pre.lon[i]), float(pre.lat[i])
+        if pre.late[i]:
+            late_fixes.append(f)
+            result.decisions.append(Decision(f, lon, lat, m, None, evaluated=False))
             continue
-        new_state, kind = fold(state, fix, m)
-        current[dev] = new_state
-        distance = None
-        if kind is not None:
-            subj = subjects[dev]
-            zone = zones[subj.home_zone_id]  # type: ignore[index]
-            distance = zone.signed_distance(float(lon[i]), float(lat[i]))
-            rule = RULE_AREA_EXIT if kind == EventKind.AREA_EXIT else RULE_AREA_RETURN
-            reason = Reason(rule, zone.zone_id, m, distance, fix.accuracy)
-            result.events.append(Event(kind, dev, fix.time, float(lon[i]), float(lat[i]), reason))
-        result.decisions.append(Decision(fix, float(lon[i]), float(lat[i]), m, distance, True))
+        state = current.get(f.device_id) or states.get(f.device_id) or DeviceState()
+        current[f.device_id] = fold.fix(state, i)
+        result.decisions.append(Decision(f, lon, lat, m, None, evaluated=True))
+    result.events = fold.events
     for dev, st in current.items():
         if st != states.get(dev):
             result.states[dev] = st
+    if late_fixes and not retro:
+        # A clean slate that assumes the person was where they belong.
+        clean = {d: DeviceState(area=Track(AreaStatus.INSIDE)) for d in {f.device_id for f in late_fixes}}
+        past = evaluate(late_fixes, subjects, zones, clean, now, retro=True)
+        result.events.extend(e for e in past.events if e.kind != EventKind.ROLL_CALL_REQUEST)
+        late_membership = {(d.fix.device_id, d.fix.time, id(d.fix)): d for d in past.decisions}
+        result.decisions = [
+            replace(d, membership=late_membership[(d.fix.device_id, d.fix.time, id(d.fix))].membership)
+            if not d.evaluated else d
+            for d in result.decisions
+        ]
     return result
+
+
+def tick(
+    subjects: Mapping[str, Subject],
+    zones: Mapping[int, PreparedZone],
+    states: Mapping[str, DeviceState],
+    now: float,
+) -> BatchResult:
+    """Time-driven checks (curfew windows opening): run by the scheduler, not by fixes."""
+    result = BatchResult()
+    for dev, subj in subjects.items():
+        st = states.get(dev) or DeviceState()
+        new_st = st
+        for j, cu in enumerate(subj.curfews):
+            ws = cu.window_start(now)
+            if ws is None:
+                continue
+            key = f"c{j}"
+            track = new_st.zone(key)
+            if track.flag in (ws, -ws):  # reported, or a roll-call already asked, this window
+                continue
+            last = st.last
+            fresh = last is not None and now - last.time <= subj.rules.curfew_stale_s
+            lon, lat = (last.lon, last.lat) if last else (float("nan"), float("nan"))
+            if track.status == AreaStatus.OUTSIDE and fresh:
+                distance = zones[cu.zone_id].signed_distance(lon, lat) if cu.zone_id in zones else None
+                reason = Reason(RULE_CURFEW_AT_START, cu.zone_id, Membership.OUTSIDE, distance,
+                                last.accuracy if last else None,
+                                (("curfew", f"{cu.start}-{cu.end}"), ("window_start", ws)))
+                result.events.append(Event(EventKind.CURFEW_BREACH, dev, last.time if last else now,
+                                           lon, lat, reason, ws, False, now))
+                new_st = new_st.with_zone(key, replace(track, flag=ws))
+            elif not fresh or track.status == AreaStatus.UNKNOWN:
+                reason = Reason(RULE_CURFEW_UNKNOWN, cu.zone_id, Membership.UNDECIDABLE, None, None,
+                                (("window_start", ws),))
+                result.events.append(Event(EventKind.ROLL_CALL_REQUEST, dev, now, lon, lat, reason,
+                                           ws, False, now))
+                new_st = new_st.with_zone(key, replace(track, flag=-ws))
+        if new_st != st:
+            result.states[dev] = new_st
+    return result
+
+
+__all__ = ["BatchResult", "evaluate", "step", "tick"]

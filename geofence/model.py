@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, time, timedelta
 from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from geofence.profile import Rules
 
 
 class CRS(StrEnum):
@@ -49,10 +53,17 @@ class AreaStatus(StrEnum):
 
 
 class EventKind(StrEnum):
-    """What changed since the previous fix."""
+    """What changed since the previous fix (or since the clock moved on)."""
 
     AREA_EXIT = "area_exit"
     AREA_RETURN = "area_return"
+    EXCLUSION_APPROACH = "exclusion_approach"  # early warning: within the zone's buffer
+    EXCLUSION_ENTRY = "exclusion_entry"
+    EXCLUSION_CROSSING = "exclusion_crossing"  # the segment between two fixes crossed it
+    EXCLUSION_LEFT = "exclusion_left"
+    CURFEW_BREACH = "curfew_breach"
+    SPOOFING = "suspected_spoofing"
+    ROLL_CALL_REQUEST = "roll_call_request"  # the engine cannot decide: ask the phone
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,26 +87,103 @@ class Fix:
 
 
 @dataclass(frozen=True, slots=True)
+class Track:
+    """Debounced standing of one person towards one area (allowed area, exclusion, curfew)."""
+
+    status: AreaStatus = AreaStatus.UNKNOWN
+    since: float | None = None  # fix time the current status began (first evidence)
+    pending: int = 0  # evidence collected towards the opposite status
+    pending_since: float | None = None
+    flag: float | None = None  # exclusion: warned; curfew: window start already reported
+    shallow: bool = False  # some pending evidence was not "deep" (far beyond its accuracy)
+
+    def to_list(self) -> list[object]:
+        """Compact serialisable form."""
+        return [self.status.value, self.since, self.pending, self.pending_since, self.flag,
+                self.shallow]
+
+    @classmethod
+    def from_list(cls, v: list[object]) -> Track:
+        """Inverse of `to_list`."""
+        st, since, pend, psince, flag, shallow = (list(v) + [None] * 6)[:6]
+        return cls(AreaStatus(str(st)), _f(since), int(pend or 0), _f(psince),  # type: ignore[call-overload]
+                   _f(flag), bool(shallow))
+
+
+def _f(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LastFix:
+    """The last decidable fix (WGS-84): the start of the next segment and speed check."""
+
+    time: float
+    lon: float
+    lat: float
+    accuracy: float
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceState:
     """What the engine remembers about one device between fixes."""
 
     last_fix_time: float = float("-inf")
-    area: AreaStatus = AreaStatus.UNKNOWN
-    area_since: float | None = None  # fix time at which `area` was decided
+    area: Track = Track()
+    zones: tuple[tuple[str, Track], ...] = ()  # ("x12", track) exclusion, ("c0", track) curfew
+    last: LastFix | None = None
+    undecidable: int = 0
+    undecidable_since: float | None = None
+    rollcall_asked: bool = False
+    same_key: tuple[float, float, float | None] | None = None
+    same_count: int = 0
+    same_since: float | None = None
+    frozen_flagged: bool = False
+    mock_flagged: bool = False
+
+    def zone(self, key: str) -> Track:
+        """The track of an exclusion or curfew zone."""
+        for k, t in self.zones:
+            if k == key:
+                return t
+        return Track()
+
+    def with_zone(self, key: str, track: Track) -> DeviceState:
+        """A copy with one zone track replaced."""
+        rest = tuple((k, t) for k, t in self.zones if k != key)
+        return replace(self, zones=tuple(sorted(rest + ((key, track),))))
 
     def to_dict(self) -> dict[str, object]:
         """Serialisable form (for the per-device store)."""
-        return {"t": self.last_fix_time, "area": self.area.value, "since": self.area_since}
+        last = self.last
+        return {
+            "t": self.last_fix_time if self.last_fix_time != float("-inf") else None,
+            "area": self.area.to_list(),
+            "zones": {k: t.to_list() for k, t in self.zones},
+            "last": None if last is None else [last.time, last.lon, last.lat, last.accuracy],
+            "und": [self.undecidable, self.undecidable_since, self.rollcall_asked],
+            "same": [None if self.same_key is None else list(self.same_key), self.same_count,
+                     self.same_since, self.frozen_flagged],
+            "mock": self.mock_flagged,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> DeviceState:
-        """Inverse of `to_dict`."""
-        t = d.get("t")
-        since = d.get("since")
+        """Inverse of `to_dict` (tolerates missing parts: a new field starts at its default)."""
+        t = _f(d.get("t"))
+        last = d.get("last")
+        und = list(d.get("und") or [0, None, False])  # type: ignore[call-overload]
+        same = list(d.get("same") or [None, 0, None, False])  # type: ignore[call-overload]
+        zones = d.get("zones") or {}
         return cls(
-            last_fix_time=float(t) if isinstance(t, (int, float)) else float("-inf"),
-            area=AreaStatus(str(d.get("area", AreaStatus.UNKNOWN.value))),
-            area_since=float(since) if isinstance(since, (int, float)) else None,
+            last_fix_time=t if t is not None else float("-inf"),
+            area=Track.from_list(d["area"]) if isinstance(d.get("area"), list) else Track(),  # type: ignore[arg-type]
+            zones=tuple(sorted((k, Track.from_list(v)) for k, v in zones.items())),  # type: ignore[attr-defined]
+            last=LastFix(*last) if isinstance(last, list) else None,
+            undecidable=int(und[0] or 0), undecidable_since=_f(und[1]), rollcall_asked=bool(und[2]),
+            same_key=tuple(same[0]) if same[0] is not None else None,  # type: ignore[arg-type]
+            same_count=int(same[1] or 0), same_since=_f(same[2]), frozen_flagged=bool(same[3]),
+            mock_flagged=bool(d.get("mock", False)),
         )
 
 
@@ -108,6 +196,7 @@ class Reason:
     membership: Membership
     distance_m: float | None  # signed distance to the border: >0 outside, <0 inside
     accuracy_m: float | None
+    detail: tuple[tuple[str, object], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -117,6 +206,7 @@ class Reason:
             "membership": self.membership.value,
             "distance_m": None if self.distance_m is None else round(self.distance_m, 1),
             "accuracy_m": self.accuracy_m,
+            **dict(self.detail),
         }
 
 
@@ -126,11 +216,13 @@ class Event:
 
     kind: EventKind
     device_id: str
-    fix_time: float
+    fix_time: float  # the fix that decided it
     lon: float  # WGS-84
     lat: float
     reason: Reason
-    late: bool = False  # found after later fixes had already been decided
+    since: float | None = None  # when the condition began (first evidence)
+    late: bool = False  # found well after its fix time (buffered upload, out-of-order fix)
+    detected_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,15 +232,66 @@ class Decision:
     fix: Fix
     lon: float  # WGS-84
     lat: float
-    membership: Membership
+    membership: Membership  # in the allowed area
     distance_m: float | None
-    evaluated: bool  # False when the fix was older than the device state (stored, not decided)
+    evaluated: bool  # False when the fix was older than the device state (stored, judged apart)
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """An approved travel permit: its destination joins the allowed area during [start, end)."""
+
+    zone_id: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusion:
+    """A zone the person must not enter (prohibition order); buffer > 0 warns on approach."""
+
+    zone_id: int
+    buffer_m: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Curfew:
+    """Must be inside `zone_id` between local `start` and `end` ("22:00", "06:00")."""
+
+    zone_id: int
+    start: str
+    end: str
+    tz: str = "Asia/Shanghai"
+
+    def window_start(self, t: float) -> float | None:
+        """Epoch start of the window containing `t`, or None when `t` is outside every window."""
+        tz = ZoneInfo(self.tz)
+        local = datetime.fromtimestamp(t, tz)
+        sh, sm = (int(x) for x in self.start.split(":"))
+        eh, em = (int(x) for x in self.end.split(":"))
+        for back in (0, 1):
+            day = (local - timedelta(days=back)).date()
+            start = datetime.combine(day, time(sh, sm), tz)
+            end_day = day if (eh, em) > (sh, sm) else day + timedelta(days=1)
+            end = datetime.combine(end_day, time(eh, em), tz)
+            if start.timestamp() <= t < end.timestamp():
+                return start.timestamp()
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """Who a device speaks for, and the zones that apply to them."""
+    """Who a device speaks for, the zones that apply to them, and their thresholds."""
 
     supervisee_id: int
     home_zone_id: int | None
-    extra: dict[str, object] = field(default_factory=dict)
+    permits: tuple[Permit, ...] = ()
+    exclusions: tuple[Exclusion, ...] = ()
+    curfews: tuple[Curfew, ...] = ()
+    rules: Rules = field(default_factory=Rules)
+    profile: str = ""  # the rule profile label these rules came from
+
+    def allowed_zone_ids(self, t: float) -> list[int]:
+        """Home area plus the destinations of permits valid at `t`."""
+        ids = [] if self.home_zone_id is None else [self.home_zone_id]
+        return ids + [p.zone_id for p in self.permits if p.start <= t < p.end]

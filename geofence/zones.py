@@ -166,8 +166,34 @@ class PreparedZone:
             out[rest] = np.where(near, M_BORDER, np.where(inside, M_INSIDE, M_OUTSIDE))
         return out
 
+    def segments_cross(
+        self, lon1: np.ndarray, lat1: np.ndarray, lon2: np.ndarray, lat2: np.ndarray,
+        margin: np.ndarray, keys: np.ndarray,
+    ) -> dict[tuple[int, int], bool]:
+        """For each segment: does it pass through the zone deeper than `margin` metres?
+
+        The zone is eroded by the larger accuracy of the two ends, so only a crossing that no
+        position error could explain counts. Margins beyond the largest bucket decide nothing.
+        """
+        x1, y1 = self.project(lon1, lat1)
+        x2, y2 = self.project(lon2, lat2)
+        out: dict[tuple[int, int], bool] = {}
+        bucket_idx = np.searchsorted(np.asarray(ACCURACY_BUCKETS_M), margin, side="left")
+        for b, bucket in enumerate(ACCURACY_BUCKETS_M):
+            sel = np.flatnonzero(bucket_idx == b)
+            if sel.size == 0:
+                continue
+            inner, _ = self._band(bucket)
+            coords = np.stack([np.column_stack([x1[sel], y1[sel]]),
+                               np.column_stack([x2[sel], y2[sel]])], axis=1)
+            hits = shapely.intersects(inner, shapely.linestrings(coords))
+            out.update({(int(k), self.zone_id): bool(h) for k, h in zip(keys[sel], hits, strict=True)})
+        return out
+
     def signed_distance(self, lon: float, lat: float) -> float:
         """Metres from the border: positive outside the zone, negative inside."""
+        if not (math.isfinite(lon) and math.isfinite(lat)):
+            return float("nan")
         x, y = self.project(np.array([lon]), np.array([lat]))
         p = shapely.points(x[0], y[0])
         d = float(shapely.distance(self.boundary, p))

@@ -19,7 +19,7 @@ import psycopg
 import redis
 
 from alerts.service import AlertTarget, record_events
-from geofence.engine import EngineConfig, evaluate
+from geofence.engine import evaluate
 from geofence.model import Decision, DeviceState, Fix, Source
 from ingest.decoders import (
     Decoded,
@@ -133,7 +133,6 @@ class Pipeline:
             max_future_s=settings.max_future_s,
             max_age_s=settings.max_age_s,
         )
-        self.engine_config = EngineConfig(settings.max_decision_accuracy_m)
         self._cas = r.register_script(_STATE_CAS)
         self._partitions: set[date] = set()
         if not conn.autocommit:
@@ -224,10 +223,7 @@ class Pipeline:
 
         devices = sorted({f.device_id for f in fixes})
         states = self._load_states(devices)
-        result = evaluate(
-            fixes, self.registry.subjects(infos), self.registry.zones, states, now,
-            self.engine_config,
-        )
+        result = evaluate(fixes, self.registry.subjects(infos), self.registry.zones, states, now)
         # evaluate() returns decisions sorted by (device, time); map them back to messages.
         owner_of = {(f.device_id, f.time, id(f)): owner[k] for k, f in enumerate(fixes)}
 

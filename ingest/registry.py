@@ -1,18 +1,22 @@
-"""Who each device speaks for, and its zones: cached in the worker, invalidated through Redis."""
+"""Who each device speaks for, their zones and rules: cached in the worker, invalidated via Redis."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import psycopg
 import redis
 import shapely
 
-from geofence.model import Subject, ZoneKind
+from geofence.model import Curfew, Exclusion, Subject, ZoneKind
+from geofence.profile import DEFAULT_PROFILE, RuleProfile
 from geofence.zones import PreparedZone
+
+log = logging.getLogger(__name__)
 
 CONFIG_VERSION_KEY = "config_version"
 UNKNOWN_TTL_S = 5.0
@@ -25,17 +29,23 @@ class DeviceInfo:
     device_id: str
     supervisee_id: int
     office_id: int
-    home_zone_id: int | None
     active: bool
+    subject: Subject
 
 
 def bump_config_version(r: redis.Redis, prefix: str) -> None:
-    """Tell every worker that devices, supervisees or zones changed."""
+    """Tell every worker that devices, supervisees, zones or rules changed."""
     r.incr(prefix + CONFIG_VERSION_KEY)
 
 
+def load_profile(conn: psycopg.Connection) -> RuleProfile:
+    """The active rule profile, or the built-in national default when none is stored."""
+    row = conn.execute("SELECT body FROM rule_profiles WHERE active").fetchone()
+    return DEFAULT_PROFILE if row is None else RuleProfile.from_dict(row[0])
+
+
 class Registry:
-    """Device and zone cache for one worker; reloads everything when the config version moves."""
+    """Device, rule and zone cache for one worker; reloads when the config version moves."""
 
     def __init__(self, r: redis.Redis, prefix: str) -> None:
         self._redis = r
@@ -44,6 +54,7 @@ class Registry:
         self.devices: dict[str, DeviceInfo] = {}
         self._unknown: dict[str, float] = {}
         self.zones: dict[int, PreparedZone] = {}
+        self.profile: RuleProfile | None = None
 
     def refresh_if_changed(self) -> None:
         """One Redis GET per batch: drop caches when someone changed the configuration."""
@@ -52,41 +63,76 @@ class Registry:
             self._version = v
             self.devices.clear()
             self._unknown.clear()
-            self.zones.clear()
+            self.profile = None
+            # Zones are keyed by id and checked by version on load: keep prepared geometry.
 
     def lookup(self, conn: psycopg.Connection, device_ids: Iterable[str]) -> dict[str, DeviceInfo]:
-        """Known, active devices among `device_ids` (loading misses in one query)."""
+        """Known, active devices among `device_ids` (loading misses in a few queries)."""
         now = time.monotonic()
         wanted = set(device_ids)
-        missing = [
-            d for d in wanted
-            if d not in self.devices and self._unknown.get(d, 0.0) < now
-        ]
+        missing = [d for d in wanted if d not in self.devices and self._unknown.get(d, 0.0) < now]
         if missing:
-            rows = conn.execute(
-                """SELECT d.id, d.supervisee_id, s.office_id, s.home_zone_id,
-                          d.active AND s.active
-                     FROM devices d JOIN supervisees s ON s.id = d.supervisee_id
-                    WHERE d.id = ANY(%s)""",
-                (missing,),
-            ).fetchall()
-            for dev_id, sup_id, office_id, zone_id, active in rows:
-                self.devices[dev_id] = DeviceInfo(dev_id, sup_id, office_id, zone_id, active)
-            for d in set(missing) - {r[0] for r in rows}:
-                self._unknown[d] = now + UNKNOWN_TTL_S
-            zone_ids = {r[3] for r in rows if r[3] is not None} - set(self.zones)
-            if zone_ids:
-                self._load_zones(conn, zone_ids)
+            self._load(conn, missing, now)
         return {d: self.devices[d] for d in wanted if d in self.devices and self.devices[d].active}
 
+    def _load(self, conn: psycopg.Connection, missing: list[str], now: float) -> None:
+        if self.profile is None:
+            self.profile = load_profile(conn)
+        profile = self.profile
+        rows = conn.execute(
+            """SELECT d.id, d.supervisee_id, s.office_id, s.home_zone_id, d.active AND s.active,
+                      s.level, s.rule_overrides
+                 FROM devices d JOIN supervisees s ON s.id = d.supervisee_id
+                WHERE d.id = ANY(%s)""",
+            (missing,),
+        ).fetchall()
+        sup_ids = list({r[1] for r in rows})
+        extra: dict[int, list[Any]] = {s: [] for s in sup_ids}
+        if sup_ids:
+            for row in conn.execute(
+                """SELECT supervisee_id, zone_id, role, buffer_m, curfew_start, curfew_end, timezone
+                     FROM supervisee_zones WHERE active AND supervisee_id = ANY(%s)""",
+                (sup_ids,),
+            ):
+                extra[row[0]].append(row)
+        zone_ids: set[int] = set()
+        for dev_id, sup_id, office_id, home, active, level, overrides in rows:
+            exclusions, curfews = [], []
+            for _, zid, role, buffer_m, cs, ce, tz in extra.get(sup_id, []):
+                zone_ids.add(zid)
+                if role == "exclusion":
+                    exclusions.append(Exclusion(zid, float(buffer_m)))
+                else:
+                    curfews.append(Curfew(zid, cs, ce, tz))
+            try:
+                rules = profile.rules_for(level, overrides)
+            except ValueError:
+                log.exception("supervisee %s has invalid rule overrides; using the level's", sup_id)
+                rules = profile.rules_for(level)
+            # Travel permits join the allowed area once the policy work adds their table.
+            subject = Subject(sup_id, home, (), tuple(exclusions), tuple(curfews), rules,
+                              profile.label)
+            self.devices[dev_id] = DeviceInfo(dev_id, sup_id, office_id, active, subject)
+            if home is not None:
+                zone_ids.add(home)
+            zone_ids.update(p.zone_id for p in subject.permits)
+        for d in set(missing) - {r[0] for r in rows}:
+            self._unknown[d] = now + UNKNOWN_TTL_S
+        self._load_zones(conn, zone_ids)
+
     def _load_zones(self, conn: psycopg.Connection, zone_ids: set[int]) -> None:
+        if not zone_ids:
+            return
         rows = conn.execute(
             "SELECT id, version, kind, ST_AsBinary(geom) FROM zones WHERE id = ANY(%s)",
             (list(zone_ids),),
         ).fetchall()
         for zid, version, kind, wkb in rows:
-            self.zones[zid] = PreparedZone(zid, version, ZoneKind(kind), shapely.from_wkb(wkb))
+            cached = self.zones.get(zid)
+            if cached is None or cached.version != version:
+                self.zones[zid] = PreparedZone(zid, version, ZoneKind(kind), shapely.from_wkb(wkb))
 
     def subjects(self, infos: dict[str, DeviceInfo]) -> dict[str, Subject]:
         """Engine-facing view of the devices."""
-        return {d: Subject(i.supervisee_id, i.home_zone_id) for d, i in infos.items()}
+        return {d: i.subject for d, i in infos.items()}
+

@@ -38,6 +38,7 @@ class MonitoringBasis(StrEnum):
 class AlertKind(StrEnum):
     AREA_EXIT = "area_exit"
     EXCLUSION_ENTRY = "exclusion_entry"
+    EXCLUSION_APPROACH = "exclusion_approach"  # early warning inside a zone's buffer
     CURFEW_BREACH = "curfew_breach"
     OVERDUE_RETURN = "overdue_return"
     COMMUNICATION_FAILURE = "communication_failure"

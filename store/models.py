@@ -83,6 +83,31 @@ class Supervisee(Base):
     home_zone_id: Mapped[int | None] = mapped_column(ForeignKey("zones.id"))
     active: Mapped[bool] = mapped_column(Boolean, server_default="true")
     created_at: Mapped[datetime] = _now()
+    rule_overrides: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+
+class RuleProfileRow(Base):
+    __tablename__ = "rule_profiles"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    active: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    created_at: Mapped[datetime] = _now()
+
+
+class SuperviseeZone(Base):
+    __tablename__ = "supervisee_zones"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    supervisee_id: Mapped[int] = mapped_column(ForeignKey("supervisees.id"))
+    zone_id: Mapped[int] = mapped_column(ForeignKey("zones.id"))
+    role: Mapped[str] = mapped_column(Text)
+    buffer_m: Mapped[float] = mapped_column(Float, server_default="0")
+    curfew_start: Mapped[str | None] = mapped_column(Text)
+    curfew_end: Mapped[str | None] = mapped_column(Text)
+    timezone: Mapped[str] = mapped_column(Text, server_default="Asia/Shanghai")
+    active: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    created_at: Mapped[datetime] = _now()
 
 
 class Device(Base):
@@ -119,6 +144,8 @@ class Alert(Base):
     resolved_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolution_note: Mapped[str | None] = mapped_column(Text)
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    detected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class DeadLetter(Base):

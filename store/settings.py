@@ -53,8 +53,6 @@ class Settings(BaseSettings):
     max_future_s: int = 600
     max_age_s: int = 30 * 86400
 
-    # First engine rule: accuracy worse than this decides nothing
-    max_decision_accuracy_m: float = 200.0
 
     alert_feed_maxlen: int = 100_000
 

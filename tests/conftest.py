@@ -82,7 +82,7 @@ def rds(settings: Settings) -> Iterator[redis.Redis]:
 
 
 TABLES = ("audit_log, device_messages, dead_letters, outbox, alerts, positions, devices, "
-          "supervisees, zones, staff, org_units")
+          "supervisee_zones, rule_profiles, supervisees, zones, staff, org_units")
 
 
 @pytest.fixture()

@@ -1,0 +1,94 @@
+"""Rule thresholds: a versioned profile per supervision level, overridable per person (data)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Every threshold the engine uses for one person."""
+
+    max_accuracy_m: float = 200.0  # worse accuracy decides nothing
+    exit_fixes: int = 3  # wholly-outside evidence needed before an area exit...
+    exit_span_s: float = 90.0  # ...spanning at least this long
+    return_fixes: int = 3  # the same care before the person counts as back inside
+    return_span_s: float = 90.0
+    deep_margin_m: float = 1000.0  # a fix this far beyond its accuracy circle counts twice
+    exclusion_fixes: int = 2  # mirror rule for exclusion zones
+    exclusion_span_s: float = 30.0
+    undecidable_fixes: int = 6  # this many undecidable fixes in a row ask for a roll-call...
+    undecidable_span_s: float = 1800.0  # ...or undecidable for this long
+    max_speed_mps: float = 70.0  # 250 km/h beyond both accuracy circles: not a real move
+    min_jump_m: float = 2000.0  # and only jumps at least this long count as impossible
+    frozen_fixes: int = 12  # bit-identical fixes in a row...
+    frozen_span_s: float = 7200.0  # ...for at least two hours: a replayed or mocked location
+    segment_max_gap_s: float = 1800.0  # straight-line crossing only between fixes this close
+    late_after_s: float = 300.0  # a violation found this long after its fix time is "late"
+    curfew_stale_s: float = 1800.0  # at a curfew's start, a newer fix is needed to judge
+
+
+LEVELS = ("strict", "normal", "lenient")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleProfile:
+    """A named, versioned set of rules per supervision level."""
+
+    name: str
+    version: int
+    levels: Mapping[str, Rules] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """`name@version`, recorded with every decision."""
+        return f"{self.name}@{self.version}"
+
+    def rules_for(self, level: str, overrides: Mapping[str, Any] | None = None) -> Rules:
+        """Rules of a level with a person's overrides applied (unknown keys are refused)."""
+        base = self.levels.get(level) or self.levels["normal"]
+        if not overrides:
+            return base
+        return replace(base, **validate_overrides(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form for storage."""
+        return {"name": self.name, "version": self.version,
+                "levels": {k: asdict(v) for k, v in self.levels.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RuleProfile:
+        """Inverse of `to_dict`; missing thresholds take the defaults."""
+        return cls(str(d["name"]), int(d["version"]),
+                   {k: Rules(**validate_overrides(v)) for k, v in d["levels"].items()})
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Rules)}
+
+
+def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Check names and types of threshold overrides; raise ValueError with the offending key."""
+    out: dict[str, Any] = {}
+    for k, v in overrides.items():
+        if k not in _FIELD_TYPES:
+            raise ValueError(f"unknown threshold {k!r}")
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise ValueError(f"threshold {k!r} must be a non-negative number, not {v!r}")
+        out[k] = int(v) if _FIELD_TYPES[k] in ("int", int) else float(v)
+    return out
+
+
+# The default: strict supervision decides faster, lenient waits longer; all keep the same
+# accuracy-aware evidence rule so that none of them alarms on GPS jitter.
+DEFAULT_PROFILE = RuleProfile(
+    "national-2020",
+    1,
+    {
+        "strict": Rules(exit_fixes=3, exit_span_s=60.0, return_fixes=3, return_span_s=60.0),
+        "normal": Rules(),
+        "lenient": Rules(exit_fixes=3, exit_span_s=180.0, return_fixes=3, return_span_s=180.0,
+                         undecidable_fixes=8),
+    },
+)
