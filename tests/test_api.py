@@ -255,9 +255,12 @@ def test_alert_lifecycle_through_the_api(client, org: Org, db):
     h = login(client, "jiangan-officer")
     cred = enrol(client, h, org.supervisee_id)
     now = time.time()
-    for k, p in enumerate([deep_inside(JIANGAN), deep_inside(JIANGHAN)]):
+    # Home, then (a realistic 20 minutes later) three fixes across the river.
+    track = [(deep_inside(JIANGAN), now - 1500)] + [
+        (deep_inside(JIANGHAN), now - 300 + k * 60) for k in range(3)]
+    for p, t in track:
         client.post(f"{API}/ingest/owntracks", headers=basic(cred["device_id"], cred["secret"]),
-                    json=owntracks(p, now - 60 + k * 10))
+                    json=owntracks(p, t))
     page = client.get(f"{API}/alerts", headers=h, params={"status": "open"}).json()
     assert page["total"] == 1
     alert = page["items"][0]

@@ -57,10 +57,11 @@ def test_phone_leaving_its_district_raises_an_alert_on_the_live_feed(settings: S
                     f"{base}/api/v1/alerts/stream/live", hdr, feeds[name], stop)).start()
                 assert feeds[name].get(timeout=10) == ("status", 200)
             phone = Phone(settings, cred["device_id"])
-            t0 = time.time() - 30
+            t0 = time.time() - 900
             home, away = deep_inside(JIANGAN), deep_inside(JIANGHAN)
             phone.report(*home, t0).wait_for_publish(5)
-            phone.report(*away, t0 + 10).wait_for_publish(5)
+            for k in range(3):  # a quarter of an hour later, across the river, three reports
+                phone.report(*away, t0 + 600 + k * 60).wait_for_publish(5)
             kind, event = feeds["mine"].get(timeout=20)
             stop.set()
             phone.close()

@@ -9,17 +9,8 @@ from hypothesis import strategies as st
 from shapely.geometry import Point, box
 
 from geofence.crs import transform_geometry
-from geofence.engine import evaluate, fold
-from geofence.model import (
-    CRS,
-    AreaStatus,
-    DeviceState,
-    EventKind,
-    Fix,
-    Membership,
-    Subject,
-    ZoneKind,
-)
+from geofence.engine import evaluate
+from geofence.model import CRS, Fix, Membership, Subject, ZoneKind
 from geofence.zones import MEMBERSHIPS, PreparedZone
 from tests.geo import district
 
@@ -32,36 +23,6 @@ def zone(zone_id: int = 1) -> PreparedZone:
 
 
 ZONE = zone()
-
-
-def test_fold_raises_exit_only_on_the_change_to_outside():
-    s0 = DeviceState()
-    f = Fix("d", 100.0, 114.3, 30.6, accuracy=5)
-    s1, e1 = fold(s0, f, Membership.OUTSIDE)
-    s2, e2 = fold(s1, Fix("d", 110.0, 114.3, 30.6, accuracy=5), Membership.OUTSIDE)
-    assert (s1.area, e1, e2) == (AreaStatus.OUTSIDE, EventKind.AREA_EXIT, None)
-    s3, e3 = fold(s2, Fix("d", 120.0, 114.3, 30.6, accuracy=5), Membership.INSIDE)
-    assert (s3.area, e3, s3.area_since, s3.last_fix_time) == (
-        AreaStatus.INSIDE, EventKind.AREA_RETURN, 120.0, 120.0)
-
-
-def test_fold_lets_border_and_undecidable_fixes_change_nothing_but_time():
-    s = DeviceState(last_fix_time=50.0, area=AreaStatus.INSIDE, area_since=10.0)
-    for m in (Membership.BORDER, Membership.UNDECIDABLE):
-        new, ev = fold(s, Fix("d", 60.0, 0, 0), m)
-        assert (new.area, new.area_since, new.last_fix_time, ev) == (
-            AreaStatus.INSIDE, 10.0, 60.0, None)
-
-
-def test_first_inside_fix_sets_state_without_an_event():
-    new, ev = fold(DeviceState(), Fix("d", 1.0, 0, 0), Membership.INSIDE)
-    assert (new.area, ev) == (AreaStatus.INSIDE, None)
-
-
-def test_state_round_trips_through_its_stored_form():
-    s = DeviceState(last_fix_time=12.5, area=AreaStatus.OUTSIDE, area_since=3.0)
-    assert DeviceState.from_dict(s.to_dict()) == s
-    assert DeviceState.from_dict({}) == DeviceState()
 
 
 def _exact(zone: PreparedZone, lon: float, lat: float, acc: float) -> Membership:
@@ -96,25 +57,6 @@ def test_signed_distance_is_metres_positive_outside():
     assert d > 900
     inner = shapely.maximum_inscribed_circle(ZONE.geom_wgs84).coords[0]
     assert ZONE.signed_distance(*inner) < -500
-
-
-def test_batch_decides_each_device_in_fix_time_order_and_reports_changed_states():
-    inner = shapely.maximum_inscribed_circle(ZONE.geom_wgs84).coords[0]
-    out = (ZONE.geom_wgs84.bounds[2] + 0.02, inner[1])
-    fixes = [
-        Fix("a", 30.0, *inner, accuracy=10),
-        Fix("a", 20.0, *out, accuracy=10),
-        Fix("a", 10.0, *inner, accuracy=10),
-        Fix("b", 10.0, *inner, accuracy=10),
-    ]
-    subjects = {"a": Subject(1, 1), "b": Subject(2, 1)}
-    prior = {"b": DeviceState(5.0, AreaStatus.INSIDE, 5.0)}
-    res = evaluate(fixes, subjects, {1: ZONE}, prior, now=40.0)
-    assert [(e.kind, e.device_id, e.fix_time) for e in res.events] == [
-        (EventKind.AREA_EXIT, "a", 20.0), (EventKind.AREA_RETURN, "a", 30.0)]
-    assert res.events[0].reason.distance_m > 10
-    assert res.states["a"] == DeviceState(30.0, AreaStatus.INSIDE, 30.0)
-    assert res.states["b"].last_fix_time == 10.0
 
 
 def test_gcj02_fix_is_compared_in_the_zones_system():

@@ -58,16 +58,31 @@ def test_fix_inside_home_area_is_stored_without_alert(pipeline, device, db):
     assert alerts(db) == []
 
 
-def test_exit_needs_accuracy_circle_wholly_outside(pipeline, device, db, org):
-    # Deep inside the neighbouring district: the circle lies wholly outside Jiang'an.
-    pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 120))], now=NOW)
-    pipeline.process([native(device, fix(deep_inside(JIANGHAN), NOW - 60, acc=30))], now=NOW)
+def away(t0: float, n: int = 3, gap: float = 60.0, acc: float = 30.0) -> list[dict]:
+    """n fixes 300 m into the neighbouring district, `gap` seconds apart from t0."""
+    return [fix(near_border(JIANGAN, JIANGHAN, 300), t0 + k * gap, acc=acc) for k in range(n)]
+
+
+def home(t0: float, n: int = 3, gap: float = 60.0) -> list[dict]:
+    return [fix(deep_inside(JIANGAN), t0 + k * gap) for k in range(n)]
+
+
+def test_exit_needs_accuracy_circle_wholly_outside_for_n_fixes(pipeline, device, db, org):
+    pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 400))], now=NOW)
+    first, second, third = away(NOW - 300)
+    pipeline.process([native(device, first)], now=NOW)
+    pipeline.process([native(device, second)], now=NOW)
+    assert alerts(db) == []  # two pieces of evidence are not yet a violation
+    pipeline.process([native(device, third)], now=NOW)
     [(kind, status, count, sup, reason, dev)] = alerts(db)
     assert (kind, status, count, sup, dev) == ("area_exit", "open", 1, org.supervisee_id, device)
     assert reason["zone_id"] == org.zone_ids[JIANGAN]
     assert reason["membership"] == "outside"
     assert reason["distance_m"] > 30  # farther from the border than the accuracy radius
     assert reason["accuracy_m"] == 30
+    assert reason["profile"] == "national-2020@1"
+    since = db.execute("SELECT first_fix_time FROM alerts").fetchone()[0].timestamp()
+    assert since == pytest.approx(NOW - 300)  # the violation began with the first evidence
 
 
 def test_circle_straddling_the_border_decides_nothing(pipeline, device, db):
@@ -78,7 +93,7 @@ def test_circle_straddling_the_border_decides_nothing(pipeline, device, db):
                      now=NOW)
     rows = db.execute("SELECT membership FROM positions ORDER BY fix_time").fetchall()
     assert rows == [("border",), ("border",), ("outside",)]
-    assert [a[0] for a in alerts(db)] == ["area_exit"]  # only the sharp fix decided
+    assert alerts(db) == []  # one sharp fix is evidence, not yet a violation
 
 
 def test_fix_without_usable_accuracy_decides_nothing(pipeline, device, db):
@@ -90,22 +105,24 @@ def test_fix_without_usable_accuracy_decides_nothing(pipeline, device, db):
 
 
 def test_repeated_exits_update_the_one_open_alert(pipeline, device, db):
-    inside, outside = deep_inside(JIANGAN), deep_inside(JIANGHAN)
-    for k, p in enumerate([outside, inside, outside, inside, outside]):
-        pipeline.process([native(device, fix(p, NOW - 300 + k * 10))], now=NOW)
+    t = NOW - 1800
+    for k, run in enumerate([away, home, away, home, away]):
+        pipeline.process([native(device, *run(t + k * 300))], now=NOW)
     [(kind, status, count, *_)] = alerts(db)
     assert (kind, status, count) == ("area_exit", "open", 3)
     outbox = db.execute("SELECT topic FROM outbox ORDER BY id").fetchall()
-    assert [t for (t,) in outbox] == ["alert.opened", "alert.updated", "alert.updated"]
+    assert [t for (t,) in outbox] == ["alert.opened", "alert.cleared", "alert.updated",
+                                      "alert.cleared", "alert.updated"]
 
 
 def test_buffered_fixes_in_one_message_are_evaluated_in_fix_time_order(pipeline, device, db):
-    inside, outside = deep_inside(JIANGAN), deep_inside(JIANGHAN)
-    # Sent newest first: sorted by fix time, the person went out and came back.
-    pipeline.process([native(device, fix(inside, NOW - 10), fix(outside, NOW - 20),
-                             fix(inside, NOW - 30))], now=NOW)
+    # Sent newest first: sorted by fix time, the person went out for three minutes and came back.
+    fixes = home(NOW - 700, n=1) + away(NOW - 430) + home(NOW - 130)
+    pipeline.process([native(device, *reversed(fixes))], now=NOW)
     [(kind, status, count, *_)] = alerts(db)
     assert (kind, count) == ("area_exit", 1)
+    cleared = db.execute("SELECT cleared_at FROM alerts").fetchone()[0]
+    assert cleared.timestamp() == pytest.approx(NOW - 10)  # back after three inside fixes
 
 
 def test_fix_older_than_device_state_is_stored_late_and_decides_nothing(pipeline, device, db):
@@ -118,12 +135,12 @@ def test_fix_older_than_device_state_is_stored_late_and_decides_nothing(pipeline
 
 
 def test_redelivered_message_is_recognised_as_duplicate(pipeline, device, db):
-    msg = native(device, fix(deep_inside(JIANGHAN), NOW - 60))
+    msg = native(device, *away(NOW - 300))
     first = pipeline.process([msg], now=NOW)[0]
     again = pipeline.process([msg, msg], now=NOW)
-    assert (first.accepted, first.duplicates) == (1, 0)
-    assert [(r.accepted, r.duplicates) for r in again] == [(0, 1), (0, 1)]
-    assert db.execute("SELECT count(*) FROM positions").fetchone() == (1,)
+    assert (first.accepted, first.duplicates) == (3, 0)
+    assert [(r.accepted, r.duplicates) for r in again] == [(0, 3), (0, 3)]
+    assert db.execute("SELECT count(*) FROM positions").fetchone() == (3,)
     assert [a[2] for a in alerts(db)] == [1]  # the replay did not bump the alert
 
 
@@ -188,8 +205,8 @@ def test_device_state_is_compare_and_set_on_fix_time(settings, device, db, rds):
         b.process([native(device, fix(outside, NOW - 10))], now=NOW)
         a.process([native(device, fix(inside, NOW - 50))], now=NOW)
         state = orjson.loads(rds.hget(a.state_key(device), "s"))
-        assert state["area"] == "outside"
         assert state["t"] == pytest.approx(NOW - 10)
+        assert state["area"][:3] == ["unknown", None, 1]  # b's evidence, not a's older fix
     finally:
         a.close()
         b.close()
