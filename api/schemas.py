@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,7 @@ class SuperviseeOut(BaseModel):
     monitoring_basis: str
     home_zone_id: int | None
     active: bool
+    rule_overrides: dict[str, Any]
 
 
 class HomeAreaIn(BaseModel):
@@ -92,12 +93,48 @@ class DeviceCredentials(BaseModel):
 
 
 class ZoneIn(BaseModel):
+    """A GeoJSON Polygon/MultiPolygon, or a circle: a GeoJSON Point with `radius_m`."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     kind: ZoneKind
     crs: CRS = CRS.WGS84
     owner_unit_id: int
     geometry: dict[str, Any]
+    radius_m: float | None = Field(default=None, description="for a circle around a Point")
+
+
+class ZoneAssignmentIn(BaseModel):
+    """A prohibition-order zone (with an optional early-warning buffer) or a curfew."""
+
+    model_config = ConfigDict(extra="forbid")
+    zone_id: int
+    role: Literal["exclusion", "curfew"]
+    buffer_m: float = Field(default=0.0, ge=0, le=5000)
+    curfew_start: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    curfew_end: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    timezone: str = "Asia/Shanghai"
+
+
+class ZoneAssignmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    supervisee_id: int
+    zone_id: int
+    role: str
+    buffer_m: float
+    curfew_start: str | None
+    curfew_end: str | None
+    timezone: str
+    active: bool
+
+
+class RuleOverridesIn(BaseModel):
+    """Per-person threshold overrides (names and meaning: geofence/profile.py `Rules`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    overrides: dict[str, float]
+    reason: str = Field(min_length=3, max_length=1000)
 
 
 class AlertOut(BaseModel):
@@ -123,6 +160,8 @@ class AlertOut(BaseModel):
     resolved_by: int | None
     resolved_at: datetime | None
     resolution_note: str | None
+    cleared_at: datetime | None
+    detected_at: datetime | None
 
 
 class AlertPage(BaseModel):

@@ -69,7 +69,7 @@ def _haversine(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
     a = (math.sin((p2 - p1) / 2) ** 2
          + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2)
-    return 2 * _EARTH_R * math.asin(min(1.0, math.sqrt(a)))
+    return 2 * _EARTH_R * math.asin(math.sqrt(a) if a < 1.0 else 1.0)
 
 
 def step(
@@ -93,7 +93,7 @@ def step(
         if track.status == AreaStatus.UNKNOWN:
             return Track(good_st, t, 0, None, track.flag), None
         if track.pending:
-            return replace(track, pending=0, pending_since=None, shallow=False), None
+            return Track(track.status, track.since, 0, None, track.flag, False), None
         return track, None
     pending = track.pending + 1
     since = track.pending_since if track.pending and track.pending_since is not None else t
@@ -104,7 +104,7 @@ def step(
     if pending >= n and t - since >= span:
         return Track(bad_st if towards_bad else good_st, since, 0, None, track.flag), (
             "bad" if towards_bad else "good")
-    return replace(track, pending=pending, pending_since=since, shallow=shallow), None
+    return Track(track.status, track.since, pending, since, track.flag, shallow), None
 
 
 @dataclass
@@ -276,65 +276,67 @@ class _Fold:
         self.events.append(Event(kind, f.device_id, f.time, lon, lat, reason, since, late,
                                  self.now))
 
-    def fix(self, st: DeviceState, i: int) -> DeviceState:
+    def fix(self, st: DeviceState, i: int) -> None:
+        """Fold fix i into the working state `st` (mutated in place)."""
         f = self.fixes[i]
         subj = self.subjects.get(f.device_id)
         rules = subj.rules if subj else Rules()
-        st = replace(st, last_fix_time=f.time)
-        st = self._spoofing(st, i, rules)
+        st.last_fix_time = f.time
+        self._spoofing(st, i, rules)
         if not self.pre.usable[i] or subj is None:
-            return self._undecidable(st, i, rules)
-        if st.undecidable or st.rollcall_asked:
-            st = replace(st, undecidable=0, undecidable_since=None, rollcall_asked=False)
-        st = self._speed(st, i, rules)
-        st = self._area(st, i, subj, rules)
-        st = self._exclusions(st, i, subj, rules)
-        st = self._curfews(st, i, subj, rules)
-        lon, lat = float(self.pre.lon[i]), float(self.pre.lat[i])
-        return replace(st, last=LastFix(f.time, lon, lat, float(f.accuracy or 0.0)))
+            self._undecidable(st, i, rules)
+            return
+        st.undecidable, st.undecidable_since, st.rollcall_asked = 0, None, False
+        self._speed(i, rules)
+        self._area(st, i, subj, rules)
+        if subj.exclusions:
+            self._exclusions(st, i, subj, rules)
+        if subj.curfews:
+            self._curfews(st, i, subj, rules)
+        st.last = LastFix(f.time, float(self.pre.lon[i]), float(self.pre.lat[i]),
+                          float(f.accuracy or 0.0))
 
-    def _undecidable(self, st: DeviceState, i: int, rules: Rules) -> DeviceState:
+    def _undecidable(self, st: DeviceState, i: int, rules: Rules) -> None:
         t = self.fixes[i].time
-        count = st.undecidable + 1
-        since = st.undecidable_since if st.undecidable and st.undecidable_since is not None else t
-        st = replace(st, undecidable=count, undecidable_since=since)
-        if not st.rollcall_asked and (count >= rules.undecidable_fixes
-                                      or t - since >= rules.undecidable_span_s):
+        if not st.undecidable or st.undecidable_since is None:
+            st.undecidable_since = t
+        st.undecidable += 1
+        if not st.rollcall_asked and (st.undecidable >= rules.undecidable_fixes
+                                      or t - st.undecidable_since >= rules.undecidable_span_s):
             self.emit(EventKind.ROLL_CALL_REQUEST, i, RULE_UNDECIDABLE, None,
-                      Membership.UNDECIDABLE, since, undecidable_fixes=count)
-            st = replace(st, rollcall_asked=True)
-        return st
+                      Membership.UNDECIDABLE, st.undecidable_since,
+                      undecidable_fixes=st.undecidable)
+            st.rollcall_asked = True
 
-    def _spoofing(self, st: DeviceState, i: int, rules: Rules) -> DeviceState:
+    def _spoofing(self, st: DeviceState, i: int, rules: Rules) -> None:
         f = self.fixes[i]
         if f.mock and not st.mock_flagged:
             self.emit(EventKind.SPOOFING, i, RULE_MOCK, None, Membership.UNDECIDABLE)
-        st = replace(st, mock_flagged=f.mock)
+        st.mock_flagged = f.mock
         key = (f.lon, f.lat, f.accuracy)
-        if key == st.same_key:
-            st = replace(st, same_count=st.same_count + 1)
-            if (not st.frozen_flagged and st.same_count >= rules.frozen_fixes
-                    and st.same_since is not None and f.time - st.same_since >= rules.frozen_span_s):
-                self.emit(EventKind.SPOOFING, i, RULE_FROZEN, None, Membership.UNDECIDABLE,
-                          st.same_since, identical_fixes=st.same_count)
-                st = replace(st, frozen_flagged=True)
-            return st
-        return replace(st, same_key=key, same_count=1, same_since=f.time, frozen_flagged=False)
+        if key != st.same_key:
+            st.same_key, st.same_count, st.same_since, st.frozen_flagged = key, 1, f.time, False
+            return
+        st.same_count += 1
+        if (not st.frozen_flagged and st.same_count >= rules.frozen_fixes
+                and st.same_since is not None and f.time - st.same_since >= rules.frozen_span_s):
+            self.emit(EventKind.SPOOFING, i, RULE_FROZEN, None, Membership.UNDECIDABLE,
+                      st.same_since, identical_fixes=st.same_count)
+            st.frozen_flagged = True
 
-    def _speed(self, st: DeviceState, i: int, rules: Rules) -> DeviceState:
+    def _speed(self, i: int, rules: Rules) -> None:
         p = self.pre.prev.get(i)
         f = self.fixes[i]
         if p is None or f.time <= p.time:
-            return st
+            return
         d = _haversine(p.lon, p.lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
         moved = d - p.accuracy - float(f.accuracy or 0.0)
         speed = moved / (f.time - p.time)
         if moved >= rules.min_jump_m and speed > rules.max_speed_mps:
             self.emit(EventKind.SPOOFING, i, RULE_SPEED, None, Membership.UNDECIDABLE, p.time,
                       speed_mps=round(speed, 1), jump_m=round(d, 1))
-        return st
 
-    def _area(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> DeviceState:
+    def _area(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
         m = MEMBERSHIPS[self.pre.allowed[i]]
         track, change = step(st.area, m, self.fixes[i].time, Membership.OUTSIDE,
                              rules.exit_fixes, rules.exit_span_s, rules.return_fixes,
@@ -345,9 +347,9 @@ class _Fold:
                       allowed_zones=subj.allowed_zone_ids(self.fixes[i].time))
         elif change == "good" and not self.retro:
             self.emit(EventKind.AREA_RETURN, i, RULE_AREA_RETURN, zone_id, m, track.since)
-        return replace(st, area=track)
+        st.area = track
 
-    def _exclusions(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> DeviceState:
+    def _exclusions(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
         t = self.fixes[i].time
         for ex in subj.exclusions:
             key = f"x{ex.zone_id}"
@@ -378,10 +380,9 @@ class _Fold:
                 elif new.flag is not None and self.pre.far.get((i, ex.zone_id)):
                     new = replace(new, flag=None)
             if new != track:
-                st = st.with_zone(key, new)
-        return st
+                st.set_zone(key, new)
 
-    def _curfews(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> DeviceState:
+    def _curfews(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
         t = self.fixes[i].time
         for j, cu in enumerate(subj.curfews):
             key = f"c{j}"
@@ -398,8 +399,7 @@ class _Fold:
                           max(new.since or t, ws), window_start=ws, curfew=f"{cu.start}-{cu.end}")
                 new = replace(new, flag=ws)
             if new != track:
-                st = st.with_zone(key, new)
-        return st
+                st.set_zone(key, new)
 
 
 def evaluate(
@@ -431,8 +431,11 @@ def evaluate(
             late_fixes.append(f)
             result.decisions.append(Decision(f, lon, lat, m, None, evaluated=False))
             continue
-        state = current.get(f.device_id) or states.get(f.device_id) or DeviceState()
-        current[f.device_id] = fold.fix(state, i)
+        state = current.get(f.device_id)
+        if state is None:
+            given = states.get(f.device_id)
+            state = current[f.device_id] = given.copy() if given is not None else DeviceState()
+        fold.fix(state, i)
         result.decisions.append(Decision(f, lon, lat, m, None, evaluated=True))
     result.events = fold.events
     for dev, st in current.items():
@@ -462,7 +465,7 @@ def tick(
     result = BatchResult()
     for dev, subj in subjects.items():
         st = states.get(dev) or DeviceState()
-        new_st = st
+        new_st = st.copy()
         for j, cu in enumerate(subj.curfews):
             ws = cu.window_start(now)
             if ws is None:
@@ -481,13 +484,13 @@ def tick(
                                 (("curfew", f"{cu.start}-{cu.end}"), ("window_start", ws)))
                 result.events.append(Event(EventKind.CURFEW_BREACH, dev, last.time if last else now,
                                            lon, lat, reason, ws, False, now))
-                new_st = new_st.with_zone(key, replace(track, flag=ws))
+                new_st.set_zone(key, replace(track, flag=ws))
             elif not fresh or track.status == AreaStatus.UNKNOWN:
                 reason = Reason(RULE_CURFEW_UNKNOWN, cu.zone_id, Membership.UNDECIDABLE, None, None,
                                 (("window_start", ws),))
                 result.events.append(Event(EventKind.ROLL_CALL_REQUEST, dev, now, lon, lat, reason,
                                            ws, False, now))
-                new_st = new_st.with_zone(key, replace(track, flag=-ws))
+                new_st.set_zone(key, replace(track, flag=-ws))
         if new_st != st:
             result.states[dev] = new_st
     return result

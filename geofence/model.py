@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -124,12 +124,16 @@ class LastFix:
     accuracy: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeviceState:
-    """What the engine remembers about one device between fixes."""
+    """What the engine remembers about one device between fixes.
+
+    Not frozen, for speed: the engine works on its own copy (`copy()`) and never mutates a
+    state it was given.
+    """
 
     last_fix_time: float = float("-inf")
-    area: Track = Track()
+    area: Track = field(default_factory=Track)
     zones: tuple[tuple[str, Track], ...] = ()  # ("x12", track) exclusion, ("c0", track) curfew
     last: LastFix | None = None
     undecidable: int = 0
@@ -141,6 +145,12 @@ class DeviceState:
     frozen_flagged: bool = False
     mock_flagged: bool = False
 
+    def copy(self) -> DeviceState:
+        """A working copy (tracks and tuples inside are immutable, so shallow is enough)."""
+        return DeviceState(self.last_fix_time, self.area, self.zones, self.last, self.undecidable,
+                           self.undecidable_since, self.rollcall_asked, self.same_key,
+                           self.same_count, self.same_since, self.frozen_flagged, self.mock_flagged)
+
     def zone(self, key: str) -> Track:
         """The track of an exclusion or curfew zone."""
         for k, t in self.zones:
@@ -148,10 +158,10 @@ class DeviceState:
                 return t
         return Track()
 
-    def with_zone(self, key: str, track: Track) -> DeviceState:
-        """A copy with one zone track replaced."""
+    def set_zone(self, key: str, track: Track) -> None:
+        """Replace one zone track (on a working copy)."""
         rest = tuple((k, t) for k, t in self.zones if k != key)
-        return replace(self, zones=tuple(sorted(rest + ((key, track),))))
+        self.zones = tuple(sorted(rest + ((key, track),)))
 
     def to_dict(self) -> dict[str, object]:
         """Serialisable form (for the per-device store)."""
@@ -294,4 +304,6 @@ class Subject:
     def allowed_zone_ids(self, t: float) -> list[int]:
         """Home area plus the destinations of permits valid at `t`."""
         ids = [] if self.home_zone_id is None else [self.home_zone_id]
+        if not self.permits:
+            return ids
         return ids + [p.zone_id for p in self.permits if p.start <= t < p.end]

@@ -93,6 +93,26 @@ def parse_zone_geojson(obj: Any, crs: CRS) -> MultiPolygon:
     return mp
 
 
+MIN_CIRCLE_M, MAX_CIRCLE_M = 10.0, 50_000.0
+
+
+def circle_zone(lon: float, lat: float, radius_m: float, crs: CRS) -> MultiPolygon:
+    """A circle (centre drawn in `crs`, radius in metres) as a 128-gon in WGS-84."""
+    from geofence.crs import point_to_wgs84
+
+    if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
+        raise InvalidZone("impossible_coordinates", f"centre ({lon}, {lat}) is off the globe")
+    if not (math.isfinite(radius_m) and MIN_CIRCLE_M <= radius_m <= MAX_CIRCLE_M):
+        raise InvalidZone("absurd_size",
+                          f"radius {radius_m} m outside {MIN_CIRCLE_M:.0f}..{MAX_CIRCLE_M:.0f} m")
+    wlon, wlat = point_to_wgs84(lon, lat, crs)
+    tr = _local_projection(wlon, wlat)
+    disc = shapely.Point(0.0, 0.0).buffer(radius_m, quad_segs=32)
+    back = shapely.transform(disc, lambda a: np.column_stack(
+        tr.transform(a[:, 0], a[:, 1], direction="INVERSE")))
+    return MultiPolygon([back])
+
+
 def _projector(tr: pyproj.Transformer) -> Any:
     def f(a: np.ndarray) -> np.ndarray:
         x, y = tr.transform(a[:, 0], a[:, 1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select, text
@@ -23,13 +24,17 @@ from api.schemas import (
     DeviceIn,
     DeviceOut,
     HomeAreaIn,
+    RuleOverridesIn,
     SuperviseeIn,
     SuperviseeOut,
+    ZoneAssignmentIn,
+    ZoneAssignmentOut,
 )
 from api.security import hash_device_secret, new_device_id, new_device_secret
+from geofence.profile import validate_overrides
 from ingest.registry import bump_config_version
 from store.enums import OrgKind
-from store.models import Device, OrgUnit, Supervisee
+from store.models import Device, OrgUnit, Supervisee, SuperviseeZone
 
 router = APIRouter(tags=["supervisees"])
 
@@ -234,3 +239,78 @@ def track(
         for p in points
     ]
     return {"type": "FeatureCollection", "features": features, "crs_note": "WGS-84 (EPSG:4326)"}
+
+
+@router.post("/supervisees/{supervisee_id}/zones", response_model=ZoneAssignmentOut,
+             status_code=201)
+def assign_zone(
+    supervisee_id: int, body: ZoneAssignmentIn, ctx: CurrentStaff, session: SessionDep,
+    request: Request, r: RedisDep, settings: SettingsDep,
+) -> SuperviseeZone:
+    """Apply a prohibition-order zone or a curfew to one person."""
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    zone = visible_zone(session, ctx, body.zone_id)
+    if body.role == "exclusion" and zone.kind != "exclusion":
+        raise Invalid(f"zone {zone.id} is a {zone.kind}; a prohibition order needs an exclusion zone")
+    if body.role == "curfew" and (body.curfew_start is None or body.curfew_end is None):
+        raise Invalid("a curfew needs curfew_start and curfew_end (hh:mm)")
+    try:
+        ZoneInfo(body.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise Invalid(f"unknown time zone {body.timezone!r}") from e
+    row = SuperviseeZone(supervisee_id=sup.id, **body.model_dump())
+    session.add(row)
+    session.flush()
+    audit(session, ctx, request, "supervisee.assign_zone", f"supervisee:{sup.id}",
+          zone_id=zone.id, role=body.role)
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    return row
+
+
+@router.get("/supervisees/{supervisee_id}/zones", response_model=list[ZoneAssignmentOut])
+def list_zone_assignments(
+    supervisee_id: int, ctx: CurrentStaff, session: SessionDep
+) -> list[SuperviseeZone]:
+    """Exclusion zones and curfews of one person."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    return list(session.scalars(select(SuperviseeZone).where(
+        SuperviseeZone.supervisee_id == supervisee_id).order_by(SuperviseeZone.id)))
+
+
+@router.delete("/supervisees/{supervisee_id}/zones/{assignment_id}",
+               response_model=ZoneAssignmentOut)
+def end_zone_assignment(
+    supervisee_id: int, assignment_id: int, ctx: CurrentStaff, session: SessionDep,
+    request: Request, r: RedisDep, settings: SettingsDep,
+) -> SuperviseeZone:
+    """Lift an exclusion zone or curfew (kept, marked inactive)."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    row = session.get(SuperviseeZone, assignment_id)
+    if row is None or row.supervisee_id != supervisee_id:
+        raise NotFound(f"assignment {assignment_id} not found")
+    row.active = False
+    audit(session, ctx, request, "supervisee.end_zone", f"supervisee:{supervisee_id}",
+          assignment_id=assignment_id)
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    return row
+
+
+@router.put("/supervisees/{supervisee_id}/rules", response_model=SuperviseeOut)
+def set_rule_overrides(
+    supervisee_id: int, body: RuleOverridesIn, ctx: CurrentStaff, session: SessionDep,
+    request: Request, r: RedisDep, settings: SettingsDep,
+) -> Supervisee:
+    """Override thresholds of the rule profile for one person (with the reason, audited)."""
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    try:
+        overrides = validate_overrides(body.overrides)
+    except ValueError as e:
+        raise Invalid(str(e), code="invalid.rule_override") from e
+    sup.rule_overrides = overrides
+    audit(session, ctx, request, "supervisee.set_rules", f"supervisee:{sup.id}",
+          overrides=overrides, reason=body.reason)
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    return sup

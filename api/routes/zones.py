@@ -15,7 +15,7 @@ from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, StaffConte
 from api.errors import Invalid, NotFound
 from api.schemas import ZoneIn
 from geofence.model import CRS, ZoneKind
-from geofence.zones import InvalidZone, parse_zone_geojson
+from geofence.zones import InvalidZone, circle_zone, parse_zone_geojson
 from ingest.registry import bump_config_version
 from store.models import Zone
 
@@ -66,12 +66,21 @@ def create_zone(
     if not (ctx.can_see_unit(body.owner_unit_id)):
         raise NotFound(f"organisation unit {body.owner_unit_id} not found")
     try:
-        geom = parse_zone_geojson(body.geometry, CRS(body.crs))
+        if body.geometry.get("type") == "Point" and body.radius_m is not None:
+            coords = body.geometry.get("coordinates")
+            if not (isinstance(coords, list) and len(coords) == 2
+                    and all(isinstance(c, int | float) for c in coords)):
+                raise InvalidZone("bad_position", "a circle's centre is a Point [lon, lat]")
+            geom = circle_zone(float(coords[0]), float(coords[1]), body.radius_m, CRS(body.crs))
+        else:
+            geom = parse_zone_geojson(body.geometry, CRS(body.crs))
     except InvalidZone as e:
         raise Invalid(str(e), code=f"invalid_zone.{e.reason}") from e
     zone = Zone(
         kind=ZoneKind(body.kind).value, name=body.name, owner_unit_id=body.owner_unit_id,
-        crs=CRS(body.crs).value, source_geojson=orjson.loads(orjson.dumps(body.geometry)),
+        crs=CRS(body.crs).value,
+        source_geojson=orjson.loads(orjson.dumps(
+            body.geometry if body.radius_m is None else {**body.geometry, "radius_m": body.radius_m})),
         geom=from_shape(geom, srid=4326),
     )
     session.add(zone)
