@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 import orjson
 import psycopg
 import redis
 
+from alerts.checks import CurfewChecker
 from alerts.service import OUTBOX_CHANNEL
 from store.settings import Settings, get_settings
 
@@ -55,13 +57,17 @@ def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, lim
     return len(rows)
 
 
+CHECK_INTERVAL_S = 20.0
+
+
 class AlertWorker:
-    """Runs the outbox relay until stopped."""
+    """Runs the outbox relay, and the time-driven checks between relays, until stopped."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self._stop = threading.Event()
         self.relayed = 0
+        self._next_check = 0.0
 
     def stop(self) -> None:
         """Finish after the current round."""
@@ -79,9 +85,15 @@ class AlertWorker:
     def _serve(self) -> None:
         r = redis.Redis.from_url(self.settings.redis_url)
         with psycopg.connect(self.settings.psycopg_dsn, autocommit=True) as listen_conn, \
-                psycopg.connect(self.settings.psycopg_dsn) as conn:
+                psycopg.connect(self.settings.psycopg_dsn) as conn, \
+                psycopg.connect(self.settings.psycopg_dsn, autocommit=True) as check_conn:
             listen_conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            checker = CurfewChecker(self.settings, check_conn, r)
             while not self._stop.is_set():
+                if time.monotonic() >= self._next_check:
+                    # Curfew windows open on the minute: checking every 20 s finds them in time.
+                    self._next_check = time.monotonic() + CHECK_INTERVAL_S
+                    checker.run()
                 while (n := relay_once(conn, r, self.settings)) > 0:
                     self.relayed += n
                 # Wait for the next NOTIFY (or the sweep interval), then drain everything.

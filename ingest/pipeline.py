@@ -20,7 +20,7 @@ import redis
 
 from alerts.service import AlertTarget, record_events
 from geofence.engine import evaluate
-from geofence.model import Decision, DeviceState, Fix, Source
+from geofence.model import Decision, Fix, Source
 from ingest.decoders import (
     Decoded,
     DecodeError,
@@ -31,6 +31,7 @@ from ingest.decoders import (
     decode_owntracks,
 )
 from ingest.registry import Registry
+from ingest.state import StateStore
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,20 +90,6 @@ _COLS = ", ".join(_POS_COLS)
 _MOVE = f"""INSERT INTO positions ({_COLS}) SELECT {_COLS} FROM pos_in
 ON CONFLICT DO NOTHING RETURNING device_id, fix_time"""
 
-_STATE_CAS = """
-local written = {}
-for i, key in ipairs(KEYS) do
-  local t = tonumber(ARGV[2 * i - 1])
-  local old = tonumber(redis.call('HGET', key, 't'))
-  if old == nil or t > old then
-    redis.call('HSET', key, 't', ARGV[2 * i - 1], 's', ARGV[2 * i])
-    written[i] = 1
-  else
-    written[i] = 0
-  end
-end
-return written
-"""
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -133,7 +120,7 @@ class Pipeline:
             max_future_s=settings.max_future_s,
             max_age_s=settings.max_age_s,
         )
-        self._cas = r.register_script(_STATE_CAS)
+        self.states = StateStore(r, self.prefix)
         self._partitions: set[date] = set()
         if not conn.autocommit:
             raise ValueError("the pipeline needs an autocommit connection")
@@ -153,7 +140,7 @@ class Pipeline:
 
     def state_key(self, device_id: str) -> str:
         """Redis key of a device's engine state."""
-        return f"{self.prefix}dev:{device_id}"
+        return self.states.key(device_id)
 
     def _ensure_partitions(self, now: float) -> None:
         today = _ts(now).date()
@@ -222,7 +209,7 @@ class Pipeline:
             others.extend((i, o) for o in d.other)
 
         devices = sorted({f.device_id for f in fixes})
-        states = self._load_states(devices)
+        states = self.states.load(devices)
         result = evaluate(fixes, self.registry.subjects(infos), self.registry.zones, states, now)
         # evaluate() returns decisions sorted by (device, time); map them back to messages.
         owner_of = {(f.device_id, f.time, id(f)): owner[k] for k, f in enumerate(fixes)}
@@ -234,7 +221,7 @@ class Pipeline:
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}
             record_events(self.conn, result.events, targets)
 
-        self._save_states(result.states)
+        self.states.save(result.states)
         for dec in result.decisions:
             i = owner_of[(dec.fix.device_id, dec.fix.time, id(dec.fix))]
             key = (dec.fix.device_id, _us(dec.fix.time))
@@ -248,27 +235,6 @@ class Pipeline:
         for i, reason, detail in dead:
             results[i] = MessageResult(ok=False, reason=reason, detail=detail)
         return results
-
-    def _load_states(self, devices: list[str]) -> dict[str, DeviceState]:
-        if not devices:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for d in devices:
-            pipe.hget(self.state_key(d), "s")
-        states = {}
-        for d, raw in zip(devices, pipe.execute(), strict=True):
-            if raw is not None:
-                states[d] = DeviceState.from_dict(orjson.loads(raw))
-        return states
-
-    def _save_states(self, states: Mapping[str, DeviceState]) -> None:
-        if not states:
-            return
-        keys = [self.state_key(d) for d in states]
-        args: list[str | bytes] = []
-        for st in states.values():
-            args += [repr(st.last_fix_time), orjson.dumps(st.to_dict())]
-        self._cas(keys=keys, args=args)
 
     def _write_positions(
         self,

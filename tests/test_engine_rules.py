@@ -157,9 +157,15 @@ class Pipeline:
         self.events: list[Event] = []
         self.results: list[BatchResult] = []
 
+    def _snapshot(self) -> dict[str, dict[str, object]]:
+        return {d: s.to_dict() for d, s in self.states.items()}
+
     def batch(self, fixes: Sequence[Fix], now: float | None = None) -> BatchResult:
         now = max(f.time for f in fixes) + 1.0 if now is None else now
+        before = self._snapshot()
         res = evaluate(fixes, self.subjects, ZONES, dict(self.states), now)
+        # The engine is pure: the states it was given are never mutated, only replaced.
+        assert self._snapshot() == before
         self.states.update(res.states)
         self.events.extend(res.events)
         self.results.append(res)
@@ -173,7 +179,9 @@ class Pipeline:
         return out
 
     def tick(self, now: float) -> BatchResult:
+        before = self._snapshot()
         res = tick(self.subjects, ZONES, dict(self.states), now)
+        assert self._snapshot() == before
         self.states.update(res.states)
         self.events.extend(res.events)
         self.results.append(res)

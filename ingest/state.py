@@ -1,0 +1,68 @@
+"""Per-device engine state in Redis, written with compare-and-set on fix time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import orjson
+import redis
+
+from geofence.model import DeviceState
+
+# Write a state only if it is newer than the stored one (fixes), or, for time-driven updates
+# that do not move the fix time (curfew ticks), only if nobody stored a newer fix meanwhile.
+_CAS = """
+local mode = ARGV[1]
+local written = {}
+for i, key in ipairs(KEYS) do
+  local t = tonumber(ARGV[2 * i])
+  local old = tonumber(redis.call('HGET', key, 't'))
+  local ok
+  if mode == 'newer' then ok = (old == nil or t > old) else ok = (old == nil or t == old) end
+  if ok then
+    redis.call('HSET', key, 't', ARGV[2 * i], 's', ARGV[2 * i + 1])
+    written[i] = 1
+  else
+    written[i] = 0
+  end
+end
+return written
+"""
+
+
+class StateStore:
+    """Loads and saves DeviceState per device (`{prefix}dev:{device_id}`)."""
+
+    def __init__(self, r: redis.Redis, prefix: str) -> None:
+        self.redis = r
+        self.prefix = prefix
+        self._cas = r.register_script(_CAS)
+
+    def key(self, device_id: str) -> str:
+        """Redis key of a device's engine state."""
+        return f"{self.prefix}dev:{device_id}"
+
+    def load(self, devices: Iterable[str]) -> dict[str, DeviceState]:
+        """States of the given devices (absent ones are left out)."""
+        devices = list(devices)
+        if not devices:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for d in devices:
+            pipe.hget(self.key(d), "s")
+        out = {}
+        for d, raw in zip(devices, pipe.execute(), strict=True):
+            if raw is not None:
+                out[d] = DeviceState.from_dict(orjson.loads(raw))
+        return out
+
+    def save(self, states: Mapping[str, DeviceState], *, same_time: bool = False) -> list[bool]:
+        """Compare-and-set: newer fix time wins; `same_time` for updates that keep the fix time."""
+        if not states:
+            return []
+        keys = [self.key(d) for d in states]
+        args: list[str | bytes] = ["same" if same_time else "newer"]
+        for st in states.values():
+            t = st.last_fix_time
+            args += [repr(t if t != float("-inf") else -1.0), orjson.dumps(st.to_dict())]
+        return [bool(x) for x in self._cas(keys=keys, args=args)]
