@@ -176,7 +176,8 @@ def _prepare(
         last_seen[f.device_id] = f.time
         rules = subj.rules if subj else Rules()
         a = acc[i]
-        if not (np.isfinite(a) and a <= rules.max_accuracy_m) or f.provider in _UNUSABLE_PROVIDERS:
+        # Accuracy 0 is what Android reports for "no accuracy": it decides nothing either.
+        if not (np.isfinite(a) and 0 < a <= rules.max_accuracy_m) or f.provider in _UNUSABLE_PROVIDERS:
             continue
         usable[i] = True
         p = last_usable[f.device_id]
@@ -274,7 +275,7 @@ class _Fold:
         late = self.retro or (self.now - f.time) > rules.late_after_s
         reason = Reason(rule, zone_id, m, distance, f.accuracy, tuple(sorted(detail.items())))
         self.events.append(Event(kind, f.device_id, f.time, lon, lat, reason, since, late,
-                                 self.now))
+                                 self.now, self.retro))
 
     def fix(self, st: DeviceState, i: int) -> None:
         """Fold fix i into the working state `st` (mutated in place)."""
@@ -365,7 +366,8 @@ class _Fold:
                 self.emit(EventKind.EXCLUSION_ENTRY, i, RULE_EXCLUSION_ENTRY, ex.zone_id, m,
                           new.since)
             elif change == "good" and not self.retro:
-                self.emit(EventKind.EXCLUSION_LEFT, i, RULE_EXCLUSION_LEFT, ex.zone_id, m)
+                self.emit(EventKind.EXCLUSION_LEFT, i, RULE_EXCLUSION_LEFT, ex.zone_id, m,
+                          new.since)
             if (new.status != AreaStatus.INSIDE and m != Membership.INSIDE
                     and self.pre.crossing.get((i, ex.zone_id))):
                 p = self.pre.prev[i]
@@ -394,7 +396,9 @@ class _Fold:
             new, _ = step(track, m, t, Membership.OUTSIDE, rules.exit_fixes, rules.exit_span_s,
                           rules.return_fixes, rules.return_span_s, bool(self.pre.deep[i]))
             ws = cu.window_start(t)
-            if new.status == AreaStatus.OUTSIDE and ws is not None and new.flag != ws:
+            # Pending evidence while OUTSIDE is evidence of being back: no breach on that.
+            if (new.status == AreaStatus.OUTSIDE and new.pending == 0 and ws is not None
+                    and new.flag != ws):
                 self.emit(EventKind.CURFEW_BREACH, i, RULE_CURFEW, cu.zone_id, m,
                           max(new.since or t, ws), window_start=ws, curfew=f"{cu.start}-{cu.end}")
                 new = replace(new, flag=ws)
@@ -477,7 +481,7 @@ def tick(
             last = st.last
             fresh = last is not None and now - last.time <= subj.rules.curfew_stale_s
             lon, lat = (last.lon, last.lat) if last else (float("nan"), float("nan"))
-            if track.status == AreaStatus.OUTSIDE and fresh:
+            if track.status == AreaStatus.OUTSIDE and track.pending == 0 and fresh:
                 distance = zones[cu.zone_id].signed_distance(lon, lat) if cu.zone_id in zones else None
                 reason = Reason(RULE_CURFEW_AT_START, cu.zone_id, Membership.OUTSIDE, distance,
                                 last.accuracy if last else None,
@@ -485,7 +489,7 @@ def tick(
                 result.events.append(Event(EventKind.CURFEW_BREACH, dev, last.time if last else now,
                                            lon, lat, reason, ws, False, now))
                 new_st.set_zone(key, replace(track, flag=ws))
-            elif not fresh or track.status == AreaStatus.UNKNOWN:
+            elif not fresh or track.status == AreaStatus.UNKNOWN or track.pending:
                 reason = Reason(RULE_CURFEW_UNKNOWN, cu.zone_id, Membership.UNDECIDABLE, None, None,
                                 (("window_start", ws),))
                 result.events.append(Event(EventKind.ROLL_CALL_REQUEST, dev, now, lon, lat, reason,

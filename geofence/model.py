@@ -233,6 +233,7 @@ class Event:
     since: float | None = None  # when the condition began (first evidence)
     late: bool = False  # found well after its fix time (buffered upload, out-of-order fix)
     detected_at: float | None = None
+    retro: bool = False  # from fixes older than the device state, judged on their own
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -74,7 +75,7 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in overrides.items():
         if k not in _FIELD_TYPES:
             raise ValueError(f"unknown threshold {k!r}")
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ValueError(f"threshold {k!r} must be a non-negative number, not {v!r}")
         out[k] = int(v) if _FIELD_TYPES[k] in ("int", int) else float(v)
     return out

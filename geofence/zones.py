@@ -48,7 +48,7 @@ def _local_projection(lon0: float, lat0: float) -> pyproj.Transformer:
 
 
 def _check_ring(ring: Any, where: str) -> None:
-    if not isinstance(ring, list) or len(ring) < 4:
+    if not isinstance(ring, list | tuple) or len(ring) < 4:
         raise InvalidZone("too_few_points", f"{where}: a ring needs at least 4 positions")
     for pos in ring:
         if (
@@ -72,10 +72,10 @@ def parse_zone_geojson(obj: Any, crs: CRS) -> MultiPolygon:
         raise InvalidZone("bad_type", "geometry must be a GeoJSON Polygon or MultiPolygon")
     coords = obj.get("coordinates")
     polys = [coords] if obj["type"] == "Polygon" else coords
-    if not isinstance(polys, list) or not polys:
+    if not isinstance(polys, list | tuple) or not polys:
         raise InvalidZone("bad_coordinates", "no polygons")
     for i, poly in enumerate(polys):
-        if not isinstance(poly, list) or not poly:
+        if not isinstance(poly, list | tuple) or not poly:
             raise InvalidZone("bad_coordinates", f"polygon {i} has no rings")
         for j, ring in enumerate(poly):
             _check_ring(ring, f"polygon {i} ring {j}")
@@ -206,7 +206,11 @@ class PreparedZone:
             inner, _ = self._band(bucket)
             coords = np.stack([np.column_stack([x1[sel], y1[sel]]),
                                np.column_stack([x2[sel], y2[sel]])], axis=1)
-            hits = shapely.intersects(inner, shapely.linestrings(coords))
+            # Only a pass *through*: a segment starting or ending inside is an entry (debounced
+            # by its own rule), not a crossing a single jittery fix could fake.
+            hits = (shapely.intersects(inner, shapely.linestrings(coords))
+                    & ~shapely.contains_xy(inner, x1[sel], y1[sel])
+                    & ~shapely.contains_xy(inner, x2[sel], y2[sel]))
             out.update({(int(k), self.zone_id): bool(h) for k, h in zip(keys[sel], hits, strict=True)})
         return out
 

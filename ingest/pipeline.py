@@ -216,6 +216,10 @@ class Pipeline:
 
         with self.conn.transaction():
             inserted = self._write_positions(result.decisions, infos, messages, owner_of)
+            # A redelivered message is late against the state it already advanced: what its
+            # fixes revealed was reported the first time.
+            result.events = [e for e in result.events
+                             if not e.retro or (e.device_id, _us(e.fix_time)) in inserted]
             self._write_dead_letters(messages, dead)
             self._write_others(messages, others)
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}

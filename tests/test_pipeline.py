@@ -230,3 +230,22 @@ def test_stored_fix_keeps_raw_and_wgs84_coordinates(pipeline, device, db):
     assert (raw_lon, raw_lat) == (lon, lat)
     # GCJ-02 is offset from WGS-84 by a few hundred metres around Wuhan.
     assert 0.002 < abs(raw_lon - wlon) + abs(raw_lat - wlat) < 0.02
+
+
+def test_replayed_fixes_do_not_reopen_a_resolved_alert(pipeline, device, db):
+    msg = native(device, *away(NOW - 300))
+    pipeline.process([msg], now=NOW)
+    db.execute("UPDATE alerts SET status = 'resolved', resolution_note = 'seen'")
+    [res] = pipeline.process([msg], now=NOW)  # the broker redelivers the same message
+    assert (res.accepted, res.duplicates) == (0, 3)
+    assert db.execute("SELECT count(*), min(status) FROM alerts").fetchone() == (1, "resolved")
+
+
+def test_buffered_upload_older_than_a_live_fix_still_reveals_the_past_exit(pipeline, device, db):
+    pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 30))], now=NOW)  # live
+    pipeline.process([native(device, *away(NOW - 3600))], now=NOW)  # then the offline hour
+    [(kind, status, count, _, reason, _)] = alerts(db)
+    late, first = db.execute("SELECT late, first_fix_time FROM alerts").fetchone()
+    assert (kind, late) == ("area_exit", True)
+    assert first.timestamp() == pytest.approx(NOW - 3600)
+    assert reason["detected_at"] > reason["fix_time"]  # both times are kept
