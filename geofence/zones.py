@@ -18,6 +18,7 @@ from geofence.model import CRS, Membership, ZoneKind
 # point-in-polygon test against the eroded/dilated zone; only points near the border need the
 # exact distance. Margins cover the polygonal approximation of round buffer joins.
 ACCURACY_BUCKETS_M = (10.0, 25.0, 50.0, 100.0, 200.0, 500.0)
+SEGMENT_DEG = 0.002  # about 200 m
 _BUFFER_SAFETY = 1.01
 _BUFFER_PAD_M = 0.5
 
@@ -138,7 +139,10 @@ class PreparedZone:
     def __post_init__(self) -> None:
         c = self.geom_wgs84.centroid
         self.transformer = _local_projection(c.x, c.y)
-        self.geom = shapely.transform(self.geom_wgs84, _projector(self.transformer))
+        # GeoJSON edges are straight in lon/lat (as PostGIS geometry and web maps draw them);
+        # densified to ~200 m they stay so after projection, whatever the edge length.
+        dense = shapely.segmentize(self.geom_wgs84, SEGMENT_DEG)
+        self.geom = shapely.transform(dense, _projector(self.transformer))
         self.boundary = self.geom.boundary
         shapely.prepare(self.geom)
         shapely.prepare(self.boundary)
