@@ -26,7 +26,7 @@ from store.demo import load_regions
 # 0.5 m plus 0.5 % of the distance (at most 2.5 m for a 400 m accuracy circle). The relative part
 # is PostGIS's, not ours: its spheroidal point-to-edge distance was seen 0.4 % off the exact
 # geodesic (pyproj.Geod) at 18°N, while the engine's distances agree with the exact geodesic
-# to 1e-5 (last test below).
+# to 3e-5, the transverse Mercator scale error 50 km from its meridian (last test below).
 TOLERANCE_M = 0.5
 RELATIVE = 5e-3
 
@@ -130,7 +130,7 @@ def test_agreement_holds_right_at_the_border_of_real_districts(db, k, t, offset,
 
 @settings(max_examples=100, deadline=None)
 @given(k=st.integers(0, len(DISTRICTS) - 1), fx=st.floats(0, 1), fy=st.floats(0, 1))
-def test_engine_distances_are_geodesic_to_a_centimetre_per_kilometre(k, fx, fy):
+def test_engine_distances_are_geodesic_to_three_centimetres_per_kilometre(k, fx, fy):
     zone = prepared(k, DISTRICTS[k])
     minx, miny, maxx, maxy = zone.geom_wgs84.bounds
     lon, lat = minx - 0.02 + fx * (maxx - minx + 0.04), miny - 0.02 + fy * (maxy - miny + 0.04)
@@ -138,4 +138,4 @@ def test_engine_distances_are_geodesic_to_a_centimetre_per_kilometre(k, fx, fy):
     near = shapely.get_coordinates(shapely.shortest_line(zone.boundary, shapely.Point(x[0], y[0])))[0]
     nlon, nlat = zone.transformer.transform(near[0], near[1], direction="INVERSE")
     exact = pyproj.Geod(ellps="WGS84").inv(lon, lat, nlon, nlat)[2]
-    assert abs(abs(zone.signed_distance(lon, lat)) - exact) <= 0.01 + 1e-5 * exact
+    assert abs(abs(zone.signed_distance(lon, lat)) - exact) <= 0.01 + 3e-5 * exact
