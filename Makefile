@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services install migrate seed bench bench-quick lint clean-venv
+.PHONY: run test services install migrate seed bench bench-quick bench-engine bench-quality lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench: install services  ## sustained load: 5,000 reports/s for 60 s on a fresh 
 
 bench-quick: install services
 	$(BIN)/python -m simulators.bench --quick
+
+bench-engine: install services  ## accuracy-aware decisions/s on one core vs a per-fix PostGIS query
+	$(BIN)/python -m simulators.engine_bench
+
+bench-quality: install  ## false alerts and detection of the engine vs a naive tracker, 10,000 person-days
+	$(BIN)/python -m simulators.quality
 
 lint: install
 	$(BIN)/ruff check .

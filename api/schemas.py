@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from alerts.explain import explain
 from geofence.model import CRS, ZoneKind
 from store.enums import AlertStatus, Level, MonitoringBasis, SupervisionType
 
@@ -162,6 +163,12 @@ class AlertOut(BaseModel):
     resolution_note: str | None
     cleared_at: datetime | None
     detected_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def explanation(self) -> str:
+        """Why the alert fired, in one sentence (from `reason`)."""
+        return explain(self.reason)
 
 
 class AlertPage(BaseModel):

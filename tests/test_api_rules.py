@@ -100,3 +100,20 @@ def test_person_rule_overrides_are_validated_and_audited(client, org: Org, db):
     assert (bad.status_code, bad.json()["error"]) == (422, "invalid.rule_override")
     assert db.execute("SELECT action FROM audit_log WHERE action = 'supervisee.set_rules'"
                       ).fetchall() == [("supervisee.set_rules",)]
+
+
+def test_every_alert_carries_a_readable_explanation(client, org: Org):
+    zone = _exclusion_circle(client, login(client, "jiangan-supervisor"), org)
+    h = login(client, "jiangan-officer")
+    client.post(f"{API}/supervisees/{org.supervisee_id}/zones", headers=h,
+                json={"zone_id": zone["id"], "role": "exclusion"})
+    cred = enrol(client, h, org.supervisee_id)
+    lon, lat = point_to_wgs84(*deep_inside(JIANGAN), CRS.GCJ02)
+    now = time.time()
+    for k in range(3):
+        client.post(f"{API}/ingest/owntracks", headers=basic(cred["device_id"], cred["secret"]),
+                    json={**owntracks((lon, lat), now - 300 + k * 60), "acc": 10})
+    [alert] = client.get(f"{API}/alerts", headers=h).json()["items"]
+    one = client.get(f"{API}/alerts/{alert['id']}", headers=h).json()
+    assert one["explanation"].startswith(f"Entered prohibited zone {zone['id']}")
+    assert "10 m" in one["explanation"]  # the accuracy it was judged with
