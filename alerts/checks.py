@@ -50,3 +50,54 @@ class CurfewChecker:
         if result.events:
             log.info("curfew check raised %d event(s)", len(result.events))
         return len(result.events)
+
+
+_OVERDUE = """
+WITH due AS (
+    SELECT p.id, p.supervisee_id, p.office_id, p.end_at
+      FROM travel_permits p
+     WHERE p.status = 'approved' AND p.returned_at IS NULL AND p.overdue_alerted_at IS NULL
+       AND p.end_at + make_interval(secs => %(grace_s)s) < %(now)s
+     FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE travel_permits t SET overdue_alerted_at = %(now)s, updated_at = now()
+      FROM due WHERE t.id = due.id RETURNING due.*
+)
+INSERT INTO alerts AS a (kind, severity, supervisee_id, office_id, first_fix_time, last_fix_time,
+                         reason, detected_at)
+SELECT 'overdue_return', 'high', supervisee_id, office_id, end_at, end_at,
+       jsonb_build_object('rule', 'overdue_return.no_check_in', 'permit_id', id,
+                          'permit_end', end_at, 'grace_hours', %(grace_h)s::float8,
+                          'profile', %(profile)s::text),
+       %(now)s
+  FROM marked
+ON CONFLICT (supervisee_id, kind) WHERE status <> 'resolved' DO UPDATE
+   SET count = a.count + 1, reason = excluded.reason, updated_at = now()
+RETURNING id, supervisee_id, office_id, count, (xmax = 0) AS inserted, reason
+"""
+
+
+def check_overdue_returns(conn: psycopg.Connection, now: float | None = None) -> int:
+    """Open an overdue-return alert for every approved permit past its end plus grace."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from ingest.registry import load_profile
+
+    now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    profile = load_profile(conn)
+    grace_h = profile.travel.return_grace_hours
+    with conn.transaction():
+        rows = conn.execute(_OVERDUE, {"grace_s": grace_h * 3600, "now": now_dt,
+                                       "grace_h": grace_h, "profile": profile.label}).fetchall()
+        for alert_id, sup, office, count, inserted, reason in rows:
+            payload = {"alert_id": alert_id, "kind": "overdue_return", "severity": "high",
+                       "status": "open", "supervisee_id": sup, "office_id": office,
+                       "count": count, "new": inserted, "reason": reason}
+            conn.execute("INSERT INTO outbox (topic, payload) VALUES (%s, %s)",
+                         ("alert.opened" if inserted else "alert.updated",
+                          orjson.dumps(payload).decode()))
+        if rows:
+            conn.execute("NOTIFY ccs_outbox")
+    return len(rows)

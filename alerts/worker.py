@@ -14,10 +14,12 @@ import threading
 import time
 
 import orjson
+import paho.mqtt.client as mqtt
 import psycopg
 import redis
+from paho.mqtt.enums import CallbackAPIVersion
 
-from alerts.checks import CurfewChecker
+from alerts.checks import CurfewChecker, check_overdue_returns
 from alerts.service import OUTBOX_CHANNEL
 from store.settings import Settings, get_settings
 
@@ -32,7 +34,40 @@ def feed_key(settings: Settings) -> str:
     return settings.redis_prefix + FEED_STREAM
 
 
-def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, limit: int = 500) -> int:
+class CommandPublisher:
+    """QoS 1 publisher of device commands (`{prefix}devices/{id}/cmd`), connected lazily."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: mqtt.Client | None = None
+
+    def publish(self, device_id: str, command: dict[str, object]) -> None:
+        """Publish and wait for the broker's acknowledgement (raises on failure)."""
+        if self.client is None:
+            c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                            client_id=f"{self.settings.mqtt_client_id}-commands",
+                            protocol=mqtt.MQTTv5)
+            if self.settings.mqtt_username:
+                c.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
+            c.connect(self.settings.mqtt_host, self.settings.mqtt_port)
+            c.loop_start()
+            self.client = c
+        topic = f"{self.settings.mqtt_topic_prefix}devices/{device_id}/cmd"
+        info = self.client.publish(topic, orjson.dumps(command), qos=1)
+        info.wait_for_publish(10)
+        if not info.is_published():
+            raise OSError(f"command to {device_id} not acknowledged by the broker")
+
+    def close(self) -> None:
+        """Disconnect."""
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+
+
+def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, limit: int = 500,
+               commands: CommandPublisher | None = None) -> int:
     """Publish up to `limit` unpublished outbox rows; returns how many."""
     with conn.transaction():
         rows = conn.execute(
@@ -44,6 +79,13 @@ def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, lim
             return 0
         pipe = r.pipeline(transaction=False)
         for oid, topic, payload in rows:
+            if topic == "device.command":
+                # Phones are told over MQTT; the command stays queued here until the broker has it.
+                if commands is None:
+                    continue
+                for dev in payload["device_ids"]:
+                    commands.publish(dev, {**payload["command"], "command_id": oid})
+                continue
             pipe.xadd(
                 feed_key(settings),
                 {"outbox_id": oid, "topic": topic, "payload": orjson.dumps(payload)},
@@ -51,10 +93,9 @@ def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, lim
                 approximate=True,
             )
         pipe.execute()
-        conn.execute(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],)
-        )
-    return len(rows)
+        done = [row[0] for row in rows if row[1] != "device.command" or commands is not None]
+        conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY(%s)", (done,))
+    return len(done)
 
 
 CHECK_INTERVAL_S = 20.0
@@ -68,6 +109,7 @@ class AlertWorker:
         self._stop = threading.Event()
         self.relayed = 0
         self._next_check = 0.0
+        self.commands = CommandPublisher(self.settings)
 
     def stop(self) -> None:
         """Finish after the current round."""
@@ -75,12 +117,16 @@ class AlertWorker:
 
     def run(self) -> None:
         """Relay loop with reconnection on database or Redis failure."""
-        while not self._stop.is_set():
-            try:
-                self._serve()
-            except (psycopg.Error, redis.RedisError):
-                log.exception("alert worker lost a connection; reconnecting")
-                self._stop.wait(1)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._serve()
+                except (psycopg.Error, redis.RedisError, OSError):
+                    log.exception("alert worker lost a connection; reconnecting")
+                    self.commands.close()
+                    self._stop.wait(1)
+        finally:
+            self.commands.close()
 
     def _serve(self) -> None:
         r = redis.Redis.from_url(self.settings.redis_url)
@@ -94,7 +140,8 @@ class AlertWorker:
                     # Curfew windows open on the minute: checking every 20 s finds them in time.
                     self._next_check = time.monotonic() + CHECK_INTERVAL_S
                     checker.run()
-                while (n := relay_once(conn, r, self.settings)) > 0:
+                    check_overdue_returns(check_conn)
+                while (n := relay_once(conn, r, self.settings, commands=self.commands)) > 0:
                     self.relayed += n
                 # Wait for the next NOTIFY (or the sweep interval), then drain everything.
                 for _ in listen_conn.notifies(timeout=SWEEP_S, stop_after=1):

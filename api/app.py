@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import DomainError, domain_error_handler
-from api.routes import alerts, auth, ingest, ops, org, supervisees, zones
+from api.routes import alerts, auth, ingest, ops, org, permits, supervisees, zones
 
 
 @asynccontextmanager
@@ -27,7 +27,7 @@ def create_app() -> FastAPI:
     )
     app.add_exception_handler(DomainError, domain_error_handler)
     for r in (auth.router, org.router, supervisees.router, zones.router, alerts.router,
-              ingest.router, ops.router):
+              permits.router, ingest.router, ops.router):
         app.include_router(r, prefix="/api/v1")
     return app
 

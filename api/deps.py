@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import redis
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -15,7 +17,7 @@ from sqlalchemy.orm import Session
 from api.errors import Forbidden, NotFound, Unauthorized
 from api.security import token_key
 from store.db import session_factory
-from store.models import AuditLog, OrgUnit, Staff, Supervisee
+from store.models import AuditLog, Device, OrgUnit, Staff, Supervisee
 from store.settings import Settings, get_settings
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
@@ -136,3 +138,25 @@ def audit(
 def pg_now(session: Session) -> Any:
     """Database time (one clock for every component)."""
     return session.execute(text("SELECT now()")).scalar_one()
+
+
+def current_device(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Device:
+    """A phone, authenticated by HTTP Basic with its device id and secret."""
+    from api.security import secret_matches
+
+    if not authorization or not authorization.lower().startswith("basic "):
+        raise Unauthorized("device credentials required (Basic device_id:secret)")
+    try:
+        user, _, password = base64.b64decode(authorization[6:], validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError) as e:
+        raise Unauthorized("malformed Basic credentials") from e
+    dev = session.get(Device, user)
+    if dev is None or not dev.active or not secret_matches(password, dev.secret_hash):
+        raise Unauthorized("unknown device or wrong secret")
+    return dev
+
+
+CurrentDevice = Annotated[Device, Depends(current_device)]

@@ -35,12 +35,37 @@ LEVELS = ("strict", "normal", "lenient")
 
 
 @dataclass(frozen=True, slots=True)
+class TravelRules:
+    """Travel permit (外出) thresholds: 2020 national measures by default, local rules differ."""
+
+    office_max_days: int = 7  # up to this: the judicial office approves
+    district_max_days: int = 30  # up to this: the district bureau, after the office's opinion
+    window_days: int = 60  # more than `window_cap_days` within this window: the city bureau
+    window_cap_days: int = 30
+    max_days: int = 180  # no single permit longer than this
+    notice_working_days: int = 0  # apply at least this many working days ahead (local: 3 or 7)
+    yearly_cap_days: int | None = None  # total days a year (local: e.g. 60)
+    return_grace_hours: float = 24.0  # to check back in (销假) after the end
+
+
+def _travel_from(d: Mapping[str, Any] | None) -> TravelRules:
+    if not d:
+        return TravelRules()
+    names = {f.name for f in fields(TravelRules)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown travel rules {sorted(unknown)}")
+    return TravelRules(**d)
+
+
+@dataclass(frozen=True, slots=True)
 class RuleProfile:
     """A named, versioned set of rules per supervision level."""
 
     name: str
     version: int
     levels: Mapping[str, Rules] = field(default_factory=dict)
+    travel: TravelRules = field(default_factory=TravelRules)
 
     @property
     def label(self) -> str:
@@ -57,13 +82,15 @@ class RuleProfile:
     def to_dict(self) -> dict[str, Any]:
         """JSON form for storage."""
         return {"name": self.name, "version": self.version,
-                "levels": {k: asdict(v) for k, v in self.levels.items()}}
+                "levels": {k: asdict(v) for k, v in self.levels.items()},
+                "travel": asdict(self.travel)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleProfile:
         """Inverse of `to_dict`; missing thresholds take the defaults."""
         return cls(str(d["name"]), int(d["version"]),
-                   {k: Rules(**validate_overrides(v)) for k, v in d["levels"].items()})
+                   {k: Rules(**validate_overrides(v)) for k, v in d["levels"].items()},
+                   _travel_from(d.get("travel")))
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Rules)}

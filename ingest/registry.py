@@ -12,7 +12,7 @@ import psycopg
 import redis
 import shapely
 
-from geofence.model import Curfew, Exclusion, Subject, ZoneKind
+from geofence.model import Curfew, Exclusion, Permit, Subject, ZoneKind
 from geofence.profile import DEFAULT_PROFILE, RuleProfile
 from geofence.zones import PreparedZone
 
@@ -95,6 +95,20 @@ class Registry:
                 (sup_ids,),
             ):
                 extra[row[0]].append(row)
+        permits: dict[int, list[Permit]] = {s: [] for s in sup_ids}
+        if sup_ids:
+            # Approved permits (and returned ones up to the return): the destination joins the
+            # allowed area until the end plus the grace to travel back and check in.
+            for sid, zid, start, end, returned in conn.execute(
+                """SELECT supervisee_id, destination_zone_id, start_at, end_at + make_interval(
+                              secs => %s * 3600), returned_at
+                     FROM travel_permits
+                    WHERE supervisee_id = ANY(%s) AND status IN ('approved', 'returned')
+                      AND end_at > now() - interval '30 days'""",
+                (profile.travel.return_grace_hours, sup_ids),
+            ):
+                stop = min(end, returned) if returned is not None else end
+                permits[sid].append(Permit(zid, start.timestamp(), stop.timestamp()))
         zone_ids: set[int] = set()
         for dev_id, sup_id, office_id, home, active, level, overrides in rows:
             exclusions, curfews = [], []
@@ -109,9 +123,8 @@ class Registry:
             except ValueError:
                 log.exception("supervisee %s has invalid rule overrides; using the level's", sup_id)
                 rules = profile.rules_for(level)
-            # Travel permits join the allowed area once the policy work adds their table.
-            subject = Subject(sup_id, home, (), tuple(exclusions), tuple(curfews), rules,
-                              profile.label)
+            subject = Subject(sup_id, home, tuple(permits.get(sup_id, ())), tuple(exclusions),
+                              tuple(curfews), rules, profile.label)
             self.devices[dev_id] = DeviceInfo(dev_id, sup_id, office_id, active, subject)
             if home is not None:
                 zone_ids.add(home)

@@ -110,6 +110,43 @@ class SuperviseeZone(Base):
     created_at: Mapped[datetime] = _now()
 
 
+class TravelPermit(Base):
+    __tablename__ = "travel_permits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    supervisee_id: Mapped[int] = mapped_column(ForeignKey("supervisees.id"))
+    office_id: Mapped[int] = mapped_column(ForeignKey("org_units.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[str] = mapped_column(Text, server_default="")
+    destination_zone_id: Mapped[int] = mapped_column(ForeignKey("zones.id"))
+    start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(Text, server_default="requested")
+    required_tier: Mapped[str] = mapped_column(Text)
+    office_opinion: Mapped[str | None] = mapped_column(Text)
+    office_opinion_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    decision_note: Mapped[str | None] = mapped_column(Text)
+    returned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    overdue_alerted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    requested_by_staff: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    requested_by_device: Mapped[str | None] = mapped_column(Text)
+    profile: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class PermitEvent(Base):
+    __tablename__ = "permit_events"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    permit_id: Mapped[int] = mapped_column(ForeignKey("travel_permits.id"))
+    at: Mapped[datetime] = _now()
+    staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    device_id: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+
 class Device(Base):
     __tablename__ = "devices"
     id: Mapped[str] = mapped_column(Text, primary_key=True)

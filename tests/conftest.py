@@ -82,6 +82,7 @@ def rds(settings: Settings) -> Iterator[redis.Redis]:
 
 
 TABLES = ("audit_log, device_messages, dead_letters, outbox, alerts, positions, devices, "
+          "permit_events, travel_permits, "
           "supervisee_zones, rule_profiles, supervisees, zones, staff, org_units")
 
 

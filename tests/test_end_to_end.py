@@ -122,3 +122,30 @@ def _wait_for_count(db: psycopg.Connection, want: int, timeout: float) -> int:
             return count
         time.sleep(0.2)
     return count
+
+
+def test_permit_outcome_reaches_the_phone_over_mqtt(settings: Settings, org: Org,
+                                                    db: psycopg.Connection):
+    import orjson
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: queue.Queue = queue.Queue()
+    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="phone-dcmd",
+                      protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, m: got.put((m.topic, orjson.loads(m.payload), m.qos))
+    sub.connect(settings.mqtt_host, settings.mqtt_port)
+    topic = f"{settings.mqtt_topic_prefix}devices/dcmd/cmd"
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    try:
+        time.sleep(0.3)
+        db.execute("""INSERT INTO outbox (topic, payload) VALUES ('device.command',
+                      '{"device_ids": ["dcmd"], "command": {"type": "permit", "status": "approved"}}')""")
+        with in_thread(AlertWorker(settings)):
+            t, payload, qos = got.get(timeout=15)
+        assert (t, payload["type"], payload["status"], qos) == (topic, "permit", "approved", 1)
+        assert db.execute("SELECT published_at IS NOT NULL FROM outbox").fetchone() == (True,)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
