@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -19,7 +18,7 @@ import psycopg
 import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
-from alerts.checks import CurfewChecker, check_overdue_returns
+from alerts.scheduler import Scheduler
 from alerts.service import OUTBOX_CHANNEL
 from store.settings import Settings, get_settings
 
@@ -98,17 +97,14 @@ def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, lim
     return len(done)
 
 
-CHECK_INTERVAL_S = 20.0
-
-
 class AlertWorker:
-    """Runs the outbox relay, and the time-driven checks between relays, until stopped."""
+    """Runs the outbox relay and the leader-elected scheduler until stopped."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, schedule: bool = True) -> None:
         self.settings = settings or get_settings()
+        self.schedule = schedule  # run the (leader-elected) time-driven jobs too
         self._stop = threading.Event()
         self.relayed = 0
-        self._next_check = 0.0
         self.commands = CommandPublisher(self.settings)
 
     def stop(self) -> None:
@@ -117,6 +113,9 @@ class AlertWorker:
 
     def run(self) -> None:
         """Relay loop with reconnection on database or Redis failure."""
+        scheduler = Scheduler(self.settings) if self.schedule else None
+        if scheduler is not None:
+            scheduler.start()
         try:
             while not self._stop.is_set():
                 try:
@@ -127,20 +126,15 @@ class AlertWorker:
                     self._stop.wait(1)
         finally:
             self.commands.close()
+            if scheduler is not None:
+                scheduler.stop()
 
     def _serve(self) -> None:
         r = redis.Redis.from_url(self.settings.redis_url)
         with psycopg.connect(self.settings.psycopg_dsn, autocommit=True) as listen_conn, \
-                psycopg.connect(self.settings.psycopg_dsn) as conn, \
-                psycopg.connect(self.settings.psycopg_dsn, autocommit=True) as check_conn:
+                psycopg.connect(self.settings.psycopg_dsn) as conn:
             listen_conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
-            checker = CurfewChecker(self.settings, check_conn, r)
             while not self._stop.is_set():
-                if time.monotonic() >= self._next_check:
-                    # Curfew windows open on the minute: checking every 20 s finds them in time.
-                    self._next_check = time.monotonic() + CHECK_INTERVAL_S
-                    checker.run()
-                    check_overdue_returns(check_conn)
                 while (n := relay_once(conn, r, self.settings, commands=self.commands)) > 0:
                     self.relayed += n
                 # Wait for the next NOTIFY (or the sweep interval), then drain everything.

@@ -72,6 +72,16 @@ def _haversine(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
     return 2 * _EARTH_R * math.asin(math.sqrt(a) if a < 1.0 else 1.0)
 
 
+def is_usable(fix: Fix, rules: Rules) -> bool:
+    """A fix that can decide something: a real accuracy within the limit, not cell-only.
+
+    Accuracy 0 is what Android reports for "no accuracy": it decides nothing either.
+    """
+    a = fix.accuracy
+    return (a is not None and math.isfinite(a) and 0 < a <= rules.max_accuracy_m
+            and fix.provider not in _UNUSABLE_PROVIDERS)
+
+
 def step(
     track: Track, m: Membership, t: float, bad: Membership, n_bad: int, span_bad: float,
     n_good: int, span_good: float, deep: bool = False,
@@ -176,8 +186,7 @@ def _prepare(
         last_seen[f.device_id] = f.time
         rules = subj.rules if subj else Rules()
         a = acc[i]
-        # Accuracy 0 is what Android reports for "no accuracy": it decides nothing either.
-        if not (np.isfinite(a) and 0 < a <= rules.max_accuracy_m) or f.provider in _UNUSABLE_PROVIDERS:
+        if not is_usable(f, rules):
             continue
         usable[i] = True
         p = last_usable[f.device_id]

@@ -48,6 +48,44 @@ class TravelRules:
     return_grace_hours: float = 24.0  # to check back in (销假) after the end
 
 
+@dataclass(frozen=True, slots=True)
+class CheckinRules:
+    """Reporting duties: expected interval per level, and how long a silence may last."""
+
+    interval_strict_s: float = 300.0
+    interval_normal_s: float = 900.0
+    interval_lenient_s: float = 3600.0
+    key_person_factor: float = 0.5  # key persons report twice as often
+    buffer_factor: float = 1.0  # communication failure after interval * (1 + buffer_factor)
+    min_buffer_s: float = 300.0
+    phone_off_hours: float = 3.0
+    rollcalls_strict: int = 3  # random roll-calls a day
+    rollcalls_normal: int = 1
+    rollcalls_lenient: int = 0
+    rollcall_window_s: float = 3600.0  # to answer with a fresh fix
+    waking_start: str = "08:00"
+    waking_end: str = "21:00"
+
+    def interval(self, level: str, key_person: bool, period_factor: float = 1.0) -> float:
+        """Expected reporting interval in seconds (key persons and key periods tighten it)."""
+        base = {"strict": self.interval_strict_s, "lenient": self.interval_lenient_s}.get(
+            level, self.interval_normal_s)
+        return base * (self.key_person_factor if key_person else 1.0) * period_factor
+
+    def deadline_after(self, interval_s: float) -> float:
+        """Silence allowed before a communication or location failure."""
+        return interval_s + max(self.min_buffer_s, interval_s * self.buffer_factor)
+
+
+def _checkin_from(d: Mapping[str, Any] | None) -> CheckinRules:
+    if not d:
+        return CheckinRules()
+    unknown = set(d) - {f.name for f in fields(CheckinRules)}
+    if unknown:
+        raise ValueError(f"unknown check-in rules {sorted(unknown)}")
+    return CheckinRules(**d)
+
+
 def _travel_from(d: Mapping[str, Any] | None) -> TravelRules:
     if not d:
         return TravelRules()
@@ -66,6 +104,7 @@ class RuleProfile:
     version: int
     levels: Mapping[str, Rules] = field(default_factory=dict)
     travel: TravelRules = field(default_factory=TravelRules)
+    checkin: CheckinRules = field(default_factory=CheckinRules)
 
     @property
     def label(self) -> str:
@@ -83,14 +122,14 @@ class RuleProfile:
         """JSON form for storage."""
         return {"name": self.name, "version": self.version,
                 "levels": {k: asdict(v) for k, v in self.levels.items()},
-                "travel": asdict(self.travel)}
+                "travel": asdict(self.travel), "checkin": asdict(self.checkin)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleProfile:
         """Inverse of `to_dict`; missing thresholds take the defaults."""
         return cls(str(d["name"]), int(d["version"]),
                    {k: Rules(**validate_overrides(v)) for k, v in d["levels"].items()},
-                   _travel_from(d.get("travel")))
+                   _travel_from(d.get("travel")), _checkin_from(d.get("checkin")))
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Rules)}

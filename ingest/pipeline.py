@@ -19,7 +19,8 @@ import psycopg
 import redis
 
 from alerts.service import AlertTarget, record_events
-from geofence.engine import evaluate
+from alerts.silences import clear_silence_alerts, record_activity
+from geofence.engine import evaluate, is_usable
 from geofence.model import Decision, Fix, Source
 from ingest.decoders import (
     Decoded,
@@ -30,7 +31,7 @@ from ingest.decoders import (
     decode_osmand_query,
     decode_owntracks,
 )
-from ingest.registry import Registry
+from ingest.registry import DeviceInfo, Registry
 from ingest.state import StateStore
 from store.settings import Settings
 
@@ -226,6 +227,7 @@ class Pipeline:
             record_events(self.conn, result.events, targets)
 
         self.states.save(result.states)
+        self._track_silences(messages, decoded, dead, fixes, owner, infos)
         for dec in result.decisions:
             i = owner_of[(dec.fix.device_id, dec.fix.time, id(dec.fix))]
             key = (dec.fix.device_id, _us(dec.fix.time))
@@ -239,6 +241,28 @@ class Pipeline:
         for i, reason, detail in dead:
             results[i] = MessageResult(ok=False, reason=reason, detail=detail)
         return results
+
+    def _track_silences(
+        self, messages: Sequence[RawMessage], decoded: Sequence[tuple[int, Decoded]],
+        dead: Sequence[tuple[int, str, str]], fixes: Sequence[Fix], owner: Sequence[int],
+        infos: Mapping[str, DeviceInfo],
+    ) -> None:
+        """Move the silence deadlines of every device that spoke; clear ended silences."""
+        messaged: dict[str, float] = {}
+        for i in [i for i, _ in decoded] + [i for i, _, _ in dead]:
+            dev = messages[i].device_id
+            if dev is not None and dev in infos:
+                messaged[dev] = max(messaged.get(dev, 0.0), messages[i].received_at)
+        located: dict[str, float] = {}
+        for k, f in enumerate(fixes):
+            if is_usable(f, infos[f.device_id].subject.rules):
+                t = messages[owner[k]].received_at
+                located[f.device_id] = max(located.get(f.device_id, 0.0), t)
+        back = record_activity(self.redis, self.prefix, messaged, located,
+                               {d: infos[d].silence_s for d in messaged},
+                               self.registry.phone_off_s())
+        if back:
+            clear_silence_alerts(self.conn, back)
 
     def _write_positions(
         self,

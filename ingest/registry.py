@@ -31,6 +31,8 @@ class DeviceInfo:
     office_id: int
     active: bool
     subject: Subject
+    interval_s: float = 900.0  # expected reporting interval (level, key person, key period)
+    silence_s: float = 1800.0  # silence before a communication or location failure
 
 
 def bump_config_version(r: redis.Redis, prefix: str) -> None:
@@ -81,7 +83,11 @@ class Registry:
         profile = self.profile
         rows = conn.execute(
             """SELECT d.id, d.supervisee_id, s.office_id, s.home_zone_id, d.active AND s.active,
-                      s.level, s.rule_overrides
+                      s.level, s.rule_overrides, s.key_flags,
+                      (SELECT min(k.interval_factor) FROM key_periods k
+                        WHERE current_date BETWEEN k.starts_on AND k.ends_on
+                          AND (k.levels = '{}' OR s.level = ANY(k.levels))
+                          AND (k.flags = '{}' OR s.key_flags && k.flags))
                  FROM devices d JOIN supervisees s ON s.id = d.supervisee_id
                 WHERE d.id = ANY(%s)""",
             (missing,),
@@ -110,7 +116,7 @@ class Registry:
                 stop = min(end, returned) if returned is not None else end
                 permits[sid].append(Permit(zid, start.timestamp(), stop.timestamp()))
         zone_ids: set[int] = set()
-        for dev_id, sup_id, office_id, home, active, level, overrides in rows:
+        for dev_id, sup_id, office_id, home, active, level, overrides, flags, factor in rows:
             exclusions, curfews = [], []
             for _, zid, role, buffer_m, cs, ce, tz in extra.get(sup_id, []):
                 zone_ids.add(zid)
@@ -125,7 +131,9 @@ class Registry:
                 rules = profile.rules_for(level)
             subject = Subject(sup_id, home, tuple(permits.get(sup_id, ())), tuple(exclusions),
                               tuple(curfews), rules, profile.label)
-            self.devices[dev_id] = DeviceInfo(dev_id, sup_id, office_id, active, subject)
+            interval = profile.checkin.interval(level, bool(flags), factor or 1.0)
+            self.devices[dev_id] = DeviceInfo(dev_id, sup_id, office_id, active, subject, interval,
+                                              profile.checkin.deadline_after(interval))
             if home is not None:
                 zone_ids.add(home)
             zone_ids.update(p.zone_id for p in subject.permits)
@@ -144,6 +152,11 @@ class Registry:
             cached = self.zones.get(zid)
             if cached is None or cached.version != version:
                 self.zones[zid] = PreparedZone(zid, version, ZoneKind(kind), shapely.from_wkb(wkb))
+
+    def phone_off_s(self) -> float:
+        """Silence after which a phone counts as off (from the profile)."""
+        profile = self.profile or DEFAULT_PROFILE
+        return profile.checkin.phone_off_hours * 3600.0
 
     def subjects(self, infos: dict[str, DeviceInfo]) -> dict[str, Subject]:
         """Engine-facing view of the devices."""

@@ -10,6 +10,7 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -145,6 +146,32 @@ class PermitEvent(Base):
     device_id: Mapped[str | None] = mapped_column(Text)
     action: Mapped[str] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+
+class KeyPeriod(Base):
+    __tablename__ = "key_periods"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    starts_on: Mapped[Any] = mapped_column(Date)
+    ends_on: Mapped[Any] = mapped_column(Date)
+    levels: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    flags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    interval_factor: Mapped[float] = mapped_column(Float, server_default="0.5")
+    extra_rollcalls: Mapped[int] = mapped_column(Integer, server_default="1")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    created_at: Mapped[datetime] = _now()
+
+
+class SuperviseeChange(Base):
+    __tablename__ = "supervisee_changes"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    supervisee_id: Mapped[int] = mapped_column(ForeignKey("supervisees.id"))
+    at: Mapped[datetime] = _now()
+    staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    field: Mapped[str] = mapped_column(Text)
+    old_value: Mapped[Any] = mapped_column(JSONB)
+    new_value: Mapped[Any] = mapped_column(JSONB)
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class Device(Base):

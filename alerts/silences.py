@@ -1,0 +1,150 @@
+"""Three silences, three alerts, from Redis sorted sets of deadlines (no scan of positions).
+
+Every batch moves each reporting device's deadlines forward (ZADD GT): communication failure
+(no message for the interval plus a buffer), location failure (messages, but no usable fix for
+as long), phone off (no message for H hours). The scheduler asks only for deadlines already
+passed (ZRANGEBYSCORE), so one check costs what is due, not what is tracked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import orjson
+import psycopg
+import redis
+
+from store.enums import AlertKind
+
+COMM, LOC, OFF, SILENT = "dl:comm", "dl:loc", "dl:off", "silent"
+KINDS = {COMM: AlertKind.COMMUNICATION_FAILURE, LOC: AlertKind.LOCATION_FAILURE,
+         OFF: AlertKind.PHONE_OFF}
+SEVERITY = {COMM: "medium", LOC: "medium", OFF: "high"}
+RULES = {COMM: "communication_failure.no_message_for_interval_plus_buffer",
+         LOC: "location_failure.messages_without_a_usable_fix",
+         OFF: "phone_off.no_message_for_hours"}
+
+# Remove a member only if its deadline is still the one that passed (a report may have moved it).
+_TAKE_DUE = """
+local taken = {}
+for i, member in ipairs(ARGV) do
+  if i > 1 then
+    local s = tonumber(redis.call('ZSCORE', KEYS[1], member))
+    if s ~= nil and s <= tonumber(ARGV[1]) then
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('SADD', KEYS[2], member)
+      table.insert(taken, member)
+    end
+  end
+end
+return taken
+"""
+
+
+def record_activity(
+    r: redis.Redis, prefix: str, messaged: Mapping[str, float], located: Mapping[str, float],
+    silence_s: Mapping[str, float], phone_off_s: float,
+) -> list[str]:
+    """Move deadlines forward after a committed batch; return devices whose silence just ended.
+
+    `messaged`: device -> newest receive time; `located`: device -> newest receive time of a
+    usable fix; `silence_s`: device -> allowed silence.
+    """
+    if not messaged:
+        return []
+    devices = list(messaged)
+    pipe = r.pipeline(transaction=False)
+    pipe.zadd(prefix + COMM, {d: messaged[d] + silence_s[d] for d in devices}, gt=True)
+    pipe.zadd(prefix + OFF, {d: messaged[d] + phone_off_s for d in devices}, gt=True)
+    if located:
+        pipe.zadd(prefix + LOC, {d: located[d] + silence_s[d] for d in located}, gt=True)
+    unlocated = [d for d in devices if d not in located]
+    if unlocated:
+        # Messages without a usable fix: start the location clock if it is not running.
+        pipe.zadd(prefix + LOC, {d: messaged[d] + silence_s[d] for d in unlocated}, nx=True)
+    pipe.smismember(prefix + SILENT, devices)
+    flags = pipe.execute()[-1]
+    back = [d for d, f in zip(devices, flags, strict=True) if f]
+    if back:
+        r.srem(prefix + SILENT, *back)
+    return back
+
+
+def clear_silence_alerts(conn: psycopg.Connection, devices: Iterable[str]) -> int:
+    """Mark the open silence alerts of these devices as cleared (the phone spoke again)."""
+    cur = conn.execute(
+        """UPDATE alerts SET cleared_at = now(), updated_at = now()
+            WHERE device_id = ANY(%s) AND status <> 'resolved' AND cleared_at IS NULL
+              AND kind IN ('communication_failure', 'location_failure', 'phone_off')""",
+        (list(devices),))
+    return cur.rowcount
+
+
+_RAISE = """
+INSERT INTO alerts AS a (kind, severity, supervisee_id, office_id, device_id, first_fix_time,
+                         last_fix_time, reason, detected_at)
+SELECT %(kind)s, %(severity)s, s.id, s.office_id, d.id, %(deadline)s, %(deadline)s,
+       %(reason)s::jsonb, %(now)s
+  FROM devices d JOIN supervisees s ON s.id = d.supervisee_id
+ WHERE d.id = %(device)s AND d.active AND s.active
+ON CONFLICT (supervisee_id, kind) WHERE status <> 'resolved' DO UPDATE
+   SET count = a.count + 1, cleared_at = NULL, reason = excluded.reason,
+       device_id = excluded.device_id, updated_at = now()
+ WHERE a.cleared_at IS NOT NULL
+RETURNING id, supervisee_id, office_id, count, (xmax = 0) AS inserted
+"""
+
+
+def check_silences(conn: psycopg.Connection, r: redis.Redis, prefix: str,
+                   now: float | None = None, limit: int = 5000) -> int:
+    """Raise an alert for every deadline passed; returns how many alerts were raised or renewed.
+
+    The alert is committed before the deadline is taken off the set, so a crash in between
+    repeats the check (which finds the open alert and changes nothing) instead of losing it.
+    """
+    now = time.time() if now is None else now
+    take = r.register_script(_TAKE_DUE)
+    raised = 0
+    for key in (OFF, COMM, LOC):
+        due: list[tuple[bytes, float]] = cast(Any, r.zrangebyscore(
+            prefix + key, "-inf", now, start=0, num=limit, withscores=True))
+        if not due:
+            continue
+        if key == LOC:
+            # Location failure means messages *are* arriving: a fully silent phone is a
+            # communication failure, and its location clock restarts with its next message.
+            comm: list[float | None] = cast(Any, r.zmscore(prefix + COMM, [m.decode() for m, _ in due]))
+            talking = [c is not None and c > now for c in comm]
+            silent = [m for (m, _), t in zip(due, talking, strict=True) if not t]
+            if silent:
+                r.zrem(prefix + key, *silent)
+            due = [d for d, t in zip(due, talking, strict=True) if t]
+            if not due:
+                continue
+        with conn.transaction():
+            for member, deadline in due:
+                device = member.decode() if isinstance(member, bytes) else str(member)
+                reason = {"rule": RULES[key], "deadline": datetime.fromtimestamp(deadline, UTC).isoformat(),
+                          "checked_at": datetime.fromtimestamp(now, UTC).isoformat()}
+                row = conn.execute(_RAISE, {
+                    "kind": KINDS[key].value, "severity": SEVERITY[key], "device": device,
+                    "deadline": datetime.fromtimestamp(deadline, UTC),
+                    "now": datetime.fromtimestamp(now, UTC),
+                    "reason": orjson.dumps(reason).decode()}).fetchone()
+                if row is None:
+                    continue
+                raised += 1
+                payload = {"alert_id": row[0], "kind": KINDS[key].value, "severity": SEVERITY[key],
+                           "status": "open", "supervisee_id": row[1], "office_id": row[2],
+                           "device_id": device, "count": row[3], "new": bool(row[4]),
+                           "reason": reason}
+                conn.execute("INSERT INTO outbox (topic, payload) VALUES (%s, %s)",
+                             ("alert.opened" if row[4] else "alert.updated",
+                              orjson.dumps(payload).decode()))
+            if raised:
+                conn.execute("NOTIFY ccs_outbox")
+        take(keys=[prefix + key, prefix + SILENT], args=[now, *[m for m, _ in due]])
+    return raised
