@@ -1,0 +1,147 @@
+"""Three silences, three alerts; and the scheduler's leadership passing on when its holder dies."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import psycopg
+import pytest
+import redis
+
+from alerts.silences import COMM, LOC, OFF, check_silences
+from ingest.pipeline import Channel, Pipeline, RawMessage
+from store.settings import Settings
+from tests.conftest import JIANGAN, Org
+from tests.geo import deep_inside
+from tests.services import worker_env
+
+SILENCE_S = 1800.0  # normal level: 15 min interval + 15 min buffer
+OFF_S = 3 * 3600.0
+
+
+@pytest.fixture()
+def phone(db: psycopg.Connection, org: Org) -> str:
+    db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES ('dsil', %s, 'h')",
+               (org.supervisee_id,))
+    return "dsil"
+
+
+def report(p: Pipeline, device: str, at: float, accuracy: float = 12.0) -> None:
+    body = {"time": at - 1, "lon": deep_inside(JIANGAN)[0], "lat": deep_inside(JIANGAN)[1],
+            "accuracy": accuracy, "crs": "gcj02"}
+    p.process([RawMessage(Channel.NATIVE_MQTT, orjson.dumps(body), device, "t", received_at=at)],
+              now=at)
+
+
+def silence_alerts(db: psycopg.Connection) -> list[tuple]:
+    return db.execute("""SELECT kind, count, cleared_at IS NOT NULL FROM alerts
+                         WHERE kind IN ('communication_failure', 'location_failure', 'phone_off')
+                         ORDER BY id""").fetchall()
+
+
+def test_communication_failure_then_phone_off_then_cleared_by_the_next_message(
+        settings: Settings, db, rds, phone):
+    p = Pipeline.connect(settings)
+    try:
+        t0 = time.time() - 4 * 3600
+        report(p, phone, t0)
+        prefix = settings.redis_prefix
+        assert rds.zscore(prefix + COMM, phone) == pytest.approx(t0 + SILENCE_S)
+        assert check_silences(db, rds, prefix, now=t0 + SILENCE_S - 5) == 0
+        assert check_silences(db, rds, prefix, now=t0 + SILENCE_S + 2) == 1
+        assert silence_alerts(db) == [("communication_failure", 1, False)]
+        assert check_silences(db, rds, prefix, now=t0 + SILENCE_S + 3) == 0  # once per silence
+        assert check_silences(db, rds, prefix, now=t0 + OFF_S + 2) == 1
+        assert silence_alerts(db) == [("communication_failure", 1, False), ("phone_off", 1, False)]
+        report(p, phone, time.time())  # the phone speaks again
+        assert silence_alerts(db) == [("communication_failure", 1, True), ("phone_off", 1, True)]
+    finally:
+        p.close()
+
+
+def test_messages_without_a_usable_fix_are_a_location_failure_not_a_silence(
+        settings: Settings, db, rds, phone):
+    p = Pipeline.connect(settings)
+    try:
+        t0 = time.time() - 2 * 3600
+        report(p, phone, t0)  # a good fix
+        for k in range(1, 8):  # then only 900 m network fixes, every ten minutes
+            report(p, phone, t0 + k * 600, accuracy=900)
+        assert check_silences(db, rds, settings.redis_prefix, now=t0 + SILENCE_S + 60) == 1
+        assert silence_alerts(db) == [("location_failure", 1, False)]
+    finally:
+        p.close()
+
+
+def test_a_silent_phone_is_not_also_a_location_failure(settings: Settings, db, rds, phone):
+    p = Pipeline.connect(settings)
+    try:
+        t0 = time.time() - 3600
+        report(p, phone, t0, accuracy=900)  # one message without a usable fix, then nothing
+        check_silences(db, rds, settings.redis_prefix, now=t0 + SILENCE_S + 60)
+        assert [k for k, *_ in silence_alerts(db)] == ["communication_failure"]
+        assert rds.zscore(settings.redis_prefix + LOC, phone) is None
+    finally:
+        p.close()
+
+
+def test_the_check_only_touches_what_is_due(settings: Settings, db, rds, org: Org):
+    prefix = settings.redis_prefix
+    now = time.time()
+    rds.zadd(prefix + OFF, {f"dfar{k}": now + 3600 + k for k in range(50_000)})
+    assert check_silences(db, rds, prefix, now=now) == 0
+    assert rds.zcard(prefix + OFF) == 50_000  # nothing due, nothing read or removed
+
+
+def _leader(rds: redis.Redis, settings: Settings) -> str | None:
+    v = rds.get(settings.redis_prefix + "scheduler:leader")
+    return None if v is None else v.decode()
+
+
+def _wait(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_killed_scheduler_leader_is_replaced_within_seconds_and_nothing_fires_twice(
+        settings: Settings, db, rds, org: Org, tmp_path):
+    for d in ("dsil1", "dsil2"):
+        db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES (%s, %s, %s)",
+                   (d, org.supervisee_id if d == "dsil1" else org.other_supervisee_id, d))
+    env = worker_env(settings, "unused")
+    log = open(tmp_path / "alerts.log", "ab")
+    procs = [subprocess.Popen([sys.executable, "-m", "alerts"], env=env, stdout=log,
+                              stderr=subprocess.STDOUT) for _ in range(2)]
+    try:
+        assert _wait(lambda: _leader(rds, settings) is not None, 20), "no scheduler took the lease"
+        leader = _leader(rds, settings)
+        lead = next(p for p in procs if f":{p.pid}:" in leader)
+        rds.zadd(settings.redis_prefix + COMM, {"dsil1": time.time() - 1})
+        assert _wait(lambda: len(silence_alerts(db)) == 1, 15), (tmp_path / "alerts.log").read_text()
+        lead.send_signal(signal.SIGKILL)
+        lead.wait(10)
+        killed_at = time.monotonic()
+        rds.zadd(settings.redis_prefix + COMM, {"dsil2": time.time() - 1})
+        assert _wait(lambda: len(silence_alerts(db)) == 2, 20)
+        takeover = time.monotonic() - killed_at
+        assert takeover < 10  # the lease is 5 s long
+        new_leader = _leader(rds, settings)
+        assert new_leader is not None and f":{lead.pid}:" not in new_leader
+        time.sleep(2)  # let the new leader run its checks a few more times
+        rows = db.execute("""SELECT device_id, count FROM alerts
+                             WHERE kind = 'communication_failure' ORDER BY id""").fetchall()
+        assert rows == [("dsil1", 1), ("dsil2", 1)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(15)
+        log.close()
