@@ -117,7 +117,7 @@ def test_killed_scheduler_leader_is_replaced_within_seconds_and_nothing_fires_tw
         db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES (%s, %s, %s)",
                    (d, org.supervisee_id if d == "dsil1" else org.other_supervisee_id, d))
     env = worker_env(settings, "unused")
-    log = open(tmp_path / "alerts.log", "ab")
+    log = open(tmp_path / "alerts.log", "ab")  # noqa: SIM115 - closed in the finally below
     procs = [subprocess.Popen([sys.executable, "-m", "alerts"], env=env, stdout=log,
                               stderr=subprocess.STDOUT) for _ in range(2)]
     try:
