@@ -65,12 +65,13 @@ WITH due AS (
 )
 INSERT INTO alerts AS a (kind, severity, supervisee_id, office_id, first_fix_time, last_fix_time,
                          reason, detected_at)
-SELECT 'overdue_return', 'high', supervisee_id, office_id, end_at, end_at,
+SELECT DISTINCT ON (supervisee_id) 'overdue_return', 'high', supervisee_id, office_id,
+       end_at, end_at,
        jsonb_build_object('rule', 'overdue_return.no_check_in', 'permit_id', id,
                           'permit_end', end_at, 'grace_hours', %(grace_h)s::float8,
                           'profile', %(profile)s::text),
        %(now)s
-  FROM marked
+  FROM marked ORDER BY supervisee_id, end_at
 ON CONFLICT (supervisee_id, kind) WHERE status <> 'resolved' DO UPDATE
    SET count = a.count + 1, reason = excluded.reason, updated_at = now()
 RETURNING id, supervisee_id, office_id, count, (xmax = 0) AS inserted, reason

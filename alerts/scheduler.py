@@ -17,13 +17,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import psycopg
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from alerts import rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
 from alerts.silences import check_silences
+from ingest.registry import load_profile
 from store.settings import Settings
 
 log = logging.getLogger("alerts.scheduler")
@@ -139,6 +142,19 @@ class Scheduler:
         self.aps.add_job(self._guard("curfews", curfews), "interval", seconds=10, id="curfews")
         self.aps.add_job(self._guard("overdue", check_overdue_returns), "interval", seconds=30,
                          id="overdue")
+
+        def plan(conn: psycopg.Connection) -> None:
+            rollcalls.plan_day(conn, load_profile(conn))
+
+        def send(conn: psycopg.Connection) -> None:
+            rollcalls.send_due(conn, self.redis, prefix, load_profile(conn))
+
+        self.aps.add_job(self._guard("rollcall_plan", plan), "interval", minutes=10,
+                         id="rollcall_plan", next_run_time=datetime.now(UTC))
+        self.aps.add_job(self._guard("rollcall_send", send), "interval", seconds=5,
+                         id="rollcall_send")
+        self.aps.add_job(self._guard("rollcall_miss", rollcalls.close_missed), "interval",
+                         seconds=10, id="rollcall_miss")
         self.aps.start()
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from alerts.rollcalls import request_now
 from geofence.model import Event, EventKind
 from store.enums import AlertKind, Severity
 
@@ -88,7 +89,11 @@ def record_events(
                     "device_id": ev.device_id, "fix_time": _iso(ev.fix_time), "lon": ev.lon,
                     "lat": ev.lat, "late": ev.late, "reason": reason}
             if ev.kind == EventKind.ROLL_CALL_REQUEST:
-                outbox.append(("rollcall.requested", base))
+                # The engine cannot decide (undecidable streak, curfew unknown): ask the phone.
+                origin = "curfew" if str(reason.get("rule", "")).startswith("roll_call.curfew") \
+                    else "engine"
+                rid = request_now(conn, target.supervisee_id, origin, str(reason.get("rule")))
+                outbox.append(("rollcall.requested", {**base, "roll_call_id": rid}))
                 continue
             if ev.kind in EVENT_CLEARS:
                 cur.execute(_CLEAR, {"fix_time": _ts(ev.fix_time), "kind": EVENT_CLEARS[ev.kind].value,

@@ -40,7 +40,7 @@ class CommandPublisher:
         self.settings = settings
         self.client: mqtt.Client | None = None
 
-    def publish(self, device_id: str, command: dict[str, object]) -> None:
+    def publish(self, device_id: str, command: dict[str, object], owntracks: bool = False) -> None:
         """Publish and wait for the broker's acknowledgement (raises on failure)."""
         if self.client is None:
             c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
@@ -51,7 +51,8 @@ class CommandPublisher:
             c.connect(self.settings.mqtt_host, self.settings.mqtt_port)
             c.loop_start()
             self.client = c
-        topic = f"{self.settings.mqtt_topic_prefix}devices/{device_id}/cmd"
+        p = self.settings.mqtt_topic_prefix
+        topic = f"{p}owntracks/{device_id}/{device_id}/cmd" if owntracks else f"{p}devices/{device_id}/cmd"
         info = self.client.publish(topic, orjson.dumps(command), qos=1)
         info.wait_for_publish(10)
         if not info.is_published():
@@ -84,6 +85,10 @@ def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, lim
                     continue
                 for dev in payload["device_ids"]:
                     commands.publish(dev, {**payload["command"], "command_id": oid})
+                    if payload.get("owntracks"):
+                        # OwnTracks phones listen on their own topic and know this command.
+                        commands.publish(dev, {"_type": "cmd", "action": "reportLocation"},
+                                         owntracks=True)
                 continue
             pipe.xadd(
                 feed_key(settings),

@@ -8,7 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import DomainError, domain_error_handler
-from api.routes import alerts, auth, ingest, ops, org, permits, supervisees, zones
+from api.routes import (
+    alerts,
+    auth,
+    ingest,
+    ops,
+    org,
+    permits,
+    supervisees,
+    supervision,
+    zones,
+)
 
 
 @asynccontextmanager
@@ -27,7 +37,7 @@ def create_app() -> FastAPI:
     )
     app.add_exception_handler(DomainError, domain_error_handler)
     for r in (auth.router, org.router, supervisees.router, zones.router, alerts.router,
-              permits.router, ingest.router, ops.router):
+              permits.router, supervision.router, ingest.router, ops.router):
         app.include_router(r, prefix="/api/v1")
     return app
 

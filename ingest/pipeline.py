@@ -18,6 +18,7 @@ import orjson
 import psycopg
 import redis
 
+from alerts import rollcalls
 from alerts.service import AlertTarget, record_events
 from alerts.silences import clear_silence_alerts, record_activity
 from geofence.engine import evaluate, is_usable
@@ -254,10 +255,14 @@ class Pipeline:
             if dev is not None and dev in infos:
                 messaged[dev] = max(messaged.get(dev, 0.0), messages[i].received_at)
         located: dict[str, float] = {}
+        fresh: list[tuple[str, float]] = []
         for k, f in enumerate(fixes):
             if is_usable(f, infos[f.device_id].subject.rules):
                 t = messages[owner[k]].received_at
                 located[f.device_id] = max(located.get(f.device_id, 0.0), t)
+                fresh.append((f.device_id, f.time))
+        if fresh:
+            rollcalls.answer(self.conn, self.redis, self.prefix, fresh)
         back = record_activity(self.redis, self.prefix, messaged, located,
                                {d: infos[d].silence_s for d in messaged},
                                self.registry.phone_off_s())

@@ -1,0 +1,160 @@
+"""Supervision policy for staff: levels and key-person flags, key periods, roll-calls on demand."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select, text
+
+from alerts import rollcalls
+from api.deps import (
+    CurrentStaff,
+    RedisDep,
+    SessionDep,
+    SettingsDep,
+    audit,
+    supervisee_in_jurisdiction,
+)
+from api.errors import Forbidden, Invalid
+from api.schemas import SuperviseeOut
+from ingest.registry import bump_config_version, load_profile
+from store.enums import Role
+from store.models import Device, KeyPeriod, Supervisee, SuperviseeChange
+
+router = APIRouter(tags=["supervision"])
+
+
+class LevelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: Literal["strict", "normal", "lenient"]
+    key_flags: list[str] = Field(default_factory=list, max_length=20)
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+class KeyPeriodIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    starts_on: date
+    ends_on: date
+    levels: list[Literal["strict", "normal", "lenient"]] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+    interval_factor: float = Field(default=0.5, gt=0, le=1)
+    extra_rollcalls: int = Field(default=1, ge=0, le=10)
+
+
+class KeyPeriodOut(KeyPeriodIn):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+
+
+class RollCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=3, max_length=1000)
+
+
+class RollCallOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    origin: str
+    status: str
+    scheduled_at: datetime
+    sent_at: datetime | None
+    deadline: datetime | None
+    answered_at: datetime | None
+    answer_fix_time: datetime | None
+    reason: str
+
+
+def tell_interval(session: SessionDep, sup: Supervisee, interval_s: float) -> None:
+    """Queue the reporting interval for the supervisee's phones (command topic)."""
+    devices = session.scalars(select(Device.id).where(Device.supervisee_id == sup.id,
+                                                      Device.active)).all()
+    if devices:
+        payload = {"device_ids": list(devices),
+                   "command": {"type": "config", "report_interval_s": interval_s}}
+        session.execute(text("INSERT INTO outbox (topic, payload) VALUES ('device.command', :p)"),
+                        {"p": orjson.dumps(payload).decode()})
+        session.execute(text("NOTIFY ccs_outbox"))
+
+
+@router.put("/supervisees/{supervisee_id}/level", response_model=SuperviseeOut)
+def set_level(supervisee_id: int, body: LevelIn, ctx: CurrentStaff, session: SessionDep,
+              request: Request, r: RedisDep, settings: SettingsDep) -> Supervisee:
+    """Change the supervision level and key-person flags, with the reason; phones are told."""
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    for name, old, new in (("level", sup.level, body.level),
+                           ("key_flags", list(sup.key_flags), sorted(set(body.key_flags)))):
+        if old != new:
+            session.add(SuperviseeChange(supervisee_id=sup.id, staff_id=ctx.id, field=name,
+                                         old_value=old, new_value=new, reason=body.reason))
+    sup.level, sup.key_flags = body.level, sorted(set(body.key_flags))
+    conn = session.connection().connection.driver_connection
+    assert conn is not None
+    profile = load_profile(conn)  # type: ignore[arg-type]
+    tell_interval(session, sup, profile.checkin.interval(sup.level, bool(sup.key_flags)))
+    audit(session, ctx, request, "supervisee.set_level", f"supervisee:{sup.id}",
+          level=body.level, key_flags=body.key_flags, reason=body.reason)
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    return sup
+
+
+@router.get("/supervisees/{supervisee_id}/changes")
+def level_history(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> list[dict[str, Any]]:
+    """Who changed the level or flags, when, and why."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    rows = session.scalars(select(SuperviseeChange).where(
+        SuperviseeChange.supervisee_id == supervisee_id).order_by(SuperviseeChange.id))
+    return [{"at": c.at, "staff_id": c.staff_id, "field": c.field, "old": c.old_value,
+             "new": c.new_value, "reason": c.reason} for c in rows]
+
+
+@router.post("/key-periods", response_model=KeyPeriodOut, status_code=201)
+def create_key_period(body: KeyPeriodIn, ctx: CurrentStaff, session: SessionDep,
+                      request: Request, r: RedisDep, settings: SettingsDep) -> KeyPeriod:
+    """A key period (重点时段): tighter reporting and more roll-calls for a date range."""
+    if ctx.staff.role not in (Role.CITY_ADMIN, Role.DISTRICT_SUPERVISOR):
+        raise Forbidden("key periods are set by district or city staff")
+    if body.ends_on < body.starts_on:
+        raise Invalid("ends_on is before starts_on")
+    kp = KeyPeriod(**body.model_dump(), created_by=ctx.id)
+    session.add(kp)
+    session.flush()
+    audit(session, ctx, request, "key_period.create", f"key_period:{kp.id}")
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    return kp
+
+
+@router.get("/key-periods", response_model=list[KeyPeriodOut])
+def list_key_periods(ctx: CurrentStaff, session: SessionDep) -> list[KeyPeriod]:
+    """All key periods (they apply city-wide)."""
+    del ctx
+    return list(session.scalars(select(KeyPeriod).order_by(KeyPeriod.starts_on)))
+
+
+@router.post("/supervisees/{supervisee_id}/rollcalls", response_model=RollCallOut,
+             status_code=201)
+def roll_call_now(supervisee_id: int, body: RollCallIn, ctx: CurrentStaff, session: SessionDep,
+                  request: Request) -> Any:
+    """An officer's roll-call on demand: sent within seconds, answered by a fresh fix."""
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    conn = session.connection().connection.driver_connection
+    rid = rollcalls.request_now(conn, sup.id, "officer", body.reason, staff_id=ctx.id)  # type: ignore[arg-type]
+    audit(session, ctx, request, "rollcall.request", f"supervisee:{sup.id}", roll_call_id=rid)
+    session.commit()
+    row = session.execute(text("SELECT * FROM roll_calls WHERE id = :i"), {"i": rid}).first()
+    return RollCallOut.model_validate(row._mapping if row else {})
+
+
+@router.get("/supervisees/{supervisee_id}/rollcalls", response_model=list[RollCallOut])
+def list_roll_calls(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> list[Any]:
+    """A supervisee's roll-calls, newest first."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    rows = session.execute(text("""SELECT * FROM roll_calls WHERE supervisee_id = :s
+                                   ORDER BY scheduled_at DESC LIMIT 200"""), {"s": supervisee_id})
+    return [RollCallOut.model_validate(r._mapping) for r in rows]
