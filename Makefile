@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services install migrate seed bench bench-quick bench-engine bench-quality lint clean-venv
+.PHONY: run test services install migrate seed bench bench-quick bench-engine bench-quality bench-deadlines lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-quick: install services
 
 bench-engine: install services  ## accuracy-aware decisions/s on one core vs a per-fix PostGIS query
 	$(BIN)/python -m simulators.engine_bench
+
+bench-deadlines: install services  ## silence deadlines for 700,000 devices: memory, cost, delay
+	$(BIN)/python -m simulators.deadline_bench
 
 bench-quality: install  ## false alerts and detection of the engine vs a naive tracker, 10,000 person-days
 	$(BIN)/python -m simulators.quality
