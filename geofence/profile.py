@@ -65,6 +65,7 @@ class CheckinRules:
     rollcall_window_s: float = 3600.0  # to answer with a fresh fix
     waking_start: str = "08:00"
     waking_end: str = "21:00"
+    warning_makes_strict: bool = True  # a recorded warning (警告) moves the person to strict
 
     def interval(self, level: str, key_person: bool, period_factor: float = 1.0) -> float:
         """Expected reporting interval in seconds (key persons and key periods tighten it)."""

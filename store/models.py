@@ -174,6 +174,17 @@ class SuperviseeChange(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
+class Sanction(Base):
+    __tablename__ = "sanctions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    supervisee_id: Mapped[int] = mapped_column(ForeignKey("supervisees.id"))
+    kind: Mapped[str] = mapped_column(Text)
+    decided_by: Mapped[int] = mapped_column(ForeignKey("staff.id"))
+    decided_at: Mapped[datetime] = _now()
+    reason: Mapped[str] = mapped_column(Text)
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id"))
+
+
 class Device(Base):
     __tablename__ = "devices"
     id: Mapped[str] = mapped_column(Text, primary_key=True)

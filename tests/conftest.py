@@ -82,7 +82,7 @@ def rds(settings: Settings) -> Iterator[redis.Redis]:
 
 
 TABLES = ("audit_log, device_messages, dead_letters, outbox, alerts, positions, devices, "
-          "permit_events, travel_permits, key_periods, supervisee_changes, roll_calls, "
+          "permit_events, travel_permits, key_periods, supervisee_changes, roll_calls, sanctions, "
           "supervisee_zones, rule_profiles, supervisees, zones, staff, org_units")
 
 

@@ -126,3 +126,17 @@ def test_key_periods_are_set_by_district_or_city_staff(client, org: Org):
     assert ok.status_code == 201, ok.text
     listed = client.get(f"{API}/key-periods", headers=login(client, "jiangan-officer")).json()
     assert [k["name"] for k in listed] == ["Spring Festival"]
+
+
+def test_a_recorded_warning_moves_the_person_to_strict_by_profile(client, org: Org, db):
+    h = login(client, "jiangan-officer")
+    rep = client.post(f"{API}/supervisees/{org.supervisee_id}/sanctions", headers=h,
+                      json={"kind": "reprimand", "reason": "out of contact 3 days"})
+    assert rep.status_code == 201
+    assert client.get(f"{API}/supervisees/{org.supervisee_id}", headers=h).json()["level"] == "normal"
+    warn = client.post(f"{API}/supervisees/{org.supervisee_id}/sanctions", headers=h,
+                       json={"kind": "warning", "reason": "second reprimand"})
+    assert (warn.status_code, warn.json()["decided_by"]) == (201, org.staff["jiangan-officer"])
+    assert client.get(f"{API}/supervisees/{org.supervisee_id}", headers=h).json()["level"] == "strict"
+    changes = client.get(f"{API}/supervisees/{org.supervisee_id}/changes", headers=h).json()
+    assert changes[-1]["reason"].startswith("automatic after a warning (national-2020@1)")

@@ -23,7 +23,7 @@ from api.errors import Forbidden, Invalid
 from api.schemas import SuperviseeOut
 from ingest.registry import bump_config_version, load_profile
 from store.enums import Role
-from store.models import Device, KeyPeriod, Supervisee, SuperviseeChange
+from store.models import Device, KeyPeriod, Sanction, Supervisee, SuperviseeChange
 
 router = APIRouter(tags=["supervision"])
 
@@ -33,6 +33,24 @@ class LevelIn(BaseModel):
     level: Literal["strict", "normal", "lenient"]
     key_flags: list[str] = Field(default_factory=list, max_length=20)
     reason: str = Field(min_length=3, max_length=2000)
+
+
+class SanctionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["reprimand", "warning", "revocation_request"]
+    reason: str = Field(min_length=3, max_length=2000)
+    alert_id: int | None = None
+
+
+class SanctionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    supervisee_id: int
+    kind: str
+    decided_by: int
+    decided_at: datetime
+    reason: str
+    alert_id: int | None
 
 
 class KeyPeriodIn(BaseModel):
@@ -158,3 +176,27 @@ def list_roll_calls(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) 
     rows = session.execute(text("""SELECT * FROM roll_calls WHERE supervisee_id = :s
                                    ORDER BY scheduled_at DESC LIMIT 200"""), {"s": supervisee_id})
     return [RollCallOut.model_validate(r._mapping) for r in rows]
+
+
+@router.post("/supervisees/{supervisee_id}/sanctions", response_model=SanctionOut,
+             status_code=201)
+def record_sanction(supervisee_id: int, body: SanctionIn, ctx: CurrentStaff, session: SessionDep,
+                    request: Request, r: RedisDep, settings: SettingsDep) -> Sanction:
+    """Record a sanction a person decided; a warning may move the supervisee to strict (profile)."""
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    row = Sanction(supervisee_id=sup.id, kind=body.kind, decided_by=ctx.id, reason=body.reason,
+                   alert_id=body.alert_id)
+    session.add(row)
+    conn = session.connection().connection.driver_connection
+    profile = load_profile(conn)  # type: ignore[arg-type]
+    if body.kind == "warning" and profile.checkin.warning_makes_strict and sup.level != "strict":
+        session.add(SuperviseeChange(
+            supervisee_id=sup.id, staff_id=ctx.id, field="level", old_value=sup.level,
+            new_value="strict", reason=f"automatic after a warning ({profile.label}): {body.reason}"))
+        sup.level = "strict"
+        tell_interval(session, sup, profile.checkin.interval(sup.level, bool(sup.key_flags)))
+    session.flush()
+    audit(session, ctx, request, "sanction.record", f"supervisee:{sup.id}", kind=body.kind)
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+    return row
