@@ -10,9 +10,9 @@ import redis
 
 from alerts.service import AlertTarget, record_events
 from geofence.engine import tick
-from ingest.registry import Registry
-from ingest.state import StateStore
+from store.registry import Registry
 from store.settings import Settings
+from store.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def check_overdue_returns(conn: psycopg.Connection, now: float | None = None) ->
 
     import orjson
 
-    from ingest.registry import load_profile
+    from store.registry import load_profile
 
     now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     profile = load_profile(conn)

@@ -26,7 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from alerts import rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
 from alerts.silences import check_silences
-from ingest.registry import load_profile
+from store.registry import load_profile
 from store.settings import Settings
 
 log = logging.getLogger("alerts.scheduler")

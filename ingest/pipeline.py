@@ -32,9 +32,9 @@ from ingest.decoders import (
     decode_osmand_query,
     decode_owntracks,
 )
-from ingest.registry import DeviceInfo, Registry
-from ingest.state import StateStore
+from store.registry import DeviceInfo, Registry
 from store.settings import Settings
+from store.state import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session
 
 from api.security import hash_device_secret
 from geofence.model import ZoneKind
-from ingest.registry import bump_config_version
 from simulators.phone import district_index
 from store.demo import load_regions
 from store.enums import Level, OrgKind, SupervisionType
 from store.models import OrgUnit, Zone
+from store.registry import bump_config_version
 
 __all__ = ["ProvisionResult", "device_id", "case_number", "district_adcodes", "provision_fleet"]
 

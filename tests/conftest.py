@@ -133,10 +133,10 @@ def org(session: Session, rds: redis.Redis, settings: Settings) -> Org:
 
     from api.security import hash_password
     from geofence.model import CRS
-    from ingest.registry import bump_config_version
     from store.demo import create_staff, create_unit, create_zone, load_regions
     from store.enums import OrgKind, Role
     from store.models import Supervisee
+    from store.registry import bump_config_version
 
     create_staff = partial(create_staff, password_hash=_password_hash(hash_password))
     fc = load_regions()

@@ -11,7 +11,7 @@ import redis
 
 from alerts.checks import CurfewChecker
 from ingest.pipeline import Pipeline
-from ingest.registry import bump_config_version
+from store.registry import bump_config_version
 from store.settings import Settings
 from tests.conftest import JIANGAN, JIANGHAN, Org
 from tests.geo import near_border

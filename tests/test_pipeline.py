@@ -188,7 +188,7 @@ def test_owntracks_other_message_types_are_recorded_not_rejected(pipeline, devic
 
 
 def test_revoked_device_is_refused_at_once(pipeline, device, db, rds, settings):
-    from ingest.registry import bump_config_version
+    from store.registry import bump_config_version
 
     pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 90))], now=NOW)
     db.execute("UPDATE devices SET active = false WHERE id = %s", (device,))

@@ -22,10 +22,10 @@ from api.deps import (
 )
 from api.errors import DomainError, Invalid, NotFound
 from api.routes.zones import visible_zone
-from ingest.registry import bump_config_version
-from ingest.state import StateStore
 from store import permits as flow
 from store.models import PermitEvent, Supervisee, TravelPermit, Zone
+from store.registry import bump_config_version
+from store.state import StateStore
 
 router = APIRouter(tags=["travel permits"])
 

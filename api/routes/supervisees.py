@@ -32,9 +32,9 @@ from api.schemas import (
 )
 from api.security import hash_device_secret, new_device_id, new_device_secret
 from geofence.profile import validate_overrides
-from ingest.registry import bump_config_version
 from store.enums import OrgKind
 from store.models import Device, OrgUnit, Supervisee, SuperviseeZone
+from store.registry import bump_config_version
 
 router = APIRouter(tags=["supervisees"])
 

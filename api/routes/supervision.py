@@ -21,9 +21,9 @@ from api.deps import (
 )
 from api.errors import Forbidden, Invalid
 from api.schemas import SuperviseeOut
-from ingest.registry import bump_config_version, load_profile
 from store.enums import Role
 from store.models import Device, KeyPeriod, Sanction, Supervisee, SuperviseeChange
+from store.registry import bump_config_version, load_profile
 
 router = APIRouter(tags=["supervision"])
 

@@ -16,8 +16,8 @@ from api.errors import Invalid, NotFound
 from api.schemas import ZoneIn
 from geofence.model import CRS, ZoneKind
 from geofence.zones import InvalidZone, circle_zone, parse_zone_geojson
-from ingest.registry import bump_config_version
 from store.models import Zone
+from store.registry import bump_config_version
 
 router = APIRouter(prefix="/zones", tags=["zones"])
 
