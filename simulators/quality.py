@@ -21,9 +21,10 @@ What is simulated (all of it deterministic for a given --seed):
   communication-failure rule's business, not the area rule's). Noise: GNSS accuracy 3-50 m
   (log-normal, heavier indoors), true error Rayleigh-distributed with the accuracy as its 68 %
   radius; a few outliers at 2-4x the accuracy; urban-canyon jumps of 100-500 m on a few % of
-  fixes, in short episodes of consecutive fixes displaced the same way, with the accuracy
-  NOT growing; indoor network fixes 200-2,000 m off with provider "network" and a matching
-  accuracy; phones of a share of people report GCJ-02.
+  fixes: episodes of about a minute (exponential) during which every GNSS fix is displaced the
+  same way, with the accuracy NOT growing; indoor network fixes 200-2,000 m off with provider
+  "network" and a matching accuracy; phones of a share of people report GCJ-02. GNSS fixes
+  carry a speed (Doppler-like: the true speed plus a little noise, even in a canyon).
 
 Scored in the same run on the same fixes: the engine (`geofence.engine.evaluate` in
 time-ordered batches of all people's fixes, state carried between calls; rules from
@@ -125,9 +126,10 @@ class QualityConfig:
     gps_accuracy_m: tuple[float, float] = (3.0, 50.0)
     outlier_share: float = 0.01
     outlier_factor: tuple[float, float] = (2.0, 4.0)
-    canyon_share: float = 0.03  # of GNSS fixes, roughly
+    canyon_share: float = 0.03  # share of the time a phone's GNSS fixes are in a canyon episode
     canyon_m: tuple[float, float] = (100.0, 500.0)
-    canyon_run_mean: float = 1.5  # fixes per episode (geometric); 1.0: every jump on its own
+    canyon_episode_s: float = 60.0  # mean duration (exponential) of one displacement episode
+    speed_noise_mps: tuple[float, float] = (0.3, 1.0)  # reported (Doppler) speed: clean, canyon
     network_share: tuple[float, float] = (0.02, 0.15)  # outdoors, indoors
     network_error_m: tuple[float, float] = (200.0, 2000.0)  # log-uniform
     network_accuracy_ratio: tuple[float, float] = (1.15, 0.3)  # accuracy/error: median, sigma
@@ -138,8 +140,8 @@ class QualityConfig:
         ratio = self.batch_s / self.interval_s
         if abs(ratio - round(ratio)) > 1e-9 or ratio < 1:
             raise ValueError("batch_s must be a whole multiple of interval_s")
-        if self.canyon_run_mean < 1:
-            raise ValueError("canyon_run_mean must be at least 1")
+        if self.canyon_episode_s <= 0:
+            raise ValueError("canyon_episode_s must be positive")
         if not math.isclose(sum(s for _, s in self.levels), 1.0, abs_tol=1e-6):
             raise ValueError("level shares must add up to 1")
 
@@ -308,11 +310,35 @@ class Schedule:
     gap_person: IntArray
     gap_start: FloatArray
     gap_end: FloatArray
+    canyon_person: IntArray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    canyon_start: FloatArray = field(default_factory=lambda: np.empty(0))
+    canyon_end: FloatArray = field(default_factory=lambda: np.empty(0))
+    canyon_mag: FloatArray = field(default_factory=lambda: np.empty(0))
+    canyon_dir: FloatArray = field(default_factory=lambda: np.empty(0))
     dropped_violations: int = 0
 
     def __post_init__(self) -> None:
         self._key = self.leg_person * _KEY_SPAN + (self.leg_t0 - T0)
         self._gap_key = self.gap_person * _KEY_SPAN + (self.gap_start - T0)
+        dt = np.maximum(self.leg_t1 - self.leg_t0, 1e-9)
+        self.leg_speed = np.hypot(self.leg_xy[:, 2] - self.leg_xy[:, 0],
+                                  self.leg_xy[:, 3] - self.leg_xy[:, 1]) / dt
+
+    def set_canyons(self, person: IntArray, start: FloatArray, end: FloatArray, mag: FloatArray,
+                    direction: FloatArray) -> None:
+        order = np.lexsort((start, person))
+        self.canyon_person, self.canyon_start, self.canyon_end = person[order], start[order], end[order]
+        self.canyon_mag, self.canyon_dir = mag[order], direction[order]
+        self._canyon_key = self.canyon_person * _KEY_SPAN + (self.canyon_start - T0)
+
+    def canyon_at(self, person: IntArray, t: FloatArray) -> IntArray:
+        """Index of the canyon episode each (person, time) is in, -1 for none (latest wins)."""
+        if self.canyon_person.size == 0:
+            return np.full(len(person), -1, dtype=np.int64)
+        g = np.searchsorted(self._canyon_key, person * _KEY_SPAN + (t - T0), side="right") - 1
+        gc = np.clip(g, 0, None)
+        hit = (g >= 0) & (self.canyon_person[gc] == person) & (t < self.canyon_end[gc])
+        return np.where(hit, gc, -1)
 
     def leg_at(self, person: IntArray, t: FloatArray) -> IntArray:
         """Index of the leg each (person, time) falls in."""
@@ -353,6 +379,7 @@ class World:
             shapely.prepare(a.district.geom_wgs84)
         self.people = [self._person(rng, p) for p in range(cfg.people)]
         self.schedule = self._schedule(np.random.default_rng([cfg.seed, 1]))
+        self._canyons(np.random.default_rng([cfg.seed, 3]))
         n = cfg.people
         self.p_area = np.array([p.area for p in self.people], dtype=np.int64)
         self.p_crs = np.array([p.crs for p in self.people], dtype=np.int8)
@@ -475,7 +502,7 @@ class World:
 
     def _plan_excursion(self, rng: np.random.Generator, person: Person,
                         actions: list[tuple[float, float, tuple[float, float]]], start: float,
-                        ) -> tuple[int, float, float, str, float, float, float] | None:
+                        ) -> tuple[int, float, float, str, float, float] | None:
         """Where in the day the violation goes, its time outside, mode, speed and depth."""
         cfg = self.cfg
         minutes = float(_loguniform(rng, *cfg.violation_minutes))
@@ -538,6 +565,18 @@ class World:
             return depth
         return float(shapely.distance(Point(bx, by), hit)) - 200.0
 
+    def _canyons(self, rng: np.random.Generator) -> None:
+        """Urban-canyon episodes per person: Poisson starts, exponential durations."""
+        cfg = self.cfg
+        total = cfg.days * DAY + DAY
+        rate = cfg.canyon_share / cfg.canyon_episode_s  # episodes per second and person
+        n = rng.poisson(rate * total, cfg.people)
+        person = np.repeat(np.arange(cfg.people, dtype=np.int64), n)
+        start = T0 + rng.uniform(0.0, total, person.size)
+        end = start + rng.exponential(cfg.canyon_episode_s, person.size)
+        self.schedule.set_canyons(person, start, end, rng.uniform(*cfg.canyon_m, person.size),
+                                  rng.uniform(0.0, 2 * math.pi, person.size))
+
     def _gaps(self, rng: np.random.Generator, violations: Sequence[Violation],
               ) -> tuple[IntArray, FloatArray, FloatArray]:
         cfg = self.cfg
@@ -596,7 +635,7 @@ class World:
         net_err = _loguniform(rng, *cfg.network_error_m, m)
         net_ratio = np.exp(rng.normal(math.log(cfg.network_accuracy_ratio[0]),
                                       cfg.network_accuracy_ratio[1], m))
-        canyon_ep = self._canyon_episodes(rng, person)
+        z_speed = rng.normal(0.0, 1.0, m)
 
         keep = ~sch.in_gap(person, t)
         idx = np.flatnonzero(keep)
@@ -605,6 +644,7 @@ class World:
         x, y = sch.position(leg, t)
         indoor = sch.leg_indoor[leg]
         outside = sch.leg_outside[leg]
+        true_speed = np.where(sch.leg_t1[leg] > sch.leg_t0[leg], sch.leg_speed[leg], 0.0)
 
         net_p = np.where(indoor, cfg.network_share[1], cfg.network_share[0])
         u = u_class[idx]
@@ -616,14 +656,18 @@ class World:
         err[outlier] = acc[outlier] * u_outlier[idx][outlier]
         ang = theta[idx]
         cls = np.where(outlier, OUTLIER, CLEAN).astype(np.int8)
-        ep = canyon_ep["id"][idx]
+        ep = sch.canyon_at(person, t)
         canyon = (ep >= 0) & ~network
         if canyon.any():
             e = ep[canyon]
-            err[canyon] = canyon_ep["mag"][e] * (1.0 + 0.1 * z_acc[idx][canyon])
+            err[canyon] = np.clip(sch.canyon_mag[e] * (1.0 + 0.05 * z_acc[idx][canyon]),
+                                  *cfg.canyon_m)
             ang = ang.copy()
-            ang[canyon] = canyon_ep["dir"][e]
+            ang[canyon] = sch.canyon_dir[e]
             cls[canyon] = CANYON
+        speed_noise = np.where(canyon, cfg.speed_noise_mps[1], cfg.speed_noise_mps[0])
+        speed = np.abs(true_speed + speed_noise * z_speed[idx])
+        speed[network] = np.nan
         err[network] = net_err[idx][network]
         acc[network] = np.maximum(net_err[idx][network] * net_ratio[idx][network], 1.0)
         cls[network] = NETWORK
@@ -640,7 +684,8 @@ class World:
         if g.any():
             lon[g], lat[g] = from_wgs84(wgs_lon[g], wgs_lat[g], CRS.GCJ02)
         return FixChunk(b, c0, c0 + cfg.batch_s, person, t, lon, lat, crs, acc,
-                        network.astype(np.int8), cls, true_lon, true_lat, outside, wgs_lon, wgs_lat)
+                        network.astype(np.int8), cls, true_lon, true_lat, outside, wgs_lon, wgs_lat,
+                        speed)
 
     def _gps_accuracy(self, rng: np.random.Generator, z: FloatArray, indoor: BoolArray) -> FloatArray:
         cfg = self.cfg
@@ -653,26 +698,6 @@ class World:
                 break
             acc[bad] = med[bad] * np.exp(cfg.gps_accuracy_sigma * rng.normal(0.0, 1.0, int(bad.sum())))
         return np.clip(acc, lo, hi)
-
-    def _canyon_episodes(self, rng: np.random.Generator, person: IntArray) -> dict[str, Any]:
-        """Episodes of consecutive fixes displaced the same way: id per fix (-1: none)."""
-        cfg = self.cfg
-        m = person.size
-        mean = cfg.canyon_run_mean
-        starts = np.flatnonzero(rng.random(m) < cfg.canyon_share / mean)
-        lengths = rng.geometric(1.0 / mean, starts.size) if mean > 1 else np.ones(starts.size, np.int64)
-        mag = rng.uniform(*cfg.canyon_m, starts.size)
-        direction = rng.uniform(0.0, 2 * math.pi, starts.size)
-        ids = np.full(m, -1, dtype=np.int64)
-        if starts.size:
-            ep = np.repeat(np.arange(starts.size), lengths)
-            offs = np.arange(ep.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            at = starts[ep] + offs
-            ok = at < m
-            at, ep = at[ok], ep[ok]
-            ok = person[at] == person[starts[ep]]
-            ids[at[ok]] = ep[ok]
-        return {"id": ids, "mag": mag, "dir": direction}
 
     # -- subjects --------------------------------------------------------------------------
 
@@ -711,6 +736,7 @@ class FixChunk:
     outside: BoolArray  # ground truth: true position outside the home area
     wgs_lon: FloatArray
     wgs_lat: FloatArray
+    speed: FloatArray  # reported speed (m/s), NaN: none (network fixes)
 
     def __len__(self) -> int:
         return len(self.person)
@@ -718,7 +744,7 @@ class FixChunk:
     def select(self, keep: BoolArray) -> FixChunk:
         return FixChunk(self.batch, self.start, self.end, *(getattr(self, f)[keep] for f in (
             "person", "time", "lon", "lat", "crs", "accuracy", "provider", "cls", "true_lon",
-            "true_lat", "outside", "wgs_lon", "wgs_lat")))
+            "true_lat", "outside", "wgs_lon", "wgs_lat", "speed")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -856,11 +882,12 @@ _WORLD: World | None = None
 def _fix_objects(world: World, chunk: FixChunk) -> list[Fix]:
     crs_of = [CODE_CRS[c] for c in sorted(CODE_CRS)]
     dev = world.device_ids
+    speed = [None if math.isnan(v) else round(v, 2) for v in chunk.speed.tolist()]
     return [
-        Fix(dev[p], t, x, y, crs_of[c], a, provider=PROVIDERS[v])
-        for p, t, x, y, c, a, v in zip(
+        Fix(dev[p], t, x, y, crs_of[c], a, speed=sp, provider=PROVIDERS[v])
+        for p, t, x, y, c, a, sp, v in zip(
             chunk.person.tolist(), chunk.time.tolist(), chunk.lon.tolist(), chunk.lat.tolist(),
-            chunk.crs.tolist(), chunk.accuracy.tolist(), chunk.provider.tolist(), strict=True)
+            chunk.crs.tolist(), chunk.accuracy.tolist(), speed, chunk.provider.tolist(), strict=True)
     ]
 
 
@@ -1186,7 +1213,7 @@ class Report:
             for item in e.evidence:
                 ev.setdefault(item[0], []).append(item)
             causes: Counter[str] = Counter()
-            examples = []
+            examples: list[str] = []
             for i in s.false_ids:
                 p, since, t = e.log.person[i], e.log.since[i], e.log.time[i]
                 items = [x for x in ev.get(p, []) if since <= x[1] <= t]
@@ -1307,8 +1334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=QualityConfig.seed)
     ap.add_argument("--quick", action="store_true", help="100 people x 2 days")
     ap.add_argument("--level", choices=LEVELS, help="everyone at this level (default: a mix)")
-    ap.add_argument("--canyon-run", type=float, default=QualityConfig.canyon_run_mean,
-                    help="mean fixes per urban-canyon episode (1: independent jumps)")
+    ap.add_argument("--canyon-episode", type=float, default=QualityConfig.canyon_episode_s,
+                    help="mean seconds an urban-canyon displacement lasts")
     ap.add_argument("--canyon-share", type=float, default=QualityConfig.canyon_share)
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VAL,...",
                     help="also run the engine with these rule overrides (on every level)")
@@ -1322,10 +1349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.quick:
         kw.update(QUICK)
     cfg = QualityConfig(**kw, interval_s=a.interval, batch_s=a.batch, seed=a.seed,
-                        canyon_run_mean=a.canyon_run, canyon_share=a.canyon_share)
+                        canyon_episode_s=a.canyon_episode, canyon_share=a.canyon_share)
     if a.level:
         cfg = replace(cfg, levels=((a.level, 1.0),))
-    variants = [] if a.no_default else [("engine", {})]
+    variants: list[tuple[str, dict[str, Any]]] = [] if a.no_default else [("engine", {})]
     variants += [_parse_variant(v) for v in a.variant]
     if not variants:
         ap.error("nothing to run")
