@@ -84,13 +84,16 @@ def is_usable(fix: Fix, rules: Rules) -> bool:
 
 def step(
     track: Track, m: Membership, t: float, bad: Membership, n_bad: int, span_bad: float,
-    n_good: int, span_good: float, deep: bool = False,
+    n_good: int, span_good: float, deep: bool = False, suspect: bool = False,
+    n_suspect: int = 6, span_suspect: float = 300.0,
 ) -> tuple[Track, str | None]:
     """Debounce one area: N pieces of evidence spanning T flip the status ("bad"/"good").
 
-    Border and undecidable fixes neither count nor break a streak. Evidence that is "deep" (the
-    accuracy circle far beyond the border) needs only two fixes and a third of the span: no GPS
-    error of a phone that reports its accuracy puts it a kilometre beyond the circle twice.
+    Border and undecidable fixes neither count nor break a streak. Two "deep" pieces in a row
+    (the accuracy circle a kilometre beyond the border) spanning a third of T are enough: no
+    GPS error of a phone that reports its accuracy goes that far twice. A streak towards "bad"
+    that began with a jump the phone's own reported speed cannot explain (`suspect`: the
+    signature of an urban-canyon reflection) needs `n_suspect` fixes spanning `span_suspect`.
     """
     good = Membership.INSIDE if bad == Membership.OUTSIDE else Membership.OUTSIDE
     if m != bad and m != good:
@@ -103,18 +106,25 @@ def step(
         if track.status == AreaStatus.UNKNOWN:
             return Track(good_st, t, 0, None, track.flag), None
         if track.pending:
-            return Track(track.status, track.since, 0, None, track.flag, False), None
+            return Track(track.status, track.since, 0, None, track.flag), None
         return track, None
     pending = track.pending + 1
     since = track.pending_since if track.pending and track.pending_since is not None else t
-    shallow = track.shallow or not deep
+    is_suspect = towards_bad and (track.suspect or (track.pending == 0 and suspect))
+    deep_count = track.deep_count + 1 if deep else 0
+    deep_since = (track.deep_since if track.deep_count and track.deep_since is not None
+                  else t) if deep else None
     n, span = (n_bad, span_bad) if towards_bad else (n_good, span_good)
-    if not shallow:
-        n, span = min(n, 2), span / 3
-    if pending >= n and t - since >= span:
+    flip = pending >= n and t - since >= span
+    if is_suspect:
+        flip = pending >= max(n, n_suspect) and t - since >= max(span, span_suspect)
+    if not flip and deep_since is not None and deep_count >= 2 and t - deep_since >= span / 3:
+        flip = True
+    if flip:
         return Track(bad_st if towards_bad else good_st, since, 0, None, track.flag), (
             "bad" if towards_bad else "good")
-    return Track(track.status, track.since, pending, since, track.flag, shallow), None
+    return Track(track.status, track.since, pending, since, track.flag, deep_count, deep_since,
+                 is_suspect), None
 
 
 @dataclass
@@ -346,15 +356,35 @@ class _Fold:
             self.emit(EventKind.SPOOFING, i, RULE_SPEED, None, Membership.UNDECIDABLE, p.time,
                       speed_mps=round(speed, 1), jump_m=round(d, 1))
 
+    def _jump(self, i: int, rules: Rules) -> bool:
+        """Did the fix move further from the previous one than its own reported speed allows?
+
+        An urban-canyon reflection displaces the position by hundreds of metres while the
+        phone's Doppler speed says it stood still; a person who really left moved at that speed.
+        A fix without a speed is never suspect.
+        """
+        f = self.fixes[i]
+        p = self.pre.prev.get(i)
+        if f.speed is None or p is None or f.time <= p.time:
+            return False
+        d = _haversine(p.lon, p.lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
+        moved = d - p.accuracy - float(f.accuracy or 0.0)
+        allowed = (f.speed + rules.jump_speed_slack_mps) * (f.time - p.time) + rules.jump_slack_m
+        return moved > allowed
+
     def _area(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
         m = MEMBERSHIPS[self.pre.allowed[i]]
+        suspect = (m == Membership.OUTSIDE and st.area.status != AreaStatus.OUTSIDE
+                   and st.area.pending == 0 and self._jump(i, rules))
         track, change = step(st.area, m, self.fixes[i].time, Membership.OUTSIDE,
                              rules.exit_fixes, rules.exit_span_s, rules.return_fixes,
-                             rules.return_span_s, bool(self.pre.deep[i]))
+                             rules.return_span_s, bool(self.pre.deep[i]), suspect,
+                             rules.suspect_exit_fixes, rules.suspect_exit_span_s)
         zone_id = subj.home_zone_id
         if change == "bad":
             self.emit(EventKind.AREA_EXIT, i, RULE_AREA_EXIT, zone_id, m, track.since,
-                      allowed_zones=subj.allowed_zone_ids(self.fixes[i].time))
+                      allowed_zones=subj.allowed_zone_ids(self.fixes[i].time),
+                      began_with_unexplained_jump=st.area.suspect)
         elif change == "good" and not self.retro:
             self.emit(EventKind.AREA_RETURN, i, RULE_AREA_RETURN, zone_id, m, track.since)
         st.area = track

@@ -95,19 +95,22 @@ class Track:
     pending: int = 0  # evidence collected towards the opposite status
     pending_since: float | None = None
     flag: float | None = None  # exclusion: warned; curfew: window start already reported
-    shallow: bool = False  # some pending evidence was not "deep" (far beyond its accuracy)
+    deep_count: int = 0  # the latest run of "deep" evidence (far beyond its accuracy circle)...
+    deep_since: float | None = None  # ...and when it began
+    suspect: bool = False  # the streak began with a jump the phone's own speed cannot explain
 
     def to_list(self) -> list[object]:
         """Compact serialisable form."""
         return [self.status.value, self.since, self.pending, self.pending_since, self.flag,
-                self.shallow]
+                self.deep_count, self.deep_since, self.suspect]
 
     @classmethod
     def from_list(cls, v: list[object]) -> Track:
         """Inverse of `to_list`."""
-        st, since, pend, psince, flag, shallow = (list(v) + [None] * 6)[:6]
+        st, since, pend, psince, flag, dcount, dsince, suspect = (list(v) + [None] * 8)[:8]
         return cls(AreaStatus(str(st)), _f(since), int(pend or 0), _f(psince),  # type: ignore[call-overload]
-                   _f(flag), bool(shallow))
+                   _f(flag), int(dcount or 0) if not isinstance(dcount, bool) else 0,  # type: ignore[call-overload]
+                   _f(dsince), bool(suspect))
 
 
 def _f(v: object) -> float | None:

@@ -17,7 +17,11 @@ class Rules:
     exit_span_s: float = 90.0  # ...spanning at least this long
     return_fixes: int = 3  # the same care before the person counts as back inside
     return_span_s: float = 90.0
-    deep_margin_m: float = 1000.0  # a fix this far beyond its accuracy circle counts twice
+    deep_margin_m: float = 1000.0  # two fixes this far beyond their circles decide faster
+    suspect_exit_fixes: int = 6  # an exit streak that began with an unexplained jump...
+    suspect_exit_span_s: float = 300.0  # ...needs this much more evidence
+    jump_speed_slack_mps: float = 0.5  # a jump is unexplained beyond (reported speed + slack)·Δt
+    jump_slack_m: float = 20.0  # + this
     exclusion_fixes: int = 2  # mirror rule for exclusion zones
     exclusion_span_s: float = 30.0
     undecidable_fixes: int = 6  # this many undecidable fixes in a row ask for a roll-call...

@@ -6,11 +6,13 @@ command that starts it; nothing is mocked and nothing is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,7 +25,9 @@ from store.db import migrate, reset_engine, session_factory
 from store.settings import Environment, Settings, set_settings
 
 ADMIN_DSN = os.environ.get("CCS_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-TEST_DB = f"ccs_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+# One database per checkout and worker: two clones testing on one machine never share one.
+_CHECKOUT = hashlib.sha1(str(Path(__file__).resolve().parent.parent).encode()).hexdigest()[:8]
+TEST_DB = f"ccs_test_{_CHECKOUT}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 HOW_TO_START = (
     "start it with `make services` (deploy/ensure-services.sh), or on this machine: "
     "PostgreSQL `pg_ctlcluster --skip-systemctl-redirect 15 main start`, Redis `redis-server "

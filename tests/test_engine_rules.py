@@ -206,7 +206,7 @@ def test_exit_needs_n_fixes_spanning_t_minutes_wholly_outside():
     assert p.states["dev-1"].area == Track(AreaStatus.INSIDE, at(0))
     # Three wholly-outside fixes spanning only 60 s: not yet.
     assert p.live([fx(100, OUT), fx(130, OUT), fx(160, OUT)]) == []
-    assert p.states["dev-1"].area == Track(AreaStatus.INSIDE, at(0), 3, at(100), None, True)
+    assert p.states["dev-1"].area == Track(AreaStatus.INSIDE, at(0), 3, at(100), None)
     # The fourth makes the span 90 s: the exit dates from the first evidence.
     events = p.live([fx(190, OUT)])
     assert evs(events) == [(EventKind.AREA_EXIT, at(190), at(100), False, RULE_AREA_EXIT, HOME_ID)]
@@ -943,9 +943,9 @@ def test_person_overrides_refuse_non_finite_thresholds(value: float):
 def test_state_round_trips_through_its_stored_form():
     st = DeviceState(
         last_fix_time=at(500),
-        area=Track(AreaStatus.OUTSIDE, at(100), 2, at(400), None, True),
-        zones=(("c0", Track(AreaStatus.INSIDE, at(50), 0, None, -WS, False)),
-               (f"x{EXCL_ID}", Track(AreaStatus.OUTSIDE, at(10), 1, at(480), at(470), True))),
+        area=Track(AreaStatus.OUTSIDE, at(100), 2, at(400), None, 2, at(300)),
+        zones=(("c0", Track(AreaStatus.INSIDE, at(50), 0, None, -WS)),
+               (f"x{EXCL_ID}", Track(AreaStatus.OUTSIDE, at(10), 1, at(480), at(470), 0, None, True))),
         last=LastFix(at(490), *OUT, 12.5),
         undecidable=3, undecidable_since=at(495), rollcall_asked=True,
         same_key=(OUT[0], OUT[1], None), same_count=4, same_since=at(300), frozen_flagged=True,
