@@ -981,3 +981,28 @@ def test_state_round_trips_through_its_stored_form():
         (EventKind.EXCLUSION_CROSSING, local(1, 22, 40), local(1, 22, 11)),
         (EventKind.AREA_EXIT, local(1, 22, 41, 30), local(1, 22, 40)),
     ]
+
+
+# --- urban-canyon reflections ------------------------------------------------------------------
+
+
+def test_exit_that_begins_with_a_jump_the_reported_speed_cannot_explain_needs_more_evidence():
+    # Standing still 200 m inside (Doppler speed 0), then reflections put fixes 150 m outside:
+    # a normal exit would be declared on the third; this one needs 6 over 5 minutes.
+    p = Pipeline({"dev-1": home_subject()})
+    p.live([fx(0, pos(HOME, 800, 0), speed=0.0)])
+    early = p.live([fx(60 * k, pos(HOME, 1150, 0), speed=0.0) for k in range(1, 6)])
+    assert early == []
+    [exit_] = p.live([fx(360, pos(HOME, 1150, 0), speed=0.0)])
+    assert exit_.kind == EventKind.AREA_EXIT
+    assert dict(exit_.reason.detail)["began_with_unexplained_jump"] is True
+
+
+def test_a_real_departure_at_its_reported_speed_is_not_suspect():
+    # Walking out at 1.5 m/s (90 m a minute): the move is what the speed says.
+    p = Pipeline({"dev-1": home_subject()})
+    p.live([fx(0, pos(HOME, 960, 0), speed=1.5, accuracy=5)])
+    events = p.live([fx(60 * k, pos(HOME, 960 + 90 * k, 0), speed=1.5, accuracy=5)
+                     for k in range(1, 4)])
+    assert [e.kind for e in events] == [EventKind.AREA_EXIT]
+    assert dict(events[0].reason.detail)["began_with_unexplained_jump"] is False
