@@ -8,6 +8,7 @@ import time
 import psycopg
 import redis
 
+from alerts.outbox import queue_raised
 from alerts.service import AlertTarget, record_events
 from geofence.engine import tick
 from store.registry import Registry
@@ -82,8 +83,6 @@ def check_overdue_returns(conn: psycopg.Connection, now: float | None = None) ->
     """Open an overdue-return alert for every approved permit past its end plus grace."""
     from datetime import UTC, datetime
 
-    import orjson
-
     from store.registry import load_profile
 
     now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
@@ -92,13 +91,5 @@ def check_overdue_returns(conn: psycopg.Connection, now: float | None = None) ->
     with conn.transaction():
         rows = conn.execute(_OVERDUE, {"grace_s": grace_h * 3600, "now": now_dt,
                                        "grace_h": grace_h, "profile": profile.label}).fetchall()
-        for alert_id, sup, office, count, inserted, reason in rows:
-            payload = {"alert_id": alert_id, "kind": "overdue_return", "severity": "high",
-                       "status": "open", "supervisee_id": sup, "office_id": office,
-                       "count": count, "new": inserted, "reason": reason}
-            conn.execute("INSERT INTO outbox (topic, payload) VALUES (%s, %s)",
-                         ("alert.opened" if inserted else "alert.updated",
-                          orjson.dumps(payload).decode()))
-        if rows:
-            conn.execute("NOTIFY ccs_outbox")
+        queue_raised(conn, "overdue_return", "high", rows)
     return len(rows)

@@ -13,6 +13,7 @@ import orjson
 import psycopg
 import redis
 
+from alerts.outbox import queue_raised
 from geofence.profile import RuleProfile
 
 PENDING = "rollcall:pending"  # Redis set of devices with a roll-call awaiting a fresh fix
@@ -158,13 +159,5 @@ def close_missed(conn: psycopg.Connection, now: float | None = None) -> int:
     now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     with conn.transaction():
         rows = conn.execute(_MISS, {"now": now_dt}).fetchall()
-        for alert_id, sid, office, count, inserted, reason in rows:
-            payload = {"alert_id": alert_id, "kind": "missed_roll_call", "severity": "medium",
-                       "status": "open", "supervisee_id": sid, "office_id": office,
-                       "count": count, "new": inserted, "reason": reason}
-            conn.execute("INSERT INTO outbox (topic, payload) VALUES (%s, %s)",
-                         ("alert.opened" if inserted else "alert.updated",
-                          orjson.dumps(payload).decode()))
-        if rows:
-            conn.execute("NOTIFY ccs_outbox")
+        queue_raised(conn, "missed_roll_call", "medium", rows)
     return len(rows)

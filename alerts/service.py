@@ -9,11 +9,10 @@ from typing import Any
 import orjson
 import psycopg
 
+from alerts.outbox import OUTBOX_CHANNEL
 from alerts.rollcalls import request_now
 from geofence.model import Event, EventKind
 from store.enums import AlertKind, Severity
-
-OUTBOX_CHANNEL = "ccs_outbox"
 
 # Which engine events open (or update) an alert, and with which default severity.
 EVENT_ALERTS: dict[EventKind, tuple[AlertKind, Severity]] = {
