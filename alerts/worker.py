@@ -150,6 +150,7 @@ class AlertWorker:
 def main() -> None:
     """Entry point: `python -m alerts.worker`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
     worker = AlertWorker()
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
