@@ -25,6 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from alerts import rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
+from alerts.escalation import escalate_overdue
 from alerts.silences import check_silences
 from store.registry import load_profile
 from store.settings import Settings
@@ -155,6 +156,8 @@ class Scheduler:
                          id="rollcall_send")
         self.aps.add_job(self._guard("rollcall_miss", rollcalls.close_missed), "interval",
                          seconds=10, id="rollcall_miss")
+        self.aps.add_job(self._guard("escalation", escalate_overdue), "interval", seconds=10,
+                         id="escalation")
         self.aps.start()
 
     def stop(self) -> None:

@@ -163,6 +163,9 @@ class AlertOut(BaseModel):
     resolution_note: str | None
     cleared_at: datetime | None
     detected_at: datetime | None
+    disposition: str | None
+    escalation_level: int
+    ack_deadline: datetime | None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -179,8 +182,19 @@ class AlertPage(BaseModel):
 
 
 class ResolveIn(BaseModel):
+    """Closing an alert: what it turned out to be, and what was done."""
+
     model_config = ConfigDict(extra="forbid")
+    disposition: Literal["confirmed_violation", "false_alarm", "device_problem", "authorised"]
     note: str = Field(min_length=3, max_length=4000)
+
+
+class AlertEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    at: datetime
+    staff_id: int | None
+    action: str
+    detail: dict[str, Any]
 
 
 class AlertFilter(BaseModel):

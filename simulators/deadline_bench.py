@@ -65,12 +65,12 @@ def main() -> None:
     print(f"one check with {args.devices:,} tracked and none due: {idle_ms:.2f} ms")
 
     # 3. Real devices fall silent; the check runs every second, as the scheduler runs it.
-    conn.execute("""INSERT INTO org_units (kind, name, path) VALUES ('judicial_office', 'bench', '/1/');
+    n = int(args.silent)
+    conn.execute(f"""INSERT INTO org_units (kind, name, path) VALUES ('judicial_office', 'bench', '/1/');
                     INSERT INTO supervisees (office_id, full_name, case_number, supervision_type)
-                    SELECT 1, 'p' || g, 'B-' || g, 'probation' FROM generate_series(1, %s) g;
+                    SELECT 1, 'p' || g, 'B-' || g, 'probation' FROM generate_series(1, {n}) g;
                     INSERT INTO devices (id, supervisee_id, secret_hash)
-                    SELECT 'sil' || g, g, 'h' || g FROM generate_series(1, %s) g;"""
-                 % (args.silent, args.silent))
+                    SELECT 'sil' || g, g, 'h' || g FROM generate_series(1, {n}) g;""")
     start = time.time() + 2
     deadlines = {f"sil{g}": start + 20 * (g - 1) / args.silent for g in range(1, args.silent + 1)}
     r.zadd(PREFIX + COMM, deadlines)

@@ -275,11 +275,41 @@ def test_alert_lifecycle_through_the_api(client, org: Org, db):
     assert (ack.status_code, ack.json()["status"]) == (200, "acknowledged")
     assert client.post(f"{API}/alerts/{alert['id']}/acknowledge", headers=h).status_code == 409
     assert client.post(f"{API}/alerts/{alert['id']}/resolve", headers=h,
-                       json={"note": ""}).status_code == 422
-    done = client.post(f"{API}/alerts/{alert['id']}/resolve", headers=h,
-                       json={"note": "called him; he was at hospital, permit to follow"})
-    assert (done.json()["status"], done.json()["resolved_by"]) == (
-        "resolved", org.staff["jiangan-officer"])
+                       json={"note": "", "disposition": "authorised"}).status_code == 422
+    assert client.post(f"{API}/alerts/{alert['id']}/resolve", headers=h,
+                       json={"note": "no disposition given"}).status_code == 422
+    done = client.post(f"{API}/alerts/{alert['id']}/resolve", headers=h, json={
+        "disposition": "authorised", "note": "called him; he was at hospital, permit to follow"})
+    assert (done.json()["status"], done.json()["resolved_by"], done.json()["disposition"]) == (
+        "resolved", org.staff["jiangan-officer"], "authorised")
+    history = client.get(f"{API}/alerts/{alert['id']}/history", headers=h).json()
+    assert [(e["action"], e["staff_id"]) for e in history] == [
+        ("acknowledged", org.staff["jiangan-officer"]), ("resolved", org.staff["jiangan-officer"])]
+
+
+def test_unacknowledged_alert_escalates_office_district_city_on_time(client, org: Org, db):
+    from alerts.escalation import escalate_overdue
+
+    db.execute("""INSERT INTO alerts (kind, severity, supervisee_id, office_id, opened_at)
+                  VALUES ('area_exit', 'high', %s, %s, now())""",
+               (org.supervisee_id, org.office_ids[JIANGAN]))
+    deadline = db.execute("SELECT ack_deadline - opened_at FROM alerts").fetchone()[0]
+    assert deadline == timedelta(minutes=15)  # high severity: a quarter of an hour
+    now = time.time()
+    assert escalate_overdue(db, now=now + 14 * 60) == 0
+    assert escalate_overdue(db, now=now + 16 * 60) == 1
+    assert escalate_overdue(db, now=now + 17 * 60) == 0  # the district gets its own 15 minutes
+    assert escalate_overdue(db, now=now + 32 * 60) == 1
+    assert escalate_overdue(db, now=now + 99 * 60) == 0  # the city bureau is the top
+    level, = db.execute("SELECT escalation_level FROM alerts").fetchone()
+    topics = [t for (t,) in db.execute("SELECT topic FROM outbox ORDER BY id")]
+    assert (level, topics) == (2, ["alert.escalated", "alert.escalated"])
+    h = login(client, "jiangan-supervisor")
+    [alert] = client.get(f"{API}/alerts", headers=h).json()["items"]
+    history = client.get(f"{API}/alerts/{alert['id']}/history", headers=h).json()
+    assert [e["detail"]["to_level"] for e in history] == [1, 2]
+    # An acknowledged alert stops climbing; escalating by hand beyond the city is refused.
+    assert client.post(f"{API}/alerts/{alert['id']}/escalate", headers=h).status_code == 409
 
 
 def test_dead_letters_are_visible_to_city_admin_only(client, org: Org):

@@ -10,7 +10,7 @@ import orjson
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from alerts.worker import feed_key
 from api.deps import (
@@ -25,9 +25,9 @@ from api.deps import (
     pg_now,
 )
 from api.errors import Conflict, NotFound
-from api.schemas import AlertOut, AlertPage, ResolveIn
+from api.schemas import AlertEventOut, AlertOut, AlertPage, ResolveIn
 from store.enums import AlertKind, AlertStatus
-from store.models import Alert
+from store.models import Alert, AlertEvent
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
@@ -94,6 +94,7 @@ def acknowledge(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: 
     alert.status = AlertStatus.ACKNOWLEDGED.value
     alert.acknowledged_by = ctx.id
     alert.acknowledged_at = pg_now(session)
+    session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="acknowledged"))
     audit(session, ctx, request, "alert.acknowledge", f"alert:{alert_id}")
     session.commit()
     return alert
@@ -103,7 +104,7 @@ def acknowledge(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: 
 def resolve(
     alert_id: int, body: ResolveIn, ctx: CurrentStaff, session: SessionDep, request: Request
 ) -> Alert:
-    """Close an alert; a note saying what was found is required."""
+    """Close an alert: a disposition and a note saying what was found are required."""
     alert = _alert(session, ctx, alert_id)
     if alert.status == AlertStatus.RESOLVED:
         raise Conflict(f"alert {alert_id} is already resolved")
@@ -111,7 +112,40 @@ def resolve(
     alert.resolved_by = ctx.id
     alert.resolved_at = pg_now(session)
     alert.resolution_note = body.note
+    alert.disposition = body.disposition
+    session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="resolved",
+                           detail={"disposition": body.disposition, "note": body.note}))
     audit(session, ctx, request, "alert.resolve", f"alert:{alert_id}")
+    session.commit()
+    return alert
+
+
+@router.get("/{alert_id}/history", response_model=list[AlertEventOut])
+def alert_history(alert_id: int, ctx: CurrentStaff, session: SessionDep) -> list[AlertEvent]:
+    """Every transition of an alert: who, when, what."""
+    _alert(session, ctx, alert_id)
+    return list(session.scalars(select(AlertEvent).where(AlertEvent.alert_id == alert_id)
+                                .order_by(AlertEvent.id)))
+
+
+@router.post("/{alert_id}/escalate", response_model=AlertOut)
+def escalate_by_hand(alert_id: int, ctx: CurrentStaff, session: SessionDep,
+                     request: Request) -> Alert:
+    """Hand an alert up a level (office → district bureau → city bureau)."""
+    alert = _alert(session, ctx, alert_id)
+    if alert.status == AlertStatus.RESOLVED:
+        raise Conflict(f"alert {alert_id} is resolved")
+    if alert.escalation_level >= 2:
+        raise Conflict(f"alert {alert_id} is already with the city bureau")
+    alert.escalation_level += 1
+    session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="escalated",
+                           detail={"to_level": alert.escalation_level, "by_hand": True}))
+    session.execute(text("INSERT INTO outbox (topic, payload) VALUES ('alert.escalated', :p)"),
+                    {"p": orjson.dumps({"alert_id": alert.id, "office_id": alert.office_id,
+                                        "supervisee_id": alert.supervisee_id, "kind": alert.kind,
+                                        "escalation_level": alert.escalation_level}).decode()})
+    session.execute(text("NOTIFY ccs_outbox"))
+    audit(session, ctx, request, "alert.escalate", f"alert:{alert_id}")
     session.commit()
     return alert
 
