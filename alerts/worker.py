@@ -77,8 +77,15 @@ def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, lim
         ).fetchall()
         if not rows:
             return 0
+        # Alerts of a suspended supervisee are recorded, not announced.
+        alert_ids = [p.get("alert_id") for _, t, p in rows if t.startswith("alert.")]
+        muted = {a for (a,) in conn.execute(
+            "SELECT id FROM alerts WHERE id = ANY(%s) AND suppressed", (alert_ids,))} \
+            if alert_ids else set()
         pipe = r.pipeline(transaction=False)
         for oid, topic, payload in rows:
+            if topic.startswith("alert.") and payload.get("alert_id") in muted:
+                continue
             if topic == "device.command":
                 # Phones are told over MQTT; the command stays queued here until the broker has it.
                 if commands is None:

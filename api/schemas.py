@@ -166,6 +166,7 @@ class AlertOut(BaseModel):
     disposition: str | None
     escalation_level: int
     ack_deadline: datetime | None
+    suppressed: bool
 
     @computed_field  # type: ignore[prop-decorator]
     @property

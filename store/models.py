@@ -222,8 +222,22 @@ class Alert(Base):
     cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     detected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     disposition: Mapped[str | None] = mapped_column(Text)
+    suppressed: Mapped[bool] = mapped_column(Boolean, server_default="false")
     escalation_level: Mapped[int] = mapped_column(Integer, server_default="0")
     ack_deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AlertSuspension(Base):
+    __tablename__ = "alert_suspensions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    supervisee_id: Mapped[int] = mapped_column(ForeignKey("supervisees.id"))
+    kind: Mapped[str | None] = mapped_column(Text)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id"))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
 
 
 class AlertEvent(Base):

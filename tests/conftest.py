@@ -85,9 +85,10 @@ def rds(settings: Settings) -> Iterator[redis.Redis]:
     r.close()
 
 
-TABLES = ("audit_log, device_messages, dead_letters, outbox, alert_events, alerts, positions, devices, "
-          "permit_events, travel_permits, key_periods, supervisee_changes, roll_calls, sanctions, "
-          "supervisee_zones, rule_profiles, supervisees, zones, staff, org_units")
+TABLES = ("audit_log, device_messages, dead_letters, outbox, alert_events, alert_suspensions, "
+          "alerts, positions, devices, permit_events, travel_permits, key_periods, "
+          "supervisee_changes, roll_calls, sanctions, supervisee_zones, rule_profiles, "
+          "supervisees, zones, staff, org_units")
 
 
 @pytest.fixture()

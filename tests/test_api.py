@@ -325,3 +325,36 @@ def test_openapi_documents_every_route(client):
     for p in ("/api/v1/alerts/stream/live", "/api/v1/ingest/owntracks",
               "/api/v1/ingest/osmand/{secret}", "/api/v1/supervisees/{supervisee_id}/track"):
         assert p in paths
+
+
+def test_suspended_notifications_still_record_the_alert_marked_suppressed(
+        client, org: Org, db, rds, settings):
+    from alerts.worker import feed_key, relay_once
+
+    h = login(client, "jiangan-officer")
+    now = datetime.now(UTC)
+    r = client.post(f"{API}/supervisees/{org.supervisee_id}/suspensions", headers=h, json={
+        "kind": "area_exit", "starts_at": (now - timedelta(minutes=1)).isoformat(),
+        "ends_at": (now + timedelta(days=3)).isoformat(), "reason": "in hospital (Union Hospital)"})
+    assert r.status_code == 201, r.text
+    cred = enrol(client, h, org.supervisee_id)
+    t = time.time()
+    track = [(deep_inside(JIANGAN), t - 1500)] + [(deep_inside(JIANGHAN), t - 300 + k * 60)
+                                                  for k in range(3)]
+    for p, ts in track:
+        client.post(f"{API}/ingest/owntracks", headers=basic(cred["device_id"], cred["secret"]),
+                    json=owntracks(p, ts))
+    [alert] = client.get(f"{API}/alerts", headers=h).json()["items"]
+    assert (alert["kind"], alert["suppressed"]) == ("area_exit", True)
+    with psycopg.connect(settings.psycopg_dsn) as conn:
+        relay_once(conn, rds, settings)
+    assert rds.xlen(feed_key(settings)) == 0  # recorded, not announced
+    # Another kind is not suspended; a suspension elsewhere is refused.
+    other = login(client, "jianghan-officer")
+    assert client.post(f"{API}/supervisees/{org.supervisee_id}/suspensions", headers=other, json={
+        "starts_at": now.isoformat(), "ends_at": (now + timedelta(hours=1)).isoformat(),
+        "reason": "nope"}).status_code == 404
+    bad = client.post(f"{API}/supervisees/{org.supervisee_id}/suspensions", headers=h, json={
+        "kind": "holiday", "starts_at": now.isoformat(),
+        "ends_at": (now + timedelta(hours=1)).isoformat(), "reason": "typo kind"})
+    assert bad.status_code == 422

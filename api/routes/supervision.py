@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -19,10 +19,17 @@ from api.deps import (
     audit,
     supervisee_in_jurisdiction,
 )
-from api.errors import Forbidden, Invalid
+from api.errors import Forbidden, Invalid, NotFound
 from api.schemas import SuperviseeOut
-from store.enums import Role
-from store.models import Device, KeyPeriod, Sanction, Supervisee, SuperviseeChange
+from store.enums import AlertKind, Role
+from store.models import (
+    AlertSuspension,
+    Device,
+    KeyPeriod,
+    Sanction,
+    Supervisee,
+    SuperviseeChange,
+)
 from store.registry import bump_config_version, load_profile
 
 router = APIRouter(tags=["supervision"])
@@ -51,6 +58,24 @@ class SanctionOut(BaseModel):
     decided_at: datetime
     reason: str
     alert_id: int | None
+
+
+class SuspensionIn(BaseModel):
+    """Pause notifications (alerts are still recorded, marked suppressed), e.g. a hospital stay."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str | None = Field(default=None, description="one alert kind, or every kind")
+    starts_at: datetime
+    ends_at: datetime
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+class SuspensionOut(SuspensionIn):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    supervisee_id: int
+    staff_id: int
+    cancelled_at: datetime | None
 
 
 class KeyPeriodIn(BaseModel):
@@ -199,4 +224,49 @@ def record_sanction(supervisee_id: int, body: SanctionIn, ctx: CurrentStaff, ses
     audit(session, ctx, request, "sanction.record", f"supervisee:{sup.id}", kind=body.kind)
     session.commit()
     bump_config_version(r, settings.redis_prefix)
+    return row
+
+
+@router.post("/supervisees/{supervisee_id}/suspensions", response_model=SuspensionOut,
+             status_code=201)
+def suspend(supervisee_id: int, body: SuspensionIn, ctx: CurrentStaff, session: SessionDep,
+            request: Request) -> AlertSuspension:
+    """Suspend notifications for a supervisee (and kind) over a window, with the reason."""
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    if body.starts_at.tzinfo is None or body.ends_at.tzinfo is None:
+        raise Invalid("times need a timezone")
+    if body.ends_at <= body.starts_at or body.ends_at - body.starts_at > timedelta(days=90):
+        raise Invalid("a suspension ends after it starts, at most 90 days later")
+    if body.kind is not None and body.kind not in {k.value for k in AlertKind}:
+        raise Invalid(f"unknown alert kind {body.kind!r}")
+    row = AlertSuspension(supervisee_id=sup.id, staff_id=ctx.id, **body.model_dump())
+    session.add(row)
+    session.flush()
+    audit(session, ctx, request, "alert.suspend", f"supervisee:{sup.id}", kind=body.kind,
+          reason=body.reason)
+    session.commit()
+    return row
+
+
+@router.get("/supervisees/{supervisee_id}/suspensions", response_model=list[SuspensionOut])
+def list_suspensions(supervisee_id: int, ctx: CurrentStaff, session: SessionDep
+                     ) -> list[AlertSuspension]:
+    """A supervisee's suspensions, newest first."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    return list(session.scalars(select(AlertSuspension).where(
+        AlertSuspension.supervisee_id == supervisee_id).order_by(AlertSuspension.id.desc())))
+
+
+@router.delete("/supervisees/{supervisee_id}/suspensions/{suspension_id}",
+               response_model=SuspensionOut)
+def cancel_suspension(supervisee_id: int, suspension_id: int, ctx: CurrentStaff,
+                      session: SessionDep, request: Request) -> AlertSuspension:
+    """End a suspension early."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    row = session.get(AlertSuspension, suspension_id)
+    if row is None or row.supervisee_id != supervisee_id:
+        raise NotFound(f"suspension {suspension_id} not found")
+    row.cancelled_at = datetime.now(UTC)
+    audit(session, ctx, request, "alert.suspension_cancel", f"supervisee:{supervisee_id}")
+    session.commit()
     return row
