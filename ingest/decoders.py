@@ -163,15 +163,19 @@ def _validate(device_id: str, c: _Candidate, source: Source, now: float, limits:
             f"(limit {limits.max_age_s / 86400:g} days)",
         )
 
-    _check_range("accuracy", c.accuracy, 0.0, math.inf)
-    _check_range("altitude", c.altitude, -math.inf, math.inf)
-    _check_range("speed", c.speed, 0.0, math.inf)
+    # Bounds a phone can really report; anything beyond would also overflow the database's
+    # real columns and must never reach a batch transaction.
+    _check_range("accuracy", c.accuracy, 0.0, 1.0e6)
+    _check_range("altitude", c.altitude, -1.2e4, 1.0e5)
+    _check_range("speed", c.speed, 0.0, 1.0e3)
     _check_range("heading", c.heading, 0.0, 360.0)
     _check_range("battery", c.battery, 0.0, 100.0)
     if c.seq is not None and not 0 <= c.seq <= _MAX_SEQ:
         raise DecodeError("bad_value", f"seq={c.seq!r}: must be within [0, 2^63-1]")
     if c.provider is not None and len(c.provider) > _MAX_TEXT:
         raise DecodeError("bad_value", f"provider: longer than {_MAX_TEXT} characters")
+    if c.provider is not None and "\x00" in c.provider:
+        raise DecodeError("bad_value", "provider: contains a NUL character")
 
     return Fix(
         device_id=device_id,

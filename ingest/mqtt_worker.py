@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -132,15 +133,23 @@ class MqttIngestWorker:
                 batch = self._next_batch()
                 if not batch:
                     continue
+                failures = 0
                 while not self._stop.is_set():
                     try:
                         if pipeline is None:
                             pipeline = Pipeline.connect(self.settings)
-                        pipeline.process([b.raw for b in batch])
+                        if failures >= 2:
+                            # The batch keeps failing while the services answer: find the
+                            # message that cannot be stored and dead-letter it alone, so one
+                            # poison message never holds up the city.
+                            self._one_by_one(pipeline, batch)
+                        else:
+                            pipeline.process([b.raw for b in batch])
                         break
                     except Exception:
                         # Never ack what is not committed: drop the connections and retry.
-                        log.exception("batch of %d failed; retrying", len(batch))
+                        failures += 1
+                        log.exception("batch of %d failed (%d); retrying", len(batch), failures)
                         if pipeline is not None:
                             _close_quietly(pipeline)
                             pipeline = None
@@ -156,6 +165,18 @@ class MqttIngestWorker:
             self.client.loop_stop()
             if pipeline is not None:
                 _close_quietly(pipeline)
+
+    @staticmethod
+    def _one_by_one(pipeline: Pipeline, batch: list[Inbound]) -> None:
+        for b in batch:
+            try:
+                pipeline.process([b.raw])
+            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
+                # The data itself is refused by the database (a service outage raises other
+                # errors and is retried whole): keep the message with the reason.
+                log.error("message on %s cannot be stored: %s", b.raw.topic, e)
+                pipeline.conn.rollback()
+                pipeline.reject(b.raw, "storage_error", str(e))
 
     def stop(self) -> None:
         """Ask `run()` to finish after the current batch."""

@@ -243,6 +243,11 @@ class Pipeline:
             results[i] = MessageResult(ok=False, reason=reason, detail=detail)
         return results
 
+    def reject(self, msg: RawMessage, reason: str, detail: str) -> None:
+        """Dead-letter one message on its own (used when a batch cannot be stored)."""
+        with self.conn.transaction():
+            self._write_dead_letters([msg], [(0, reason, detail[:2000])])
+
     def _track_silences(
         self, messages: Sequence[RawMessage], decoded: Sequence[tuple[int, Decoded]],
         dead: Sequence[tuple[int, str, str]], fixes: Sequence[Fix], owner: Sequence[int],
@@ -329,8 +334,10 @@ class Pipeline:
                 [
                     (
                         _ts(messages[i].received_at), messages[i].device_id,
-                        messages[i].channel.value, str(o.get("_type", "unknown")),
-                        orjson.dumps(o).decode(),
+                        messages[i].channel.value,
+                        str(o.get("_type", "unknown")).replace("\x00", "\ufffd"),
+                        # jsonb refuses NUL characters: keep the message, mark where they were.
+                        orjson.dumps(o).decode().replace("\\u0000", "\\ufffd"),
                     )
                     for i, o in others
                 ],

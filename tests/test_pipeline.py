@@ -249,3 +249,22 @@ def test_buffered_upload_older_than_a_live_fix_still_reveals_the_past_exit(pipel
     assert (kind, late) == ("area_exit", True)
     assert first.timestamp() == pytest.approx(NOW - 3600)
     assert reason["detected_at"] > reason["fix_time"]  # both times are kept
+
+
+@pytest.mark.parametrize("override", [{"altitude": 1e300}, {"speed": 1e9}, {"accuracy": 1e12},
+                                      {"provider": "gps\u0000"}])
+def test_values_the_database_cannot_hold_are_rejected_before_the_batch(pipeline, device, db,
+                                                                       override):
+    bad = native(device, {**fix(deep_inside(JIANGAN), NOW - 60), **override})
+    good = native(device, fix(deep_inside(JIANGAN), NOW - 30))
+    res = pipeline.process([bad, good], now=NOW)
+    assert (res[0].ok, res[0].reason) == (False, "bad_value")
+    assert res[1].accepted == 1  # the rest of the batch is stored
+
+
+def test_nul_characters_in_other_owntracks_messages_are_kept_not_fatal(pipeline, device, db):
+    msg = RawMessage(Channel.OWNTRACKS_MQTT, b'{"_type": "card", "name": "a\\u0000b"}', device,
+                     f"owntracks/u/{device}")
+    [res] = pipeline.process([msg], now=NOW)
+    assert res.ok and res.other == 1
+    assert db.execute("SELECT payload->>'name' FROM device_messages").fetchone() == ("a\ufffdb",)
