@@ -68,11 +68,23 @@ class CommandPublisher:
 
 def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, limit: int = 500,
                commands: CommandPublisher | None = None) -> int:
-    """Publish up to `limit` unpublished outbox rows; returns how many."""
+    """Publish up to `limit` unpublished outbox rows of each sort; returns how many.
+
+    Alerts go to the live feed first, in their own transaction; device commands follow
+    separately, so a broker that is down or slow never holds an alert back.
+    """
+    n = _relay_alerts(conn, r, settings, limit)
+    if commands is not None:
+        n += _relay_commands(conn, commands, limit)
+    return n
+
+
+def _relay_alerts(conn: psycopg.Connection, r: redis.Redis, settings: Settings, limit: int) -> int:
     with conn.transaction():
         rows = conn.execute(
-            """SELECT id, topic, payload FROM outbox WHERE published_at IS NULL
-               ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
+            """SELECT id, topic, payload FROM outbox
+                WHERE published_at IS NULL AND topic <> 'device.command'
+                ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
             (limit,),
         ).fetchall()
         if not rows:
@@ -86,17 +98,6 @@ def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, lim
         for oid, topic, payload in rows:
             if topic.startswith("alert.") and payload.get("alert_id") in muted:
                 continue
-            if topic == "device.command":
-                # Phones are told over MQTT; the command stays queued here until the broker has it.
-                if commands is None:
-                    continue
-                for dev in payload["device_ids"]:
-                    commands.publish(dev, {**payload["command"], "command_id": oid})
-                    if payload.get("owntracks"):
-                        # OwnTracks phones listen on their own topic and know this command.
-                        commands.publish(dev, {"_type": "cmd", "action": "reportLocation"},
-                                         owntracks=True)
-                continue
             pipe.xadd(
                 feed_key(settings),
                 {"outbox_id": oid, "topic": topic, "payload": orjson.dumps(payload)},
@@ -104,8 +105,35 @@ def relay_once(conn: psycopg.Connection, r: redis.Redis, settings: Settings, lim
                 approximate=True,
             )
         pipe.execute()
-        done = [row[0] for row in rows if row[1] != "device.command" or commands is not None]
-        conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY(%s)", (done,))
+        conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY(%s)",
+                      ([row[0] for row in rows],))
+    return len(rows)
+
+
+def _relay_commands(conn: psycopg.Connection, commands: CommandPublisher, limit: int) -> int:
+    done: list[int] = []
+    with conn.transaction():
+        rows = conn.execute(
+            """SELECT id, payload FROM outbox
+                WHERE published_at IS NULL AND topic = 'device.command'
+                ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED""",
+            (limit,),
+        ).fetchall()
+        try:
+            for oid, payload in rows:
+                for dev in payload["device_ids"]:
+                    commands.publish(dev, {**payload["command"], "command_id": oid})
+                    if payload.get("owntracks"):
+                        # OwnTracks phones listen on their own topic and know this command.
+                        commands.publish(dev, {"_type": "cmd", "action": "reportLocation"},
+                                         owntracks=True)
+                done.append(oid)
+        except (OSError, RuntimeError, ValueError):
+            # The broker is away: what was sent is marked, the rest waits for the next round.
+            log.warning("device commands wait: the MQTT broker does not answer", exc_info=True)
+            commands.close()
+        if done:
+            conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY(%s)", (done,))
     return len(done)
 
 

@@ -149,3 +149,19 @@ def test_permit_outcome_reaches_the_phone_over_mqtt(settings: Settings, org: Org
     finally:
         sub.disconnect()
         sub.loop_stop()
+
+
+def test_an_unreachable_broker_never_holds_back_the_alert_feed(settings: Settings, org: Org,
+                                                               db: psycopg.Connection, rds):
+    from alerts.worker import CommandPublisher, feed_key, relay_once
+    from tests.services import free_port
+
+    db.execute("""INSERT INTO outbox (topic, payload) VALUES
+                  ('device.command', '{"device_ids": ["dx"], "command": {"type": "rollcall"}}'),
+                  ('alert.opened', '{"alert_id": 1, "office_id": 1}')""")
+    down = CommandPublisher(settings.model_copy(update={"mqtt_port": free_port()}))
+    with psycopg.connect(settings.psycopg_dsn) as conn:
+        assert relay_once(conn, rds, settings, commands=down) == 1
+    assert rds.xlen(feed_key(settings)) == 1  # the alert went out
+    waiting = db.execute("SELECT topic FROM outbox WHERE published_at IS NULL").fetchall()
+    assert waiting == [("device.command",)]  # the command waits for the broker
