@@ -425,8 +425,8 @@ class _Fold:
 
     def _curfews(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
         t = self.fixes[i].time
-        for j, cu in enumerate(subj.curfews):
-            key = f"c{j}"
+        for cu in subj.curfews:
+            key = cu.key
             track = st.zone(key)
             code = self.pre.zone_memb.get((i, cu.zone_id))
             if code is None:
@@ -509,11 +509,11 @@ def tick(
     for dev, subj in subjects.items():
         st = states.get(dev) or DeviceState()
         new_st = st.copy()
-        for j, cu in enumerate(subj.curfews):
+        for cu in subj.curfews:
             ws = cu.window_start(now)
             if ws is None:
                 continue
-            key = f"c{j}"
+            key = cu.key
             track = new_st.zone(key)
             if track.flag in (ws, -ws):  # reported, or a roll-call already asked, this window
                 continue

@@ -137,7 +137,7 @@ class DeviceState:
 
     last_fix_time: float = float("-inf")
     area: Track = field(default_factory=Track)
-    zones: tuple[tuple[str, Track], ...] = ()  # ("x12", track) exclusion, ("c0", track) curfew
+    zones: tuple[tuple[str, Track], ...] = ()  # ("x12", track) exclusion, Curfew.key: curfew
     last: LastFix | None = None
     undecidable: int = 0
     undecidable_since: float | None = None
@@ -276,6 +276,11 @@ class Curfew:
     start: str
     end: str
     tz: str = "Asia/Shanghai"
+
+    @property
+    def key(self) -> str:
+        """State key of this curfew: its own identity, never its place in a list."""
+        return f"c{self.zone_id}-{self.start}-{self.end}"
 
     def window_start(self, t: float) -> float | None:
         """Epoch start of the window containing `t`, or None when `t` is outside every window."""

@@ -265,7 +265,8 @@ class Pipeline:
             if is_usable(f, infos[f.device_id].subject.rules):
                 t = messages[owner[k]].received_at
                 located[f.device_id] = max(located.get(f.device_id, 0.0), t)
-                fresh.append((f.device_id, f.time))
+                if not f.mock:  # a mock location answers no roll-call
+                    fresh.append((f.device_id, f.time))
         if fresh:
             rollcalls.answer(self.conn, self.redis, self.prefix, fresh)
         back = record_activity(self.redis, self.prefix, messaged, located,

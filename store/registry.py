@@ -97,7 +97,8 @@ class Registry:
         if sup_ids:
             for row in conn.execute(
                 """SELECT supervisee_id, zone_id, role, buffer_m, curfew_start, curfew_end, timezone
-                     FROM supervisee_zones WHERE active AND supervisee_id = ANY(%s)""",
+                     FROM supervisee_zones WHERE active AND supervisee_id = ANY(%s)
+                    ORDER BY id""",
                 (sup_ids,),
             ):
                 extra[row[0]].append(row)

@@ -534,7 +534,7 @@ def test_curfew_breach_when_window_opens_with_person_outside():
     # Out for the evening: the curfew track turns "outside" before the window (no event yet).
     before = [cfx(local(1, 21, 40 + k), AWAY) for k in range(4)]
     assert p.live(before) == []
-    assert p.states["dev-1"].zone("c0") == Track(AreaStatus.OUTSIDE, local(1, 21, 40))
+    assert p.states["dev-1"].zone(CURFEW.key) == Track(AreaStatus.OUTSIDE, local(1, 21, 40))
     assert p.live([cfx(local(1, 21, 50), AT_HOME, "home")]) == []
     assert p.tick(local(1, 21, 59, 59)).events == []  # the window is not open yet
     res = p.tick(WS + 30)
@@ -547,7 +547,7 @@ def test_curfew_breach_when_window_opens_with_person_outside():
     assert dict(e.reason.detail) == {"curfew": "22:00-06:00", "window_start": WS}
     assert e.detected_at == WS + 30
     assert set(res.states) == {"dev-1"}
-    assert p.states["dev-1"].zone("c0").flag == WS
+    assert p.states["dev-1"].zone(CURFEW.key).flag == WS
     # The area exit rule was never involved.
     assert p.states["dev-1"].area == Track(AreaStatus.INSIDE, local(1, 21, 40))
 
@@ -563,7 +563,7 @@ def test_curfew_breach_from_fixes_during_the_window():
     assert dict(events[0].reason.detail)["window_start"] == WS
     assert dict(events[0].reason.detail)["curfew"] == "22:00-06:00"
     assert events[0].reason.membership == Membership.OUTSIDE
-    assert p.states["dev-1"].zone("c0") == Track(AreaStatus.OUTSIDE, t1, flag=WS)
+    assert p.states["dev-1"].zone(CURFEW.key) == Track(AreaStatus.OUTSIDE, t1, flag=WS)
 
 
 def test_curfew_unknown_position_at_window_start_asks_for_roll_call():
@@ -571,13 +571,13 @@ def test_curfew_unknown_position_at_window_start_asks_for_roll_call():
     p = Pipeline(subjects)
     p.live([cfx(local(1, 20, 0), AT_HOME, "stale-in")])  # two hours before the window
     p.live([cfx(local(1, 20, k), AWAY, "stale-out") for k in range(4)])
-    assert p.states["stale-out"].zone("c0").status == AreaStatus.OUTSIDE
+    assert p.states["stale-out"].zone(CURFEW.key).status == AreaStatus.OUTSIDE
     res = p.tick(WS + 10)
     ask = (EventKind.ROLL_CALL_REQUEST, WS + 10, WS, False, RULE_CURFEW_UNKNOWN, RES_ID)
     assert sorted((e.device_id, ev(e)) for e in res.events) == [
         ("silent", ask), ("stale-in", ask), ("stale-out", ask)]
     assert all(e.reason.membership == Membership.UNDECIDABLE for e in res.events)
-    assert all(p.states[d].zone("c0").flag == -WS for d in subjects)
+    assert all(p.states[d].zone(CURFEW.key).flag == -WS for d in subjects)
     # Asked once per window.
     assert p.tick(WS + 70).events == []
     # The answer to the roll-call is judged like any fix during the window.
@@ -597,9 +597,9 @@ def test_curfew_breach_reported_once_per_window():
                                   RES_ID)]
     # Home, out again, a tick: all in the same window, nothing new.
     assert p.live(back) == []
-    assert p.states["dev-1"].zone("c0").status == AreaStatus.INSIDE
+    assert p.states["dev-1"].zone(CURFEW.key).status == AreaStatus.INSIDE
     assert p.live(out2) == []
-    assert p.states["dev-1"].zone("c0").status == AreaStatus.OUTSIDE
+    assert p.states["dev-1"].zone(CURFEW.key).status == AreaStatus.OUTSIDE
     assert p.tick(local(2, 1, 0)).events == []
     # Out all the next day; the next night's window is a new breach.
     day = [cfx(local(2, 21, 40) + 60 * k, AWAY) for k in range(3)]
@@ -614,7 +614,7 @@ def _home_just_before_the_window(p: Pipeline, dev: str) -> None:
     """Out in the evening, home at 21:59: two wholly-inside fixes, not yet a declared return."""
     p.live([cfx(local(1, 21, 40 + k), AWAY, dev) for k in range(3)])
     p.live([cfx(local(1, 21, 59), AT_HOME, dev), cfx(local(1, 21, 59, 30), AT_HOME, dev)])
-    track = p.states[dev].zone("c0")
+    track = p.states[dev].zone(CURFEW.key)
     assert (track.status, track.pending) == (AreaStatus.OUTSIDE, 2)
 
 
@@ -638,7 +638,7 @@ def test_curfew_breach_is_not_raised_on_a_fix_wholly_inside_the_curfew_zone():
     assert [ev(e) for e in events if e.kind == EventKind.CURFEW_BREACH] == []
     # The return completes with the third inside fix; nothing was ever owed.
     assert p.live([cfx(WS + 40, AT_HOME)]) == []
-    assert p.states["dev-1"].zone("c0").status == AreaStatus.INSIDE
+    assert p.states["dev-1"].zone(CURFEW.key).status == AreaStatus.INSIDE
 
 
 def test_curfew_window_spanning_midnight():
@@ -944,7 +944,7 @@ def test_state_round_trips_through_its_stored_form():
     st = DeviceState(
         last_fix_time=at(500),
         area=Track(AreaStatus.OUTSIDE, at(100), 2, at(400), None, 2, at(300)),
-        zones=(("c0", Track(AreaStatus.INSIDE, at(50), 0, None, -WS)),
+        zones=((CURFEW.key, Track(AreaStatus.INSIDE, at(50), 0, None, -WS)),
                (f"x{EXCL_ID}", Track(AreaStatus.OUTSIDE, at(10), 1, at(480), at(470), 0, None, True))),
         last=LastFix(at(490), *OUT, 12.5),
         undecidable=3, undecidable_since=at(495), rollcall_asked=True,
@@ -1006,3 +1006,17 @@ def test_a_real_departure_at_its_reported_speed_is_not_suspect():
                      for k in range(1, 4)])
     assert [e.kind for e in events] == [EventKind.AREA_EXIT]
     assert dict(events[0].reason.detail)["began_with_unexplained_jump"] is False
+
+
+def test_lifting_one_curfew_never_hands_its_state_to_another():
+    # Home curfew 22:00-06:00 (the person is out at work) and work curfew 09:00-17:00 (inside).
+    work_zone = RES_ID
+    home_cu, work_cu = Curfew(HOME_ID, "22:00", "06:00"), Curfew(work_zone, "09:00", "17:00")
+    both = {"dev-1": home_subject(curfews=(home_cu, work_cu))}
+    p = Pipeline(both)
+    inside_work = pos(RES, 0, 0)
+    p.live([fx(k * 60, inside_work) for k in range(4)])
+    assert p.states["dev-1"].zone(work_cu.key).status == AreaStatus.INSIDE
+    # The officer lifts the home curfew: only the work curfew remains, with its own state.
+    p.subjects = {"dev-1": home_subject(curfews=(work_cu,))}
+    assert p.states["dev-1"].zone(work_cu.key).status == AreaStatus.INSIDE

@@ -117,11 +117,12 @@ def test_officer_roll_call_and_level_change_through_the_api(client, org: Org, db
     assert payload["command"] == {"type": "config", "report_interval_s": 150.0}
 
 
-def test_key_periods_are_set_by_district_or_city_staff(client, org: Org):
+def test_key_periods_are_set_by_the_city_bureau(client, org: Org):
     body = {"name": "Spring Festival", "starts_on": str(date(2027, 2, 5)),
             "ends_on": str(date(2027, 2, 12)), "levels": ["strict"], "interval_factor": 0.5}
-    assert client.post(f"{API}/key-periods", json=body,
-                       headers=login(client, "jiangan-officer")).status_code == 403
+    for who in ("jiangan-officer", "jiangan-supervisor"):  # city-wide: not theirs to set
+        assert client.post(f"{API}/key-periods", json=body,
+                           headers=login(client, who)).status_code == 403
     ok = client.post(f"{API}/key-periods", json=body, headers=login(client, "admin"))
     assert ok.status_code == 201, ok.text
     listed = client.get(f"{API}/key-periods", headers=login(client, "jiangan-officer")).json()
@@ -140,3 +141,19 @@ def test_a_recorded_warning_moves_the_person_to_strict_by_profile(client, org: O
     assert client.get(f"{API}/supervisees/{org.supervisee_id}", headers=h).json()["level"] == "strict"
     changes = client.get(f"{API}/supervisees/{org.supervisee_id}/changes", headers=h).json()
     assert changes[-1]["reason"].startswith("automatic after a warning (national-2020@1)")
+
+
+def test_a_mock_location_answers_no_roll_call(db, rds, settings, phone, org: Org):
+    rollcalls.request_now(db, org.supervisee_id, "officer", "check")
+    now = time.time()
+    rollcalls.send_due(db, rds, settings.redis_prefix, DEFAULT_PROFILE, now=now)
+    lon, lat = deep_inside(JIANGAN)
+    mock = RawMessage(Channel.NATIVE_MQTT, orjson.dumps(
+        {"time": now + 5, "lon": lon, "lat": lat, "accuracy": 8, "crs": "gcj02", "mock": True}),
+        phone, "t")
+    p = Pipeline.connect(settings)
+    try:
+        p.process([mock])
+    finally:
+        p.close()
+    assert db.execute("SELECT status FROM roll_calls").fetchone() == ("sent",)

@@ -291,6 +291,8 @@ def phone_return(permit_id: int, device: CurrentDevice, session: SessionDep,
         raise NotFound(f"permit {permit_id} not found")
     state = StateStore(r, settings.redis_prefix).load([device.id]).get(device.id)
     last = state.last if state else None
+    if state is not None and state.mock_flagged:
+        raise PermitProblem("the phone's latest fix is a mock location", code="permit.mock_location")
     if state is None or last is None or time.time() - last.time > RETURN_FIX_MAX_AGE_S:
         raise PermitProblem("send a fresh location first: no fix in the last 30 minutes",
                             code="permit.no_fresh_fix")

@@ -160,8 +160,9 @@ def level_history(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) ->
 def create_key_period(body: KeyPeriodIn, ctx: CurrentStaff, session: SessionDep,
                       request: Request, r: RedisDep, settings: SettingsDep) -> KeyPeriod:
     """A key period (重点时段): tighter reporting and more roll-calls for a date range."""
-    if ctx.staff.role not in (Role.CITY_ADMIN, Role.DISTRICT_SUPERVISOR):
-        raise Forbidden("key periods are set by district or city staff")
+    if ctx.staff.role != Role.CITY_ADMIN:
+        # A key period applies to the whole city (its reporting and roll-calls).
+        raise Forbidden("key periods are set by the city bureau")
     if body.ends_on < body.starts_on:
         raise Invalid("ends_on is before starts_on")
     kp = KeyPeriod(**body.model_dump(), created_by=ctx.id)
