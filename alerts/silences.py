@@ -19,7 +19,10 @@ import redis
 
 from store.enums import AlertKind
 
-COMM, LOC, OFF, SILENT = "dl:comm", "dl:loc", "dl:off", "silent"
+COMM, LOC, OFF = "dl:comm", "dl:loc", "dl:off"
+# Devices with an open silence alert, per kind: a message ends a communication failure or a
+# phone-off silence, only a usable fix ends a location failure.
+SILENT = {COMM: "silent:comm", LOC: "silent:loc", OFF: "silent:off"}
 KINDS = {COMM: AlertKind.COMMUNICATION_FAILURE, LOC: AlertKind.LOCATION_FAILURE,
          OFF: AlertKind.PHONE_OFF}
 SEVERITY = {COMM: "medium", LOC: "medium", OFF: "high"}
@@ -47,8 +50,8 @@ return taken
 def record_activity(
     r: redis.Redis, prefix: str, messaged: Mapping[str, float], located: Mapping[str, float],
     silence_s: Mapping[str, float], phone_off_s: float,
-) -> list[str]:
-    """Move deadlines forward after a committed batch; return devices whose silence just ended.
+) -> list[tuple[str, str]]:
+    """Move deadlines forward after a committed batch; return (device, kind) silences just ended.
 
     `messaged`: device -> newest receive time; `located`: device -> newest receive time of a
     usable fix; `silence_s`: device -> allowed silence.
@@ -65,21 +68,36 @@ def record_activity(
     if unlocated:
         # Messages without a usable fix: start the location clock if it is not running.
         pipe.zadd(prefix + LOC, {d: messaged[d] + silence_s[d] for d in unlocated}, nx=True)
-    pipe.smismember(prefix + SILENT, devices)
-    flags = pipe.execute()[-1]
-    back = [d for d, f in zip(devices, flags, strict=True) if f]
+    pipe.smismember(prefix + SILENT[COMM], devices)
+    pipe.smismember(prefix + SILENT[OFF], devices)
+    located_list = list(located)
+    if located_list:
+        pipe.smismember(prefix + SILENT[LOC], located_list)
+    out = pipe.execute()
+    flags = out[-2:] if not located_list else out[-3:-1]
+    back: list[tuple[str, str]] = []
+    for key, fl in zip((COMM, OFF), flags, strict=True):
+        back += [(d, KINDS[key].value) for d, f in zip(devices, fl, strict=True) if f]
+    if located_list:
+        back += [(d, KINDS[LOC].value) for d, f in zip(located_list, out[-1], strict=True) if f]
     if back:
-        r.srem(prefix + SILENT, *back)
+        pipe = r.pipeline(transaction=False)
+        for d, kind in back:
+            key = next(k for k, v in KINDS.items() if v.value == kind)
+            pipe.srem(prefix + SILENT[key], d)
+        pipe.execute()
     return back
 
 
-def clear_silence_alerts(conn: psycopg.Connection, devices: Iterable[str]) -> int:
-    """Mark the open silence alerts of these devices as cleared (the phone spoke again)."""
+def clear_silence_alerts(conn: psycopg.Connection, ended: Iterable[tuple[str, str]]) -> int:
+    """Mark the open silence alerts that just ended as cleared: (device, alert kind) pairs."""
+    pairs = list(ended)
     cur = conn.execute(
-        """UPDATE alerts SET cleared_at = now(), updated_at = now()
-            WHERE device_id = ANY(%s) AND status <> 'resolved' AND cleared_at IS NULL
-              AND kind IN ('communication_failure', 'location_failure', 'phone_off')""",
-        (list(devices),))
+        """UPDATE alerts a SET cleared_at = now(), updated_at = now()
+             FROM unnest(%s::text[], %s::text[]) AS e(dev, kind)
+            WHERE a.device_id = e.dev AND a.kind = e.kind AND a.status <> 'resolved'
+              AND a.cleared_at IS NULL""",
+        ([d for d, _ in pairs], [k for _, k in pairs]))
     return cur.rowcount
 
 
@@ -146,5 +164,5 @@ def check_silences(conn: psycopg.Connection, r: redis.Redis, prefix: str,
                               orjson.dumps(payload).decode()))
             if raised:
                 conn.execute("NOTIFY ccs_outbox")
-        take(keys=[prefix + key, prefix + SILENT], args=[now, *[m for m, _ in due]])
+        take(keys=[prefix + key, prefix + SILENT[key]], args=[now, *[m for m, _ in due]])
     return raised

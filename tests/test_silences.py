@@ -145,3 +145,20 @@ def test_killed_scheduler_leader_is_replaced_within_seconds_and_nothing_fires_tw
                 p.terminate()
                 p.wait(15)
         log.close()
+
+
+def test_location_failure_ends_with_a_usable_fix_not_with_any_message(
+        settings: Settings, db, rds, phone):
+    p = Pipeline.connect(settings)
+    try:
+        t0 = time.time() - 2 * 3600
+        report(p, phone, t0)
+        for k in range(1, 8):
+            report(p, phone, t0 + k * 600, accuracy=900)
+        check_silences(db, rds, settings.redis_prefix, now=t0 + SILENCE_S + 60)
+        report(p, phone, time.time() - 60, accuracy=900)  # still no usable fix
+        assert silence_alerts(db) == [("location_failure", 1, False)]
+        report(p, phone, time.time(), accuracy=15)
+        assert silence_alerts(db) == [("location_failure", 1, True)]
+    finally:
+        p.close()
