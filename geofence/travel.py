@@ -64,11 +64,29 @@ def working_days_between(now: float, start: float) -> int:
     return n
 
 
+def most_days_in_any_window(window_days: int, start: float, end: float,
+                            others: Sequence[Span]) -> float:
+    """Most travel days (this request and the others) in any `window_days` window touching it.
+
+    The total is piecewise linear in the window's start, so its maximum lies where the window's
+    start or end meets the start or end of some trip: only those windows are tried.
+    """
+    w = window_days * DAY
+    trips = [Span(start, end), *others]
+    edges = {t for s in trips for t in (s.start, s.end)}
+    candidates = {e for e in edges} | {e - w for e in edges}
+    best = 0.0
+    for s in candidates:
+        if s + w <= start or s >= end:  # the window must share time with the request
+            continue
+        best = max(best, sum(_overlap_days(t, s, s + w) for t in trips))
+    return best
+
+
 def required_tier(rules: TravelRules, start: float, end: float, others: Sequence[Span]) -> Tier:
-    """The tier that must approve: by length, and by the total within the rolling window."""
+    """The tier that must approve: by length, and by the most days within any rolling window."""
     length = days(start, end)
-    window_start = start - rules.window_days * DAY
-    in_window = sum(_overlap_days(o, window_start, end) for o in others) + (end - start) / DAY
+    in_window = most_days_in_any_window(rules.window_days, start, end, others)
     if length > rules.district_max_days or in_window > rules.window_cap_days:
         return Tier.CITY
     if length > rules.office_max_days:

@@ -204,3 +204,12 @@ def test_permit_destination_joins_the_allowed_area_and_overdue_return_alerts(
     assert back.json()["status"] == "returned"
     assert db.execute("SELECT status FROM alerts WHERE kind = 'overdue_return'").fetchone() == (
         "resolved",)
+
+
+def test_sixty_day_window_counts_trips_before_and_after_and_only_within_sixty_days():
+    # A 25-day trip on days 20-45 and a request for days 5-15: 35 days within days 5-65.
+    after = [Span(NOW + 20 * DAY, NOW + 45 * DAY)]
+    assert required_tier(RULES, NOW + 5 * DAY, NOW + 15 * DAY, after) == Tier.CITY
+    # Days 0-25 and a request for days 60-70 never share a 60-day window beyond 25 days.
+    apart = [Span(NOW, NOW + 25 * DAY)]
+    assert required_tier(RULES, NOW + 60 * DAY, NOW + 70 * DAY, apart) == Tier.DISTRICT
