@@ -55,10 +55,11 @@ class CurfewChecker:
 
 _OVERDUE = """
 WITH due AS (
-    SELECT p.id, p.supervisee_id, p.office_id, p.end_at
+    SELECT p.id, p.supervisee_id, p.office_id, p.approved_end_at AS end_at
       FROM travel_permits p
-     WHERE p.status = 'approved' AND p.returned_at IS NULL AND p.overdue_alerted_at IS NULL
-       AND p.end_at + make_interval(secs => %(grace_s)s) < %(now)s
+     WHERE p.status IN ('approved', 'requested') AND p.approved_end_at IS NOT NULL
+       AND p.returned_at IS NULL AND p.overdue_alerted_at IS NULL
+       AND p.approved_end_at + make_interval(secs => %(grace_s)s) < %(now)s
      FOR UPDATE SKIP LOCKED
 ), marked AS (
     UPDATE travel_permits t SET overdue_alerted_at = %(now)s, updated_at = now()

@@ -130,6 +130,7 @@ class TravelPermit(Base):
     decision_note: Mapped[str | None] = mapped_column(Text)
     returned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     overdue_alerted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    approved_end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     requested_by_staff: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
     requested_by_device: Mapped[str | None] = mapped_column(Text)
     profile: Mapped[str] = mapped_column(Text)

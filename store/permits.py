@@ -7,6 +7,7 @@ every outcome the phone must know is queued as a device command in the outbox.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -137,6 +138,11 @@ def decide(session: Session, permit: TravelPermit, staff_id: int, role: str, app
     if not approve and not note:
         raise PermitError("note_required", "a rejection needs a reason", 422)
     permit.status = "approved" if approve else "rejected"
+    if approve:
+        permit.approved_end_at = permit.end_at
+    elif permit.approved_end_at is not None:
+        # A rejected amendment: the trip goes on under the end approved before.
+        permit.status, permit.end_at = "approved", permit.approved_end_at
     permit.decided_by, permit.decision_note = staff_id, note
     permit.decided_at = datetime.now(UTC)
     record(session, permit, "approved" if approve else "rejected", staff_id, note=note)
@@ -162,13 +168,17 @@ def amend(session: Session, permit: TravelPermit, staff_id: int | None, device_i
     if permit.status not in OPEN:
         raise PermitError("not_open", f"permit is {permit.status}")
     profile = active_profile(session)
+    # No notice period for an amendment: the trip may be under way.
+    rules = replace(profile.travel, notice_working_days=0)
     try:
-        tier = check_request(profile.travel, _ts(permit.start_at), _ts(end), now,
+        tier = check_request(rules, _ts(permit.start_at), _ts(end), now,
                              _others(session, permit.supervisee_id, exclude=permit.id))
     except PermitRefused as e:
         raise PermitError(e.code, e.detail, 422) from e
     old = permit.end_at
+    # The approved span stays in force (allowed area, return deadline) until the new one is decided.
     permit.end_at, permit.required_tier, permit.status = end, tier.value, "requested"
+    permit.overdue_alerted_at = None
     permit.decided_by = permit.decided_at = None
     if TIER_ORDER[tier] > 0:
         permit.office_opinion = permit.office_opinion_by = None
@@ -180,7 +190,9 @@ def amend(session: Session, permit: TravelPermit, staff_id: int | None, device_i
 def check_in(session: Session, permit: TravelPermit, at: datetime, staff_id: int | None = None,
              device_id: str | None = None, **detail: Any) -> None:
     """销假: the return is recorded; an overdue-return alert, if any, is closed."""
-    if permit.status != "approved":
+    if permit.status != "approved" and permit.approved_end_at is None:
+        raise PermitError("not_approved", f"permit is {permit.status}")
+    if permit.status not in ("approved", "requested"):
         raise PermitError("not_approved", f"permit is {permit.status}")
     permit.status, permit.returned_at = "returned", at
     record(session, permit, "returned", staff_id, device_id, **detail)

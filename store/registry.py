@@ -107,11 +107,12 @@ class Registry:
             # Approved permits (and returned ones up to the return): the destination joins the
             # allowed area until the end plus the grace to travel back and check in.
             for sid, zid, start, end, returned in conn.execute(
-                """SELECT supervisee_id, destination_zone_id, start_at, end_at + make_interval(
-                              secs => %s * 3600), returned_at
+                """SELECT supervisee_id, destination_zone_id, start_at,
+                          approved_end_at + make_interval(secs => %s * 3600), returned_at
                      FROM travel_permits
-                    WHERE supervisee_id = ANY(%s) AND status IN ('approved', 'returned')
-                      AND end_at > now() - interval '30 days'""",
+                    WHERE supervisee_id = ANY(%s) AND approved_end_at IS NOT NULL
+                      AND status IN ('approved', 'returned', 'requested')
+                      AND approved_end_at > now() - interval '30 days'""",
                 (profile.travel.return_grace_hours, sup_ids),
             ):
                 stop = min(end, returned) if returned is not None else end

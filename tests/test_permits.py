@@ -183,7 +183,8 @@ def test_permit_destination_joins_the_allowed_area_and_overdue_return_alerts(
         p.close()
     # The permit ended two days ago and nobody checked in: overdue.
     db.execute("""UPDATE travel_permits SET start_at = now() - interval '3 days',
-                  end_at = now() - interval '2 days' WHERE id = %s""", (pid,))
+                  end_at = now() - interval '2 days', approved_end_at = now() - interval '2 days'
+                  WHERE id = %s""", (pid,))
     assert check_overdue_returns(db) == 1
     assert check_overdue_returns(db) == 0  # once per permit
     row = db.execute("SELECT status, reason->>'rule', (reason->>'permit_id')::int FROM alerts "
@@ -213,3 +214,19 @@ def test_sixty_day_window_counts_trips_before_and_after_and_only_within_sixty_da
     # Days 0-25 and a request for days 60-70 never share a 60-day window beyond 25 days.
     apart = [Span(NOW, NOW + 25 * DAY)]
     assert required_tier(RULES, NOW + 60 * DAY, NOW + 70 * DAY, apart) == Tier.DISTRICT
+
+
+def test_amending_a_trip_under_way_keeps_the_approved_span_until_decided(client, org: Org, db):
+    dest = _destination(client, org)
+    h = login(client, "jiangan-officer")
+    pid = _ask(client, h, org, dest, datetime.now(UTC) + timedelta(minutes=5), 3).json()["id"]
+    client.post(f"{API}/permits/{pid}/approve", headers=h, json={})
+    approved_end = db.execute("SELECT approved_end_at FROM travel_permits").fetchone()[0]
+    r = client.post(f"{API}/permits/{pid}/amend", headers=h, json={
+        "end_at": (approved_end + timedelta(days=2)).isoformat(), "note": "surgery postponed"})
+    assert (r.json()["status"], r.json()["required_tier"]) == ("requested", "office")
+    # Still allowed to be at the destination until the old end; the overdue clock keeps it too.
+    assert db.execute("SELECT approved_end_at FROM travel_permits").fetchone()[0] == approved_end
+    rejected = client.post(f"{API}/permits/{pid}/reject", headers=h, json={"note": "no"})
+    assert rejected.json()["status"] == "approved"  # the trip goes on as first approved
+    assert rejected.json()["end_at"].startswith(approved_end.astimezone(UTC).isoformat()[:19])
