@@ -6,7 +6,9 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import psycopg
 import redis
@@ -19,6 +21,7 @@ from geofence.zones import PreparedZone
 log = logging.getLogger(__name__)
 
 CONFIG_VERSION_KEY = "config_version"
+LOCAL = ZoneInfo("Asia/Shanghai")
 UNKNOWN_TTL_S = 5.0
 
 
@@ -53,6 +56,7 @@ class Registry:
         self._redis = r
         self._prefix = prefix
         self._version: bytes | None = None
+        self._day: date | None = None
         self.devices: dict[str, DeviceInfo] = {}
         self._unknown: dict[str, float] = {}
         self.zones: dict[int, PreparedZone] = {}
@@ -61,8 +65,10 @@ class Registry:
     def refresh_if_changed(self) -> None:
         """One Redis GET per batch: drop caches when someone changed the configuration."""
         v = cast(bytes | None, self._redis.get(self._prefix + CONFIG_VERSION_KEY))
-        if v != self._version:
-            self._version = v
+        # A new local day can start or end a key period: reload then too.
+        day = datetime.now(LOCAL).date()
+        if v != self._version or day != self._day:
+            self._version, self._day = v, day
             self.devices.clear()
             self._unknown.clear()
             self.profile = None
@@ -85,7 +91,8 @@ class Registry:
             """SELECT d.id, d.supervisee_id, s.office_id, s.home_zone_id, d.active AND s.active,
                       s.level, s.rule_overrides, s.key_flags,
                       (SELECT min(k.interval_factor) FROM key_periods k
-                        WHERE current_date BETWEEN k.starts_on AND k.ends_on
+                        WHERE (now() AT TIME ZONE 'Asia/Shanghai')::date
+                              BETWEEN k.starts_on AND k.ends_on
                           AND (k.levels = '{}' OR s.level = ANY(k.levels))
                           AND (k.flags = '{}' OR s.key_flags && k.flags))
                  FROM devices d JOIN supervisees s ON s.id = d.supervisee_id

@@ -112,7 +112,8 @@ def _aware(*ds: datetime) -> None:
 
 
 def _permit(session: SessionDep, ctx: StaffContext, permit_id: int) -> TravelPermit:
-    p = session.get(TravelPermit, permit_id)
+    # Locked for the request: two staff deciding at once are served one after the other.
+    p = session.get(TravelPermit, permit_id, with_for_update=True)
     if p is None or not ctx.can_see_unit(p.office_id):
         raise NotFound(f"permit {permit_id} not found")
     return p
@@ -286,7 +287,7 @@ RETURN_FIX_MAX_AGE_S = 1800
 def phone_return(permit_id: int, device: CurrentDevice, session: SessionDep,
                  r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """The phone checks back in (销假); accepted only from inside the home area, by a fresh fix."""
-    p = session.get(TravelPermit, permit_id)
+    p = session.get(TravelPermit, permit_id, with_for_update=True)
     if p is None or p.supervisee_id != device.supervisee_id:
         raise NotFound(f"permit {permit_id} not found")
     state = StateStore(r, settings.redis_prefix).load([device.id]).get(device.id)
