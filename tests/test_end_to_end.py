@@ -165,3 +165,23 @@ def test_an_unreachable_broker_never_holds_back_the_alert_feed(settings: Setting
     assert rds.xlen(feed_key(settings)) == 1  # the alert went out
     waiting = db.execute("SELECT topic FROM outbox WHERE published_at IS NULL").fetchall()
     assert waiting == [("device.command",)]  # the command waits for the broker
+
+
+def test_live_feed_ends_when_the_token_is_revoked(settings: Settings, org: Org, monkeypatch):
+    import api.routes.alerts as alerts_route
+
+    monkeypatch.setattr(alerts_route, "HEARTBEAT_MS", 300)
+    with api_server(settings) as base:
+        token = httpx.post(f"{base}/api/v1/auth/token",
+                           data={"username": "jiangan-officer", "password": PASSWORD}).json()
+        h = {"Authorization": f"Bearer {token['access_token']}"}
+        feed: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        threading.Thread(target=_read_sse, daemon=True,
+                         args=(f"{base}/api/v1/alerts/stream/live", h, feed, stop)).start()
+        assert feed.get(timeout=10) == ("status", 200)
+        assert httpx.post(f"{base}/api/v1/auth/logout", headers=h).status_code == 204
+        kind, event = feed.get(timeout=10)
+        stop.set()
+        assert (kind, event["event"]) == ("event", "end")
+        assert "revoked" in event["data"]

@@ -26,6 +26,7 @@ from api.deps import (
 )
 from api.errors import Conflict, NotFound
 from api.schemas import AlertEventOut, AlertOut, AlertPage, ResolveIn
+from api.security import token_key
 from store.enums import AlertKind, AlertStatus
 from store.models import Alert, AlertEvent
 
@@ -178,6 +179,10 @@ async def live_feed(
     session.commit()
     units = ctx.unit_ids
     start = last_event_id or "$"
+    auth = request.headers.get("authorization", "")
+    token = auth[7:] if auth.lower().startswith("bearer ") else request.query_params.get(
+        "access_token", "")
+    token_redis_key = token_key(settings.redis_prefix, token)
 
     async def events() -> AsyncIterator[bytes]:
         r = aioredis.Redis.from_url(settings.redis_url)
@@ -185,6 +190,10 @@ async def live_feed(
         try:
             yield b": connected\n\n"
             while not await request.is_disconnected():
+                if not await r.exists(token_redis_key):
+                    # Logged out or expired: the feed of location-bearing alerts stops too.
+                    yield b"event: end\ndata: {\"reason\": \"token revoked or expired\"}\n\n"
+                    return
                 resp: Any = await r.xread({feed_key(settings): last}, count=200, block=HEARTBEAT_MS)
                 if not resp:
                     yield b": keepalive\n\n"
