@@ -135,6 +135,18 @@ def audit(
     )
 
 
+def commit_config_change(
+    session: Session, ctx: StaffContext, request: Request, r: redis.Redis, settings: Settings,
+    action: str, target: str, purpose: str = "", **detail: Any,
+) -> None:
+    """Audit, commit, and tell every worker that devices, people, zones or rules changed."""
+    from store.registry import bump_config_version
+
+    audit(session, ctx, request, action, target, purpose, **detail)
+    session.commit()
+    bump_config_version(r, settings.redis_prefix)
+
+
 def pg_now(session: Session) -> Any:
     """Database time (one clock for every component)."""
     return session.execute(text("SELECT now()")).scalar_one()

@@ -15,6 +15,7 @@ from api.deps import (
     SessionDep,
     SettingsDep,
     audit,
+    commit_config_change,
     supervisee_in_jurisdiction,
 )
 from api.errors import Conflict, Invalid, NotFound
@@ -34,7 +35,6 @@ from api.security import hash_device_secret, new_device_id, new_device_secret
 from geofence.profile import validate_overrides
 from store.enums import OrgKind
 from store.models import Device, OrgUnit, Supervisee, SuperviseeZone
-from store.registry import bump_config_version
 
 router = APIRouter(tags=["supervisees"])
 
@@ -72,9 +72,8 @@ def create_supervisee(
     sup = Supervisee(**body.model_dump(mode="json"))
     session.add(sup)
     session.flush()
-    audit(session, ctx, request, "supervisee.create", f"supervisee:{sup.id}")
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
+    commit_config_change(session, ctx, request, r, settings,
+                         "supervisee.create", f"supervisee:{sup.id}")
     return sup
 
 
@@ -105,10 +104,9 @@ def set_home_area(
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
     _check_home_zone(session, ctx, body.zone_id)
     sup.home_zone_id = body.zone_id
-    audit(session, ctx, request, "supervisee.set_home_area", f"supervisee:{sup.id}",
+    commit_config_change(session, ctx, request, r, settings,
+                         "supervisee.set_home_area", f"supervisee:{sup.id}",
           zone_id=body.zone_id)
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
     return sup
 
 
@@ -124,9 +122,8 @@ def enrol_device(
     device_id, secret = new_device_id(), new_device_secret()
     session.add(Device(id=device_id, supervisee_id=sup.id, label=body.label,
                        secret_hash=hash_device_secret(secret)))
-    audit(session, ctx, request, "device.enrol", f"device:{device_id}", supervisee_id=sup.id)
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
+    commit_config_change(session, ctx, request, r, settings,
+                         "device.enrol", f"device:{device_id}", supervisee_id=sup.id)
     base = settings.public_base_url.rstrip("/")
     return DeviceCredentials(
         device_id=device_id,
@@ -166,9 +163,8 @@ def revoke_device(
     supervisee_in_jurisdiction(session, ctx, dev.supervisee_id)
     dev.active = False
     dev.revoked_at = datetime.now().astimezone()
-    audit(session, ctx, request, "device.revoke", f"device:{device_id}")
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
+    commit_config_change(session, ctx, request, r, settings,
+                         "device.revoke", f"device:{device_id}")
     return dev
 
 
@@ -261,10 +257,9 @@ def assign_zone(
     row = SuperviseeZone(supervisee_id=sup.id, **body.model_dump())
     session.add(row)
     session.flush()
-    audit(session, ctx, request, "supervisee.assign_zone", f"supervisee:{sup.id}",
+    commit_config_change(session, ctx, request, r, settings,
+                         "supervisee.assign_zone", f"supervisee:{sup.id}",
           zone_id=zone.id, role=body.role)
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
     return row
 
 
@@ -290,10 +285,9 @@ def end_zone_assignment(
     if row is None or row.supervisee_id != supervisee_id:
         raise NotFound(f"assignment {assignment_id} not found")
     row.active = False
-    audit(session, ctx, request, "supervisee.end_zone", f"supervisee:{supervisee_id}",
+    commit_config_change(session, ctx, request, r, settings,
+                         "supervisee.end_zone", f"supervisee:{supervisee_id}",
           assignment_id=assignment_id)
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
     return row
 
 
@@ -309,8 +303,7 @@ def set_rule_overrides(
     except ValueError as e:
         raise Invalid(str(e), code="invalid.rule_override") from e
     sup.rule_overrides = overrides
-    audit(session, ctx, request, "supervisee.set_rules", f"supervisee:{sup.id}",
+    commit_config_change(session, ctx, request, r, settings,
+                         "supervisee.set_rules", f"supervisee:{sup.id}",
           overrides=overrides, reason=body.reason)
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
     return sup

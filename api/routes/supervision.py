@@ -17,6 +17,7 @@ from api.deps import (
     SessionDep,
     SettingsDep,
     audit,
+    commit_config_change,
     supervisee_in_jurisdiction,
 )
 from api.errors import Forbidden, Invalid, NotFound
@@ -30,7 +31,7 @@ from store.models import (
     Supervisee,
     SuperviseeChange,
 )
-from store.registry import bump_config_version, load_profile
+from store.registry import load_profile
 
 router = APIRouter(tags=["supervision"])
 
@@ -139,10 +140,9 @@ def set_level(supervisee_id: int, body: LevelIn, ctx: CurrentStaff, session: Ses
     assert conn is not None
     profile = load_profile(conn)  # type: ignore[arg-type]
     tell_interval(session, sup, profile.checkin.interval(sup.level, bool(sup.key_flags)))
-    audit(session, ctx, request, "supervisee.set_level", f"supervisee:{sup.id}",
+    commit_config_change(session, ctx, request, r, settings,
+                         "supervisee.set_level", f"supervisee:{sup.id}",
           level=body.level, key_flags=body.key_flags, reason=body.reason)
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
     return sup
 
 
@@ -168,9 +168,8 @@ def create_key_period(body: KeyPeriodIn, ctx: CurrentStaff, session: SessionDep,
     kp = KeyPeriod(**body.model_dump(), created_by=ctx.id)
     session.add(kp)
     session.flush()
-    audit(session, ctx, request, "key_period.create", f"key_period:{kp.id}")
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
+    commit_config_change(session, ctx, request, r, settings,
+                         "key_period.create", f"key_period:{kp.id}")
     return kp
 
 
@@ -222,9 +221,8 @@ def record_sanction(supervisee_id: int, body: SanctionIn, ctx: CurrentStaff, ses
         sup.level = "strict"
         tell_interval(session, sup, profile.checkin.interval(sup.level, bool(sup.key_flags)))
     session.flush()
-    audit(session, ctx, request, "sanction.record", f"supervisee:{sup.id}", kind=body.kind)
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
+    commit_config_change(session, ctx, request, r, settings,
+                         "sanction.record", f"supervisee:{sup.id}", kind=body.kind)
     return row
 
 

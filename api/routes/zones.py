@@ -11,13 +11,19 @@ from shapely.geometry import mapping
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, StaffContext, audit
+from api.deps import (
+    CurrentStaff,
+    RedisDep,
+    SessionDep,
+    SettingsDep,
+    StaffContext,
+    commit_config_change,
+)
 from api.errors import Invalid, NotFound
 from api.schemas import ZoneIn
 from geofence.model import CRS, ZoneKind
 from geofence.zones import InvalidZone, circle_zone, parse_zone_geojson
 from store.models import Zone
-from store.registry import bump_config_version
 
 router = APIRouter(prefix="/zones", tags=["zones"])
 
@@ -85,9 +91,7 @@ def create_zone(
     )
     session.add(zone)
     session.flush()
-    audit(session, ctx, request, "zone.create", f"zone:{zone.id}")
-    session.commit()
-    bump_config_version(r, settings.redis_prefix)
+    commit_config_change(session, ctx, request, r, settings, "zone.create", f"zone:{zone.id}")
     session.refresh(zone)
     return zone_feature(zone)
 
