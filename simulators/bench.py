@@ -258,7 +258,30 @@ def fresh_database(env: BenchEnv, phones: int) -> None:
         seed_demo(session, supervisees_per_office=0)
         session.commit()
         provision_fleet(session, phones)  # fresh Redis prefix: no workers to tell yet
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        # Phones report every second here, not every minute: the profile's time spans are
+        # compressed to match, so that exits are decided within the run (3 fixes over 2 s,
+        # the canyon guard 6 over 5 s), and no random roll-calls or silences get in the way.
+        body = bench_profile().to_dict()
+        conn.execute("INSERT INTO rule_profiles (name, version, body, active) "
+                     "VALUES (%s, %s, %s, true)",
+                     (body["name"], body["version"], orjson.dumps(body).decode()))
     reset_engine()
+
+
+def bench_profile() -> Any:
+    """The national default with every time span divided by 60 (fixes every second)."""
+    from dataclasses import replace
+
+    from geofence.profile import DEFAULT_PROFILE
+
+    levels = {k: replace(v, exit_span_s=v.exit_span_s / 60, return_span_s=v.return_span_s / 60,
+                         exclusion_span_s=v.exclusion_span_s / 60,
+                         suspect_exit_span_s=v.suspect_exit_span_s / 60)
+              for k, v in DEFAULT_PROFILE.levels.items()}
+    checkin = replace(DEFAULT_PROFILE.checkin, rollcalls_strict=0, rollcalls_normal=0,
+                      rollcalls_lenient=0)
+    return replace(DEFAULT_PROFILE, name="bench-1s", levels=levels, checkin=checkin)
 
 
 def clear_redis(env: BenchEnv) -> None:
