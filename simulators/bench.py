@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -431,8 +431,8 @@ class FeedReader(threading.Thread):
 class CommitProbe(threading.Thread):
     """Samples when fixes are through the pipeline: publish -> committed latency.
 
-    The pipeline saves each device's engine state (Redis hash `{prefix}dev:{id}`, field `t` =
-    its newest fix time) right after the batch's commit. Every `period_s` the probe reads it
+    The pipeline saves each device's engine state (`store.state.StateStore`: the value starts
+    with its newest fix time) right after the batch's commit. Every `period_s` the probe reads it
     for a few devices (one pipelined round trip, far cheaper than asking PostgreSQL); when a
     device's newest fix changes, now - fix time is one sample (resolution: the period).
     """
@@ -446,19 +446,18 @@ class CommitProbe(threading.Thread):
 
     def run(self) -> None:
         last: dict[str, float] = {}
-        keys = [f"{BENCH_PREFIX}dev:{d}" for d in self.devices]
         r = redis.Redis.from_url(self.redis_url)
+        from store.state import StateStore
+
+        keys = [StateStore(r, BENCH_PREFIX).key(d) for d in self.devices]
         try:
             while not self.stopping.wait(self.period_s):
-                pipe = r.pipeline(transaction=False)
-                for k in keys:
-                    pipe.hget(k, "t")
-                values = pipe.execute()
+                values: list[Any] = cast(Any, r.mget(keys))
                 now = time.time()
                 for dev, raw in zip(self.devices, values, strict=True):
                     if raw is None:
                         continue
-                    t = float(raw)
+                    t = float(raw.split(b" ", 1)[0])
                     if t > last.get(dev, 0.0):
                         if dev in last:  # the first sight may be long after the commit
                             self.samples.append(now - t)

@@ -1,8 +1,13 @@
-"""Per-device engine state in Redis, written with compare-and-set on fix time."""
+"""Per-device engine state in Redis, written with compare-and-set on fix time.
+
+One string key per device, `{prefix}st:{device_id}` = "<fix time> <state JSON>": a batch reads
+all its devices with one MGET, and a Lua script writes them only if still newer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import orjson
 import redis
@@ -16,11 +21,13 @@ local mode = ARGV[1]
 local written = {}
 for i, key in ipairs(KEYS) do
   local t = tonumber(ARGV[2 * i])
-  local old = tonumber(redis.call('HGET', key, 't'))
+  local cur = redis.call('GET', key)
+  local old = nil
+  if cur then old = tonumber(string.match(cur, '^(%S+)')) end
   local ok
   if mode == 'newer' then ok = (old == nil or t > old) else ok = (old == nil or t == old) end
   if ok then
-    redis.call('HSET', key, 't', ARGV[2 * i], 's', ARGV[2 * i + 1])
+    redis.call('SET', key, ARGV[2 * i] .. ' ' .. ARGV[2 * i + 1])
     written[i] = 1
   else
     written[i] = 0
@@ -31,7 +38,7 @@ return written
 
 
 class StateStore:
-    """Loads and saves DeviceState per device (`{prefix}dev:{device_id}`)."""
+    """Loads and saves DeviceState per device."""
 
     def __init__(self, r: redis.Redis, prefix: str) -> None:
         self.redis = r
@@ -40,20 +47,18 @@ class StateStore:
 
     def key(self, device_id: str) -> str:
         """Redis key of a device's engine state."""
-        return f"{self.prefix}dev:{device_id}"
+        return f"{self.prefix}st:{device_id}"
 
     def load(self, devices: Iterable[str]) -> dict[str, DeviceState]:
-        """States of the given devices (absent ones are left out)."""
+        """States of the given devices (absent ones are left out), in one round trip."""
         devices = list(devices)
         if not devices:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for d in devices:
-            pipe.hget(self.key(d), "s")
         out = {}
-        for d, raw in zip(devices, pipe.execute(), strict=True):
+        values: list[Any] = cast(Any, self.redis.mget([self.key(d) for d in devices]))
+        for d, raw in zip(devices, values, strict=True):
             if raw is not None:
-                out[d] = DeviceState.from_dict(orjson.loads(raw))
+                out[d] = DeviceState.from_dict(orjson.loads(raw.split(b" ", 1)[1]))
         return out
 
     def save(self, states: Mapping[str, DeviceState], *, same_time: bool = False) -> list[bool]:
