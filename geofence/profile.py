@@ -82,6 +82,17 @@ class CheckinRules:
         return interval_s + max(self.min_buffer_s, interval_s * self.buffer_factor)
 
 
+@dataclass(frozen=True, slots=True)
+class SanctionLadder:
+    """Sanction suggestions (the system suggests, a person decides)."""
+
+    reprimand_after_days: float = 0.0  # out of contact at all: a reprimand (训诫)...
+    warning_after_days: float = 10.0  # ...more than this: a warning (警告)
+    revocation_after_days: float = 30.0  # ...more than a month: a revocation request
+    reprimands_for_warning: int = 2  # this many reprimands within the window: a warning
+    reprimand_window_days: int = 365
+
+
 def _checkin_from(d: Mapping[str, Any] | None) -> CheckinRules:
     if not d:
         return CheckinRules()
@@ -110,6 +121,7 @@ class RuleProfile:
     levels: Mapping[str, Rules] = field(default_factory=dict)
     travel: TravelRules = field(default_factory=TravelRules)
     checkin: CheckinRules = field(default_factory=CheckinRules)
+    sanctions: SanctionLadder = field(default_factory=SanctionLadder)
 
     @property
     def label(self) -> str:
@@ -127,14 +139,16 @@ class RuleProfile:
         """JSON form for storage."""
         return {"name": self.name, "version": self.version,
                 "levels": {k: asdict(v) for k, v in self.levels.items()},
-                "travel": asdict(self.travel), "checkin": asdict(self.checkin)}
+                "travel": asdict(self.travel), "checkin": asdict(self.checkin),
+                "sanctions": asdict(self.sanctions)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleProfile:
         """Inverse of `to_dict`; missing thresholds take the defaults."""
         return cls(str(d["name"]), int(d["version"]),
                    {k: Rules(**validate_overrides(v)) for k, v in d["levels"].items()},
-                   _travel_from(d.get("travel")), _checkin_from(d.get("checkin")))
+                   _travel_from(d.get("travel")), _checkin_from(d.get("checkin")),
+                   SanctionLadder(**(d.get("sanctions") or {})))
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Rules)}

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, text
 
 from alerts import rollcalls
+from alerts.sanctions import suggest
 from api.deps import (
     CurrentStaff,
     RedisDep,
@@ -269,3 +270,26 @@ def cancel_suspension(supervisee_id: int, suspension_id: int, ctx: CurrentStaff,
     audit(session, ctx, request, "alert.suspension_cancel", f"supervisee:{supervisee_id}")
     session.commit()
     return row
+
+
+@router.get("/supervisees/{supervisee_id}/sanction-suggestion")
+def sanction_suggestion(supervisee_id: int, ctx: CurrentStaff, session: SessionDep
+                        ) -> dict[str, Any]:
+    """What the profile's ladder suggests now (a person decides; nothing is applied)."""
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    conn = session.connection().connection.driver_connection
+    profile = load_profile(conn)  # type: ignore[arg-type]
+    ladder = profile.sanctions
+    since = session.execute(text(
+        """SELECT min(first_fix_time) FROM alerts WHERE supervisee_id = :s
+             AND kind IN ('communication_failure', 'phone_off') AND status <> 'resolved'
+             AND cleared_at IS NULL"""), {"s": sup.id}).scalar()
+    days = None if since is None else (datetime.now(UTC) - since).total_seconds() / 86400
+    reprimands = session.execute(text(
+        """SELECT count(*) FROM sanctions WHERE supervisee_id = :s AND kind = 'reprimand'
+             AND decided_at > now() - make_interval(days => :w)"""),
+        {"s": sup.id, "w": ladder.reprimand_window_days}).scalar_one()
+    s = suggest(ladder, days, int(reprimands))
+    return {"suggestion": s.kind, "reason": s.reason, "profile": profile.label,
+            "out_of_contact_days": None if days is None else round(days, 2),
+            "recent_reprimands": reprimands, "decided_by_a_person": True}
