@@ -358,3 +358,19 @@ def test_suspended_notifications_still_record_the_alert_marked_suppressed(
         "kind": "holiday", "starts_at": now.isoformat(),
         "ends_at": (now + timedelta(hours=1)).isoformat(), "reason": "typo kind"})
     assert bad.status_code == 422
+
+
+def test_prometheus_metrics_count_alerts_acknowledgements_and_time_to_acknowledge(client, org: Org,
+                                                                                 db):
+    db.execute("""INSERT INTO alerts (kind, severity, supervisee_id, office_id, opened_at)
+                  VALUES ('area_exit', 'high', %s, %s, now() - interval '10 minutes')""",
+               (org.supervisee_id, org.office_ids[JIANGAN]))
+    h = login(client, "jiangan-officer")
+    [alert] = client.get(f"{API}/alerts", headers=h).json()["items"]
+    client.post(f"{API}/alerts/{alert['id']}/acknowledge", headers=h)
+    text = client.get(f"{API}/metrics").text
+    assert 'ccs_alerts_opened_total{kind="area_exit"} 1.0' in text
+    assert "ccs_alerts_acknowledged_total 1.0" in text
+    # Acknowledged ten minutes after opening: in the 15-minute bucket, not the 5-minute one.
+    assert 'ccs_alert_time_to_acknowledge_seconds_bucket{le="300.0"} 0.0' in text
+    assert 'ccs_alert_time_to_acknowledge_seconds_bucket{le="900.0"} 1.0' in text

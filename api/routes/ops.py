@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import select, text
 
-from api.deps import CurrentStaff, RedisDep, SessionDep, audit
+from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, audit
 from api.errors import Forbidden
+from api.metrics import DatabaseCollector
 from api.schemas import DeadLetterOut
 from store.enums import Role
 from store.models import DeadLetter
@@ -22,6 +25,22 @@ def health(session: SessionDep, r: RedisDep) -> dict[str, Any]:
     session.execute(text("SELECT 1"))
     r.ping()
     return {"status": "ok"}
+
+
+_registry: CollectorRegistry | None = None
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(settings: SettingsDep) -> PlainTextResponse:
+    """Prometheus metrics (alerts opened, acknowledged, escalated, time to acknowledge, ...).
+
+    Counts only, no personal data; meant for the monitoring network, like /healthz.
+    """
+    global _registry
+    if _registry is None:
+        _registry = CollectorRegistry()
+        _registry.register(DatabaseCollector(settings.psycopg_dsn))
+    return PlainTextResponse(generate_latest(_registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/dead-letters", response_model=list[DeadLetterOut])
