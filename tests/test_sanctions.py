@@ -38,3 +38,13 @@ def test_suggestion_is_shown_from_open_silence_alerts_and_never_applied(client, 
     other = login(client, "jianghan-officer")
     assert client.get(f"{API}/supervisees/{org.supervisee_id}/sanction-suggestion",
                       headers=other).status_code == 404
+
+
+def test_a_sanction_can_only_cite_the_supervisees_own_alert(client, org: Org, db):
+    row = db.execute("""INSERT INTO alerts (kind, severity, supervisee_id, office_id)
+                        VALUES ('area_exit', 'high', %s, %s) RETURNING id""",
+                     (org.other_supervisee_id, org.office_ids["420103"])).fetchone()
+    h = login(client, "jiangan-officer")
+    r = client.post(f"{API}/supervisees/{org.supervisee_id}/sanctions", headers=h,
+                    json={"kind": "reprimand", "reason": "cites another's alert", "alert_id": row[0]})
+    assert r.status_code == 422

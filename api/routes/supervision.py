@@ -25,6 +25,7 @@ from api.errors import Forbidden, Invalid, NotFound
 from api.schemas import SuperviseeOut
 from store.enums import AlertKind, Role
 from store.models import (
+    Alert,
     AlertSuspension,
     Device,
     KeyPeriod,
@@ -210,6 +211,10 @@ def record_sanction(supervisee_id: int, body: SanctionIn, ctx: CurrentStaff, ses
                     request: Request, r: RedisDep, settings: SettingsDep) -> Sanction:
     """Record a sanction a person decided; a warning may move the supervisee to strict (profile)."""
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    if body.alert_id is not None:
+        alert = session.get(Alert, body.alert_id)
+        if alert is None or alert.supervisee_id != sup.id:
+            raise Invalid(f"alert {body.alert_id} is not this supervisee's")
     row = Sanction(supervisee_id=sup.id, kind=body.kind, decided_by=ctx.id, reason=body.reason,
                    alert_id=body.alert_id)
     session.add(row)
