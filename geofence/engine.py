@@ -190,15 +190,15 @@ def _prepare(
         if f.device_id not in last_seen:
             last_seen[f.device_id] = st.last_fix_time if st else float("-inf")
             last_usable[f.device_id] = st.last if st else None
+        rules = subj.rules if subj else Rules()
+        usable[i] = is_usable(f, rules)  # late fixes too: the caller counts them as located
         if f.time <= last_seen[f.device_id]:
             late[i] = True
             continue
         last_seen[f.device_id] = f.time
-        rules = subj.rules if subj else Rules()
         a = acc[i]
-        if not is_usable(f, rules):
+        if not usable[i]:
             continue
-        usable[i] = True
         p = last_usable[f.device_id]
         if p is not None:
             prev[i] = p
@@ -472,14 +472,14 @@ def evaluate(
         lon, lat = float(pre.lon[i]), float(pre.lat[i])
         if pre.late[i]:
             late_fixes.append(f)
-            result.decisions.append(Decision(f, lon, lat, m, None, evaluated=False))
+            result.decisions.append(Decision(f, lon, lat, m, bool(pre.usable[i]), evaluated=False))
             continue
         state = current.get(f.device_id)
         if state is None:
             given = states.get(f.device_id)
             state = current[f.device_id] = given.copy() if given is not None else DeviceState()
         fold.fix(state, i)
-        result.decisions.append(Decision(f, lon, lat, m, None, evaluated=True))
+        result.decisions.append(Decision(f, lon, lat, m, bool(pre.usable[i]), evaluated=True))
     result.events = fold.events
     for dev, st in current.items():
         if st != states.get(dev):

@@ -247,7 +247,7 @@ class Decision:
     lon: float  # WGS-84
     lat: float
     membership: Membership  # in the allowed area
-    distance_m: float | None
+    usable: bool  # can decide something (accuracy within the limit, not cell-only)
     evaluated: bool  # False when the fix was older than the device state (stored, judged apart)
 
 

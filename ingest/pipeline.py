@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
@@ -21,7 +21,7 @@ import redis
 from alerts import rollcalls
 from alerts.service import AlertTarget, record_events
 from alerts.silences import clear_silence_alerts, record_activity
-from geofence.engine import evaluate, is_usable
+from geofence.engine import evaluate
 from geofence.model import Decision, Fix, Source
 from ingest.decoders import (
     Decoded,
@@ -228,7 +228,7 @@ class Pipeline:
             record_events(self.conn, result.events, targets)
 
         self.states.save(result.states)
-        self._track_silences(messages, decoded, dead, fixes, owner, infos)
+        self._track_silences(messages, decoded, dead, result.decisions, owner_of, infos)
         for dec in result.decisions:
             i = owner_of[(dec.fix.device_id, dec.fix.time, id(dec.fix))]
             key = (dec.fix.device_id, _us(dec.fix.time))
@@ -250,8 +250,8 @@ class Pipeline:
 
     def _track_silences(
         self, messages: Sequence[RawMessage], decoded: Sequence[tuple[int, Decoded]],
-        dead: Sequence[tuple[int, str, str]], fixes: Sequence[Fix], owner: Sequence[int],
-        infos: Mapping[str, DeviceInfo],
+        dead: Sequence[tuple[int, str, str]], decisions: Sequence[Decision],
+        owner_of: Mapping[tuple[str, float, int], int], infos: Mapping[str, DeviceInfo],
     ) -> None:
         """Move the silence deadlines of every device that spoke; clear ended silences."""
         messaged: dict[str, float] = {}
@@ -261,9 +261,10 @@ class Pipeline:
                 messaged[dev] = max(messaged.get(dev, 0.0), messages[i].received_at)
         located: dict[str, float] = {}
         fresh: list[tuple[str, float]] = []
-        for k, f in enumerate(fixes):
-            if is_usable(f, infos[f.device_id].subject.rules):
-                t = messages[owner[k]].received_at
+        for dec in decisions:
+            f = dec.fix
+            if dec.usable:  # as the engine judged it: decided once, used here
+                t = messages[owner_of[(f.device_id, f.time, id(f))]].received_at
                 located[f.device_id] = max(located.get(f.device_id, 0.0), t)
                 if not f.mock:  # a mock location answers no roll-call
                     fresh.append((f.device_id, f.time))
@@ -346,6 +347,4 @@ class Pipeline:
 
 
 def _with_device(f: Fix, device_id: str) -> Fix:
-    from dataclasses import replace
-
     return replace(f, device_id=device_id)

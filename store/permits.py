@@ -190,9 +190,10 @@ def amend(session: Session, permit: TravelPermit, staff_id: int | None, device_i
 def check_in(session: Session, permit: TravelPermit, at: datetime, staff_id: int | None = None,
              device_id: str | None = None, **detail: Any) -> None:
     """销假: the return is recorded; an overdue-return alert, if any, is closed."""
-    if permit.status != "approved" and permit.approved_end_at is None:
-        raise PermitError("not_approved", f"permit is {permit.status}")
-    if permit.status not in ("approved", "requested"):
+    # An amended trip waiting for its decision is still under way on its approved span.
+    under_way = permit.status == "approved" or (
+        permit.status == "requested" and permit.approved_end_at is not None)
+    if not under_way:
         raise PermitError("not_approved", f"permit is {permit.status}")
     permit.status, permit.returned_at = "returned", at
     record(session, permit, "returned", staff_id, device_id, **detail)

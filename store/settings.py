@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret-change-me"}
@@ -92,4 +92,4 @@ def set_settings(settings: Settings | None) -> None:
     _override = settings
 
 
-__all__ = ["Environment", "Settings", "get_settings", "set_settings", "Field"]
+__all__ = ["Environment", "Settings", "get_settings", "set_settings"]

@@ -112,11 +112,6 @@ def _remote(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def _dead_letter_unauthenticated(p: Pipeline, msg: RawMessage) -> None:
-    """Unknown credentials are still recorded: the pipeline dead-letters device None."""
-    p.process([msg])
-
-
 @router.post("/owntracks")
 async def owntracks_http(
     request: Request, authorization: Annotated[str | None, Header()] = None
@@ -129,7 +124,7 @@ async def owntracks_http(
             msg = RawMessage(Channel.OWNTRACKS_HTTP, body, device, request.url.path,
                              time.time(), _remote(request))
             if device is None:
-                _dead_letter_unauthenticated(p, msg)
+                p.process([msg])  # unknown credentials: dead-lettered, device None
                 return None
             return p.process([msg])[0]
 
@@ -158,7 +153,7 @@ async def _osmand(request: Request, secret: str) -> dict[str, Any]:
             msg = RawMessage(channel, body, device, request.url.path.rsplit("/", 1)[0] + "/***",
                              time.time(), _remote(request), params)
             if device is None:
-                _dead_letter_unauthenticated(p, msg)
+                p.process([msg])  # unknown credentials: dead-lettered, device None
                 return None
             return p.process([msg])[0]
 
