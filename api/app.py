@@ -12,6 +12,7 @@ from api.routes import (
     alerts,
     auth,
     ingest,
+    notify,
     ops,
     org,
     permits,
@@ -37,7 +38,7 @@ def create_app() -> FastAPI:
     )
     app.add_exception_handler(DomainError, domain_error_handler)
     for r in (auth.router, org.router, supervisees.router, zones.router, alerts.router,
-              permits.router, supervision.router, ingest.router, ops.router):
+              permits.router, supervision.router, notify.router, ingest.router, ops.router):
         app.include_router(r, prefix="/api/v1")
     return app
 

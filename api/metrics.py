@@ -67,6 +67,23 @@ class DatabaseCollector(Collector):
             h.add_metric([], [(str(b), c) for b, c in zip(ACK_BUCKETS_S, cum, strict=True)]
                          + [("+Inf", total)], float(s))
             yield h
+            failed = CounterMetricFamily("ccs_notification_attempts_failed",
+                                         "Delivery attempts that failed (retried), by channel",
+                                         labels=["channel"])
+            for channel, n in conn.execute(
+                    """SELECT n.channel, count(*) FROM notification_attempts a
+                         JOIN notifications n ON n.id = a.notification_id
+                        WHERE a.outcome = 'failed' GROUP BY 1"""):
+                failed.add_metric([channel], n)
+            yield failed
+            notes = GaugeMetricFamily("ccs_notifications",
+                                      "Notifications by channel and state (pending, delivered, "
+                                      "expired: given up after the expiry time)",
+                                      labels=["channel", "status"])
+            for channel, status, n in conn.execute(
+                    "SELECT channel, status, count(*) FROM notifications GROUP BY 1, 2"):
+                notes.add_metric([channel, status], n)
+            yield notes
             dead = CounterMetricFamily("ccs_dead_letters", "Rejected messages, by reason",
                                        labels=["reason"])
             for reason, n in conn.execute("SELECT reason, count(*) FROM dead_letters GROUP BY 1"):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from alerts.explain import explain
 from geofence.model import CRS, ZoneKind
 from store.enums import AlertStatus, Level, MonitoringBasis, SupervisionType
+
+_EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
 
 
 class Token(BaseModel):
@@ -214,3 +217,77 @@ class DeadLetterOut(BaseModel):
     raw_size: int
     raw_preview: str
     remote: str | None
+
+
+class WebhookIn(BaseModel):
+    """A receiver of signed alert notifications (Standard Webhooks)."""
+
+    model_config = ConfigDict(extra="forbid")
+    org_unit_id: int
+    name: str = Field(min_length=1, max_length=200)
+    url: str = Field(min_length=8, max_length=2000)
+
+
+class WebhookOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    org_unit_id: int
+    name: str
+    url: str
+    active: bool
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="signing secret (whsec_…), shown only once")
+
+
+class ChannelIn(BaseModel):
+    """One way a staff member wants to hear of alerts."""
+
+    model_config = ConfigDict(extra="forbid")
+    channel: Literal["email", "webhook"]
+    address: str = Field(min_length=3, max_length=320,
+                         description="e-mail address, or the receiver's handle (phone number…)")
+    webhook_id: int | None = None
+    min_severity: Literal["low", "medium", "high", "critical"] = "low"
+
+    @model_validator(mode="after")
+    def _email_shape(self) -> ChannelIn:
+        if self.channel == "email" and not _EMAIL.fullmatch(self.address):
+            raise ValueError("address is not an e-mail address")
+        return self
+
+
+class ChannelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    channel: str
+    address: str
+    webhook_id: int | None
+    min_severity: str
+    active: bool
+
+
+class DeliveryAttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    detail: str | None
+    worker: str
+
+
+class NotificationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    staff_id: int
+    channel: str
+    topic: str
+    escalation_level: int
+    idempotency_key: str
+    status: str
+    attempts: int
+    created_at: datetime
+    delivered_at: datetime | None
+    last_error: str | None
+    attempt_log: list[DeliveryAttemptOut] = []

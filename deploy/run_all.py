@@ -1,4 +1,4 @@
-"""Run the whole system in the foreground: API, ingest worker, alert worker.
+"""Run the whole system in the foreground: API, ingest, alert and delivery workers.
 
 Ctrl-C (or SIGTERM) stops every process cleanly; a process that dies on its own is restarted
 after a short pause, so a crash of one part never silently leaves the system half up.
@@ -24,6 +24,7 @@ def commands() -> dict[str, list[str]]:
                 "--workers", os.environ.get("CCS_API_WORKERS", "1"), "--no-access-log"],
         "ingest": [PY, "-m", "ingest"],
         "alerts": [PY, "-m", "alerts"],
+        "delivery": [PY, "-m", "alerts.delivery"],
     }
 
 
@@ -40,7 +41,7 @@ def main() -> int:
     cmds = commands()
     procs = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in cmds.items()}
     port = os.environ.get("CCS_API_PORT", "8000")
-    print(f"[run] API on http://127.0.0.1:{port}/docs · ingest and alert workers started · "
+    print(f"[run] API on http://127.0.0.1:{port}/docs · ingest, alert and delivery workers started · "
           "Ctrl-C stops everything", flush=True)
     while not stopping:
         time.sleep(0.5)

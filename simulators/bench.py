@@ -13,6 +13,10 @@ Definitions (fix time = the wall-clock time of its publish):
   commit latency  publish -> committed and the device state saved, sampled on ~32 devices
   alert latency   fix time of the fix that opened/updated an alert -> the bench reading the
                   alert from the Redis feed stream (XREAD, blocking, in a thread)
+  delivery latency fix time of the fix that opened an alert -> the notification arriving at
+                  the bench's own webhook receiver (HTTP) and SMTP server (aiosmtpd), sent by
+                  the delivery worker to every office officer (one webhook and one e-mail
+                  channel each)
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import multiprocessing as mp
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -155,7 +160,20 @@ def machine_facts() -> list[tuple[str, str]]:
         ("memory", mem),
         ("kernel", platform.release()),
         ("python", platform.python_version()),
+        ("CPU speed", f"a pure-Python loop of 10 million additions took {_calibrate():.2f} s "
+                      "(compare runs by it: this machine's speed varies)"),
     ]
+
+
+def _calibrate() -> float:
+    """Seconds for a fixed pure-Python loop, best of three (a cheap speed reference)."""
+    best = float("inf")
+    for _ in range(3):
+        t, acc = time.perf_counter(), 0
+        for i in range(10_000_000):
+            acc += i
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -239,7 +257,7 @@ class CpuMeter:
 # ------------------------------------------------------------------------------------------
 
 
-def fresh_database(env: BenchEnv, phones: int) -> None:
+def fresh_database(env: BenchEnv, phones: int, hook_url: str) -> None:
     """Drop and create ccs_bench, migrate, seed the demo organisation and the fleet."""
     from simulators.fleet import provision_fleet
     from store.db import migrate, reset_engine, session_factory
@@ -266,6 +284,20 @@ def fresh_database(env: BenchEnv, phones: int) -> None:
         conn.execute("INSERT INTO rule_profiles (name, version, body, active) "
                      "VALUES (%s, %s, %s, true)",
                      (body["name"], body["version"], orjson.dumps(body).decode()))
+        # Every office's staff hear of their alerts by webhook and by e-mail.
+        from alerts.delivery import new_webhook_secret
+
+        conn.execute("""INSERT INTO webhook_endpoints (org_unit_id, name, url, secret)
+                        SELECT id, 'bench receiver', %s, %s FROM org_units
+                         WHERE parent_id IS NULL""", (hook_url, new_webhook_secret()))
+        conn.execute("""INSERT INTO staff_channels (staff_id, channel, address, webhook_id)
+                        SELECT s.id, 'webhook', s.username, w.id
+                          FROM staff s JOIN org_units u ON u.id = s.org_unit_id
+                         CROSS JOIN webhook_endpoints w WHERE u.kind = 'judicial_office'""")
+        conn.execute("""INSERT INTO staff_channels (staff_id, channel, address)
+                        SELECT s.id, 'email', s.username || '@bench.example'
+                          FROM staff s JOIN org_units u ON u.id = s.org_unit_id
+                         WHERE u.kind = 'judicial_office'""")
     reset_engine()
 
 
@@ -332,7 +364,8 @@ class Worker:
             return ""
 
 
-def start_worker(name: str, module: str, env: BenchEnv, logdir: Path) -> Worker:
+def start_worker(name: str, module: str, env: BenchEnv, logdir: Path,
+                 extra: dict[str, str] | None = None) -> Worker:
     """`python -m module` with the bench's settings, logging to logdir/name.log."""
     child_env = dict(os.environ)
     child_env.update({
@@ -344,6 +377,7 @@ def start_worker(name: str, module: str, env: BenchEnv, logdir: Path) -> Worker:
         "CCS_MQTT_CLIENT_ID": INGEST_CLIENT_ID,
         "CCS_MQTT_TOPIC_PREFIX": env.topic_prefix,
         "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
     })
     log = logdir / f"{name}.log"
     fh = log.open("wb")
@@ -397,8 +431,61 @@ def wait_ingest_ready(env: BenchEnv, ingest: Worker, timeout: float = 60.0) -> N
 
 
 # ------------------------------------------------------------------------------------------
-# Alert feed reader
+# Alert feed reader and notification receivers
 # ------------------------------------------------------------------------------------------
+
+
+class Receivers:
+    """A webhook endpoint and an SMTP server on loopback; record when each notification came."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from aiosmtpd.controller import Controller
+
+        self.arrivals: list[tuple[float, str, str]] = []  # (time, channel, idempotency key)
+        arrivals = self.arrivals
+
+        class Hook(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a production receiver would
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                arrivals.append((time.time(), "webhook", self.headers.get("webhook-id", "")))
+                self.send_response(204)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Mail:
+            async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802
+                t = time.time()
+                key = next((ln.split(b":", 1)[1].strip().decode() for ln in
+                            envelope.content.splitlines()
+                            if ln.lower().startswith(b"x-ccs-idempotency-key:")), "")
+                arrivals.append((t, "email", key))
+                return "250 OK"
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        self.http.daemon_threads = True
+        threading.Thread(target=self.http.serve_forever, name="bench-webhook", daemon=True).start()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.smtp_port = sock.getsockname()[1]
+        sock.close()
+        self.smtp = Controller(Mail(), hostname="127.0.0.1", port=self.smtp_port)
+        self.smtp.start()
+
+    @property
+    def hook_url(self) -> str:
+        return f"http://127.0.0.1:{self.http.server_address[1]}/bench-hook"
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+        self.smtp.stop()
 
 
 class FeedReader(threading.Thread):
@@ -582,7 +669,8 @@ def run(args: argparse.Namespace) -> int:
     t = time.monotonic()
     print("setup: fresh database ccs_bench, Redis prefix ccs-bench:, fleet ...", flush=True)
     clear_redis(env)
-    fresh_database(env, args.phones)
+    receivers = Receivers()
+    fresh_database(env, args.phones, receivers.hook_url)
     clear_mqtt_session(env, INGEST_CLIENT_ID)
     print(f"setup done in {time.monotonic() - t:.1f} s; starting workers (logs in {logdir})",
           flush=True)
@@ -596,7 +684,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         ingest = start_worker("ingest", "ingest", env, logdir)
         alerts = start_worker("alerts", "alerts", env, logdir)
-        workers = [ingest, alerts]
+        delivery = start_worker("delivery", "alerts.delivery", env, logdir, {
+            "CCS_SMTP_HOST": "127.0.0.1", "CCS_SMTP_PORT": str(receivers.smtp_port)})
+        workers = [ingest, alerts, delivery]
         wait_ingest_ready(env, ingest)
         reader = FeedReader(env.redis_url, BENCH_PREFIX + "feed")
         reader.start()
@@ -629,6 +719,7 @@ def run(args: argparse.Namespace) -> int:
         cpu = CpuMeter({
             "ingest worker": [ingest.proc.pid],
             "alert worker": [alerts.proc.pid],
+            "delivery worker": [delivery.proc.pid],
             "mosquitto": "mosquitto",
             "postgres (all)": "postgres",
             "redis": "redis-server",
@@ -652,10 +743,10 @@ def run(args: argparse.Namespace) -> int:
         acked = int(sum(g["meta"][0] for g in logs))
         cpu.used["publishers (self-reported)"] = float(sum(g["meta"][3] for g in logs))
 
-        drain_s = _drain(env, pub_phone.size, reader, args.drain_timeout, workers)
+        drain_s = _drain(env, pub_phone.size, reader, receivers, args.drain_timeout, workers)
         probe.stopping.set()
         probe.join(timeout=5)
-        res = _measure(env, args, pub_phone, pub_ms, acked, reader, probe,
+        res = _measure(env, args, pub_phone, pub_ms, acked, reader, receivers, probe,
                        n_wanderers, sum(s.out.value for s in shared), drain_s, cpu)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping publishers and workers", file=sys.stderr)
@@ -672,6 +763,7 @@ def run(args: argparse.Namespace) -> int:
                 th.stopping.set()
                 th.join(timeout=5)
         stop_workers(workers)
+        receivers.close()
         with contextlib.suppress(OSError):
             clear_mqtt_session(env, INGEST_CLIENT_ID)
         for w in workers:
@@ -712,9 +804,10 @@ def _progress_loop(
         print()
 
 
-def _drain(env: BenchEnv, published: int, reader: FeedReader, timeout: float,
-           workers: list[Worker]) -> float:
-    """Wait until every published fix is stored and every alert is on the feed and read."""
+def _drain(env: BenchEnv, published: int, reader: FeedReader, receivers: Receivers,
+           timeout: float, workers: list[Worker]) -> float:
+    """Wait until every published fix is stored, every alert is on the feed and read, and
+    every notification delivered."""
     t = time.monotonic()
     deadline = t + timeout
     last, last_change = -1, time.monotonic()
@@ -725,7 +818,11 @@ def _drain(env: BenchEnv, published: int, reader: FeedReader, timeout: float,
             pending, total = conn.execute(
                 "SELECT count(*) FILTER (WHERE published_at IS NULL), count(*) FROM outbox"
             ).fetchone()  # type: ignore[misc]
-            if stored >= published and pending == 0 and len(reader.entries) >= total:
+            undelivered, notes = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FROM notifications"
+            ).fetchone()  # type: ignore[misc]
+            if stored >= published and pending == 0 and len(reader.entries) >= total \
+                    and undelivered == 0 and len(receivers.arrivals) >= notes:
                 return time.monotonic() - t
             if stored != last:
                 last, last_change = stored, time.monotonic()
@@ -741,7 +838,7 @@ def _drain(env: BenchEnv, published: int, reader: FeedReader, timeout: float,
 
 def _measure(
     env: BenchEnv, args: argparse.Namespace, pub_phone: np.ndarray, pub_ms: np.ndarray,
-    acked: int, reader: FeedReader, probe: CommitProbe, n_wanderers: int,
+    acked: int, reader: FeedReader, receivers: Receivers, probe: CommitProbe, n_wanderers: int,
     wanderers_out: int, drain_s: float, cpu: CpuMeter,
 ) -> Results:
     res = Results()
@@ -766,6 +863,11 @@ def _measure(
             (PROBE_DEVICE,)).fetchone()
         n_alerts, n_outbox = conn.execute(
             "SELECT (SELECT count(*) FROM alerts), (SELECT count(*) FROM outbox)").fetchone()  # type: ignore[misc]
+        # The fix behind each notification: its outbox row carries the device and fix time.
+        note_fix = {key: (dev, fix, status, tries) for key, dev, fix, status, tries in conn.execute(
+            """SELECT n.idempotency_key, o.payload->>'device_id', o.payload->>'fix_time',
+                      n.status, n.attempts
+                 FROM notifications n JOIN outbox o ON o.id = n.outbox_id""")}
     st = np.array(rows, dtype=np.float64).reshape(-1, 3)
     st_phone, st_ms, st_recv = st[:, 0].astype(np.int64), st[:, 1].astype(np.int64), st[:, 2]
     pub_keys = keys(pub_phone, pub_ms)
@@ -802,6 +904,21 @@ def _measure(
         lat.append(read_at - ms / 1000.0)
     alert_lat = np.array(lat)
 
+    # Notifications: first arrival of each key at the receivers - the fix time behind it.
+    first: dict[str, tuple[float, str]] = {}
+    for at, via, nkey in receivers.arrivals:
+        if nkey not in first or at < first[nkey][0]:
+            first[nkey] = (at, via)
+    deliv: dict[str, list[float]] = {"webhook": [], "email": []}
+    for nkey, (at, via) in first.items():
+        dev, fix, _, _ = note_fix.get(nkey, (None, None, None, None))
+        if dev and fix and dev.startswith("sim"):
+            deliv[via].append(at - _iso_to_ms(fix) / 1000.0)
+    both = np.array(deliv["webhook"] + deliv["email"])
+    repeats = len(receivers.arrivals) - len(first)
+    not_delivered = sum(1 for *_, st, _ in note_fix.values() if st != "delivered")
+    retried = sum(1 for *_, tries in note_fix.values() if tries > 1)
+
     published = int(pub_phone.size)
     pub_span = max(float(pub_ms.max() - pub_ms.min()) / 1000 if pub_ms.size else 0.0, 1e-9)
     res.add("offered rate (target)", f"{args.rate:,.0f} reports/s ({args.phones:,} phones, "
@@ -830,6 +947,15 @@ def _measure(
     res.add("fix -> alert on feed p50 / p99",
             f"{_ms(_pct(alert_lat, 50))} / {_ms(_pct(alert_lat, 99))} "
             f"(n={alert_lat.size}, max {_ms(float(alert_lat.max()) if alert_lat.size else float('nan'))})")
+    for channel, vals in deliv.items():
+        a = np.array(vals)
+        res.add(f"fix -> {channel} delivered p50 / p99",
+                f"{_ms(_pct(a, 50))} / {_ms(_pct(a, 99))} "
+                f"(n={a.size}, max {_ms(float(a.max()) if a.size else float('nan'))})")
+    res.add("fix -> notification delivered p50 / p99",
+            f"{_ms(_pct(both, 50))} / {_ms(_pct(both, 99))} (webhook and e-mail together)")
+    res.add("notifications", f"{len(note_fix)} queued, {len(note_fix) - not_delivered} delivered, "
+            f"{not_delivered} not delivered, {retried} needed a retry, {repeats} repeated sends")
     res.add("alerts", f"{n_alerts} alerts, {n_outbox} outbox events "
             f"({', '.join(f'{k} {v}' for k, v in sorted(topics.items())) or 'none'}); "
             f"{unmatched} feed entries unmatched")
@@ -843,7 +969,7 @@ def _measure(
     if cpu.wall > 0:
         busy = ", ".join(f"{k} {v / cpu.wall:.0%}" for k, v in cpu.used.items())
         res.add("CPU while publishing+draining", f"{busy} (of one core; wall {cpu.wall:.1f} s)")
-    res.ok = published > 0 and published == len(st_keys) and missing == 0
+    res.ok = published > 0 and published == len(st_keys) and missing == 0 and not_delivered == 0
     return res
 
 

@@ -251,6 +251,60 @@ class AlertEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
 
 
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_unit_id: Mapped[int] = mapped_column(ForeignKey("org_units.id"))
+    name: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    created_at: Mapped[datetime] = _now()
+
+
+class StaffChannel(Base):
+    __tablename__ = "staff_channels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id"))
+    channel: Mapped[str] = mapped_column(Text)
+    address: Mapped[str] = mapped_column(Text)
+    webhook_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    min_severity: Mapped[str] = mapped_column(Text, server_default="low")
+    active: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    created_at: Mapped[datetime] = _now()
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(BigInteger)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"))
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id"))
+    channel_id: Mapped[int] = mapped_column(ForeignKey("staff_channels.id"))
+    channel: Mapped[str] = mapped_column(Text)
+    topic: Mapped[str] = mapped_column(Text)
+    escalation_level: Mapped[int] = mapped_column(Integer, server_default="0")
+    idempotency_key: Mapped[str] = mapped_column(Text, unique=True)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = _now()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class NotificationAttempt(Base):
+    __tablename__ = "notification_attempts"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"))
+    started_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str] = mapped_column(Text)
+
+
 class DeadLetter(Base):
     __tablename__ = "dead_letters"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

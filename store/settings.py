@@ -56,6 +56,22 @@ class Settings(BaseSettings):
 
     alert_feed_maxlen: int = 100_000
 
+    # Notification delivery (webhooks, e-mail): retried with exponential backoff until delivered
+    # or expired; a claimed notification returns to the queue if its worker dies (lease).
+    delivery_backoff_base_s: float = 2.0
+    delivery_backoff_max_s: float = 300.0
+    delivery_lease_s: float = 30.0
+    delivery_expire_s: float = 24 * 3600.0
+    delivery_concurrency: int = 16  # sends in flight per channel
+    webhook_timeout_s: float = 5.0
+    smtp_host: str = ""  # empty: e-mail notifications wait, counted as pending, until it is set
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_s: float = 10.0
+    smtp_from: str = "ccs-alerts@localhost"
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != Environment.DEVELOPMENT and (

@@ -85,7 +85,8 @@ def rds(settings: Settings) -> Iterator[redis.Redis]:
     r.close()
 
 
-TABLES = ("audit_log, device_messages, dead_letters, outbox, alert_events, alert_suspensions, "
+TABLES = ("notification_attempts, notifications, staff_channels, webhook_endpoints, "
+          "audit_log, device_messages, dead_letters, outbox, alert_events, alert_suspensions, "
           "alerts, positions, devices, permit_events, travel_permits, key_periods, "
           "supervisee_changes, roll_calls, sanctions, supervisee_zones, rule_profiles, "
           "supervisees, zones, staff, org_units")

@@ -25,10 +25,17 @@ from api.deps import (
     pg_now,
 )
 from api.errors import Conflict, NotFound
-from api.schemas import AlertEventOut, AlertOut, AlertPage, ResolveIn
+from api.schemas import (
+    AlertEventOut,
+    AlertOut,
+    AlertPage,
+    DeliveryAttemptOut,
+    NotificationOut,
+    ResolveIn,
+)
 from api.security import token_key
 from store.enums import AlertKind, AlertStatus
-from store.models import Alert, AlertEvent
+from store.models import Alert, AlertEvent, Notification, NotificationAttempt
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
@@ -127,6 +134,21 @@ def alert_history(alert_id: int, ctx: CurrentStaff, session: SessionDep) -> list
     _alert(session, ctx, alert_id)
     return list(session.scalars(select(AlertEvent).where(AlertEvent.alert_id == alert_id)
                                 .order_by(AlertEvent.id)))
+
+
+@router.get("/{alert_id}/notifications", response_model=list[NotificationOut])
+def alert_notifications(alert_id: int, ctx: CurrentStaff, session: SessionDep) -> list[NotificationOut]:
+    """Every notification sent for an alert, to whom and how, with each attempt and outcome."""
+    _alert(session, ctx, alert_id)
+    out = []
+    for n in session.scalars(select(Notification).where(Notification.alert_id == alert_id)
+                             .order_by(Notification.id)):
+        item = NotificationOut.model_validate(n)
+        item.attempt_log = [DeliveryAttemptOut.model_validate(a) for a in session.scalars(
+            select(NotificationAttempt).where(NotificationAttempt.notification_id == n.id)
+            .order_by(NotificationAttempt.id))]
+        out.append(item)
+    return out
 
 
 @router.post("/{alert_id}/escalate", response_model=AlertOut)

@@ -1,0 +1,125 @@
+"""Notification channels: webhook endpoints (SMS gateways, messaging platforms) and each staff
+member's own delivery preferences."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+
+from alerts.delivery import new_webhook_secret
+from api.deps import CurrentStaff, SessionDep, SettingsDep, StaffContext, audit, require_unit
+from api.errors import Conflict, DomainError, Forbidden, NotFound
+from api.schemas import ChannelIn, ChannelOut, WebhookCreated, WebhookIn, WebhookOut
+from store.enums import Role
+from store.models import StaffChannel, WebhookEndpoint
+from store.settings import Environment
+
+router = APIRouter(tags=["notifications"])
+
+# Who may register a receiver that will be sent alert details: heads and administrators.
+WEBHOOK_ADMINS = {Role.OFFICE_HEAD.value, Role.DISTRICT_SUPERVISOR.value, Role.CITY_ADMIN.value}
+
+
+def _usable_units(ctx: StaffContext) -> set[int]:
+    """Units whose webhooks a staff member may use: their subtree and the units above them
+    (a city-wide SMS gateway serves every office)."""
+    above = {int(p) for p in ctx.unit.path.strip("/").split("/") if p}
+    return set(ctx.unit_ids) | above
+
+
+@router.post("/webhooks", response_model=WebhookCreated, status_code=201)
+def create_webhook(body: WebhookIn, ctx: CurrentStaff, session: SessionDep, request: Request,
+                   settings: SettingsDep) -> WebhookCreated:
+    """Register a receiver; its signing secret is shown in this answer only."""
+    if ctx.staff.role not in WEBHOOK_ADMINS:
+        raise Forbidden("only office heads, district supervisors and city administrators "
+                        "register webhooks")
+    require_unit(ctx, body.org_unit_id)
+    url = urlsplit(body.url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise DomainError("url must be an absolute http(s) URL", "invalid_url")
+    if settings.environment == Environment.PRODUCTION and url.scheme != "https":
+        raise DomainError("webhooks must use https in production", "invalid_url")
+    hook = WebhookEndpoint(org_unit_id=body.org_unit_id, name=body.name, url=body.url,
+                           secret=new_webhook_secret(), created_by=ctx.id)
+    session.add(hook)
+    session.flush()
+    audit(session, ctx, request, "webhook.create", f"webhook:{hook.id}", url=body.url)
+    session.commit()
+    return WebhookCreated(id=hook.id, org_unit_id=hook.org_unit_id, name=hook.name,
+                          url=hook.url, active=hook.active, secret=hook.secret)
+
+
+@router.get("/webhooks", response_model=list[WebhookOut])
+def list_webhooks(ctx: CurrentStaff, session: SessionDep) -> list[WebhookEndpoint]:
+    """Webhooks the caller may route to: of their subtree and of the units above them."""
+    return list(session.scalars(select(WebhookEndpoint)
+                                .where(WebhookEndpoint.org_unit_id.in_(_usable_units(ctx)))
+                                .order_by(WebhookEndpoint.id)))
+
+
+@router.delete("/webhooks/{webhook_id}", response_model=WebhookOut)
+def deactivate_webhook(webhook_id: int, ctx: CurrentStaff, session: SessionDep,
+                       request: Request) -> WebhookEndpoint:
+    """Stop sending to a receiver (kept for the delivery record)."""
+    hook = session.get(WebhookEndpoint, webhook_id)
+    if hook is None or not ctx.can_see_unit(hook.org_unit_id):
+        raise NotFound(f"webhook {webhook_id} not found")
+    if ctx.staff.role not in WEBHOOK_ADMINS:
+        raise Forbidden("only office heads, district supervisors and city administrators "
+                        "manage webhooks")
+    hook.active = False
+    audit(session, ctx, request, "webhook.deactivate", f"webhook:{hook.id}")
+    session.commit()
+    return hook
+
+
+@router.get("/me/channels", response_model=list[ChannelOut])
+def my_channels(ctx: CurrentStaff, session: SessionDep) -> list[StaffChannel]:
+    """The caller's delivery channels (the live feed in the console is always on)."""
+    return list(session.scalars(select(StaffChannel).where(StaffChannel.staff_id == ctx.id)
+                                .order_by(StaffChannel.id)))
+
+
+@router.post("/me/channels", response_model=ChannelOut, status_code=201)
+def add_channel(body: ChannelIn, ctx: CurrentStaff, session: SessionDep,
+                request: Request) -> StaffChannel:
+    """Receive alerts by e-mail, or through a webhook (an SMS gateway, a messaging platform)
+    at an address such as a phone number, from a minimum severity up."""
+    if body.channel == "webhook":
+        hook = session.get(WebhookEndpoint, body.webhook_id) if body.webhook_id else None
+        if hook is None or not hook.active or hook.org_unit_id not in _usable_units(ctx):
+            raise NotFound(f"webhook {body.webhook_id} not found")
+    elif body.webhook_id is not None:
+        raise DomainError("webhook_id belongs to webhook channels only", "invalid_channel")
+    existing = session.scalar(select(StaffChannel).where(
+        StaffChannel.staff_id == ctx.id, StaffChannel.channel == body.channel,
+        StaffChannel.address == body.address,
+        StaffChannel.webhook_id.is_(None) if body.webhook_id is None
+        else StaffChannel.webhook_id == body.webhook_id))
+    if existing is not None and existing.active:
+        raise Conflict(f"channel {existing.id} already delivers there")
+    ch = existing or StaffChannel(staff_id=ctx.id, channel=body.channel, address=body.address,
+                                  webhook_id=body.webhook_id)
+    ch.min_severity = body.min_severity
+    ch.active = True
+    session.add(ch)
+    session.flush()
+    audit(session, ctx, request, "channel.add", f"channel:{ch.id}", channel=body.channel)
+    session.commit()
+    return ch
+
+
+@router.delete("/me/channels/{channel_id}", response_model=ChannelOut)
+def remove_channel(channel_id: int, ctx: CurrentStaff, session: SessionDep,
+                   request: Request) -> StaffChannel:
+    """Stop delivering on one of the caller's channels."""
+    ch = session.get(StaffChannel, channel_id)
+    if ch is None or ch.staff_id != ctx.id:
+        raise NotFound(f"channel {channel_id} not found")
+    ch.active = False
+    audit(session, ctx, request, "channel.remove", f"channel:{ch.id}")
+    session.commit()
+    return ch
