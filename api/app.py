@@ -16,6 +16,7 @@ from api.routes import (
     ops,
     org,
     permits,
+    staff,
     supervisees,
     supervision,
     zones,
@@ -37,7 +38,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.add_exception_handler(DomainError, domain_error_handler)
-    for r in (auth.router, org.router, supervisees.router, zones.router, alerts.router,
+    for r in (auth.router, org.router, staff.router, supervisees.router, zones.router, alerts.router,
               permits.router, supervision.router, notify.router, ingest.router, ops.router):
         app.include_router(r, prefix="/api/v1")
     return app

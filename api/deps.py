@@ -15,7 +15,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from api.errors import Forbidden, NotFound, Unauthorized
-from api.security import token_key
+from api.security import decode_access_token
+from api.sessions import session_alive
 from store.db import session_factory
 from store.models import AuditLog, Device, OrgUnit, Staff, Supervisee
 from store.settings import Settings, get_settings
@@ -58,6 +59,7 @@ class StaffContext:
     staff: Staff
     unit: OrgUnit
     unit_ids: frozenset[int]
+    session_id: str = ""
 
     @property
     def id(self) -> int:
@@ -78,10 +80,12 @@ def current_staff(
     """Resolve the bearer token to a staff member and their jurisdiction."""
     if not token:
         raise Unauthorized("a bearer token is required (POST /api/v1/auth/token)")
-    staff_id = r.get(token_key(settings.redis_prefix, token))
-    if staff_id is None:
+    claims = decode_access_token(settings, token)
+    if claims is None:
         raise Unauthorized("token is invalid or expired")
-    staff = session.get(Staff, int(staff_id))
+    if not session_alive(r, settings, claims["sid"]):
+        raise Unauthorized("the session has ended (logged out, or the account was changed)")
+    staff = session.get(Staff, int(claims["sub"]))
     if staff is None or not staff.active:
         raise Unauthorized("account is disabled")
     unit = session.get(OrgUnit, staff.org_unit_id)
@@ -90,7 +94,7 @@ def current_staff(
         select(OrgUnit.id).where(OrgUnit.path.startswith(unit.path, autoescape=True))
     ).all()
     request.state.staff_id = staff.id
-    return StaffContext(staff, unit, frozenset(ids))
+    return StaffContext(staff, unit, frozenset(ids), claims["sid"])
 
 
 CurrentStaff = Annotated[StaffContext, Depends(current_staff)]

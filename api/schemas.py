@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from alerts.explain import explain
 from geofence.model import CRS, ZoneKind
-from store.enums import AlertStatus, Level, MonitoringBasis, SupervisionType
+from store.enums import AlertStatus, Level, MonitoringBasis, Role, SupervisionType
 
 _EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
 
@@ -19,6 +19,35 @@ class Token(BaseModel):
     access_token: str
     token_type: str = "bearer"
     expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+
+
+class PasswordChangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_password: str = Field(min_length=1, max_length=200)
+    new_password: str = Field(min_length=12, max_length=200,
+                              description="at least 12 characters")
+
+
+class StaffIn(BaseModel):
+    """A new staff account; the password is set by the creator and should be changed."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    full_name: str = Field(min_length=1, max_length=200)
+    role: Role
+    org_unit_id: int = Field(ge=1, le=2**31 - 1)
+    password: str = Field(min_length=12, max_length=200)
+
+
+class StaffPatch(BaseModel):
+    """Changes to an account; each ends the account's sessions."""
+
+    model_config = ConfigDict(extra="forbid")
+    active: bool | None = None
+    role: Role | None = None
+    unlock: bool = False
 
 
 class StaffOut(BaseModel):
@@ -28,6 +57,8 @@ class StaffOut(BaseModel):
     full_name: str
     role: str
     org_unit_id: int
+    active: bool = True
+    locked_until: datetime | None = None
 
 
 class OrgUnitOut(BaseModel):

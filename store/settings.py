@@ -43,7 +43,18 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_base_url: str = "http://127.0.0.1:8000"
-    token_ttl_s: int = 12 * 3600
+    # Staff sessions: short-lived JWT access tokens, refresh tokens for a working shift, and
+    # a server-side session record that logout, disabling an account or a refresh-token
+    # replay deletes at once.
+    access_token_ttl_s: int = 15 * 60
+    refresh_token_ttl_s: int = 12 * 3600
+    login_max_failures: int = 5  # consecutive failures before the account locks
+    login_lockout_s: int = 15 * 60
+    login_failures_per_address: int = 30  # failed logins from one address per window → 429
+    login_failures_window_s: int = 15 * 60
+    # Bearer token for Prometheus scrapes of /api/v1/metrics; unset: metrics need no token
+    # (refused outside development).
+    metrics_token: str | None = None
 
     # Ingest hot path
     batch_max_messages: int = 2000
@@ -81,6 +92,9 @@ class Settings(BaseSettings):
                 "CCS_SECRET_KEY must be set to a random value of at least 32 characters "
                 f"outside development (environment={self.environment.value})"
             )
+        if self.environment == Environment.PRODUCTION and not self.metrics_token:
+            raise ValueError("CCS_METRICS_TOKEN must be set in production (Prometheus scrapes "
+                             "/api/v1/metrics with it as a bearer token)")
         return self
 
     @property

@@ -236,7 +236,7 @@ def test_location_reads_are_audited_with_purpose(client, org: Org, db: psycopg.C
     start = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     end = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
     track = client.get(f"{API}/supervisees/{org.supervisee_id}/track", headers=h,
-                       params={"from": start, "to": end}).json()
+                       params={"from": start, "to": end, "purpose": "routine supervision"}).json()
     kinds = [f["geometry"]["type"] for f in track["features"]]
     assert kinds == ["LineString", "Point", "Point", "Point"]
     rows = db.execute("""SELECT action, purpose, target FROM audit_log
@@ -248,7 +248,10 @@ def test_location_reads_are_audited_with_purpose(client, org: Org, db: psycopg.C
     # Another office cannot read it, and the attempt reveals nothing.
     other = login(client, "jianghan-officer")
     assert client.get(f"{API}/supervisees/{org.supervisee_id}/position",
-                      headers=other).status_code == 404
+                      headers=other, params={"purpose": "curiosity"}).status_code == 404
+    # No stated purpose, no read.
+    assert client.get(f"{API}/supervisees/{org.supervisee_id}/position",
+                      headers=h).status_code == 422
 
 
 def test_alert_lifecycle_through_the_api(client, org: Org, db):

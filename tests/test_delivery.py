@@ -386,7 +386,7 @@ def test_a_violating_fix_reaches_the_officer_on_feed_webhook_and_email_once(
             feed: queue.Queue = queue.Queue()
             stop = threading.Event()
             threading.Thread(target=_read_sse, daemon=True, args=(
-                f"{base}{API}/alerts/stream/live", h, feed, stop)).start()
+                f"{base}{API}/alerts/stream/live?purpose=duty+monitoring", h, feed, stop)).start()
             assert feed.get(timeout=10) == ("status", 200)
             phone = Phone(settings, cred["device_id"])
             t0 = time.time() - 900

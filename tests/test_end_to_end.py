@@ -18,6 +18,8 @@ from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org
 from tests.geo import deep_inside
 from tests.services import Phone, api_server, forget_session, in_thread, start_ingest_process
 
+FEED = "/api/v1/alerts/stream/live?purpose=duty+monitoring"
+
 
 def _read_sse(url: str, headers: dict[str, str], out: queue.Queue, stop: threading.Event) -> None:
     with httpx.Client(timeout=None) as c, c.stream("GET", url, headers=headers) as r:
@@ -54,7 +56,7 @@ def test_phone_leaving_its_district_raises_an_alert_on_the_live_feed(settings: S
             for name, hdr in (("mine", h),
                               ("other", {"Authorization": f"Bearer {other['access_token']}"})):
                 threading.Thread(target=_read_sse, daemon=True, args=(
-                    f"{base}/api/v1/alerts/stream/live", hdr, feeds[name], stop)).start()
+                    f"{base}{FEED}", hdr, feeds[name], stop)).start()
                 assert feeds[name].get(timeout=10) == ("status", 200)
             phone = Phone(settings, cred["device_id"])
             t0 = time.time() - 900
@@ -178,10 +180,10 @@ def test_live_feed_ends_when_the_token_is_revoked(settings: Settings, org: Org, 
         feed: queue.Queue = queue.Queue()
         stop = threading.Event()
         threading.Thread(target=_read_sse, daemon=True,
-                         args=(f"{base}/api/v1/alerts/stream/live", h, feed, stop)).start()
+                         args=(f"{base}{FEED}", h, feed, stop)).start()
         assert feed.get(timeout=10) == ("status", 200)
         assert httpx.post(f"{base}/api/v1/auth/logout", headers=h).status_code == 204
         kind, event = feed.get(timeout=10)
         stop.set()
         assert (kind, event["event"]) == ("event", "end")
-        assert "revoked" in event["data"]
+        assert "session ended" in event["data"]

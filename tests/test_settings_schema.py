@@ -19,7 +19,11 @@ def test_production_refuses_placeholder_or_short_secrets(secret):
 def test_development_accepts_the_placeholder_and_production_a_real_secret():
     assert Settings(environment=Environment.DEVELOPMENT).secret_key == DEV_SECRET
     real = "k" * 16 + "Zq3!x9Lm2Pw7Rt5Y"
-    assert Settings(environment=Environment.PRODUCTION, secret_key=real).secret_key == real
+    prod = Settings(environment=Environment.PRODUCTION, secret_key=real, metrics_token="m" * 32)
+    assert prod.secret_key == real
+    # Production also refuses to expose metrics without a token.
+    with pytest.raises(ValueError, match="CCS_METRICS_TOKEN"):
+        Settings(environment=Environment.PRODUCTION, secret_key=real)
 
 
 def test_settings_read_the_environment(monkeypatch):

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select, text
 
 from alerts.worker import feed_key
+from api.authz import SUPERVISORS, access, require_role
 from api.deps import (
     CurrentStaff,
     RedisDep,
@@ -33,13 +34,13 @@ from api.schemas import (
     NotificationOut,
     ResolveIn,
 )
-from api.security import token_key
+from api.security import session_key
 from store.enums import AlertKind, AlertStatus
 from store.models import Alert, AlertEvent, Notification, NotificationAttempt
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
-HEARTBEAT_MS = 15_000
+HEARTBEAT_MS = 5_000  # also how soon a feed notices that its session ended
 
 
 def _alert(session: SessionDep, ctx: StaffContext, alert_id: int) -> Alert:
@@ -49,7 +50,7 @@ def _alert(session: SessionDep, ctx: StaffContext, alert_id: int) -> Alert:
     return alert
 
 
-@router.get("", response_model=AlertPage)
+@router.get("", response_model=AlertPage, **access(SUPERVISORS))
 def list_alerts(
     ctx: CurrentStaff,
     session: SessionDep,
@@ -84,7 +85,7 @@ def list_alerts(
                      offset=offset, limit=limit)
 
 
-@router.get("/{alert_id}", response_model=AlertOut)
+@router.get("/{alert_id}", response_model=AlertOut, **access(SUPERVISORS))
 def get_alert(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: Request) -> Alert:
     """One alert with its explanation (`reason`: rule, zone, distance, accuracy)."""
     alert = _alert(session, ctx, alert_id)
@@ -93,7 +94,7 @@ def get_alert(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: Re
     return alert
 
 
-@router.post("/{alert_id}/acknowledge", response_model=AlertOut)
+@router.post("/{alert_id}/acknowledge", response_model=AlertOut, **access(SUPERVISORS))
 def acknowledge(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: Request) -> Alert:
     """Take responsibility for an open alert."""
     alert = _alert(session, ctx, alert_id)
@@ -108,7 +109,7 @@ def acknowledge(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: 
     return alert
 
 
-@router.post("/{alert_id}/resolve", response_model=AlertOut)
+@router.post("/{alert_id}/resolve", response_model=AlertOut, **access(SUPERVISORS))
 def resolve(
     alert_id: int, body: ResolveIn, ctx: CurrentStaff, session: SessionDep, request: Request
 ) -> Alert:
@@ -128,7 +129,7 @@ def resolve(
     return alert
 
 
-@router.get("/{alert_id}/history", response_model=list[AlertEventOut])
+@router.get("/{alert_id}/history", response_model=list[AlertEventOut], **access(SUPERVISORS))
 def alert_history(alert_id: int, ctx: CurrentStaff, session: SessionDep) -> list[AlertEvent]:
     """Every transition of an alert: who, when, what."""
     _alert(session, ctx, alert_id)
@@ -136,7 +137,7 @@ def alert_history(alert_id: int, ctx: CurrentStaff, session: SessionDep) -> list
                                 .order_by(AlertEvent.id)))
 
 
-@router.get("/{alert_id}/notifications", response_model=list[NotificationOut])
+@router.get("/{alert_id}/notifications", response_model=list[NotificationOut], **access(SUPERVISORS))
 def alert_notifications(alert_id: int, ctx: CurrentStaff, session: SessionDep) -> list[NotificationOut]:
     """Every notification sent for an alert, to whom and how, with each attempt and outcome."""
     _alert(session, ctx, alert_id)
@@ -151,7 +152,7 @@ def alert_notifications(alert_id: int, ctx: CurrentStaff, session: SessionDep) -
     return out
 
 
-@router.post("/{alert_id}/escalate", response_model=AlertOut)
+@router.post("/{alert_id}/escalate", response_model=AlertOut, **access(SUPERVISORS))
 def escalate_by_hand(alert_id: int, ctx: CurrentStaff, session: SessionDep,
                      request: Request) -> Alert:
     """Hand an alert up a level (office → district bureau → city bureau)."""
@@ -185,26 +186,26 @@ def stream_staff(
     return current_staff(request, session, r, settings, header_token or access_token)
 
 
-@router.get("/stream/live", response_class=StreamingResponse)
+@router.get("/stream/live", response_class=StreamingResponse, **access(SUPERVISORS, enforce=False))
 async def live_feed(
     request: Request,
     ctx: Annotated[StaffContext, Depends(stream_staff)],
     session: SessionDep,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Header()] = None,
+    purpose: str = Query(..., min_length=3, max_length=200,
+                         description="Why the feed is opened (required; recorded in the audit log)"),
 ) -> StreamingResponse:
     """Server-Sent Events: alerts of the caller's jurisdiction as they open or update.
 
     Resumes after `Last-Event-ID` when the browser reconnects; otherwise starts with new events.
     """
-    audit(session, ctx, request, "alert.stream_subscribe", "alerts")
+    require_role(ctx, SUPERVISORS)
+    audit(session, ctx, request, "alert.stream_subscribe", "alerts", purpose=purpose)
     session.commit()
     units = ctx.unit_ids
     start = last_event_id or "$"
-    auth = request.headers.get("authorization", "")
-    token = auth[7:] if auth.lower().startswith("bearer ") else request.query_params.get(
-        "access_token", "")
-    token_redis_key = token_key(settings.redis_prefix, token)
+    session_redis_key = session_key(settings.redis_prefix, ctx.session_id)
 
     async def events() -> AsyncIterator[bytes]:
         r = aioredis.Redis.from_url(settings.redis_url)
@@ -212,9 +213,10 @@ async def live_feed(
         try:
             yield b": connected\n\n"
             while not await request.is_disconnected():
-                if not await r.exists(token_redis_key):
-                    # Logged out or expired: the feed of location-bearing alerts stops too.
-                    yield b"event: end\ndata: {\"reason\": \"token revoked or expired\"}\n\n"
+                if not await r.exists(session_redis_key):
+                    # Logged out, session expired, or the account was disabled or changed:
+                    # the feed of location-bearing alerts stops too.
+                    yield b"event: end\ndata: {\"reason\": \"session ended\"}\n\n"
                     return
                 resp: Any = await r.xread({feed_key(settings): last}, count=200, block=HEARTBEAT_MS)
                 if not resp:

@@ -1,23 +1,37 @@
-"""Staff login and logout."""
+"""Staff sign-in (OAuth2 password flow), token refresh, logout, password change."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import select
 
-from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, audit, oauth2_scheme
-from api.errors import Unauthorized
-from api.schemas import StaffOut, Token
-from api.security import new_token, token_key, verify_password
+from api.authz import EVERYONE, access, declared
+from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, audit, pg_now
+from api.errors import DomainError, Unauthorized
+from api.schemas import PasswordChangeIn, StaffOut, Token
+from api.security import hash_password, issue_access_token, verify_password
+from api.sessions import RefreshRefused, end_all_sessions, end_session, open_session, refresh_session
 from store.models import Staff
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
+WRONG = "wrong username or password, or the account is locked (try later or ask an administrator)"
 
-@router.post("/token", response_model=Token)
+
+class TooManyAttempts(DomainError):
+    status_code = 429
+    code = "too_many_attempts"
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.post("/token", response_model=Token, **declared("public", "anyone"))
 def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     request: Request,
@@ -25,35 +39,96 @@ def login(
     r: RedisDep,
     settings: SettingsDep,
 ) -> Token:
-    """Exchange username and password for a bearer token (OAuth2 password flow)."""
-    staff = session.scalars(select(Staff).where(Staff.username == form.username)).first()
-    if staff is None or not staff.active or not verify_password(staff.password_hash, form.password):
-        audit(session, None, request, "auth.login_failed", form.username[:100])
+    """Exchange username and password for an access token and a refresh token.
+
+    After `CCS_LOGIN_MAX_FAILURES` consecutive failures the account locks for
+    `CCS_LOGIN_LOCKOUT_S`; too many failures from one address in a window are refused with 429.
+    The answer never says whether the username exists.
+    """
+    fails_key = f"{settings.redis_prefix}loginfail:{_address(request)}"
+    if int(r.get(fails_key) or 0) >= settings.login_failures_per_address:
+        audit(session, None, request, "auth.login_throttled", form.username[:100])
         session.commit()
-        raise Unauthorized("wrong username or password")
-    token = new_token()
-    r.set(token_key(settings.redis_prefix, token), staff.id, ex=settings.token_ttl_s)
-    audit(session, None, request, "auth.login", f"staff:{staff.id}")
+        raise TooManyAttempts("too many failed sign-ins from this address; try again later")
+    staff = session.scalars(select(Staff).where(Staff.username == form.username)
+                            .with_for_update()).first()
+    now = pg_now(session)
+    locked = staff is not None and staff.locked_until is not None and staff.locked_until > now
+    if staff is None or not staff.active or locked \
+            or not verify_password(staff.password_hash, form.password):
+        pipe = r.pipeline()
+        pipe.incr(fails_key)
+        pipe.expire(fails_key, settings.login_failures_window_s)
+        pipe.execute()
+        detail: dict[str, Any] = {"locked": bool(locked)}
+        if staff is not None and staff.active and not locked:
+            staff.failed_logins += 1
+            if staff.failed_logins >= settings.login_max_failures:
+                staff.locked_until = now + timedelta(seconds=settings.login_lockout_s)
+                staff.failed_logins = 0
+                detail["now_locked_until"] = staff.locked_until.isoformat()
+        audit(session, None, request, "auth.login_failed", form.username[:100], **detail)
+        session.commit()
+        raise Unauthorized(WRONG)
+    staff.failed_logins = 0
+    staff.locked_until = None
+    sid, access_token, refresh = open_session(r, settings, staff.id, staff.role)
+    audit(session, None, request, "auth.login", f"staff:{staff.id}", session_id=sid[:8])
     session.commit()
-    return Token(access_token=token, expires_in=settings.token_ttl_s)
+    return Token(access_token=access_token, expires_in=settings.access_token_ttl_s,
+                 refresh_token=refresh, refresh_expires_in=settings.refresh_token_ttl_s)
 
 
-@router.post("/logout", status_code=204)
-def logout(
-    ctx: CurrentStaff,
-    token: Annotated[str, Depends(oauth2_scheme)],
+@router.post("/refresh", response_model=Token, **declared("public", "refresh token holder"))
+def refresh(
+    refresh_token: Annotated[str, Form(min_length=10, max_length=200)],
     request: Request,
     session: SessionDep,
     r: RedisDep,
     settings: SettingsDep,
-) -> None:
-    """Revoke the presented token at once."""
-    r.delete(token_key(settings.redis_prefix, token))
+) -> Token:
+    """A new access token and a new refresh token for a live session (the old one is spent;
+    presenting a spent one again ends the session)."""
+    try:
+        staff_id, sid, new_refresh = refresh_session(r, settings, refresh_token)
+    except RefreshRefused as e:
+        audit(session, None, request, "auth.refresh_refused", "", reason=str(e))
+        session.commit()
+        raise Unauthorized(str(e)) from e
+    staff = session.get(Staff, staff_id)
+    if staff is None or not staff.active:
+        end_session(r, settings, staff_id, sid)
+        raise Unauthorized("account is disabled")
+    return Token(access_token=issue_access_token(settings, staff.id, staff.role, sid),
+                 expires_in=settings.access_token_ttl_s, refresh_token=new_refresh,
+                 refresh_expires_in=settings.refresh_token_ttl_s)
+
+
+@router.post("/logout", status_code=204, **access(EVERYONE, "self"))
+def logout(ctx: CurrentStaff, request: Request, session: SessionDep, r: RedisDep,
+           settings: SettingsDep) -> None:
+    """End this session at once: its access and refresh tokens stop working, its live feed ends."""
+    end_session(r, settings, ctx.id, ctx.session_id)
     audit(session, ctx, request, "auth.logout", f"staff:{ctx.id}")
     session.commit()
 
 
-@router.get("/me", response_model=StaffOut)
+@router.get("/me", response_model=StaffOut, **access(EVERYONE, "self"))
 def me(ctx: CurrentStaff) -> Staff:
     """The logged-in staff member."""
     return ctx.staff
+
+
+@router.post("/password", status_code=204, **access(EVERYONE, "self"))
+def change_password(body: PasswordChangeIn, ctx: CurrentStaff, request: Request,
+                    session: SessionDep, r: RedisDep, settings: SettingsDep) -> None:
+    """Change one's own password; every session of the account ends (sign in again)."""
+    if not verify_password(ctx.staff.password_hash, body.current_password):
+        audit(session, ctx, request, "auth.password_change_refused", f"staff:{ctx.id}")
+        session.commit()
+        raise Unauthorized("the current password is wrong")
+    ctx.staff.password_hash = hash_password(body.new_password)
+    ctx.staff.password_changed_at = pg_now(session)
+    audit(session, ctx, request, "auth.password_change", f"staff:{ctx.id}")
+    session.commit()
+    end_all_sessions(r, settings, ctx.id)

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.authz import declared
 from api.errors import DomainError, Unauthorized
 from api.security import hash_device_secret, secret_matches
 from ingest.pipeline import Channel, MessageResult, Pipeline, RawMessage
@@ -112,7 +113,7 @@ def _remote(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-@router.post("/owntracks")
+@router.post("/owntracks", **declared("device", "device"))
 async def owntracks_http(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> JSONResponse:
@@ -164,13 +165,13 @@ async def _osmand(request: Request, secret: str) -> dict[str, Any]:
     return {"accepted": r.accepted, "duplicates": r.duplicates}
 
 
-@router.post("/osmand/{secret}")
+@router.post("/osmand/{secret}", **declared("device", "device"))
 async def osmand_post(secret: str, request: Request) -> dict[str, Any]:
     """Traccar Client: query-string/form parameters or the JSON body of the current app."""
     return await _osmand(request, secret)
 
 
-@router.get("/osmand/{secret}")
+@router.get("/osmand/{secret}", **declared("device", "device"))
 async def osmand_get(secret: str, request: Request) -> dict[str, Any]:
     """Traccar Client with GET requests (older versions, some settings)."""
     return await _osmand(request, secret)

@@ -9,17 +9,15 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from alerts.delivery import new_webhook_secret
+from api.authz import MANAGERS, SUPERVISORS, access
 from api.deps import CurrentStaff, SessionDep, SettingsDep, StaffContext, audit, require_unit
-from api.errors import Conflict, DomainError, Forbidden, NotFound
+from api.errors import Conflict, DomainError, NotFound
 from api.schemas import ChannelIn, ChannelOut, WebhookCreated, WebhookIn, WebhookOut
-from store.enums import Role
 from store.models import StaffChannel, WebhookEndpoint
 from store.settings import Environment
 
 router = APIRouter(tags=["notifications"])
 
-# Who may register a receiver that will be sent alert details: heads and administrators.
-WEBHOOK_ADMINS = {Role.OFFICE_HEAD.value, Role.DISTRICT_SUPERVISOR.value, Role.CITY_ADMIN.value}
 
 
 def _usable_units(ctx: StaffContext) -> set[int]:
@@ -29,13 +27,10 @@ def _usable_units(ctx: StaffContext) -> set[int]:
     return set(ctx.unit_ids) | above
 
 
-@router.post("/webhooks", response_model=WebhookCreated, status_code=201)
+@router.post("/webhooks", response_model=WebhookCreated, status_code=201, **access(MANAGERS))
 def create_webhook(body: WebhookIn, ctx: CurrentStaff, session: SessionDep, request: Request,
                    settings: SettingsDep) -> WebhookCreated:
     """Register a receiver; its signing secret is shown in this answer only."""
-    if ctx.staff.role not in WEBHOOK_ADMINS:
-        raise Forbidden("only office heads, district supervisors and city administrators "
-                        "register webhooks")
     require_unit(ctx, body.org_unit_id)
     url = urlsplit(body.url)
     if url.scheme not in ("http", "https") or not url.hostname:
@@ -52,7 +47,7 @@ def create_webhook(body: WebhookIn, ctx: CurrentStaff, session: SessionDep, requ
                           url=hook.url, active=hook.active, secret=hook.secret)
 
 
-@router.get("/webhooks", response_model=list[WebhookOut])
+@router.get("/webhooks", response_model=list[WebhookOut], **access(SUPERVISORS))
 def list_webhooks(ctx: CurrentStaff, session: SessionDep) -> list[WebhookEndpoint]:
     """Webhooks the caller may route to: of their subtree and of the units above them."""
     return list(session.scalars(select(WebhookEndpoint)
@@ -60,30 +55,27 @@ def list_webhooks(ctx: CurrentStaff, session: SessionDep) -> list[WebhookEndpoin
                                 .order_by(WebhookEndpoint.id)))
 
 
-@router.delete("/webhooks/{webhook_id}", response_model=WebhookOut)
+@router.delete("/webhooks/{webhook_id}", response_model=WebhookOut, **access(MANAGERS))
 def deactivate_webhook(webhook_id: int, ctx: CurrentStaff, session: SessionDep,
                        request: Request) -> WebhookEndpoint:
     """Stop sending to a receiver (kept for the delivery record)."""
     hook = session.get(WebhookEndpoint, webhook_id)
     if hook is None or not ctx.can_see_unit(hook.org_unit_id):
         raise NotFound(f"webhook {webhook_id} not found")
-    if ctx.staff.role not in WEBHOOK_ADMINS:
-        raise Forbidden("only office heads, district supervisors and city administrators "
-                        "manage webhooks")
     hook.active = False
     audit(session, ctx, request, "webhook.deactivate", f"webhook:{hook.id}")
     session.commit()
     return hook
 
 
-@router.get("/me/channels", response_model=list[ChannelOut])
+@router.get("/me/channels", response_model=list[ChannelOut], **access(SUPERVISORS, "self"))
 def my_channels(ctx: CurrentStaff, session: SessionDep) -> list[StaffChannel]:
     """The caller's delivery channels (the live feed in the console is always on)."""
     return list(session.scalars(select(StaffChannel).where(StaffChannel.staff_id == ctx.id)
                                 .order_by(StaffChannel.id)))
 
 
-@router.post("/me/channels", response_model=ChannelOut, status_code=201)
+@router.post("/me/channels", response_model=ChannelOut, status_code=201, **access(SUPERVISORS, "self"))
 def add_channel(body: ChannelIn, ctx: CurrentStaff, session: SessionDep,
                 request: Request) -> StaffChannel:
     """Receive alerts by e-mail, or through a webhook (an SMS gateway, a messaging platform)
@@ -112,7 +104,7 @@ def add_channel(body: ChannelIn, ctx: CurrentStaff, session: SessionDep,
     return ch
 
 
-@router.delete("/me/channels/{channel_id}", response_model=ChannelOut)
+@router.delete("/me/channels/{channel_id}", response_model=ChannelOut, **access(SUPERVISORS, "self"))
 def remove_channel(channel_id: int, ctx: CurrentStaff, session: SessionDep,
                    request: Request) -> StaffChannel:
     """Stop delivering on one of the caller's channels."""

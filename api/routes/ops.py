@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import hmac
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import select, text
 
+from api.authz import CITY, access, declared
 from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, audit
-from api.errors import Forbidden
+from api.errors import Forbidden, Unauthorized
 from api.metrics import DatabaseCollector
 from api.schemas import DeadLetterOut
 from store.enums import Role
@@ -19,7 +21,7 @@ from store.models import DeadLetter
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", **declared("public", "anyone"))
 def health(session: SessionDep, r: RedisDep) -> dict[str, Any]:
     """Liveness of the API and its database and Redis connections."""
     session.execute(text("SELECT 1"))
@@ -30,12 +32,18 @@ def health(session: SessionDep, r: RedisDep) -> dict[str, Any]:
 _registry: CollectorRegistry | None = None
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics(settings: SettingsDep) -> PlainTextResponse:
+@router.get("/metrics", response_class=PlainTextResponse, **declared("token", "prometheus"))
+def metrics(settings: SettingsDep,
+            authorization: Annotated[str | None, Header()] = None) -> PlainTextResponse:
     """Prometheus metrics (alerts opened, acknowledged, escalated, time to acknowledge, ...).
 
-    Counts only, no personal data; meant for the monitoring network, like /healthz.
+    Counts only, no personal data. With `CCS_METRICS_TOKEN` set (required in production) the
+    scraper sends it as a bearer token.
     """
+    if settings.metrics_token:
+        presented = (authorization or "").removeprefix("Bearer ").removeprefix("bearer ")
+        if not hmac.compare_digest(presented.encode(), settings.metrics_token.encode()):
+            raise Unauthorized("metrics need the bearer token CCS_METRICS_TOKEN")
     global _registry
     if _registry is None:
         _registry = CollectorRegistry()
@@ -43,7 +51,7 @@ def metrics(settings: SettingsDep) -> PlainTextResponse:
     return PlainTextResponse(generate_latest(_registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/dead-letters", response_model=list[DeadLetterOut])
+@router.get("/dead-letters", response_model=list[DeadLetterOut], **access({CITY}, "city"))
 def dead_letters(
     ctx: CurrentStaff, session: SessionDep, request: Request, reason: str | None = None,
     offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
+from api.authz import EVERYONE, access
 from api.deps import CurrentStaff, SessionDep
 from api.errors import NotFound
 from api.schemas import OrgUnitOut
@@ -13,7 +14,7 @@ from store.models import OrgUnit
 router = APIRouter(prefix="/org", tags=["organisation"])
 
 
-@router.get("/units", response_model=list[OrgUnitOut])
+@router.get("/units", response_model=list[OrgUnitOut], **access(EVERYONE))
 def list_units(ctx: CurrentStaff, session: SessionDep) -> list[OrgUnit]:
     """Every unit in the caller's subtree, parents first."""
     return list(
@@ -23,7 +24,7 @@ def list_units(ctx: CurrentStaff, session: SessionDep) -> list[OrgUnit]:
     )
 
 
-@router.get("/units/{unit_id}", response_model=OrgUnitOut)
+@router.get("/units/{unit_id}", response_model=OrgUnitOut, **access(EVERYONE))
 def get_unit(unit_id: int, ctx: CurrentStaff, session: SessionDep) -> OrgUnit:
     """One unit of the caller's subtree."""
     unit = session.get(OrgUnit, unit_id)

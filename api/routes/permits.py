@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, text
 
+from api.authz import HEAD, OFFICER, SUPERVISORS, access, declared
 from api.deps import (
     CurrentDevice,
     CurrentStaff,
@@ -132,7 +133,8 @@ def _done(session: SessionDep, r: RedisDep, settings: SettingsDep) -> None:
     bump_config_version(r, settings.redis_prefix)  # the engine's allowed areas change
 
 
-@router.post("/supervisees/{supervisee_id}/permits", response_model=PermitOut, status_code=201)
+@router.post("/supervisees/{supervisee_id}/permits", response_model=PermitOut, status_code=201,
+             **access(SUPERVISORS))
 def request_for(supervisee_id: int, body: PermitIn, ctx: CurrentStaff, session: SessionDep,
                 request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """An officer requests a permit on the supervisee's behalf."""
@@ -150,7 +152,7 @@ def request_for(supervisee_id: int, body: PermitIn, ctx: CurrentStaff, session: 
     return p
 
 
-@router.post("/phone/permits", response_model=PermitOut, status_code=201)
+@router.post("/phone/permits", response_model=PermitOut, status_code=201, **declared("device", "device"))
 def request_from_phone(body: PermitIn, device: CurrentDevice, session: SessionDep,
                        r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """The supervisee's phone requests a permit for its own supervisee (and nobody else)."""
@@ -167,14 +169,14 @@ def request_from_phone(body: PermitIn, device: CurrentDevice, session: SessionDe
     return p
 
 
-@router.get("/phone/permits", response_model=list[PermitOut])
+@router.get("/phone/permits", response_model=list[PermitOut], **declared("device", "device"))
 def my_permits(device: CurrentDevice, session: SessionDep) -> list[TravelPermit]:
     """The phone's own supervisee's permits."""
     return list(session.scalars(select(TravelPermit).where(
         TravelPermit.supervisee_id == device.supervisee_id).order_by(TravelPermit.id.desc())))
 
 
-@router.get("/permits", response_model=list[PermitOut])
+@router.get("/permits", response_model=list[PermitOut], **access(SUPERVISORS))
 def list_permits(ctx: CurrentStaff, session: SessionDep, status: str | None = None,
                  supervisee_id: int | None = None) -> list[TravelPermit]:
     """Permits of the caller's jurisdiction."""
@@ -186,7 +188,7 @@ def list_permits(ctx: CurrentStaff, session: SessionDep, status: str | None = No
     return list(session.scalars(q.order_by(TravelPermit.id.desc()).limit(500)))
 
 
-@router.get("/permits/{permit_id}", response_model=PermitDetail)
+@router.get("/permits/{permit_id}", response_model=PermitDetail, **access(SUPERVISORS))
 def get_permit(permit_id: int, ctx: CurrentStaff, session: SessionDep) -> PermitDetail:
     """One permit with its full history (who did what, when)."""
     p = _permit(session, ctx, permit_id)
@@ -196,7 +198,7 @@ def get_permit(permit_id: int, ctx: CurrentStaff, session: SessionDep) -> Permit
                         history=[PermitEventOut.model_validate(e) for e in events])
 
 
-@router.post("/permits/{permit_id}/opinion", response_model=PermitOut)
+@router.post("/permits/{permit_id}/opinion", response_model=PermitOut, **access({OFFICER, HEAD}))
 def give_opinion(permit_id: int, body: OpinionIn, ctx: CurrentStaff, session: SessionDep,
                  request: Request) -> TravelPermit:
     """The judicial office's opinion on a permit the district or city bureau decides."""
@@ -223,21 +225,21 @@ def _decide(permit_id: int, approve: bool, note: str | None, ctx: StaffContext,
     return p
 
 
-@router.post("/permits/{permit_id}/approve", response_model=PermitOut)
+@router.post("/permits/{permit_id}/approve", response_model=PermitOut, **access(SUPERVISORS))
 def approve(permit_id: int, body: DecisionIn, ctx: CurrentStaff, session: SessionDep,
             request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """Approve (only staff of the tier the permit's length requires)."""
     return _decide(permit_id, True, body.note, ctx, session, request, r, settings)
 
 
-@router.post("/permits/{permit_id}/reject", response_model=PermitOut)
+@router.post("/permits/{permit_id}/reject", response_model=PermitOut, **access(SUPERVISORS))
 def reject(permit_id: int, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
            request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """Reject, with the reason."""
     return _decide(permit_id, False, body.note, ctx, session, request, r, settings)
 
 
-@router.post("/permits/{permit_id}/revoke", response_model=PermitOut)
+@router.post("/permits/{permit_id}/revoke", response_model=PermitOut, **access(SUPERVISORS))
 def revoke(permit_id: int, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
            request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """Withdraw an approved permit."""
@@ -251,7 +253,7 @@ def revoke(permit_id: int, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
     return p
 
 
-@router.post("/permits/{permit_id}/amend", response_model=PermitOut)
+@router.post("/permits/{permit_id}/amend", response_model=PermitOut, **access(SUPERVISORS))
 def amend(permit_id: int, body: AmendIn, ctx: CurrentStaff, session: SessionDep,
           request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """Change the end date; the permit goes back for a decision at the tier it now needs."""
@@ -266,7 +268,7 @@ def amend(permit_id: int, body: AmendIn, ctx: CurrentStaff, session: SessionDep,
     return p
 
 
-@router.post("/permits/{permit_id}/return", response_model=PermitOut)
+@router.post("/permits/{permit_id}/return", response_model=PermitOut, **access(SUPERVISORS))
 def record_return(permit_id: int, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
                   request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """An officer records the return check-in (销假), e.g. made in person at the office."""
@@ -283,7 +285,7 @@ def record_return(permit_id: int, body: NoteIn, ctx: CurrentStaff, session: Sess
 RETURN_FIX_MAX_AGE_S = 1800
 
 
-@router.post("/phone/permits/{permit_id}/return", response_model=PermitOut)
+@router.post("/phone/permits/{permit_id}/return", response_model=PermitOut, **declared("device", "device"))
 def phone_return(permit_id: int, device: CurrentDevice, session: SessionDep,
                  r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """The phone checks back in (销假); accepted only from inside the home area, by a fresh fix."""

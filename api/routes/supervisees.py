@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select, text
 
+from api.authz import EVERYONE, SUPERVISORS, access
 from api.deps import (
     CurrentStaff,
     RedisDep,
@@ -38,9 +39,11 @@ from store.models import Device, OrgUnit, Supervisee, SuperviseeZone
 
 router = APIRouter(tags=["supervisees"])
 
+# Location data may be used only for corrections: every read states why, and the audit log
+# keeps it with who, when and from where.
 PurposeQ = Query(
-    "routine supervision", max_length=200,
-    description="Why location data is read; recorded in the audit log",
+    ..., min_length=3, max_length=200,
+    description="Why location data is read (required; recorded in the audit log)",
 )
 MAX_TRACK_SPAN = timedelta(days=31)
 
@@ -54,7 +57,7 @@ def _check_home_zone(session: Any, ctx: Any, zone_id: int) -> None:
         raise Invalid(f"zone {zone_id} is a {zone.kind}, not a home area")
 
 
-@router.post("/supervisees", response_model=SuperviseeOut, status_code=201)
+@router.post("/supervisees", response_model=SuperviseeOut, status_code=201, **access(SUPERVISORS))
 def create_supervisee(
     body: SuperviseeIn, ctx: CurrentStaff, session: SessionDep, request: Request,
     r: RedisDep, settings: SettingsDep,
@@ -77,7 +80,7 @@ def create_supervisee(
     return sup
 
 
-@router.get("/supervisees", response_model=list[SuperviseeOut])
+@router.get("/supervisees", response_model=list[SuperviseeOut], **access(EVERYONE))
 def list_supervisees(
     ctx: CurrentStaff, session: SessionDep, office_id: int | None = None,
     offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
@@ -89,13 +92,13 @@ def list_supervisees(
     return list(session.scalars(q.order_by(Supervisee.id).offset(offset).limit(limit)))
 
 
-@router.get("/supervisees/{supervisee_id}", response_model=SuperviseeOut)
+@router.get("/supervisees/{supervisee_id}", response_model=SuperviseeOut, **access(EVERYONE))
 def get_supervisee(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> Supervisee:
     """One supervisee."""
     return supervisee_in_jurisdiction(session, ctx, supervisee_id)
 
 
-@router.put("/supervisees/{supervisee_id}/home-area", response_model=SuperviseeOut)
+@router.put("/supervisees/{supervisee_id}/home-area", response_model=SuperviseeOut, **access(SUPERVISORS))
 def set_home_area(
     supervisee_id: int, body: HomeAreaIn, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,
@@ -111,8 +114,8 @@ def set_home_area(
 
 
 @router.post(
-    "/supervisees/{supervisee_id}/devices", response_model=DeviceCredentials, status_code=201
-)
+    "/supervisees/{supervisee_id}/devices", response_model=DeviceCredentials, status_code=201,
+    **access(SUPERVISORS))
 def enrol_device(
     supervisee_id: int, body: DeviceIn, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,
@@ -144,14 +147,14 @@ def enrol_device(
     )
 
 
-@router.get("/supervisees/{supervisee_id}/devices", response_model=list[DeviceOut])
+@router.get("/supervisees/{supervisee_id}/devices", response_model=list[DeviceOut], **access(SUPERVISORS))
 def list_devices(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> list[Device]:
     """A supervisee's phones (never their secrets)."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
     return list(session.scalars(select(Device).where(Device.supervisee_id == supervisee_id)))
 
 
-@router.delete("/devices/{device_id}", response_model=DeviceOut)
+@router.delete("/devices/{device_id}", response_model=DeviceOut, **access(SUPERVISORS))
 def revoke_device(
     device_id: str, ctx: CurrentStaff, session: SessionDep, request: Request,
     r: RedisDep, settings: SettingsDep,
@@ -175,7 +178,7 @@ def _position_row(row: Any) -> dict[str, Any]:
     return d
 
 
-@router.get("/supervisees/{supervisee_id}/position")
+@router.get("/supervisees/{supervisee_id}/position", **access(SUPERVISORS))
 def latest_position(
     supervisee_id: int, ctx: CurrentStaff, session: SessionDep, request: Request,
     purpose: str = PurposeQ,
@@ -199,7 +202,7 @@ def latest_position(
     }
 
 
-@router.get("/supervisees/{supervisee_id}/track")
+@router.get("/supervisees/{supervisee_id}/track", **access(SUPERVISORS))
 def track(
     supervisee_id: int, ctx: CurrentStaff, session: SessionDep, request: Request,
     start: datetime = Query(..., alias="from"), end: datetime = Query(..., alias="to"),
@@ -238,7 +241,7 @@ def track(
 
 
 @router.post("/supervisees/{supervisee_id}/zones", response_model=ZoneAssignmentOut,
-             status_code=201)
+             status_code=201, **access(SUPERVISORS))
 def assign_zone(
     supervisee_id: int, body: ZoneAssignmentIn, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,
@@ -263,7 +266,8 @@ def assign_zone(
     return row
 
 
-@router.get("/supervisees/{supervisee_id}/zones", response_model=list[ZoneAssignmentOut])
+@router.get("/supervisees/{supervisee_id}/zones", response_model=list[ZoneAssignmentOut],
+            **access(SUPERVISORS))
 def list_zone_assignments(
     supervisee_id: int, ctx: CurrentStaff, session: SessionDep
 ) -> list[SuperviseeZone]:
@@ -274,7 +278,7 @@ def list_zone_assignments(
 
 
 @router.delete("/supervisees/{supervisee_id}/zones/{assignment_id}",
-               response_model=ZoneAssignmentOut)
+               response_model=ZoneAssignmentOut, **access(SUPERVISORS))
 def end_zone_assignment(
     supervisee_id: int, assignment_id: int, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,
@@ -291,7 +295,7 @@ def end_zone_assignment(
     return row
 
 
-@router.put("/supervisees/{supervisee_id}/rules", response_model=SuperviseeOut)
+@router.put("/supervisees/{supervisee_id}/rules", response_model=SuperviseeOut, **access(SUPERVISORS))
 def set_rule_overrides(
     supervisee_id: int, body: RuleOverridesIn, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,

@@ -12,6 +12,7 @@ from sqlalchemy import select, text
 
 from alerts import rollcalls
 from alerts.sanctions import suggest
+from api.authz import CITY, SUPERVISORS, access
 from api.deps import (
     CurrentStaff,
     RedisDep,
@@ -127,7 +128,7 @@ def tell_interval(session: SessionDep, sup: Supervisee, interval_s: float) -> No
         session.execute(text("NOTIFY ccs_outbox"))
 
 
-@router.put("/supervisees/{supervisee_id}/level", response_model=SuperviseeOut)
+@router.put("/supervisees/{supervisee_id}/level", response_model=SuperviseeOut, **access(SUPERVISORS))
 def set_level(supervisee_id: int, body: LevelIn, ctx: CurrentStaff, session: SessionDep,
               request: Request, r: RedisDep, settings: SettingsDep) -> Supervisee:
     """Change the supervision level and key-person flags, with the reason; phones are told."""
@@ -148,7 +149,7 @@ def set_level(supervisee_id: int, body: LevelIn, ctx: CurrentStaff, session: Ses
     return sup
 
 
-@router.get("/supervisees/{supervisee_id}/changes")
+@router.get("/supervisees/{supervisee_id}/changes", **access(SUPERVISORS))
 def level_history(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> list[dict[str, Any]]:
     """Who changed the level or flags, when, and why."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -158,7 +159,7 @@ def level_history(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) ->
              "new": c.new_value, "reason": c.reason} for c in rows]
 
 
-@router.post("/key-periods", response_model=KeyPeriodOut, status_code=201)
+@router.post("/key-periods", response_model=KeyPeriodOut, status_code=201, **access({CITY}, "city"))
 def create_key_period(body: KeyPeriodIn, ctx: CurrentStaff, session: SessionDep,
                       request: Request, r: RedisDep, settings: SettingsDep) -> KeyPeriod:
     """A key period (重点时段): tighter reporting and more roll-calls for a date range."""
@@ -175,7 +176,7 @@ def create_key_period(body: KeyPeriodIn, ctx: CurrentStaff, session: SessionDep,
     return kp
 
 
-@router.get("/key-periods", response_model=list[KeyPeriodOut])
+@router.get("/key-periods", response_model=list[KeyPeriodOut], **access(SUPERVISORS))
 def list_key_periods(ctx: CurrentStaff, session: SessionDep) -> list[KeyPeriod]:
     """All key periods (they apply city-wide)."""
     del ctx
@@ -183,7 +184,7 @@ def list_key_periods(ctx: CurrentStaff, session: SessionDep) -> list[KeyPeriod]:
 
 
 @router.post("/supervisees/{supervisee_id}/rollcalls", response_model=RollCallOut,
-             status_code=201)
+             status_code=201, **access(SUPERVISORS))
 def roll_call_now(supervisee_id: int, body: RollCallIn, ctx: CurrentStaff, session: SessionDep,
                   request: Request) -> Any:
     """An officer's roll-call on demand: sent within seconds, answered by a fresh fix."""
@@ -196,7 +197,7 @@ def roll_call_now(supervisee_id: int, body: RollCallIn, ctx: CurrentStaff, sessi
     return RollCallOut.model_validate(row._mapping if row else {})
 
 
-@router.get("/supervisees/{supervisee_id}/rollcalls", response_model=list[RollCallOut])
+@router.get("/supervisees/{supervisee_id}/rollcalls", response_model=list[RollCallOut], **access(SUPERVISORS))
 def list_roll_calls(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> list[Any]:
     """A supervisee's roll-calls, newest first."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -206,7 +207,7 @@ def list_roll_calls(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) 
 
 
 @router.post("/supervisees/{supervisee_id}/sanctions", response_model=SanctionOut,
-             status_code=201)
+             status_code=201, **access(SUPERVISORS))
 def record_sanction(supervisee_id: int, body: SanctionIn, ctx: CurrentStaff, session: SessionDep,
                     request: Request, r: RedisDep, settings: SettingsDep) -> Sanction:
     """Record a sanction a person decided; a warning may move the supervisee to strict (profile)."""
@@ -233,7 +234,7 @@ def record_sanction(supervisee_id: int, body: SanctionIn, ctx: CurrentStaff, ses
 
 
 @router.post("/supervisees/{supervisee_id}/suspensions", response_model=SuspensionOut,
-             status_code=201)
+             status_code=201, **access(SUPERVISORS))
 def suspend(supervisee_id: int, body: SuspensionIn, ctx: CurrentStaff, session: SessionDep,
             request: Request) -> AlertSuspension:
     """Suspend notifications for a supervisee (and kind) over a window, with the reason."""
@@ -253,7 +254,8 @@ def suspend(supervisee_id: int, body: SuspensionIn, ctx: CurrentStaff, session: 
     return row
 
 
-@router.get("/supervisees/{supervisee_id}/suspensions", response_model=list[SuspensionOut])
+@router.get("/supervisees/{supervisee_id}/suspensions", response_model=list[SuspensionOut],
+            **access(SUPERVISORS))
 def list_suspensions(supervisee_id: int, ctx: CurrentStaff, session: SessionDep
                      ) -> list[AlertSuspension]:
     """A supervisee's suspensions, newest first."""
@@ -263,7 +265,7 @@ def list_suspensions(supervisee_id: int, ctx: CurrentStaff, session: SessionDep
 
 
 @router.delete("/supervisees/{supervisee_id}/suspensions/{suspension_id}",
-               response_model=SuspensionOut)
+               response_model=SuspensionOut, **access(SUPERVISORS))
 def cancel_suspension(supervisee_id: int, suspension_id: int, ctx: CurrentStaff,
                       session: SessionDep, request: Request) -> AlertSuspension:
     """End a suspension early."""
@@ -277,7 +279,7 @@ def cancel_suspension(supervisee_id: int, suspension_id: int, ctx: CurrentStaff,
     return row
 
 
-@router.get("/supervisees/{supervisee_id}/sanction-suggestion")
+@router.get("/supervisees/{supervisee_id}/sanction-suggestion", **access(SUPERVISORS))
 def sanction_suggestion(supervisee_id: int, ctx: CurrentStaff, session: SessionDep
                         ) -> dict[str, Any]:
     """What the profile's ladder suggests now (a person decides; nothing is applied)."""

@@ -11,6 +11,7 @@ from shapely.geometry import mapping
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from api.authz import SUPERVISORS, access
 from api.deps import (
     CurrentStaff,
     RedisDep,
@@ -63,7 +64,7 @@ def zone_feature(zone: Zone) -> dict[str, Any]:
     }
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, **access(SUPERVISORS))
 def create_zone(
     body: ZoneIn, ctx: CurrentStaff, session: SessionDep, r: RedisDep, settings: SettingsDep,
     request: Request,
@@ -96,7 +97,7 @@ def create_zone(
     return zone_feature(zone)
 
 
-@router.get("")
+@router.get("", **access(SUPERVISORS))
 def list_zones(ctx: CurrentStaff, session: SessionDep, kind: ZoneKind | None = None) -> dict[str, Any]:
     """Zones the caller may use, as a FeatureCollection."""
     q = select(Zone).where(
@@ -108,7 +109,7 @@ def list_zones(ctx: CurrentStaff, session: SessionDep, kind: ZoneKind | None = N
     return {"type": "FeatureCollection", "features": [zone_feature(z) for z in zones]}
 
 
-@router.get("/{zone_id}")
+@router.get("/{zone_id}", **access(SUPERVISORS))
 def get_zone(zone_id: int, ctx: CurrentStaff, session: SessionDep) -> dict[str, Any]:
     """One zone as a GeoJSON Feature."""
     return zone_feature(visible_zone(session, ctx, zone_id))
