@@ -32,6 +32,7 @@ SUPERVISORS = frozenset({OFFICER, HEAD, DISTRICT, CITY})
 # Heads and above: register receivers, manage accounts.
 MANAGERS = frozenset({HEAD, DISTRICT, CITY})
 EVERYONE = SUPERVISORS | {AUDITOR}
+ROLE_REFUSED = "role_not_allowed"  # the error code of a refusal by this layer
 SCOPES = {"jurisdiction", "self", "city", "device", "public", "token"}
 
 # A role may hand out roles up to its own rank (auditor and city admin only by a city admin).
@@ -65,7 +66,7 @@ def require_role(ctx: StaffContext, roles: Iterable[Role]) -> None:
     allowed = {r.value for r in roles}
     if ctx.staff.role not in allowed:
         raise Forbidden(f"this needs one of the roles {', '.join(sorted(allowed))}; "
-                        f"you are {ctx.staff.role}")
+                        f"you are {ctx.staff.role}", ROLE_REFUSED)
 
 
 def declared(scope: str, who: str) -> dict[str, Any]:
