@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services install migrate seed bench bench-quick bench-engine bench-quality bench-deadlines lint clean-venv
+.PHONY: run test services install migrate seed bench bench-quick bench-engine bench-quality bench-deadlines lint audit-verify clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-quality: install  ## false alerts and detection of the engine vs a naive t
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy geofence ingest alerts api store simulators
+
+audit-verify: install  ## recompute the audit log's hash chain; exits 1 on tamper (ANCHOR=SEQ:HASH to check a head kept elsewhere)
+	$(BIN)/python -m store.audit verify $(if $(ANCHOR),--anchor $(ANCHOR))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from api.errors import DomainError, domain_error_handler
 from api.routes import (
     alerts,
+    audit,
     auth,
     ingest,
     notify,
@@ -39,7 +40,8 @@ def create_app() -> FastAPI:
     )
     app.add_exception_handler(DomainError, domain_error_handler)
     for r in (auth.router, org.router, staff.router, supervisees.router, zones.router, alerts.router,
-              permits.router, supervision.router, notify.router, ingest.router, ops.router):
+              permits.router, supervision.router, notify.router, ingest.router, ops.router,
+              audit.router):
         app.include_router(r, prefix="/api/v1")
     return app
 

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    FetchedValue,
     Float,
     ForeignKey,
     Integer,
@@ -332,3 +333,7 @@ class AuditLog(Base):
     purpose: Mapped[str] = mapped_column(Text, server_default="")
     remote: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    # Chain columns, set by the database when the row commits (migration 0012, store/audit.py).
+    seq: Mapped[int | None] = mapped_column(BigInteger, server_default=FetchedValue())
+    prev_hash: Mapped[bytes | None] = mapped_column(LargeBinary, server_default=FetchedValue())
+    hash: Mapped[bytes | None] = mapped_column(LargeBinary, server_default=FetchedValue())
