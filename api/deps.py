@@ -124,12 +124,16 @@ def audit(
     action: str,
     target: str,
     purpose: str = "",
+    actor_id: int | None = None,
     **detail: Any,
 ) -> None:
-    """Record a staff action or a read of location data (committed with the request)."""
+    """Record a staff action or a read of location data (committed with the request).
+
+    `actor_id` names the staff member when there is no signed-in context yet (a sign-in).
+    """
     session.add(
         AuditLog(
-            staff_id=ctx.id if ctx else None,
+            staff_id=ctx.id if ctx else actor_id,
             action=action,
             target=target,
             purpose=purpose,

@@ -70,12 +70,18 @@ def test_an_auditor_sees_their_subtree_and_the_city_sees_everything(
              for e in _all(client, login(client, "city-auditor"), action="location.read_latest")}
     assert reads == {("jiangan-officer", f"supervisee:{org.supervisee_id}"),
                      ("jianghan-officer", f"supervisee:{org.other_supervisee_id}")}
+    client.post(f"{API}/auth/token", data={"username": "nobody", "password": "x"})
     city_rows = _all(client, login(client, "city-auditor"))
-    assert any(e["staff_id"] is None and e["action"] == "auth.login" for e in city_rows)
+    # A failed sign-in with an unknown name belongs to no one: the city sees it.
+    assert any(e["staff_id"] is None and e["action"] == "auth.login_failed" for e in city_rows)
 
     district = _all(client, login(client, "jiangan-auditor"))
     assert district, "the district auditor sees its own subtree"
     assert {e["staff_username"] for e in district} <= {"jiangan-officer", "jiangan-auditor"}
+    assert all(e["staff_id"] is not None for e in district)
+    # Sign-ins name the staff member, so the district sees its own staff's.
+    assert ("jiangan-officer", "auth.login") in {(e["staff_username"], e["action"])
+                                                 for e in district}
     assert ("jiangan-officer", "location.read_latest") in {(e["staff_username"], e["action"])
                                                            for e in district}
     assert not any(e["staff_id"] is None for e in district)  # logins, devices: city level only

@@ -67,13 +67,15 @@ def login(
                 staff.locked_until = now + timedelta(seconds=settings.login_lockout_s)
                 staff.failed_logins = 0
                 detail["now_locked_until"] = staff.locked_until.isoformat()
-        audit(session, None, request, "auth.login_failed", form.username[:100], **detail)
+        audit(session, None, request, "auth.login_failed", form.username[:100],
+              actor_id=staff.id if staff is not None else None, **detail)
         session.commit()
         raise Unauthorized(WRONG)
     staff.failed_logins = 0
     staff.locked_until = None
     sid, access_token, refresh = open_session(r, settings, staff.id, staff.role)
-    audit(session, None, request, "auth.login", f"staff:{staff.id}", session_id=sid[:8])
+    audit(session, None, request, "auth.login", f"staff:{staff.id}", actor_id=staff.id,
+          session_id=sid[:8])
     session.commit()
     return Token(access_token=access_token, expires_in=settings.access_token_ttl_s,
                  refresh_token=refresh, refresh_expires_in=settings.refresh_token_ttl_s)

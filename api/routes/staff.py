@@ -19,10 +19,18 @@ from store.models import OrgUnit, Staff
 
 router = APIRouter(prefix="/staff", tags=["staff"])
 
-# Where each role sits in the organisation.
-ROLE_UNIT = {Role.OFFICER: OrgKind.JUDICIAL_OFFICE, Role.OFFICE_HEAD: OrgKind.JUDICIAL_OFFICE,
-             Role.DISTRICT_SUPERVISOR: OrgKind.DISTRICT_BUREAU, Role.CITY_ADMIN: OrgKind.CITY_BUREAU,
-             Role.AUDITOR: OrgKind.CITY_BUREAU}
+# Where each role sits in the organisation (an auditor audits the subtree it sits at).
+ROLE_UNIT = {Role.OFFICER: {OrgKind.JUDICIAL_OFFICE}, Role.OFFICE_HEAD: {OrgKind.JUDICIAL_OFFICE},
+             Role.DISTRICT_SUPERVISOR: {OrgKind.DISTRICT_BUREAU},
+             Role.CITY_ADMIN: {OrgKind.CITY_BUREAU},
+             Role.AUDITOR: {OrgKind.CITY_BUREAU, OrgKind.DISTRICT_BUREAU}}
+
+
+def _check_unit(role: Role, unit: OrgUnit) -> None:
+    if unit.kind not in {k.value for k in ROLE_UNIT[role]}:
+        raise DomainError(f"a {role.value} belongs to a "
+                          f"{' or '.join(sorted(k.value for k in ROLE_UNIT[role]))}, not a {unit.kind}",
+                          "role_unit_mismatch")
 
 
 def _may_grant(ctx: StaffContext, role: Role) -> None:
@@ -54,9 +62,7 @@ def create_staff(body: StaffIn, ctx: CurrentStaff, session: SessionDep, request:
     _may_grant(ctx, body.role)
     unit = session.get(OrgUnit, body.org_unit_id)
     assert unit is not None
-    if unit.kind != ROLE_UNIT[body.role].value:
-        raise DomainError(f"a {body.role.value} belongs to a {ROLE_UNIT[body.role].value}, "
-                          f"not a {unit.kind}", "role_unit_mismatch")
+    _check_unit(body.role, unit)
     if session.scalar(select(Staff.id).where(Staff.username == body.username)) is not None:
         raise Conflict(f"username {body.username} is taken")
     staff = Staff(org_unit_id=unit.id, username=body.username, full_name=body.full_name,
@@ -83,9 +89,7 @@ def update_staff(staff_id: int, body: StaffPatch, ctx: CurrentStaff, session: Se
         _may_grant(ctx, body.role)
         unit = session.get(OrgUnit, staff.org_unit_id)
         assert unit is not None
-        if unit.kind != ROLE_UNIT[body.role].value:
-            raise DomainError(f"a {body.role.value} belongs to a {ROLE_UNIT[body.role].value}",
-                              "role_unit_mismatch")
+        _check_unit(body.role, unit)
         changes["role"] = [staff.role, body.role.value]
         staff.role = body.role.value
     if body.active is not None and body.active != staff.active:
