@@ -11,6 +11,7 @@ from api.errors import DomainError, domain_error_handler
 from api.routes import (
     alerts,
     auth,
+    broker,
     ingest,
     notify,
     ops,
@@ -38,7 +39,8 @@ def create_app() -> FastAPI:
     )
     app.add_exception_handler(DomainError, domain_error_handler)
     for r in (auth.router, org.router, supervisees.router, zones.router, alerts.router,
-              permits.router, supervision.router, notify.router, ingest.router, ops.router):
+              permits.router, supervision.router, notify.router, ingest.router, ops.router,
+              broker.router):
         app.include_router(r, prefix="/api/v1")
     return app
 

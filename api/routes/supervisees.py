@@ -33,6 +33,7 @@ from api.schemas import (
 )
 from api.security import hash_device_secret, new_device_id, new_device_secret
 from geofence.profile import validate_overrides
+from store.broker_sync import broker_hash
 from store.enums import OrgKind
 from store.models import Device, OrgUnit, Supervisee, SuperviseeZone
 
@@ -121,7 +122,7 @@ def enrol_device(
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
     device_id, secret = new_device_id(), new_device_secret()
     session.add(Device(id=device_id, supervisee_id=sup.id, label=body.label,
-                       secret_hash=hash_device_secret(secret)))
+                       secret_hash=hash_device_secret(secret), broker_hash=broker_hash(secret)))
     commit_config_change(session, ctx, request, r, settings,
                          "device.enrol", f"device:{device_id}", supervisee_id=sup.id)
     base = settings.public_base_url.rstrip("/")
