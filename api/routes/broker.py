@@ -121,10 +121,13 @@ def _require_hook_secret(settings: Settings, authorization: str | None) -> None:
 def device_may(device_id: str, action: str, topic: str, prefix: str) -> bool:
     """A phone publishes only its own report topics and subscribes only to its own commands
     (the same rules as the Mosquitto device ACL, store/broker_sync.device_acl)."""
-    own_reports = {f"{prefix}devices/{device_id}/location", f"{prefix}owntracks/{device_id}/{device_id}"}
-    own_commands = {f"{prefix}devices/{device_id}/cmd", f"{prefix}owntracks/{device_id}/{device_id}/cmd"}
-    return topic in (own_reports if action == "publish" else own_commands if action == "subscribe"
-                     else set())
+    owntracks = f"{prefix}owntracks/{device_id}/{device_id}"
+    if action == "publish":  # its OwnTracks subtree too (events, waypoints), as in the Mosquitto ACL
+        return topic in (f"{prefix}devices/{device_id}/location", owntracks) or (
+            topic.startswith(owntracks + "/") and not any(c in topic for c in "+#"))
+    if action == "subscribe":
+        return topic in (f"{prefix}devices/{device_id}/cmd", f"{owntracks}/cmd")
+    return False
 
 
 def service_may(settings: Settings, username: str, action: str, topic: str) -> bool:
