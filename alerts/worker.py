@@ -46,8 +46,9 @@ class CommandPublisher:
             c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                             client_id=f"{self.settings.mqtt_client_id}-commands",
                             protocol=mqtt.MQTTv5)
-            if self.settings.mqtt_username:
-                c.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
+            username, password = self.settings.mqtt_commands_credentials
+            if username:
+                c.username_pw_set(username, password)
             c.connect(self.settings.mqtt_host, self.settings.mqtt_port)
             c.loop_start()
             self.client = c

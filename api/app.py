@@ -12,6 +12,7 @@ from api.routes import (
     alerts,
     audit,
     auth,
+    broker,
     ingest,
     notify,
     ops,
@@ -41,7 +42,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(DomainError, domain_error_handler)
     for r in (auth.router, org.router, staff.router, supervisees.router, zones.router, alerts.router,
               permits.router, supervision.router, notify.router, ingest.router, ops.router,
-              audit.router):
+              audit.router, broker.router):
         app.include_router(r, prefix="/api/v1")
     return app
 

@@ -55,8 +55,27 @@ if ! port_open "$REDIS_PORT"; then
 fi
 
 # Mosquitto: the project's own instance with deploy/mosquitto/mosquitto.conf (see that file for
-# why the distribution's defaults will not do).
-if ! port_open "$MQTT_PORT"; then
+# why the distribution's defaults will not do). With CCS_MQTT_SECURE=1, the secured one instead
+# (deploy/mosquitto/secure.conf: phones on 1885, services on 127.0.0.1:1886, no anonymous access);
+# its password and ACL files start empty and are filled from the database by
+# `python -m store.broker_sync`, which `make run` runs before anything connects.
+if [ "${CCS_MQTT_SECURE:-0}" = 1 ]; then
+  MQTT_PORT=1886
+  if ! port_open "$MQTT_PORT"; then
+    command -v mosquitto >/dev/null || { say "installing Mosquitto"; apt_install mosquitto; }
+    say "starting the secured Mosquitto (phones :1885, services :1886) with deploy/mosquitto/secure.conf"
+    mkdir -p /var/lib/ccs-mosquitto-secure/auth /var/log/ccs-mosquitto
+    for f in devices.passwd devices.acl services.passwd services.acl; do
+      [ -e "/var/lib/ccs-mosquitto-secure/auth/$f" ] || install -m 640 /dev/null "/var/lib/ccs-mosquitto-secure/auth/$f"
+    done
+    if id mosquitto >/dev/null 2>&1; then
+      chown mosquitto /var/lib/ccs-mosquitto-secure /var/lib/ccs-mosquitto-secure/auth /var/log/ccs-mosquitto
+      chgrp mosquitto /var/lib/ccs-mosquitto-secure/auth/*
+    fi
+    mosquitto -d -c "$(cd "$(dirname "$0")" && pwd)/mosquitto/secure.conf"
+    wait_port "$MQTT_PORT" Mosquitto
+  fi
+elif ! port_open "$MQTT_PORT"; then
   command -v mosquitto >/dev/null || { say "installing Mosquitto"; apt_install mosquitto; }
   say "starting Mosquitto on :$MQTT_PORT with deploy/mosquitto/mosquitto.conf"
   mkdir -p /var/lib/ccs-mosquitto /var/log/ccs-mosquitto

@@ -15,11 +15,25 @@ import time
 PY = sys.executable
 
 
+def secure() -> bool:
+    """CCS_MQTT_SECURE=1: the secured broker (deploy/mosquitto/secure.conf) and its sync."""
+    return os.environ.get("CCS_MQTT_SECURE", "0") == "1"
+
+
+def secure_defaults() -> None:
+    """Point the processes at the secured broker unless told otherwise (docs/broker-security.md)."""
+    os.environ.setdefault("CCS_MQTT_PORT", "1886")  # the services' listener
+    os.environ.setdefault("CCS_MQTT_DEVICE_PORT", "1885")  # the phones'
+    os.environ.setdefault("CCS_MQTT_AUTH_DIR", "/var/lib/ccs-mosquitto-secure/auth")
+
+
 def commands() -> dict[str, list[str]]:
     """The processes that make up the system."""
     host = os.environ.get("CCS_API_HOST", "127.0.0.1")
     port = os.environ.get("CCS_API_PORT", "8000")
+    sync = {"broker-sync": [PY, "-m", "store.broker_sync", "--watch"]} if secure() else {}
     return {
+        **sync,
         "api": [PY, "-m", "uvicorn", "api.app:app", "--host", host, "--port", port,
                 "--workers", os.environ.get("CCS_API_WORKERS", "1"), "--no-access-log"],
         "ingest": [PY, "-m", "ingest"],
@@ -38,6 +52,12 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if secure():  # a full rebuild of the broker's accounts before any service connects
+        secure_defaults()
+        if subprocess.run([PY, "-m", "store.broker_sync"]).returncode != 0:
+            print("[run] the broker's password and ACL files could not be built; not starting",
+                  flush=True)
+            return 1
     cmds = commands()
     procs = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in cmds.items()}
     port = os.environ.get("CCS_API_PORT", "8000")

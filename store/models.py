@@ -196,6 +196,8 @@ class Device(Base):
     supervisee_id: Mapped[int] = mapped_column(ForeignKey("supervisees.id"))
     label: Mapped[str | None] = mapped_column(Text)
     secret_hash: Mapped[str] = mapped_column(Text)
+    # The secret in Mosquitto's password-file format (store/broker_sync.py); None before 0011.
+    broker_hash: Mapped[str | None] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, server_default="true")
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -39,6 +39,21 @@ class Settings(BaseSettings):
     mqtt_session_expiry_s: int = 7 * 86400
     # Namespace on a shared broker (e.g. "ccs/"): every topic this system uses starts with it.
     mqtt_topic_prefix: str = ""
+    # The alert worker's command publisher may use its own broker account (write-only to the
+    # command topics); unset, it uses CCS_MQTT_USERNAME/CCS_MQTT_PASSWORD.
+    mqtt_commands_username: str | None = None
+    mqtt_commands_password: str | None = None
+    # Secured broker (deploy/mosquitto/secure.conf, docs/broker-security.md): the port phones are
+    # told at re-enrolment (its device listener; unset: mqtt_port), the directory where
+    # store/broker_sync.py writes the password and ACL files (empty: no sync), the broker's pid
+    # file (it is sent SIGHUP after each change) and the period of the full safety resync.
+    mqtt_device_port: int | None = None
+    mqtt_auth_dir: str = ""
+    mqtt_broker_pid_file: str = ""
+    broker_resync_s: float = 300.0
+    # Shared secret EMQX presents (Authorization: Bearer ...) on the HTTP auth/ACL hooks
+    # (api/routes/broker.py); empty: the hooks are disabled.
+    broker_hook_secret: str = ""
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -96,6 +111,13 @@ class Settings(BaseSettings):
             raise ValueError("CCS_METRICS_TOKEN must be set in production (Prometheus scrapes "
                              "/api/v1/metrics with it as a bearer token)")
         return self
+
+    @property
+    def mqtt_commands_credentials(self) -> tuple[str | None, str | None]:
+        """Username and password of the command publisher's broker account."""
+        if self.mqtt_commands_username:
+            return self.mqtt_commands_username, self.mqtt_commands_password
+        return self.mqtt_username, self.mqtt_password
 
     @property
     def psycopg_dsn(self) -> str:

@@ -116,6 +116,7 @@ def _sample_bodies(world: dict[str, Any], org: Org) -> dict[tuple[str, str], dic
         ("put", "/api/v1/supervisees/{supervisee_id}/home-area"): {"zone_id": org.zone_ids[JIANGAN]},
         ("post", "/api/v1/supervisees/{supervisee_id}/devices"): {},
         ("delete", "/api/v1/devices/{device_id}"): {},
+        ("post", "/api/v1/devices/{device_id}/reenrol"): {},
         ("post", "/api/v1/supervisees/{supervisee_id}/zones"): {"zone_id": world["excl"],
                                                                "role": "exclusion"},
         ("delete", "/api/v1/supervisees/{supervisee_id}/zones/{assignment_id}"): {},
@@ -191,6 +192,7 @@ def test_every_operation_declares_its_roles_and_scope(client):
 
 def test_no_credentials_no_entry(client, org: Org, settings: Settings, monkeypatch, world):
     monkeypatch.setattr(settings, "metrics_token", "m" * 32)
+    monkeypatch.setattr(settings, "broker_hook_secret", "b" * 32)
     let_in = []
     for m, p, o in _ops(client):
         if o["x-access"]["scope"] == "public":

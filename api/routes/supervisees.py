@@ -20,6 +20,7 @@ from api.deps import (
     supervisee_in_jurisdiction,
 )
 from api.errors import Conflict, Invalid, NotFound
+from api.routes.broker import device_credentials
 from api.routes.zones import visible_zone
 from api.schemas import (
     DeviceCredentials,
@@ -34,6 +35,7 @@ from api.schemas import (
 )
 from api.security import hash_device_secret, new_device_id, new_device_secret
 from geofence.profile import validate_overrides
+from store.broker_sync import broker_hash
 from store.enums import OrgKind
 from store.models import Device, OrgUnit, Supervisee, SuperviseeZone
 
@@ -124,27 +126,10 @@ def enrol_device(
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
     device_id, secret = new_device_id(), new_device_secret()
     session.add(Device(id=device_id, supervisee_id=sup.id, label=body.label,
-                       secret_hash=hash_device_secret(secret)))
+                       secret_hash=hash_device_secret(secret), broker_hash=broker_hash(secret)))
     commit_config_change(session, ctx, request, r, settings,
                          "device.enrol", f"device:{device_id}", supervisee_id=sup.id)
-    base = settings.public_base_url.rstrip("/")
-    return DeviceCredentials(
-        device_id=device_id,
-        secret=secret,
-        mqtt={
-            "host": settings.mqtt_host, "port": settings.mqtt_port,
-            "client_id": device_id, "username": device_id, "password": secret,
-            "location_topic": f"{settings.mqtt_topic_prefix}devices/{device_id}/location",
-            "owntracks_topic": f"{settings.mqtt_topic_prefix}owntracks/{device_id}/{device_id}",
-            "command_topic": f"{settings.mqtt_topic_prefix}devices/{device_id}/cmd",
-        },
-        http={
-            "owntracks_url": f"{base}/api/v1/ingest/owntracks",
-            "owntracks_auth": {"username": device_id, "password": secret},
-            "traccar_client_url": f"{base}/api/v1/ingest/osmand/{secret}",
-            "traccar_client_device_identifier": device_id,
-        },
-    )
+    return device_credentials(settings, device_id, secret)
 
 
 @router.get("/supervisees/{supervisee_id}/devices", response_model=list[DeviceOut], **access(SUPERVISORS))

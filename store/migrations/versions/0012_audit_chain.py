@@ -35,14 +35,14 @@ database's administrators cannot rewrite (another system's log, a write-once buc
 e-mail to the supervising authority), and check it with `verify --anchor SEQ:HASH`.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-11-27
 """
 
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
