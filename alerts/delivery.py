@@ -22,6 +22,7 @@ of location data is audited.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import logging
 import os
 import queue
@@ -30,6 +31,7 @@ import secrets
 import signal
 import smtplib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +41,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -46,7 +49,7 @@ import psycopg
 from standardwebhooks import Webhook
 
 from alerts.explain import explain
-from store.settings import Settings, get_settings
+from store.settings import Environment, Settings, get_settings
 
 log = logging.getLogger("alerts.delivery")
 
@@ -61,6 +64,32 @@ KIND_ZH = {
     "suspected_spoofing": "疑似虚假定位",
 }
 LEVEL_NAMES = ("judicial office", "district bureau", "city bureau")
+
+
+def refuse_webhook_target(url: str, settings: Settings) -> str | None:
+    """Why a webhook URL may not be called, or None.
+
+    Alert details must not be sent into the system's own network (SSRF: the database, Redis,
+    the broker, a cloud metadata service): every address the host resolves to must be public,
+    unless `CCS_WEBHOOK_ALLOW_PRIVATE` says the gateways live on a private network. Checked at
+    registration and again before every send (the name may resolve elsewhere later).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an absolute http(s) URL"
+    if settings.environment == Environment.PRODUCTION and parts.scheme != "https":
+        return "webhooks must use https in production"
+    if settings.webhook_allow_private:
+        return None
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as e:
+        return f"host does not resolve ({e})"
+    for info in infos:
+        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not addr.is_global or addr.is_multicast:
+            return f"{parts.hostname} resolves to a non-public address ({addr})"
+    return None
 
 
 def new_webhook_secret() -> str:
@@ -115,6 +144,29 @@ class Outgoing:
         }
 
 
+# Queued before its receiver, channel or recipient was disabled, or its alert resolved: kept
+# with the reason, never sent.
+_CANCEL = """
+UPDATE notifications n
+   SET status = 'cancelled', last_error = x.why
+  FROM (SELECT n2.id, CASE
+               WHEN NOT s.active THEN 'recipient disabled'
+               WHEN s.role NOT IN ('officer', 'office_head', 'district_supervisor', 'city_admin')
+                    THEN 'recipient no longer supervises'
+               WHEN NOT ch.active THEN 'channel removed'
+               WHEN w.id IS NOT NULL AND NOT w.active THEN 'webhook deactivated'
+               WHEN a.status = 'resolved' THEN 'alert resolved before delivery'
+               END AS why
+          FROM notifications n2
+          JOIN staff s ON s.id = n2.staff_id
+          JOIN staff_channels ch ON ch.id = n2.channel_id
+          LEFT JOIN webhook_endpoints w ON w.id = ch.webhook_id
+          JOIN alerts a ON a.id = n2.alert_id
+         WHERE n2.status = 'pending' AND n2.channel = %(channel)s
+           AND n2.next_attempt_at <= now()) x
+ WHERE n.id = x.id AND x.why IS NOT NULL
+"""
+
 _CLAIM = """
 WITH due AS (
     SELECT id FROM notifications
@@ -151,8 +203,10 @@ _ALERT_FIELDS = ("id", "kind", "severity", "status", "count", "opened_at", "firs
 
 def claim(conn: psycopg.Connection, channel: str, limit: int, lease_s: float,
           worker: str) -> list[Outgoing]:
-    """Take up to `limit` due notifications of one channel, each with a new attempt row."""
+    """Take up to `limit` due notifications of one channel, each with a new attempt row
+    (after cancelling those that may no longer be sent)."""
     with conn.transaction():
+        conn.execute(_CANCEL, {"channel": channel})
         rows = conn.execute(_CLAIM, {"channel": channel, "limit": limit, "lease": lease_s,
                                      "worker": worker}).fetchall()
     return [Outgoing(notification_id=r[0], attempt_id=r[1], key=r[2], topic=r[3],
@@ -205,6 +259,9 @@ class WebhookSender:
     def send(self, o: Outgoing) -> tuple[bool, str]:
         """POST the notification; 2xx is delivered, anything else is retried."""
         assert o.url is not None and o.secret is not None
+        refused = refuse_webhook_target(o.url, self.settings)
+        if refused:
+            return False, f"refused: {refused}"
         body = orjson.dumps(o.document(self.settings.public_base_url))
         ts = int(time.time())
         headers = {"content-type": "application/json", "webhook-id": o.key,
@@ -261,7 +318,7 @@ class EmailSender:
         try:
             with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s) as smtp:
                 if s.smtp_starttls:
-                    smtp.starttls()
+                    smtp.starttls(context=ssl.create_default_context())  # verify the server
                 if s.smtp_username:
                     smtp.login(s.smtp_username, s.smtp_password or "")
                 refused = smtp.send_message(self.message(o))

@@ -9,6 +9,9 @@ import psycopg
 
 from alerts.outbox import OUTBOX_CHANNEL
 
+# Time to acknowledge, by severity (the same as the alert_ack_deadline trigger, migration 0007).
+ACK_MINUTES = {"critical": 5, "high": 15, "medium": 60, "low": 240}
+
 _ESCALATE = """
 WITH due AS (
     SELECT id FROM alerts

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Forbidden, NotFound, Unauthorized
 from api.security import decode_access_token
-from api.sessions import session_alive
+from api.sessions import session_info
 from store.db import session_factory
 from store.models import AuditLog, Device, OrgUnit, Staff, Supervisee
 from store.settings import Settings, get_settings
@@ -83,11 +83,16 @@ def current_staff(
     claims = decode_access_token(settings, token)
     if claims is None:
         raise Unauthorized("token is invalid or expired")
-    if not session_alive(r, settings, claims["sid"]):
+    info = session_info(r, settings, claims["sid"])
+    # The session must exist and belong to the token's subject (a token naming someone else
+    # with one's own session id is refused).
+    if info is None or str(info[0]) != claims["sub"]:
         raise Unauthorized("the session has ended (logged out, or the account was changed)")
-    staff = session.get(Staff, int(claims["sub"]))
+    staff = session.get(Staff, info[0])
     if staff is None or not staff.active:
         raise Unauthorized("account is disabled")
+    if info[1] < int(staff.password_changed_at.timestamp()):
+        raise Unauthorized("the password changed after this sign-in; sign in again")
     unit = session.get(OrgUnit, staff.org_unit_id)
     assert unit is not None
     ids = session.scalars(

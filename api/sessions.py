@@ -1,6 +1,14 @@
-"""Staff sessions in Redis: opened at login, rotated on refresh, ended on logout or disabling."""
+"""Staff sessions in Redis: opened at login, rotated on refresh, ended on logout or disabling.
+
+A session is `{prefix}sess:{sid}` = "staff_id:created" (Unix seconds) and lasts one shift
+(`CCS_REFRESH_TOKEN_TTL_S`) from sign-in, however often it is refreshed. A staff member's
+session ids are also kept in a set without expiry (dead ids are pruned at each sign-in), so
+ending them all never depends on that set having outlived them.
+"""
 
 from __future__ import annotations
+
+import time
 
 import redis
 
@@ -20,18 +28,29 @@ def open_session(r: redis.Redis, settings: Settings, staff_id: int, role: str) -
     p, ttl = settings.redis_prefix, settings.refresh_token_ttl_s
     sid = new_token()
     refresh = new_token()
+    set_key = staff_sessions_key(p, staff_id)
+    old = [s.decode() for s in r.smembers(set_key)]  # type: ignore[union-attr]
     pipe = r.pipeline()
-    pipe.set(session_key(p, sid), staff_id, ex=ttl)
-    pipe.sadd(staff_sessions_key(p, staff_id), sid)
-    pipe.expire(staff_sessions_key(p, staff_id), ttl)
+    for s in old:
+        pipe.exists(session_key(p, s))
+    dead = [s for s, alive in zip(old, pipe.execute(), strict=True) if not alive]
+    pipe = r.pipeline()
+    if dead:
+        pipe.srem(set_key, *dead)
+    pipe.set(session_key(p, sid), f"{staff_id}:{int(time.time())}", ex=ttl)
+    pipe.sadd(set_key, sid)
     pipe.set(refresh_key(p, refresh), f"{staff_id}:{sid}", ex=ttl)
     pipe.execute()
     return sid, issue_access_token(settings, staff_id, role, sid), refresh
 
 
-def session_alive(r: redis.Redis, settings: Settings, session_id: str) -> bool:
-    """True while the session has not been ended."""
-    return bool(r.exists(session_key(settings.redis_prefix, session_id)))
+def session_info(r: redis.Redis, settings: Settings, session_id: str) -> tuple[int, int] | None:
+    """(staff id, sign-in time) of a live session, or None once it has ended."""
+    v = r.get(session_key(settings.redis_prefix, session_id))
+    if v is None:
+        return None
+    staff_id, _, created = v.decode().partition(":")  # type: ignore[union-attr]
+    return int(staff_id), int(created or 0)
 
 
 _ROTATE = """
@@ -52,7 +71,8 @@ class RefreshRefused(Exception):
 def refresh_session(r: redis.Redis, settings: Settings, refresh: str) -> tuple[int, str, str]:
     """Exchange a refresh token (single use) for (staff id, session id, new refresh token).
 
-    A token presented a second time means two holders: the whole session is ended.
+    A token presented a second time means two holders: the whole session is ended. The new
+    refresh token lives only as long as the session has left: a shift does not slide.
     """
     p, ttl = settings.redis_prefix, settings.refresh_token_ttl_s
     ok, value = r.eval(_ROTATE, 2, refresh_key(p, refresh), used_refresh_key(p, refresh), ttl)  # type: ignore[misc]
@@ -64,13 +84,15 @@ def refresh_session(r: redis.Redis, settings: Settings, refresh: str) -> tuple[i
         raise RefreshRefused("refresh token is invalid or expired")
     staff_id_s, _, sid = value.decode().partition(":")
     staff_id = int(staff_id_s)
-    if not session_alive(r, settings, sid):
+    info = session_info(r, settings, sid)
+    if info is None or info[0] != staff_id:
         raise RefreshRefused("the session has ended")
+    left = info[1] + ttl - int(time.time())
+    if left <= 0:
+        end_session(r, settings, staff_id, sid)
+        raise RefreshRefused("the session has ended (sign in again)")
     new_refresh = new_token()
-    pipe = r.pipeline()
-    pipe.set(refresh_key(p, new_refresh), f"{staff_id}:{sid}", ex=ttl)
-    pipe.expire(session_key(p, sid), ttl)
-    pipe.execute()
+    r.set(refresh_key(p, new_refresh), f"{staff_id}:{sid}", ex=left)
     return staff_id, sid, new_refresh
 
 

@@ -685,7 +685,8 @@ def run(args: argparse.Namespace) -> int:
         ingest = start_worker("ingest", "ingest", env, logdir)
         alerts = start_worker("alerts", "alerts", env, logdir)
         delivery = start_worker("delivery", "alerts.delivery", env, logdir, {
-            "CCS_SMTP_HOST": "127.0.0.1", "CCS_SMTP_PORT": str(receivers.smtp_port)})
+            "CCS_SMTP_HOST": "127.0.0.1", "CCS_SMTP_PORT": str(receivers.smtp_port),
+            "CCS_WEBHOOK_ALLOW_PRIVATE": "true"})  # the bench's receiver is on loopback
         workers = [ingest, alerts, delivery]
         wait_ingest_ready(env, ingest)
         reader = FeedReader(env.redis_url, BENCH_PREFIX + "feed")

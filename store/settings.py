@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret-change-me"}
 DEV_SECRET = "dev-secret-change-me"
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 
 
 class Environment(StrEnum):
@@ -86,7 +88,7 @@ class Settings(BaseSettings):
     # or expired; a claimed notification returns to the queue if its worker dies (lease).
     delivery_backoff_base_s: float = 2.0
     delivery_backoff_max_s: float = 300.0
-    delivery_lease_s: float = 30.0
+    delivery_lease_s: float = 120.0  # above the slowest send (SMTP: up to 10 s per step)
     delivery_expire_s: float = 24 * 3600.0
     delivery_concurrency: int = 16  # sends in flight per channel
     webhook_timeout_s: float = 5.0
@@ -97,6 +99,9 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_s: float = 10.0
     smtp_from: str = "ccs-alerts@localhost"
+    # Webhook receivers on private or loopback addresses (an SMS gateway on the intranet):
+    # refused unless allowed here, so alert details cannot be aimed at internal services.
+    webhook_allow_private: bool = False
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -107,6 +112,18 @@ class Settings(BaseSettings):
                 "CCS_SECRET_KEY must be set to a random value of at least 32 characters "
                 f"outside development (environment={self.environment.value})"
             )
+        host = urlsplit(self.public_base_url).hostname or ""
+        if self.environment == Environment.DEVELOPMENT and host not in LOOPBACK_NAMES \
+                and self.secret_key.strip().lower() in PLACEHOLDER_SECRETS:
+            # A deployment that forgot CCS_ENVIRONMENT must not sign tokens with a public key.
+            raise ValueError(
+                f"CCS_PUBLIC_BASE_URL is {self.public_base_url}, not a local address, but "
+                "CCS_SECRET_KEY is the development placeholder: set CCS_ENVIRONMENT=production "
+                "and a real CCS_SECRET_KEY")
+        if self.environment == Environment.PRODUCTION and self.smtp_username \
+                and not self.smtp_starttls:
+            raise ValueError("CCS_SMTP_USERNAME needs CCS_SMTP_STARTTLS=true in production "
+                             "(the password would cross the network in clear)")
         if self.environment == Environment.PRODUCTION and not self.metrics_token:
             raise ValueError("CCS_METRICS_TOKEN must be set in production (Prometheus scrapes "
                              "/api/v1/metrics with it as a bearer token)")

@@ -64,6 +64,8 @@ def settings() -> Iterator[Settings]:
         # Tests own a namespace on the shared broker: other traffic cannot reach their workers.
         mqtt_topic_prefix=f"ccs-test-{os.getpid()}/",
         batch_max_wait_ms=5,
+        # The tests' webhook receivers listen on 127.0.0.1 (refused by default: SSRF guard).
+        webhook_allow_private=True,
     )
     set_settings(s)
     reset_engine()

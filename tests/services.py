@@ -74,6 +74,7 @@ def worker_env(settings: Settings, client_id: str) -> dict[str, str]:
         "CCS_MQTT_CLIENT_ID": client_id,
         "CCS_MQTT_TOPIC_PREFIX": settings.mqtt_topic_prefix,
         "CCS_BATCH_MAX_WAIT_MS": "5",
+        "CCS_WEBHOOK_ALLOW_PRIVATE": str(settings.webhook_allow_private).lower(),
     }
 
 

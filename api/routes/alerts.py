@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select, text
 
+from alerts.escalation import ACK_MINUTES
 from alerts.worker import feed_key
 from api.authz import SUPERVISORS, access, require_role
 from api.deps import (
@@ -155,13 +156,19 @@ def alert_notifications(alert_id: int, ctx: CurrentStaff, session: SessionDep) -
 @router.post("/{alert_id}/escalate", response_model=AlertOut, **access(SUPERVISORS))
 def escalate_by_hand(alert_id: int, ctx: CurrentStaff, session: SessionDep,
                      request: Request) -> Alert:
-    """Hand an alert up a level (office → district bureau → city bureau)."""
-    alert = _alert(session, ctx, alert_id)
+    """Hand an alert up a level (office → district bureau → city bureau); the new level gets
+    its own acknowledgement time."""
+    # Locked: a scheduled escalation or a colleague's click at the same moment waits, then
+    # sees the new level (one step, one notification).
+    alert = session.get(Alert, alert_id, with_for_update=True)
+    if alert is None or not ctx.can_see_unit(alert.office_id):
+        raise NotFound(f"alert {alert_id} not found")
     if alert.status == AlertStatus.RESOLVED:
         raise Conflict(f"alert {alert_id} is resolved")
     if alert.escalation_level >= 2:
         raise Conflict(f"alert {alert_id} is already with the city bureau")
     alert.escalation_level += 1
+    alert.ack_deadline = pg_now(session) + timedelta(minutes=ACK_MINUTES[alert.severity])
     session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="escalated",
                            detail={"to_level": alert.escalation_level, "by_hand": True}))
     session.execute(text("INSERT INTO outbox (topic, payload) VALUES ('alert.escalated', :p)"),

@@ -19,6 +19,7 @@ from store.models import Staff
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
+_DUMMY_HASH = hash_password("no account has this password")
 WRONG = "wrong username or password, or the account is locked (try later or ask an administrator)"
 
 
@@ -54,8 +55,11 @@ def login(
                             .with_for_update()).first()
     now = pg_now(session)
     locked = staff is not None and staff.locked_until is not None and staff.locked_until > now
-    if staff is None or not staff.active or locked \
-            or not verify_password(staff.password_hash, form.password):
+    # argon2 runs in every case, so the answer's timing does not tell a known username (or a
+    # locked account) from an unknown one.
+    password_ok = verify_password(staff.password_hash if staff is not None else _DUMMY_HASH,
+                                  form.password)
+    if staff is None or not staff.active or locked or not password_ok:
         pipe = r.pipeline()
         pipe.incr(fails_key)
         pipe.expire(fails_key, settings.login_failures_window_s)

@@ -3,18 +3,15 @@ member's own delivery preferences."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from fastapi import APIRouter, Request
 from sqlalchemy import select
 
-from alerts.delivery import new_webhook_secret
+from alerts.delivery import new_webhook_secret, refuse_webhook_target
 from api.authz import MANAGERS, SUPERVISORS, access
 from api.deps import CurrentStaff, SessionDep, SettingsDep, StaffContext, audit, require_unit
 from api.errors import Conflict, DomainError, NotFound
 from api.schemas import ChannelIn, ChannelOut, WebhookCreated, WebhookIn, WebhookOut
 from store.models import StaffChannel, WebhookEndpoint
-from store.settings import Environment
 
 router = APIRouter(tags=["notifications"])
 
@@ -32,11 +29,9 @@ def create_webhook(body: WebhookIn, ctx: CurrentStaff, session: SessionDep, requ
                    settings: SettingsDep) -> WebhookCreated:
     """Register a receiver; its signing secret is shown in this answer only."""
     require_unit(ctx, body.org_unit_id)
-    url = urlsplit(body.url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise DomainError("url must be an absolute http(s) URL", "invalid_url")
-    if settings.environment == Environment.PRODUCTION and url.scheme != "https":
-        raise DomainError("webhooks must use https in production", "invalid_url")
+    refused = refuse_webhook_target(body.url, settings)
+    if refused:
+        raise DomainError(f"webhook refused: {refused}", "invalid_url")
     hook = WebhookEndpoint(org_unit_id=body.org_unit_id, name=body.name, url=body.url,
                            secret=new_webhook_secret(), created_by=ctx.id)
     session.add(hook)

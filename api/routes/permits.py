@@ -24,7 +24,7 @@ from api.deps import (
 from api.errors import DomainError, Invalid, NotFound
 from api.routes.zones import visible_zone
 from store import permits as flow
-from store.models import PermitEvent, Supervisee, TravelPermit, Zone
+from store.models import OrgUnit, PermitEvent, Supervisee, TravelPermit, Zone
 from store.registry import bump_config_version
 from store.state import StateStore
 
@@ -159,7 +159,13 @@ def request_from_phone(body: PermitIn, device: CurrentDevice, session: SessionDe
     sup = session.get(Supervisee, device.supervisee_id)
     assert sup is not None
     _aware(body.start_at, body.end_at)
-    _destination(session, body.destination_zone_id)
+    zone = _destination(session, body.destination_zone_id)
+    office = session.get(OrgUnit, sup.office_id)
+    assert office is not None
+    # Only zones drawn for the supervisee's office or above (not another district's).
+    if zone.owner_unit_id not in {int(u) for u in office.path.strip("/").split("/") if u}:
+        raise Invalid(f"zone {zone.id} is not a destination (a district or city boundary, or a "
+                      "drawn destination area)")
     try:
         p = flow.request(session, sup, body.reason, body.destination_zone_id, body.start_at,
                          body.end_at, body.details, time.time(), device_id=device.id)
@@ -311,8 +317,8 @@ def phone_return(permit_id: int, device: CurrentDevice, session: SessionDep,
                             "home area", code="permit.not_home")
     try:
         flow.check_in(session, p, datetime.now(UTC), device_id=device.id,
-                      fix_time=datetime.fromtimestamp(last.time, UTC), lon=last.lon, lat=last.lat,
-                      accuracy=last.accuracy)
+                      fix_time=datetime.fromtimestamp(last.time, UTC), accuracy=last.accuracy,
+                      inside_home_area=True)  # no coordinates: the permit's history is not audited
     except flow.PermitError as e:
         _raise(e)
     _done(session, r, settings)
