@@ -11,7 +11,7 @@ from sqlalchemy import select
 from alerts.delivery import new_webhook_secret
 from api.deps import CurrentStaff, SessionDep, SettingsDep, StaffContext, audit, require_unit
 from api.errors import Conflict, DomainError, Forbidden, NotFound
-from api.schemas import ChannelIn, ChannelOut, WebhookCreated, WebhookIn, WebhookOut
+from api.schemas import ChannelIn, ChannelOut, DbId, WebhookCreated, WebhookIn, WebhookOut
 from store.enums import Role
 from store.models import StaffChannel, WebhookEndpoint
 from store.settings import Environment
@@ -61,7 +61,7 @@ def list_webhooks(ctx: CurrentStaff, session: SessionDep) -> list[WebhookEndpoin
 
 
 @router.delete("/webhooks/{webhook_id}", response_model=WebhookOut)
-def deactivate_webhook(webhook_id: int, ctx: CurrentStaff, session: SessionDep,
+def deactivate_webhook(webhook_id: DbId, ctx: CurrentStaff, session: SessionDep,
                        request: Request) -> WebhookEndpoint:
     """Stop sending to a receiver (kept for the delivery record)."""
     hook = session.get(WebhookEndpoint, webhook_id)
@@ -113,7 +113,7 @@ def add_channel(body: ChannelIn, ctx: CurrentStaff, session: SessionDep,
 
 
 @router.delete("/me/channels/{channel_id}", response_model=ChannelOut)
-def remove_channel(channel_id: int, ctx: CurrentStaff, session: SessionDep,
+def remove_channel(channel_id: DbId, ctx: CurrentStaff, session: SessionDep,
                    request: Request) -> StaffChannel:
     """Stop delivering on one of the caller's channels."""
     ch = session.get(StaffChannel, channel_id)
