@@ -6,8 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api.errors import DomainError, domain_error_handler
+from api.headers import SecurityHeaders
+from api.limits import BodySizeLimit, RejectNulInUrl
 from api.routes import (
     alerts,
     audit,
@@ -23,6 +26,7 @@ from api.routes import (
     supervision,
     zones,
 )
+from store.settings import Environment, get_settings
 
 
 @asynccontextmanager
@@ -44,7 +48,25 @@ def create_app() -> FastAPI:
               permits.router, supervision.router, notify.router, ingest.router, ops.router,
               audit.router, broker.router):
         app.include_router(r, prefix="/api/v1")
+    _add_hardening(app)
     return app
+
+
+def _add_hardening(app: FastAPI) -> None:
+    """Request limits, CORS and security headers (outermost last: headers, CORS, limits)."""
+    s = get_settings()
+    app.add_middleware(RejectNulInUrl, exempt_prefixes=["/api/v1/ingest/"])
+    app.add_middleware(BodySizeLimit, limit=s.max_body_bytes,
+                       overrides=[("POST", "/api/v1/zones", s.max_zone_body_bytes)])
+    # Bearer tokens, not cookies: no credentials mode. No origin configured: no CORS headers,
+    # and a browser on another origin can neither read a response nor pass a preflight.
+    app.add_middleware(
+        CORSMiddleware, allow_origins=s.cors_origins, allow_credentials=False,
+        allow_methods=["GET", "POST", "PUT", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Accept", "Last-Event-ID"],
+        expose_headers=["Retry-After"], max_age=600,
+    )
+    app.add_middleware(SecurityHeaders, hsts=s.environment == Environment.PRODUCTION)
 
 
 app = create_app()

@@ -12,9 +12,11 @@ class DomainError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, detail: str, code: str | None = None) -> None:
+    def __init__(self, detail: str, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}
         if code is not None:
             self.code = code
 
@@ -47,7 +49,9 @@ class Invalid(DomainError):
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """Render any DomainError as {"error": code, "detail": text}."""
     assert isinstance(exc, DomainError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    headers = dict(exc.headers)
+    if exc.status_code == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
     return JSONResponse(
         {"error": exc.code, "detail": exc.detail}, status_code=exc.status_code, headers=headers
     )

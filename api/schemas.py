@@ -4,13 +4,57 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from alerts.explain import explain
 from geofence.model import CRS, ZoneKind
 from store.enums import AlertStatus, Level, MonitoringBasis, Role, SupervisionType
+
+# Every table's id is a PostgreSQL integer: a larger number can name nothing, and would fail in
+# the database ("integer out of range") rather than as a clear 422 at the door.
+DbId = Annotated[int, Field(ge=-(2**31), le=2**31 - 1, description="an id (32-bit integer)")]
+
+# A short label (a key flag, a time zone name ...).
+Label = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _fits_real(value: float) -> float:
+    """PostgreSQL's real (float4) refuses magnitudes below ~1e-38 ("value out of range:
+    underflow"); such a value is 0 for every quantity we keep."""
+    return 0.0 if abs(value) < 1e-30 else value
+
+
+Real = Annotated[float, AfterValidator(_fits_real)]  # a number stored in a real column
+
+
+def _no_nul(data: Any) -> Any:
+    """Refuse a NUL character anywhere in a request body: PostgreSQL text cannot hold one."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("text must not contain NUL (\\u0000) characters")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return data
+
+
+class InputModel(BaseModel):
+    """Base of every request body: unknown fields refused, no NUL in any text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        return _no_nul(data)
+
 
 _EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
 
@@ -71,16 +115,16 @@ class OrgUnitOut(BaseModel):
     adcode: str | None
 
 
-class SuperviseeIn(BaseModel):
+class SuperviseeIn(InputModel):
     model_config = ConfigDict(extra="forbid")
-    office_id: int
+    office_id: DbId
     full_name: str = Field(min_length=1, max_length=200)
     case_number: str = Field(min_length=1, max_length=64)
     supervision_type: SupervisionType
     level: Level = Level.NORMAL
-    key_flags: list[str] = Field(default_factory=list, max_length=20)
+    key_flags: list[Label] = Field(default_factory=list, max_length=20)
     monitoring_basis: MonitoringBasis = MonitoringBasis.INFORMATION_CHECK
-    home_zone_id: int | None = None
+    home_zone_id: DbId | None = None
 
 
 class SuperviseeOut(BaseModel):
@@ -98,12 +142,12 @@ class SuperviseeOut(BaseModel):
     rule_overrides: dict[str, Any]
 
 
-class HomeAreaIn(BaseModel):
+class HomeAreaIn(InputModel):
     model_config = ConfigDict(extra="forbid")
-    zone_id: int
+    zone_id: DbId
 
 
-class DeviceIn(BaseModel):
+class DeviceIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     label: str | None = Field(default=None, max_length=100)
 
@@ -127,28 +171,30 @@ class DeviceCredentials(BaseModel):
     http: dict[str, Any]
 
 
-class ZoneIn(BaseModel):
+class ZoneIn(InputModel):
     """A GeoJSON Polygon/MultiPolygon, or a circle: a GeoJSON Point with `radius_m`."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     kind: ZoneKind
     crs: CRS = CRS.WGS84
-    owner_unit_id: int
+    owner_unit_id: DbId
     geometry: dict[str, Any]
     radius_m: float | None = Field(default=None, description="for a circle around a Point")
+    # geometry: any GeoJSON object, bounded by the zone upload's body limit (CCS_MAX_ZONE_BODY_BYTES)
+    # and checked by geofence.zones (shape, number of points, size)
 
 
-class ZoneAssignmentIn(BaseModel):
+class ZoneAssignmentIn(InputModel):
     """A prohibition-order zone (with an optional early-warning buffer) or a curfew."""
 
     model_config = ConfigDict(extra="forbid")
-    zone_id: int
+    zone_id: DbId
     role: Literal["exclusion", "curfew"]
-    buffer_m: float = Field(default=0.0, ge=0, le=5000)
+    buffer_m: Real = Field(default=0.0, ge=0, le=5000)
     curfew_start: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     curfew_end: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
-    timezone: str = "Asia/Shanghai"
+    timezone: str = Field(default="Asia/Shanghai", min_length=1, max_length=64)
 
 
 class ZoneAssignmentOut(BaseModel):
@@ -164,11 +210,11 @@ class ZoneAssignmentOut(BaseModel):
     active: bool
 
 
-class RuleOverridesIn(BaseModel):
+class RuleOverridesIn(InputModel):
     """Per-person threshold overrides (names and meaning: geofence/profile.py `Rules`)."""
 
     model_config = ConfigDict(extra="forbid")
-    overrides: dict[str, float]
+    overrides: dict[Label, float] = Field(max_length=64)
     reason: str = Field(min_length=3, max_length=1000)
 
 
@@ -216,7 +262,7 @@ class AlertPage(BaseModel):
     limit: int
 
 
-class ResolveIn(BaseModel):
+class ResolveIn(InputModel):
     """Closing an alert: what it turned out to be, and what was done."""
 
     model_config = ConfigDict(extra="forbid")
@@ -250,11 +296,11 @@ class DeadLetterOut(BaseModel):
     remote: str | None
 
 
-class WebhookIn(BaseModel):
+class WebhookIn(InputModel):
     """A receiver of signed alert notifications (Standard Webhooks)."""
 
     model_config = ConfigDict(extra="forbid")
-    org_unit_id: int
+    org_unit_id: DbId
     name: str = Field(min_length=1, max_length=200)
     url: str = Field(min_length=8, max_length=2000)
 
@@ -272,14 +318,14 @@ class WebhookCreated(WebhookOut):
     secret: str = Field(description="signing secret (whsec_…), shown only once")
 
 
-class ChannelIn(BaseModel):
+class ChannelIn(InputModel):
     """One way a staff member wants to hear of alerts."""
 
     model_config = ConfigDict(extra="forbid")
     channel: Literal["email", "webhook"]
     address: str = Field(min_length=3, max_length=320,
                          description="e-mail address, or the receiver's handle (phone number…)")
-    webhook_id: int | None = None
+    webhook_id: DbId | None = None
     min_severity: Literal["low", "medium", "high", "critical"] = "low"
 
     @model_validator(mode="after")

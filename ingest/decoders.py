@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,6 +137,15 @@ def _check_range(name: str, value: float | None, lo: float, hi: float) -> None:
         raise DecodeError("bad_value", f"{name}={value!r}: must be within [{lo:g}, {hi:g}]")
 
 
+_REAL_TINY = 1e-30  # well above float4's smallest normal (1.2e-38)
+
+
+def _real(value: float | None) -> float | None:
+    """A value for a `real` (float4) column: PostgreSQL refuses magnitudes that underflow it
+    ("1e-300 is out of range for type real"), which would fail the whole batch; they are 0."""
+    return value if value is None or abs(value) >= _REAL_TINY else 0.0
+
+
 def _validate(device_id: str, c: _Candidate, source: Source, now: float, limits: Limits) -> Fix:
     """The one set of plausibility rules every protocol goes through."""
     where = f"lat={c.lat!r} lon={c.lon!r}"
@@ -183,11 +193,11 @@ def _validate(device_id: str, c: _Candidate, source: Source, now: float, limits:
         lon=float(c.lon),
         lat=float(c.lat),
         crs=c.crs,
-        accuracy=c.accuracy,
-        altitude=c.altitude,
-        speed=c.speed,
-        heading=c.heading,
-        battery=c.battery,
+        accuracy=_real(c.accuracy),
+        altitude=_real(c.altitude),
+        speed=_real(c.speed),
+        heading=_real(c.heading),
+        battery=_real(c.battery),
         provider=c.provider,
         mock=c.mock,
         seq=c.seq,
@@ -250,6 +260,22 @@ def _load_json(payload: bytes, limits: Limits) -> Any:
         raise DecodeError("bad_json", str(e)) from None
 
 
+_MAX_STORED_DEPTH = 64  # nesting of a message recorded as it came (jsonb via orjson, limit 254)
+
+
+def _check_depth(doc: Any) -> None:
+    """A message kept whole must nest at most `_MAX_STORED_DEPTH` levels (orjson.loads accepts
+    1024, orjson.dumps only 254: a deeper one would fail the whole batch when stored)."""
+    level: list[Any] = [doc]
+    for _ in range(_MAX_STORED_DEPTH):
+        level = [v for c in level if isinstance(c, (dict, list))
+                 for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return
+    if any(isinstance(v, (dict, list)) for v in level):
+        raise DecodeError("bad_json", f"nested deeper than {_MAX_STORED_DEPTH} levels")
+
+
 def _json_kind(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
@@ -304,8 +330,15 @@ _TYPE_WORDS = {
 }
 
 
+# Containers are shown a few levels and items deep: a plain repr() of JSON nested ~1000 deep (which
+# orjson accepts) raises RecursionError, and of a huge array costs for nothing.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A repr of any input value short enough for an error detail."""
+    text = _REPR.repr(value) if isinstance(value, (list, dict, tuple)) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -426,6 +459,7 @@ def decode_owntracks(
         if not isinstance(kind, str):
             raise DecodeError("bad_type", f"_type: expected a string, got {_short(kind)}")
         if kind != "location":
+            _check_depth(obj)
             other.append(obj)
             return
         m = _validate_model(_OwnTracksLocation, obj)
@@ -451,13 +485,14 @@ def decode_owntracks(
 
 _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
-_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
 _LOCAL_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def _float_text(raw: str, name: str) -> float:
-    """A decimal number as text; float() would also take "1_000" and " 1 ", parseDouble not."""
-    if "_" in raw or raw != raw.strip():
+    """A decimal number as text; float() would also take "1_000", " 1 " and non-ASCII digits
+    ("١٢", "１２"), Java's parseDouble not."""
+    if "_" in raw or raw != raw.strip() or not raw.isascii():
         raise DecodeError("bad_type", f"{name}: expected a number, got {_short(raw)}")
     try:
         return float(raw)
@@ -546,7 +581,10 @@ def decode_osmand_query(params: Mapping[str, str], now: float, limits: Limits = 
     for k, v in params.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise DecodeError("bad_type", f"parameter {_short(k)}: expected text")
-        size += len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+        try:  # lone surrogates are not text: they could be neither stored nor echoed
+            size += len(k.encode()) + len(v.encode())
+        except UnicodeEncodeError:
+            raise DecodeError("bad_type", f"parameter {_short(k)}: not valid Unicode text") from None
         size += 2  # "=" and "&"
     _check_size(size, limits)
 

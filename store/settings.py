@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from functools import lru_cache
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret-change-me"}
 DEV_SECRET = "dev-secret-change-me"
@@ -81,6 +83,14 @@ class Settings(BaseSettings):
     max_future_s: int = 600
     max_age_s: int = 30 * 86400
 
+    # HTTP API hardening (api/limits.py, api/headers.py, store/ratelimit.py)
+    max_body_bytes: int = 256 * 1024  # any request body; the phone endpoints keep max_payload_bytes
+    max_zone_body_bytes: int = 8 * 1024 * 1024  # POST /zones: a precise boundary can be megabytes
+    ingest_rate_per_min: int = 120  # HTTP ingest requests per device per minute, on average ...
+    ingest_rate_burst: int = 60  # ... and back to back (a phone uploading its offline buffer)
+    # Origins allowed to call the API from a browser (CORS), comma-separated or a JSON list;
+    # empty: no cross-origin access at all.
+    cors_origins: Annotated[list[str], NoDecode] = []
 
     alert_feed_maxlen: int = 100_000
 
@@ -102,6 +112,16 @@ class Settings(BaseSettings):
     # Webhook receivers on private or loopback addresses (an SMS gateway on the intranet):
     # refused unless allowed here, so alert details cannot be aimed at internal services.
     webhook_allow_private: bool = False
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip().rstrip("/") for o in text.split(",") if o.strip()]
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

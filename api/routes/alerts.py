@@ -31,6 +31,7 @@ from api.schemas import (
     AlertEventOut,
     AlertOut,
     AlertPage,
+    DbId,
     DeliveryAttemptOut,
     NotificationOut,
     ResolveIn,
@@ -58,10 +59,10 @@ def list_alerts(
     request: Request,
     status: AlertStatus | None = None,
     kind: AlertKind | None = None,
-    supervisee_id: int | None = None,
-    office_id: int | None = None,
+    supervisee_id: DbId | None = None,
+    office_id: DbId | None = None,
     since: datetime | None = None,
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**31 - 1),
     limit: int = Query(50, ge=1, le=500),
 ) -> AlertPage:
     """Alerts of the caller's jurisdiction, newest first, filtered and paged."""
@@ -87,7 +88,7 @@ def list_alerts(
 
 
 @router.get("/{alert_id}", response_model=AlertOut, **access(SUPERVISORS))
-def get_alert(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: Request) -> Alert:
+def get_alert(alert_id: DbId, ctx: CurrentStaff, session: SessionDep, request: Request) -> Alert:
     """One alert with its explanation (`reason`: rule, zone, distance, accuracy)."""
     alert = _alert(session, ctx, alert_id)
     audit(session, ctx, request, "alert.read", f"alert:{alert_id}")
@@ -96,7 +97,7 @@ def get_alert(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: Re
 
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertOut, **access(SUPERVISORS))
-def acknowledge(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: Request) -> Alert:
+def acknowledge(alert_id: DbId, ctx: CurrentStaff, session: SessionDep, request: Request) -> Alert:
     """Take responsibility for an open alert."""
     alert = _alert(session, ctx, alert_id)
     if alert.status != AlertStatus.OPEN:
@@ -112,7 +113,7 @@ def acknowledge(alert_id: int, ctx: CurrentStaff, session: SessionDep, request: 
 
 @router.post("/{alert_id}/resolve", response_model=AlertOut, **access(SUPERVISORS))
 def resolve(
-    alert_id: int, body: ResolveIn, ctx: CurrentStaff, session: SessionDep, request: Request
+    alert_id: DbId, body: ResolveIn, ctx: CurrentStaff, session: SessionDep, request: Request
 ) -> Alert:
     """Close an alert: a disposition and a note saying what was found are required."""
     alert = _alert(session, ctx, alert_id)
@@ -131,7 +132,7 @@ def resolve(
 
 
 @router.get("/{alert_id}/history", response_model=list[AlertEventOut], **access(SUPERVISORS))
-def alert_history(alert_id: int, ctx: CurrentStaff, session: SessionDep) -> list[AlertEvent]:
+def alert_history(alert_id: DbId, ctx: CurrentStaff, session: SessionDep) -> list[AlertEvent]:
     """Every transition of an alert: who, when, what."""
     _alert(session, ctx, alert_id)
     return list(session.scalars(select(AlertEvent).where(AlertEvent.alert_id == alert_id)
@@ -139,7 +140,7 @@ def alert_history(alert_id: int, ctx: CurrentStaff, session: SessionDep) -> list
 
 
 @router.get("/{alert_id}/notifications", response_model=list[NotificationOut], **access(SUPERVISORS))
-def alert_notifications(alert_id: int, ctx: CurrentStaff, session: SessionDep) -> list[NotificationOut]:
+def alert_notifications(alert_id: DbId, ctx: CurrentStaff, session: SessionDep) -> list[NotificationOut]:
     """Every notification sent for an alert, to whom and how, with each attempt and outcome."""
     _alert(session, ctx, alert_id)
     out = []
@@ -154,7 +155,7 @@ def alert_notifications(alert_id: int, ctx: CurrentStaff, session: SessionDep) -
 
 
 @router.post("/{alert_id}/escalate", response_model=AlertOut, **access(SUPERVISORS))
-def escalate_by_hand(alert_id: int, ctx: CurrentStaff, session: SessionDep,
+def escalate_by_hand(alert_id: DbId, ctx: CurrentStaff, session: SessionDep,
                      request: Request) -> Alert:
     """Hand an alert up a level (office → district bureau → city bureau); the new level gets
     its own acknowledgement time."""

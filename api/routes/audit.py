@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, or_, select
 from api.authz import access
 from api.deps import CurrentStaff, SessionDep, SettingsDep, StaffContext, audit
 from api.errors import Invalid
+from api.schemas import DbId
 from store.audit import verify
 from store.enums import OrgKind, Role
 from store.models import AuditLog, Staff
@@ -83,12 +84,13 @@ def list_audit(
     ctx: CurrentStaff,
     session: SessionDep,
     request: Request,
-    staff_id: int | None = None,
+    staff_id: DbId | None = None,
     action: str | None = Query(None, max_length=100),
     target_prefix: str | None = Query(None, max_length=200),
     since: datetime | None = Query(None, description="at >= since (with a timezone)"),
     until: datetime | None = Query(None, description="at < until (with a timezone)"),
-    before_seq: int | None = Query(None, ge=1, description="page cursor: rows before this seq"),
+    before_seq: int | None = Query(None, ge=1, le=2**62,
+                                   description="page cursor: rows before this seq"),
     limit: int = Query(100, ge=1, le=1000),
     purpose: str = AuditPurposeQ,
 ) -> AuditPage:

@@ -12,6 +12,7 @@ import queue
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -24,6 +25,7 @@ from api.authz import declared
 from api.errors import DomainError, Unauthorized
 from api.security import hash_device_secret, secret_matches
 from ingest.pipeline import Channel, MessageResult, Pipeline, RawMessage
+from store.ratelimit import allow
 from store.settings import get_settings
 
 router = APIRouter(prefix="/ingest", tags=["ingest (phones)"])
@@ -37,6 +39,19 @@ class PayloadRejected(DomainError):
 class PayloadTooLarge(DomainError):
     status_code = 413
     code = "oversized"
+
+
+class RateLimited(DomainError):
+    status_code = 429
+    code = "rate_limited"
+
+
+@dataclass(frozen=True, slots=True)
+class _Limited:
+    """A request refused by the device's rate limit (already dead-lettered)."""
+
+    detail: str
+    retry_after: str
 
 
 class _Pool:
@@ -82,11 +97,38 @@ def _device_by_basic(p: Pipeline, authorization: str | None) -> str | None:
         user, _, password = base64.b64decode(authorization[6:], validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return None
+    if not user or "\x00" in user:  # PostgreSQL text cannot hold NUL: no such device
+        return None
     row = p.conn.execute(
         "SELECT secret_hash FROM devices WHERE id = %s AND active", (user,)
     ).fetchone()
     p.conn.rollback()
     return user if row is not None and secret_matches(password, row[0]) else None
+
+
+def _process(p: Pipeline, msg: RawMessage) -> MessageResult | _Limited | None:
+    """One message: dead-lettered as unknown without a device, as `rate_limited` when the device
+    sends too fast (nothing decoded, raw bytes kept), otherwise through the pipeline."""
+    if msg.device_id is None:
+        p.process([msg])  # unknown credentials: dead-lettered, device None
+        return None
+    s = get_settings()  # not p.settings: pooled pipelines outlive a settings change
+    decision = allow(p.redis, f"{p.prefix}ratelimit:ingest:{msg.device_id}",
+                     s.ingest_rate_per_min, 60.0, s.ingest_rate_burst)
+    if not decision.allowed:
+        detail = (f"over {s.ingest_rate_per_min} requests/min (burst {s.ingest_rate_burst}); "
+                  f"retry after {decision.retry_after_header} s")
+        p.reject(msg, "rate_limited", detail)
+        return _Limited(detail, decision.retry_after_header)
+    return p.process([msg])[0]
+
+
+def _answer(res: MessageResult | _Limited | None, unauthorized: str) -> MessageResult:
+    if res is None:
+        raise Unauthorized(unauthorized)
+    if isinstance(res, _Limited):
+        raise RateLimited(res.detail, headers={"Retry-After": res.retry_after})
+    return _result_or_error(res)
 
 
 async def _body(request: Request) -> bytes:
@@ -119,20 +161,15 @@ async def owntracks_http(
 ) -> JSONResponse:
     """OwnTracks HTTP mode: Basic auth with device id and secret; replies with an empty list."""
     body = await _body(request)
-    def work() -> MessageResult | None:
+    def work() -> MessageResult | _Limited | None:
         with pool.acquire() as p:
             device = _device_by_basic(p, authorization)
             msg = RawMessage(Channel.OWNTRACKS_HTTP, body, device, request.url.path,
                              time.time(), _remote(request))
-            if device is None:
-                p.process([msg])  # unknown credentials: dead-lettered, device None
-                return None
-            return p.process([msg])[0]
+            return _process(p, msg)
 
     res = await run_in_threadpool(work)
-    if res is None:
-        raise Unauthorized("device credentials are missing or wrong (Basic device_id:secret)")
-    _result_or_error(res)
+    _answer(res, "device credentials are missing or wrong (Basic device_id:secret)")
     return JSONResponse([])
 
 
@@ -148,20 +185,15 @@ async def _osmand(request: Request, secret: str) -> dict[str, Any]:
             params.update(parse_qsl(body.decode(), keep_blank_values=True))
         except UnicodeDecodeError as e:
             raise PayloadRejected("form body is not UTF-8", code="rejected.bad_encoding") from e
-    def work() -> MessageResult | None:
+    def work() -> MessageResult | _Limited | None:
         with pool.acquire() as p:
             device = _device_by_secret(p, secret)
             msg = RawMessage(channel, body, device, request.url.path.rsplit("/", 1)[0] + "/***",
                              time.time(), _remote(request), params)
-            if device is None:
-                p.process([msg])  # unknown credentials: dead-lettered, device None
-                return None
-            return p.process([msg])[0]
+            return _process(p, msg)
 
     res = await run_in_threadpool(work)
-    if res is None:
-        raise Unauthorized("unknown or revoked device secret")
-    r = _result_or_error(res)
+    r = _answer(res, "unknown or revoked device secret")
     return {"accepted": r.accepted, "duplicates": r.duplicates}
 
 

@@ -10,7 +10,7 @@ from alerts.delivery import new_webhook_secret, refuse_webhook_target
 from api.authz import MANAGERS, SUPERVISORS, access
 from api.deps import CurrentStaff, SessionDep, SettingsDep, StaffContext, audit, require_unit
 from api.errors import Conflict, DomainError, NotFound
-from api.schemas import ChannelIn, ChannelOut, WebhookCreated, WebhookIn, WebhookOut
+from api.schemas import ChannelIn, ChannelOut, DbId, WebhookCreated, WebhookIn, WebhookOut
 from store.models import StaffChannel, WebhookEndpoint
 
 router = APIRouter(tags=["notifications"])
@@ -51,7 +51,7 @@ def list_webhooks(ctx: CurrentStaff, session: SessionDep) -> list[WebhookEndpoin
 
 
 @router.delete("/webhooks/{webhook_id}", response_model=WebhookOut, **access(MANAGERS))
-def deactivate_webhook(webhook_id: int, ctx: CurrentStaff, session: SessionDep,
+def deactivate_webhook(webhook_id: DbId, ctx: CurrentStaff, session: SessionDep,
                        request: Request) -> WebhookEndpoint:
     """Stop sending to a receiver (kept for the delivery record)."""
     hook = session.get(WebhookEndpoint, webhook_id)
@@ -100,7 +100,7 @@ def add_channel(body: ChannelIn, ctx: CurrentStaff, session: SessionDep,
 
 
 @router.delete("/me/channels/{channel_id}", response_model=ChannelOut, **access(SUPERVISORS, "self"))
-def remove_channel(channel_id: int, ctx: CurrentStaff, session: SessionDep,
+def remove_channel(channel_id: DbId, ctx: CurrentStaff, session: SessionDep,
                    request: Request) -> StaffChannel:
     """Stop delivering on one of the caller's channels."""
     ch = session.get(StaffChannel, channel_id)

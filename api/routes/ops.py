@@ -54,7 +54,7 @@ def metrics(settings: SettingsDep,
 @router.get("/dead-letters", response_model=list[DeadLetterOut], **access({CITY}, "city"))
 def dead_letters(
     ctx: CurrentStaff, session: SessionDep, request: Request, reason: str | None = None,
-    offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=2**31 - 1), limit: int = Query(100, ge=1, le=1000),
 ) -> list[DeadLetterOut]:
     """Rejected messages with their reason (city administrators: they may name any device)."""
     if ctx.staff.role != Role.CITY_ADMIN:

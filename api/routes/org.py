@@ -8,7 +8,7 @@ from sqlalchemy import select
 from api.authz import EVERYONE, access
 from api.deps import CurrentStaff, SessionDep
 from api.errors import NotFound
-from api.schemas import OrgUnitOut
+from api.schemas import DbId, OrgUnitOut
 from store.models import OrgUnit
 
 router = APIRouter(prefix="/org", tags=["organisation"])
@@ -25,7 +25,7 @@ def list_units(ctx: CurrentStaff, session: SessionDep) -> list[OrgUnit]:
 
 
 @router.get("/units/{unit_id}", response_model=OrgUnitOut, **access(EVERYONE))
-def get_unit(unit_id: int, ctx: CurrentStaff, session: SessionDep) -> OrgUnit:
+def get_unit(unit_id: DbId, ctx: CurrentStaff, session: SessionDep) -> OrgUnit:
     """One unit of the caller's subtree."""
     unit = session.get(OrgUnit, unit_id)
     if unit is None or not ctx.can_see_unit(unit_id):

@@ -23,6 +23,7 @@ from api.deps import (
 )
 from api.errors import DomainError, Invalid, NotFound
 from api.routes.zones import visible_zone
+from api.schemas import DbId, InputModel
 from store import permits as flow
 from store.models import OrgUnit, PermitEvent, Supervisee, TravelPermit, Zone
 from store.registry import bump_config_version
@@ -33,32 +34,32 @@ router = APIRouter(tags=["travel permits"])
 Reason = Literal["medical", "schooling", "litigation", "family", "work"]
 
 
-class PermitIn(BaseModel):
+class PermitIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     reason: Reason
-    destination_zone_id: int
+    destination_zone_id: DbId
     start_at: datetime
     end_at: datetime
     details: str = Field(default="", max_length=2000)
 
 
-class OpinionIn(BaseModel):
+class OpinionIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     recommend: bool
     note: str = Field(min_length=2, max_length=2000)
 
 
-class DecisionIn(BaseModel):
+class DecisionIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     note: str | None = Field(default=None, max_length=2000)
 
 
-class NoteIn(BaseModel):
+class NoteIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     note: str = Field(min_length=2, max_length=2000)
 
 
-class AmendIn(BaseModel):
+class AmendIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     end_at: datetime
     note: str = Field(min_length=2, max_length=2000)
@@ -135,7 +136,7 @@ def _done(session: SessionDep, r: RedisDep, settings: SettingsDep) -> None:
 
 @router.post("/supervisees/{supervisee_id}/permits", response_model=PermitOut, status_code=201,
              **access(SUPERVISORS))
-def request_for(supervisee_id: int, body: PermitIn, ctx: CurrentStaff, session: SessionDep,
+def request_for(supervisee_id: DbId, body: PermitIn, ctx: CurrentStaff, session: SessionDep,
                 request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """An officer requests a permit on the supervisee's behalf."""
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -184,7 +185,7 @@ def my_permits(device: CurrentDevice, session: SessionDep) -> list[TravelPermit]
 
 @router.get("/permits", response_model=list[PermitOut], **access(SUPERVISORS))
 def list_permits(ctx: CurrentStaff, session: SessionDep, status: str | None = None,
-                 supervisee_id: int | None = None) -> list[TravelPermit]:
+                 supervisee_id: DbId | None = None) -> list[TravelPermit]:
     """Permits of the caller's jurisdiction."""
     q = select(TravelPermit).where(TravelPermit.office_id.in_(ctx.unit_ids))
     if status is not None:
@@ -195,7 +196,7 @@ def list_permits(ctx: CurrentStaff, session: SessionDep, status: str | None = No
 
 
 @router.get("/permits/{permit_id}", response_model=PermitDetail, **access(SUPERVISORS))
-def get_permit(permit_id: int, ctx: CurrentStaff, session: SessionDep) -> PermitDetail:
+def get_permit(permit_id: DbId, ctx: CurrentStaff, session: SessionDep) -> PermitDetail:
     """One permit with its full history (who did what, when)."""
     p = _permit(session, ctx, permit_id)
     events = session.scalars(select(PermitEvent).where(PermitEvent.permit_id == p.id)
@@ -205,7 +206,7 @@ def get_permit(permit_id: int, ctx: CurrentStaff, session: SessionDep) -> Permit
 
 
 @router.post("/permits/{permit_id}/opinion", response_model=PermitOut, **access({OFFICER, HEAD}))
-def give_opinion(permit_id: int, body: OpinionIn, ctx: CurrentStaff, session: SessionDep,
+def give_opinion(permit_id: DbId, body: OpinionIn, ctx: CurrentStaff, session: SessionDep,
                  request: Request) -> TravelPermit:
     """The judicial office's opinion on a permit the district or city bureau decides."""
     p = _permit(session, ctx, permit_id)
@@ -232,21 +233,21 @@ def _decide(permit_id: int, approve: bool, note: str | None, ctx: StaffContext,
 
 
 @router.post("/permits/{permit_id}/approve", response_model=PermitOut, **access(SUPERVISORS))
-def approve(permit_id: int, body: DecisionIn, ctx: CurrentStaff, session: SessionDep,
+def approve(permit_id: DbId, body: DecisionIn, ctx: CurrentStaff, session: SessionDep,
             request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """Approve (only staff of the tier the permit's length requires)."""
     return _decide(permit_id, True, body.note, ctx, session, request, r, settings)
 
 
 @router.post("/permits/{permit_id}/reject", response_model=PermitOut, **access(SUPERVISORS))
-def reject(permit_id: int, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
+def reject(permit_id: DbId, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
            request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """Reject, with the reason."""
     return _decide(permit_id, False, body.note, ctx, session, request, r, settings)
 
 
 @router.post("/permits/{permit_id}/revoke", response_model=PermitOut, **access(SUPERVISORS))
-def revoke(permit_id: int, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
+def revoke(permit_id: DbId, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
            request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """Withdraw an approved permit."""
     p = _permit(session, ctx, permit_id)
@@ -260,7 +261,7 @@ def revoke(permit_id: int, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
 
 
 @router.post("/permits/{permit_id}/amend", response_model=PermitOut, **access(SUPERVISORS))
-def amend(permit_id: int, body: AmendIn, ctx: CurrentStaff, session: SessionDep,
+def amend(permit_id: DbId, body: AmendIn, ctx: CurrentStaff, session: SessionDep,
           request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """Change the end date; the permit goes back for a decision at the tier it now needs."""
     p = _permit(session, ctx, permit_id)
@@ -275,7 +276,7 @@ def amend(permit_id: int, body: AmendIn, ctx: CurrentStaff, session: SessionDep,
 
 
 @router.post("/permits/{permit_id}/return", response_model=PermitOut, **access(SUPERVISORS))
-def record_return(permit_id: int, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
+def record_return(permit_id: DbId, body: NoteIn, ctx: CurrentStaff, session: SessionDep,
                   request: Request, r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """An officer records the return check-in (销假), e.g. made in person at the office."""
     p = _permit(session, ctx, permit_id)
@@ -292,7 +293,7 @@ RETURN_FIX_MAX_AGE_S = 1800
 
 
 @router.post("/phone/permits/{permit_id}/return", response_model=PermitOut, **declared("device", "device"))
-def phone_return(permit_id: int, device: CurrentDevice, session: SessionDep,
+def phone_return(permit_id: DbId, device: CurrentDevice, session: SessionDep,
                  r: RedisDep, settings: SettingsDep) -> TravelPermit:
     """The phone checks back in (销假); accepted only from inside the home area, by a fresh fix."""
     p = session.get(TravelPermit, permit_id, with_for_update=True)

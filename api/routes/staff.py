@@ -11,7 +11,7 @@ from sqlalchemy import select
 from api.authz import CITY, EVERYONE, MANAGERS, RANK, access
 from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, StaffContext, audit, require_unit
 from api.errors import Conflict, DomainError, Forbidden, NotFound
-from api.schemas import StaffIn, StaffOut, StaffPatch
+from api.schemas import DbId, StaffIn, StaffOut, StaffPatch
 from api.security import hash_password
 from api.sessions import end_all_sessions
 from store.enums import OrgKind, Role
@@ -76,7 +76,7 @@ def create_staff(body: StaffIn, ctx: CurrentStaff, session: SessionDep, request:
 
 
 @router.patch("/{staff_id}", response_model=StaffOut, **access(MANAGERS))
-def update_staff(staff_id: int, body: StaffPatch, ctx: CurrentStaff, session: SessionDep,
+def update_staff(staff_id: DbId, body: StaffPatch, ctx: CurrentStaff, session: SessionDep,
                  request: Request, r: RedisDep, settings: SettingsDep) -> Staff:
     """Disable or enable an account, change its role, or lift a lockout. Every change ends the
     account's sessions at once (its tokens and live feeds stop)."""

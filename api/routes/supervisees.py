@@ -23,6 +23,7 @@ from api.errors import Conflict, Invalid, NotFound
 from api.routes.broker import device_credentials
 from api.routes.zones import visible_zone
 from api.schemas import (
+    DbId,
     DeviceCredentials,
     DeviceIn,
     DeviceOut,
@@ -84,8 +85,8 @@ def create_supervisee(
 
 @router.get("/supervisees", response_model=list[SuperviseeOut], **access(EVERYONE))
 def list_supervisees(
-    ctx: CurrentStaff, session: SessionDep, office_id: int | None = None,
-    offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+    ctx: CurrentStaff, session: SessionDep, office_id: DbId | None = None,
+    offset: int = Query(0, ge=0, le=2**31 - 1), limit: int = Query(100, ge=1, le=1000),
 ) -> list[Supervisee]:
     """Supervisees of the caller's jurisdiction."""
     q = select(Supervisee).where(Supervisee.office_id.in_(ctx.unit_ids))
@@ -95,14 +96,14 @@ def list_supervisees(
 
 
 @router.get("/supervisees/{supervisee_id}", response_model=SuperviseeOut, **access(EVERYONE))
-def get_supervisee(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> Supervisee:
+def get_supervisee(supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep) -> Supervisee:
     """One supervisee."""
     return supervisee_in_jurisdiction(session, ctx, supervisee_id)
 
 
 @router.put("/supervisees/{supervisee_id}/home-area", response_model=SuperviseeOut, **access(SUPERVISORS))
 def set_home_area(
-    supervisee_id: int, body: HomeAreaIn, ctx: CurrentStaff, session: SessionDep,
+    supervisee_id: DbId, body: HomeAreaIn, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,
 ) -> Supervisee:
     """Set the approved movement area (执行地)."""
@@ -119,7 +120,7 @@ def set_home_area(
     "/supervisees/{supervisee_id}/devices", response_model=DeviceCredentials, status_code=201,
     **access(SUPERVISORS))
 def enrol_device(
-    supervisee_id: int, body: DeviceIn, ctx: CurrentStaff, session: SessionDep,
+    supervisee_id: DbId, body: DeviceIn, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,
 ) -> DeviceCredentials:
     """Enrol a phone; its credentials are returned once and stored only hashed."""
@@ -133,7 +134,7 @@ def enrol_device(
 
 
 @router.get("/supervisees/{supervisee_id}/devices", response_model=list[DeviceOut], **access(SUPERVISORS))
-def list_devices(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> list[Device]:
+def list_devices(supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep) -> list[Device]:
     """A supervisee's phones (never their secrets)."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
     return list(session.scalars(select(Device).where(Device.supervisee_id == supervisee_id)))
@@ -165,7 +166,7 @@ def _position_row(row: Any) -> dict[str, Any]:
 
 @router.get("/supervisees/{supervisee_id}/position", **access(SUPERVISORS))
 def latest_position(
-    supervisee_id: int, ctx: CurrentStaff, session: SessionDep, request: Request,
+    supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep, request: Request,
     purpose: str = PurposeQ,
 ) -> dict[str, Any]:
     """The newest accepted fix (WGS-84) as a GeoJSON Feature."""
@@ -189,7 +190,7 @@ def latest_position(
 
 @router.get("/supervisees/{supervisee_id}/track", **access(SUPERVISORS))
 def track(
-    supervisee_id: int, ctx: CurrentStaff, session: SessionDep, request: Request,
+    supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep, request: Request,
     start: datetime = Query(..., alias="from"), end: datetime = Query(..., alias="to"),
     purpose: str = PurposeQ, limit: int = Query(10_000, ge=1, le=100_000),
 ) -> dict[str, Any]:
@@ -228,7 +229,7 @@ def track(
 @router.post("/supervisees/{supervisee_id}/zones", response_model=ZoneAssignmentOut,
              status_code=201, **access(SUPERVISORS))
 def assign_zone(
-    supervisee_id: int, body: ZoneAssignmentIn, ctx: CurrentStaff, session: SessionDep,
+    supervisee_id: DbId, body: ZoneAssignmentIn, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,
 ) -> SuperviseeZone:
     """Apply a prohibition-order zone or a curfew to one person."""
@@ -254,7 +255,7 @@ def assign_zone(
 @router.get("/supervisees/{supervisee_id}/zones", response_model=list[ZoneAssignmentOut],
             **access(SUPERVISORS))
 def list_zone_assignments(
-    supervisee_id: int, ctx: CurrentStaff, session: SessionDep
+    supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep
 ) -> list[SuperviseeZone]:
     """Exclusion zones and curfews of one person."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -265,7 +266,7 @@ def list_zone_assignments(
 @router.delete("/supervisees/{supervisee_id}/zones/{assignment_id}",
                response_model=ZoneAssignmentOut, **access(SUPERVISORS))
 def end_zone_assignment(
-    supervisee_id: int, assignment_id: int, ctx: CurrentStaff, session: SessionDep,
+    supervisee_id: DbId, assignment_id: DbId, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,
 ) -> SuperviseeZone:
     """Lift an exclusion zone or curfew (kept, marked inactive)."""
@@ -282,7 +283,7 @@ def end_zone_assignment(
 
 @router.put("/supervisees/{supervisee_id}/rules", response_model=SuperviseeOut, **access(SUPERVISORS))
 def set_rule_overrides(
-    supervisee_id: int, body: RuleOverridesIn, ctx: CurrentStaff, session: SessionDep,
+    supervisee_id: DbId, body: RuleOverridesIn, ctx: CurrentStaff, session: SessionDep,
     request: Request, r: RedisDep, settings: SettingsDep,
 ) -> Supervisee:
     """Override thresholds of the rule profile for one person (with the reason, audited)."""

@@ -23,7 +23,7 @@ from api.deps import (
     supervisee_in_jurisdiction,
 )
 from api.errors import Forbidden, Invalid, NotFound
-from api.schemas import SuperviseeOut
+from api.schemas import DbId, InputModel, Label, SuperviseeOut
 from store.enums import AlertKind, Role
 from store.models import (
     Alert,
@@ -39,18 +39,18 @@ from store.registry import load_profile
 router = APIRouter(tags=["supervision"])
 
 
-class LevelIn(BaseModel):
+class LevelIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     level: Literal["strict", "normal", "lenient"]
-    key_flags: list[str] = Field(default_factory=list, max_length=20)
+    key_flags: list[Label] = Field(default_factory=list, max_length=20)
     reason: str = Field(min_length=3, max_length=2000)
 
 
-class SanctionIn(BaseModel):
+class SanctionIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["reprimand", "warning", "revocation_request"]
     reason: str = Field(min_length=3, max_length=2000)
-    alert_id: int | None = None
+    alert_id: DbId | None = None
 
 
 class SanctionOut(BaseModel):
@@ -64,11 +64,11 @@ class SanctionOut(BaseModel):
     alert_id: int | None
 
 
-class SuspensionIn(BaseModel):
+class SuspensionIn(InputModel):
     """Pause notifications (alerts are still recorded, marked suppressed), e.g. a hospital stay."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: str | None = Field(default=None, description="one alert kind, or every kind")
+    kind: str | None = Field(default=None, max_length=64, description="one alert kind, or every kind")
     starts_at: datetime
     ends_at: datetime
     reason: str = Field(min_length=3, max_length=2000)
@@ -82,14 +82,15 @@ class SuspensionOut(SuspensionIn):
     cancelled_at: datetime | None
 
 
-class KeyPeriodIn(BaseModel):
+class KeyPeriodIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     starts_on: date
     ends_on: date
-    levels: list[Literal["strict", "normal", "lenient"]] = Field(default_factory=list)
-    flags: list[str] = Field(default_factory=list)
-    interval_factor: float = Field(default=0.5, gt=0, le=1)
+    levels: list[Literal["strict", "normal", "lenient"]] = Field(default_factory=list, max_length=3)
+    flags: list[Label] = Field(default_factory=list, max_length=20)
+    # a real column: a factor below 1e-38 underflows it (and below 0.01 means nothing)
+    interval_factor: float = Field(default=0.5, ge=0.01, le=1)
     extra_rollcalls: int = Field(default=1, ge=0, le=10)
 
 
@@ -98,7 +99,7 @@ class KeyPeriodOut(KeyPeriodIn):
     id: int
 
 
-class RollCallIn(BaseModel):
+class RollCallIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=3, max_length=1000)
 
@@ -129,7 +130,7 @@ def tell_interval(session: SessionDep, sup: Supervisee, interval_s: float) -> No
 
 
 @router.put("/supervisees/{supervisee_id}/level", response_model=SuperviseeOut, **access(SUPERVISORS))
-def set_level(supervisee_id: int, body: LevelIn, ctx: CurrentStaff, session: SessionDep,
+def set_level(supervisee_id: DbId, body: LevelIn, ctx: CurrentStaff, session: SessionDep,
               request: Request, r: RedisDep, settings: SettingsDep) -> Supervisee:
     """Change the supervision level and key-person flags, with the reason; phones are told."""
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -150,7 +151,7 @@ def set_level(supervisee_id: int, body: LevelIn, ctx: CurrentStaff, session: Ses
 
 
 @router.get("/supervisees/{supervisee_id}/changes", **access(SUPERVISORS))
-def level_history(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> list[dict[str, Any]]:
+def level_history(supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep) -> list[dict[str, Any]]:
     """Who changed the level or flags, when, and why."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
     rows = session.scalars(select(SuperviseeChange).where(
@@ -185,7 +186,7 @@ def list_key_periods(ctx: CurrentStaff, session: SessionDep) -> list[KeyPeriod]:
 
 @router.post("/supervisees/{supervisee_id}/rollcalls", response_model=RollCallOut,
              status_code=201, **access(SUPERVISORS))
-def roll_call_now(supervisee_id: int, body: RollCallIn, ctx: CurrentStaff, session: SessionDep,
+def roll_call_now(supervisee_id: DbId, body: RollCallIn, ctx: CurrentStaff, session: SessionDep,
                   request: Request) -> Any:
     """An officer's roll-call on demand: sent within seconds, answered by a fresh fix."""
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -198,7 +199,7 @@ def roll_call_now(supervisee_id: int, body: RollCallIn, ctx: CurrentStaff, sessi
 
 
 @router.get("/supervisees/{supervisee_id}/rollcalls", response_model=list[RollCallOut], **access(SUPERVISORS))
-def list_roll_calls(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) -> list[Any]:
+def list_roll_calls(supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep) -> list[Any]:
     """A supervisee's roll-calls, newest first."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
     rows = session.execute(text("""SELECT * FROM roll_calls WHERE supervisee_id = :s
@@ -208,7 +209,7 @@ def list_roll_calls(supervisee_id: int, ctx: CurrentStaff, session: SessionDep) 
 
 @router.post("/supervisees/{supervisee_id}/sanctions", response_model=SanctionOut,
              status_code=201, **access(SUPERVISORS))
-def record_sanction(supervisee_id: int, body: SanctionIn, ctx: CurrentStaff, session: SessionDep,
+def record_sanction(supervisee_id: DbId, body: SanctionIn, ctx: CurrentStaff, session: SessionDep,
                     request: Request, r: RedisDep, settings: SettingsDep) -> Sanction:
     """Record a sanction a person decided; a warning may move the supervisee to strict (profile)."""
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -235,7 +236,7 @@ def record_sanction(supervisee_id: int, body: SanctionIn, ctx: CurrentStaff, ses
 
 @router.post("/supervisees/{supervisee_id}/suspensions", response_model=SuspensionOut,
              status_code=201, **access(SUPERVISORS))
-def suspend(supervisee_id: int, body: SuspensionIn, ctx: CurrentStaff, session: SessionDep,
+def suspend(supervisee_id: DbId, body: SuspensionIn, ctx: CurrentStaff, session: SessionDep,
             request: Request) -> AlertSuspension:
     """Suspend notifications for a supervisee (and kind) over a window, with the reason."""
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -256,7 +257,7 @@ def suspend(supervisee_id: int, body: SuspensionIn, ctx: CurrentStaff, session: 
 
 @router.get("/supervisees/{supervisee_id}/suspensions", response_model=list[SuspensionOut],
             **access(SUPERVISORS))
-def list_suspensions(supervisee_id: int, ctx: CurrentStaff, session: SessionDep
+def list_suspensions(supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep
                      ) -> list[AlertSuspension]:
     """A supervisee's suspensions, newest first."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -266,7 +267,7 @@ def list_suspensions(supervisee_id: int, ctx: CurrentStaff, session: SessionDep
 
 @router.delete("/supervisees/{supervisee_id}/suspensions/{suspension_id}",
                response_model=SuspensionOut, **access(SUPERVISORS))
-def cancel_suspension(supervisee_id: int, suspension_id: int, ctx: CurrentStaff,
+def cancel_suspension(supervisee_id: DbId, suspension_id: DbId, ctx: CurrentStaff,
                       session: SessionDep, request: Request) -> AlertSuspension:
     """End a suspension early."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
@@ -280,7 +281,7 @@ def cancel_suspension(supervisee_id: int, suspension_id: int, ctx: CurrentStaff,
 
 
 @router.get("/supervisees/{supervisee_id}/sanction-suggestion", **access(SUPERVISORS))
-def sanction_suggestion(supervisee_id: int, ctx: CurrentStaff, session: SessionDep
+def sanction_suggestion(supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep
                         ) -> dict[str, Any]:
     """What the profile's ladder suggests now (a person decides; nothing is applied)."""
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)

@@ -21,7 +21,7 @@ from api.deps import (
     commit_config_change,
 )
 from api.errors import Invalid, NotFound
-from api.schemas import ZoneIn
+from api.schemas import DbId, ZoneIn
 from geofence.model import CRS, ZoneKind
 from geofence.zones import InvalidZone, circle_zone, parse_zone_geojson
 from store.models import Zone
@@ -110,6 +110,6 @@ def list_zones(ctx: CurrentStaff, session: SessionDep, kind: ZoneKind | None = N
 
 
 @router.get("/{zone_id}", **access(SUPERVISORS))
-def get_zone(zone_id: int, ctx: CurrentStaff, session: SessionDep) -> dict[str, Any]:
+def get_zone(zone_id: DbId, ctx: CurrentStaff, session: SessionDep) -> dict[str, Any]:
     """One zone as a GeoJSON Feature."""
     return zone_feature(visible_zone(session, ctx, zone_id))
