@@ -190,3 +190,11 @@ def test_disabling_an_account_ends_its_tokens_and_live_feed_at_once(settings: Se
 @pytest.mark.parametrize("bad", ["", "Bearer", "Bearer x.y.z", "Basic abc"])
 def test_malformed_credentials_are_refused(client, org: Org, bad: str):
     assert client.get(f"{API}/auth/me", headers={"Authorization": bad}).status_code == 401
+
+
+def test_a_username_no_account_can_have_is_refused_and_logged_safely(client, org: Org, db):
+    r = sign_in(client, "admin\x00" + "x" * 300)
+    assert r.status_code == 401
+    (target,) = db.execute("SELECT target FROM audit_log WHERE action = 'auth.login_failed'"
+                           ).fetchone()
+    assert target.startswith("admin\\0x") and len(target) == 100

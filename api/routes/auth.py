@@ -28,6 +28,10 @@ class TooManyAttempts(DomainError):
     code = "too_many_attempts"
 
 
+def _safe(name: str) -> str:
+    return name.replace("\x00", "\\0")[:100]
+
+
 def _address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -48,11 +52,14 @@ def login(
     """
     fails_key = f"{settings.redis_prefix}loginfail:{_address(request)}"
     if int(r.get(fails_key) or 0) >= settings.login_failures_per_address:
-        audit(session, None, request, "auth.login_throttled", form.username[:100])
+        audit(session, None, request, "auth.login_throttled", _safe(form.username))
         session.commit()
         raise TooManyAttempts("too many failed sign-ins from this address; try again later")
-    staff = session.scalars(select(Staff).where(Staff.username == form.username)
-                            .with_for_update()).first()
+    # A name no account can have (NUL, oversized) is simply unknown; it is logged made safe.
+    name = form.username
+    usable = "\x00" not in name and len(name) <= 200
+    staff = session.scalars(select(Staff).where(Staff.username == name)
+                            .with_for_update()).first() if usable else None
     now = pg_now(session)
     locked = staff is not None and staff.locked_until is not None and staff.locked_until > now
     # argon2 runs in every case, so the answer's timing does not tell a known username (or a
@@ -71,7 +78,7 @@ def login(
                 staff.locked_until = now + timedelta(seconds=settings.login_lockout_s)
                 staff.failed_logins = 0
                 detail["now_locked_until"] = staff.locked_until.isoformat()
-        audit(session, None, request, "auth.login_failed", form.username[:100],
+        audit(session, None, request, "auth.login_failed", _safe(form.username),
               actor_id=staff.id if staff is not None else None, **detail)
         session.commit()
         raise Unauthorized(WRONG)
