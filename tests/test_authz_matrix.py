@@ -270,3 +270,72 @@ def test_nothing_outside_the_jurisdiction_is_reached(client, org: Org, world, rd
     # Nothing was done (only refusals): no staff action landed in the audit log.
     after = db.execute("SELECT count(*) FROM audit_log WHERE action NOT LIKE 'auth.%'").fetchone()
     assert after == before
+
+
+def _body_ids(client) -> dict[tuple[str, str], list[str]]:  # type: ignore[no-untyped-def]
+    """Staff operations whose request body names a resource by id."""
+    spec = client.get("/openapi.json").json()
+    comps = spec["components"]["schemas"]
+    out = {}
+    for m, p, o in _ops(client):
+        if o["x-access"]["scope"] in ("device", "public", "token"):
+            continue
+        for c in o.get("requestBody", {}).get("content", {}).values():
+            props = comps.get(c["schema"].get("$ref", "").split("/")[-1], {}).get("properties", {})
+            ids = sorted(k for k in props if k.endswith("_id"))
+            if ids:
+                out[(m, p)] = ids
+    return out
+
+
+def test_ids_in_request_bodies_cannot_reach_across_the_jurisdiction(client, org: Org, world, rds,
+                                                                    settings, db):
+    """Staff of Jianghan act on their own supervisee (or on nothing in the path) with a body
+    naming a Jiang'an resource: refused, and nothing done."""
+    jiangan_dest = client.post(f"{API}/zones", headers=login(client, "jiangan-supervisor"), json={
+        "name": "Jiang'an only", "kind": "destination", "crs": "gcj02", "radius_m": 300,
+        "owner_unit_id": org.district_ids[JIANGAN],
+        "geometry": {"type": "Point", "coordinates": [114.30, 30.60]}}).json()["id"]
+    now = datetime.now(UTC)
+    ours = {"supervisee_id": org.other_supervisee_id}
+    cases: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+        ("post", "/api/v1/staff"): ("jianghan-supervisor", {
+            "username": "intruder", "full_name": "x", "role": "officer", "password": "p" * 12,
+            "org_unit_id": org.office_ids[JIANGAN]}),
+        ("post", "/api/v1/supervisees"): ("jianghan-officer", {
+            "office_id": org.office_ids[JIANGAN], "full_name": "x", "case_number": "X-1",
+            "supervision_type": "probation"}),
+        ("put", "/api/v1/supervisees/{supervisee_id}/home-area"): (
+            "jianghan-officer", {"zone_id": org.zone_ids[JIANGAN]}),
+        ("post", "/api/v1/supervisees/{supervisee_id}/zones"): (
+            "jianghan-officer", {"zone_id": world["excl"], "role": "exclusion"}),
+        ("post", "/api/v1/zones"): ("jianghan-supervisor", {
+            "name": "x", "kind": "exclusion", "crs": "gcj02", "radius_m": 100,
+            "owner_unit_id": org.district_ids[JIANGAN],
+            "geometry": {"type": "Point", "coordinates": [114.30, 30.60]}}),
+        ("post", "/api/v1/supervisees/{supervisee_id}/permits"): ("jianghan-officer", {
+            "reason": "medical", "destination_zone_id": jiangan_dest,
+            "start_at": (now + timedelta(days=20)).isoformat(),
+            "end_at": (now + timedelta(days=21)).isoformat()}),
+        ("post", "/api/v1/supervisees/{supervisee_id}/sanctions"): ("jianghan-officer", {
+            "kind": "reprimand", "reason": "late", "alert_id": world["ids"]["alert_id"]}),
+        ("post", "/api/v1/webhooks"): ("jianghan-supervisor", {
+            "org_unit_id": org.district_ids[JIANGAN], "name": "x", "url": "https://x.example/h"}),
+        ("post", "/api/v1/me/channels"): ("jianghan-officer", {
+            "channel": "webhook", "address": "+8613800000009",
+            "webhook_id": world["ids"]["webhook_id"]}),
+    }
+    missing = sorted(f"{m.upper()} {p}" for m, p in _body_ids(client) if (m, p) not in cases)
+    assert missing == [], f"add a cross-jurisdiction body case for: {missing}"
+    before = db.execute("SELECT count(*) FROM audit_log WHERE action NOT LIKE 'auth.%'").fetchone()
+    reached = []
+    for (m, p), (username, body) in cases.items():
+        role = {"jianghan-officer": "officer", "jianghan-supervisor": "district_supervisor"}[username]
+        r = client.request(m.upper(), _path(p, {**world["ids"], **ours}), json=body, headers={
+            "Authorization": f"Bearer {_token(rds, settings, world, username, role)}"})
+        refused = r.status_code in (400, 403, 404) or (r.status_code == 422 and "error" in r.json())
+        if not refused:
+            reached.append(f"{username} {m.upper()} {p}: {r.status_code} {r.text[:120]}")
+    assert reached == []
+    after = db.execute("SELECT count(*) FROM audit_log WHERE action NOT LIKE 'auth.%'").fetchone()
+    assert after == before
