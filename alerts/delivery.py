@@ -149,19 +149,11 @@ class Outgoing:
 _CANCEL = """
 UPDATE notifications n
    SET status = 'cancelled', last_error = x.why
-  FROM (SELECT n2.id, CASE
-               WHEN NOT s.active THEN 'recipient disabled'
-               WHEN s.role NOT IN ('officer', 'office_head', 'district_supervisor', 'city_admin')
-                    THEN 'recipient no longer supervises'
-               WHEN NOT ch.active THEN 'channel removed'
-               WHEN w.id IS NOT NULL AND NOT w.active THEN 'webhook deactivated'
-               WHEN a.status = 'resolved' THEN 'alert resolved before delivery'
-               END AS why
-          FROM notifications n2
-          JOIN staff s ON s.id = n2.staff_id
-          JOIN staff_channels ch ON ch.id = n2.channel_id
-          LEFT JOIN webhook_endpoints w ON w.id = ch.webhook_id
-          JOIN alerts a ON a.id = n2.alert_id
+  FROM (SELECT n2.id,
+               coalesce(notification_block(n2.staff_id, n2.channel_id),
+                        CASE WHEN a.status = 'resolved' THEN 'alert resolved before delivery' END)
+               AS why
+          FROM notifications n2 JOIN alerts a ON a.id = n2.alert_id
          WHERE n2.status = 'pending' AND n2.channel = %(channel)s
            AND n2.next_attempt_at <= now()) x
  WHERE n.id = x.id AND x.why IS NOT NULL
@@ -343,8 +335,6 @@ class ChannelRunner(threading.Thread):
         self.settings = settings
         self.stop_event = stop
         self.worker = worker
-        self.delivered = 0
-        self.failed = 0
 
     def run(self) -> None:
         """Reconnect on database failure until stopped."""
@@ -384,8 +374,6 @@ class ChannelRunner(threading.Thread):
                 if finished:
                     record(conn, finished, s)
                     in_flight -= len(finished)
-                    self.delivered += sum(1 for _, ok, _ in finished if ok)
-                    self.failed += sum(1 for _, ok, _ in finished if not ok)
                 claimed: list[Outgoing] = []
                 if in_flight < s.delivery_concurrency:
                     claimed = claim(conn, self.channel, s.delivery_concurrency - in_flight,

@@ -116,6 +116,20 @@ def supervisee_in_jurisdiction(
     return sup
 
 
+def device_in_jurisdiction(session: Session, ctx: StaffContext, device_id: str) -> Device:
+    """The device, if it exists and belongs to a supervisee the staff member may see (404)."""
+    dev = session.get(Device, device_id)
+    if dev is None:
+        raise NotFound(f"device {device_id} not found")
+    supervisee_in_jurisdiction(session, ctx, dev.supervisee_id)
+    return dev
+
+
+def unit_path_ids(unit: OrgUnit) -> list[int]:
+    """The unit and every unit above it, from its materialised path ("/1/2/5/")."""
+    return [int(p) for p in unit.path.strip("/").split("/") if p]
+
+
 def require_unit(ctx: StaffContext, unit_id: int) -> None:
     """Refuse acting on an organisation unit outside the staff member's subtree."""
     if not ctx.can_see_unit(unit_id):

@@ -41,6 +41,11 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class TooManyRequests(DomainError):
+    status_code = 429
+    code = "too_many_requests"
+
+
 class Invalid(DomainError):
     status_code = 422
     code = "invalid"

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from api.authz import EVERYONE, access, declared
 from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, audit, pg_now
-from api.errors import DomainError, Unauthorized
+from api.errors import TooManyRequests, Unauthorized
 from api.schemas import PasswordChangeIn, StaffOut, Token
 from api.security import hash_password, issue_access_token, verify_password
 from api.sessions import RefreshRefused, end_all_sessions, end_session, open_session, refresh_session
@@ -21,11 +21,6 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 _DUMMY_HASH = hash_password("no account has this password")
 WRONG = "wrong username or password, or the account is locked (try later or ask an administrator)"
-
-
-class TooManyAttempts(DomainError):
-    status_code = 429
-    code = "too_many_attempts"
 
 
 def _safe(name: str) -> str:
@@ -54,7 +49,8 @@ def login(
     if int(r.get(fails_key) or 0) >= settings.login_failures_per_address:
         audit(session, None, request, "auth.login_throttled", _safe(form.username))
         session.commit()
-        raise TooManyAttempts("too many failed sign-ins from this address; try again later")
+        raise TooManyRequests("too many failed sign-ins from this address; try again later",
+                              "too_many_attempts")
     # A name no account can have (NUL, oversized) is simply unknown; it is logged made safe.
     name = form.username
     usable = "\x00" not in name and len(name) <= 200

@@ -27,7 +27,7 @@ from api.deps import (
     SessionDep,
     SettingsDep,
     commit_config_change,
-    supervisee_in_jurisdiction,
+    device_in_jurisdiction,
 )
 from api.errors import Conflict, NotFound, Unauthorized
 from api.schemas import DeviceCredentials
@@ -68,10 +68,7 @@ def reenrol_device(
     r: RedisDep, settings: SettingsDep,
 ) -> DeviceCredentials:
     """Issue an enrolled phone a new secret (shown once); the old one stops working at once."""
-    dev = session.get(Device, device_id)
-    if dev is None:
-        raise NotFound(f"device {device_id} not found")
-    supervisee_in_jurisdiction(session, ctx, dev.supervisee_id)
+    dev = device_in_jurisdiction(session, ctx, device_id)
     if not dev.active:
         raise Conflict(f"device {device_id} is revoked: enrol a new device instead")
     secret = new_device_secret()

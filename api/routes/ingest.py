@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.authz import declared
-from api.errors import DomainError, Unauthorized
+from api.errors import DomainError, TooManyRequests, Unauthorized
 from api.security import hash_device_secret, secret_matches
 from ingest.pipeline import Channel, MessageResult, Pipeline, RawMessage
 from store.ratelimit import allow
@@ -39,11 +39,6 @@ class PayloadRejected(DomainError):
 class PayloadTooLarge(DomainError):
     status_code = 413
     code = "oversized"
-
-
-class RateLimited(DomainError):
-    status_code = 429
-    code = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +122,7 @@ def _answer(res: MessageResult | _Limited | None, unauthorized: str) -> MessageR
     if res is None:
         raise Unauthorized(unauthorized)
     if isinstance(res, _Limited):
-        raise RateLimited(res.detail, headers={"Retry-After": res.retry_after})
+        raise TooManyRequests(res.detail, "rate_limited", headers={"Retry-After": res.retry_after})
     return _result_or_error(res)
 
 

@@ -8,7 +8,15 @@ from sqlalchemy import select
 
 from alerts.delivery import new_webhook_secret, refuse_webhook_target
 from api.authz import MANAGERS, SUPERVISORS, access
-from api.deps import CurrentStaff, SessionDep, SettingsDep, StaffContext, audit, require_unit
+from api.deps import (
+    CurrentStaff,
+    SessionDep,
+    SettingsDep,
+    StaffContext,
+    audit,
+    require_unit,
+    unit_path_ids,
+)
 from api.errors import Conflict, DomainError, NotFound
 from api.schemas import ChannelIn, ChannelOut, DbId, WebhookCreated, WebhookIn, WebhookOut
 from store.models import StaffChannel, WebhookEndpoint
@@ -20,8 +28,7 @@ router = APIRouter(tags=["notifications"])
 def _usable_units(ctx: StaffContext) -> set[int]:
     """Units whose webhooks a staff member may use: their subtree and the units above them
     (a city-wide SMS gateway serves every office)."""
-    above = {int(p) for p in ctx.unit.path.strip("/").split("/") if p}
-    return set(ctx.unit_ids) | above
+    return set(ctx.unit_ids) | set(unit_path_ids(ctx.unit))
 
 
 @router.post("/webhooks", response_model=WebhookCreated, status_code=201, **access(MANAGERS))

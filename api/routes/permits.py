@@ -20,6 +20,7 @@ from api.deps import (
     StaffContext,
     audit,
     supervisee_in_jurisdiction,
+    unit_path_ids,
 )
 from api.errors import DomainError, Invalid, NotFound
 from api.routes.zones import visible_zone
@@ -164,7 +165,7 @@ def request_from_phone(body: PermitIn, device: CurrentDevice, session: SessionDe
     office = session.get(OrgUnit, sup.office_id)
     assert office is not None
     # Only zones drawn for the supervisee's office or above (not another district's).
-    if zone.owner_unit_id not in {int(u) for u in office.path.strip("/").split("/") if u}:
+    if zone.owner_unit_id not in unit_path_ids(office):
         raise Invalid(f"zone {zone.id} is not a destination (a district or city boundary, or a "
                       "drawn destination area)")
     try:

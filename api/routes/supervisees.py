@@ -17,6 +17,7 @@ from api.deps import (
     SettingsDep,
     audit,
     commit_config_change,
+    device_in_jurisdiction,
     supervisee_in_jurisdiction,
 )
 from api.errors import Conflict, Invalid, NotFound
@@ -146,10 +147,7 @@ def revoke_device(
     r: RedisDep, settings: SettingsDep,
 ) -> Device:
     """Revoke a phone at once: its further messages are dead-lettered as unknown."""
-    dev = session.get(Device, device_id)
-    if dev is None:
-        raise NotFound(f"device {device_id} not found")
-    supervisee_in_jurisdiction(session, ctx, dev.supervisee_id)
+    dev = device_in_jurisdiction(session, ctx, device_id)
     dev.active = False
     dev.revoked_at = datetime.now().astimezone()
     commit_config_change(session, ctx, request, r, settings,

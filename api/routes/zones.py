@@ -19,6 +19,7 @@ from api.deps import (
     SettingsDep,
     StaffContext,
     commit_config_change,
+    unit_path_ids,
 )
 from api.errors import Invalid, NotFound
 from api.schemas import DbId, ZoneIn
@@ -29,16 +30,11 @@ from store.models import Zone
 router = APIRouter(prefix="/zones", tags=["zones"])
 
 
-def ancestor_ids(ctx: StaffContext) -> list[int]:
-    """Units above (and including) the caller's: their zones are usable by the caller."""
-    return [int(p) for p in ctx.unit.path.strip("/").split("/") if p]
-
-
 def visible_zone(session: Session, ctx: StaffContext, zone_id: int) -> Zone:
     """A zone owned in the caller's subtree or by one of its ancestors (404 otherwise)."""
     zone = session.get(Zone, zone_id)
     if zone is None or not (
-        ctx.can_see_unit(zone.owner_unit_id) or zone.owner_unit_id in ancestor_ids(ctx)
+        ctx.can_see_unit(zone.owner_unit_id) or zone.owner_unit_id in unit_path_ids(ctx.unit)
     ):
         raise NotFound(f"zone {zone_id} not found")
     return zone
@@ -101,7 +97,7 @@ def create_zone(
 def list_zones(ctx: CurrentStaff, session: SessionDep, kind: ZoneKind | None = None) -> dict[str, Any]:
     """Zones the caller may use, as a FeatureCollection."""
     q = select(Zone).where(
-        or_(Zone.owner_unit_id.in_(ctx.unit_ids), Zone.owner_unit_id.in_(ancestor_ids(ctx)))
+        or_(Zone.owner_unit_id.in_(ctx.unit_ids), Zone.owner_unit_id.in_(unit_path_ids(ctx.unit)))
     )
     if kind is not None:
         q = q.where(Zone.kind == kind.value)
