@@ -64,6 +64,10 @@ class BatchResult:
     events: list[Event] = field(default_factory=list)
     states: dict[str, DeviceState] = field(default_factory=dict)  # only devices whose state changed
 
+    def carry(self, states: Mapping[str, DeviceState]) -> dict[str, DeviceState]:
+        """The caller's states with this batch's changes applied (a new dict; `states` is kept)."""
+        return {**states, **self.states}
+
 
 def _haversine(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
@@ -455,9 +459,24 @@ def evaluate(
 ) -> BatchResult:
     """Decide a batch of fixes of many devices; each device's fixes are folded in fix-time order.
 
-    Fixes older than a device's state never change it: they are judged on their own, from a
-    clean slate, so a buffered upload that arrives after a live fix can still reveal a past
-    violation (reported as late), but cannot undo a later decision.
+    `decisions[k]` is the verdict on `fixes[k]` (and says so: `decisions[k].index == k`); events
+    name the fix that decided them by device and fix time; `states` holds the devices whose
+    state changed, and `carry` merges them into the caller's map. Fixes older than a device's
+    state never change it: they are judged on their own, from a clean slate, so a buffered
+    upload that arrives after a live fix can still reveal a past violation (reported as late),
+    but cannot undo a later decision.
+
+    A batch user (a replay, a benchmark) drives it like this::
+
+        zones = {7: prepare_zone(7, geojson_polygon, CRS.GCJ02)}
+        subjects = {"phone-1": Subject(supervisee_id=1, home_zone_id=7)}
+        states: dict[str, DeviceState] = {}
+        for batch, arrived_by in batches:  # fixes in arrival order, any devices
+            res = evaluate(batch, subjects, zones, states, now=arrived_by)
+            states = res.carry(states)
+            for ev in res.events:  # AREA_EXIT, LOCATION_REQUEST (ask the phone now), ...
+                ...
+            outside = [batch[d.index] for d in res.decisions if d.membership == "outside"]
     """
     result = BatchResult()
     if not fixes:
@@ -465,36 +484,39 @@ def evaluate(
     pre = _prepare(fixes, subjects, zones, states)
     fold = _Fold(fixes, subjects, zones, pre, now, retro)
     current: dict[str, DeviceState] = {}
-    late_fixes: list[Fix] = []
+    decisions: list[Decision | None] = [None] * len(fixes)
+    late_idx: list[int] = []
     for i in pre.order:
         f = fixes[i]
         m = MEMBERSHIPS[pre.allowed[i]]
         lon, lat = float(pre.lon[i]), float(pre.lat[i])
         if pre.late[i]:
-            late_fixes.append(f)
-            result.decisions.append(Decision(f, lon, lat, m, bool(pre.usable[i]), evaluated=False))
+            late_idx.append(i)
+            decisions[i] = Decision(f, lon, lat, m, bool(pre.usable[i]), False, i)
             continue
         state = current.get(f.device_id)
         if state is None:
             given = states.get(f.device_id)
             state = current[f.device_id] = given.copy() if given is not None else DeviceState()
         fold.fix(state, i)
-        result.decisions.append(Decision(f, lon, lat, m, bool(pre.usable[i]), evaluated=True))
+        decisions[i] = Decision(f, lon, lat, m, bool(pre.usable[i]), True, i)
     result.events = fold.events
     for dev, st in current.items():
         if st != states.get(dev):
             result.states[dev] = st
-    if late_fixes and not retro:
+    if late_idx and not retro:
         # A clean slate that assumes the person was where they belong.
+        late_fixes = [fixes[i] for i in late_idx]
         clean = {d: DeviceState(area=Track(AreaStatus.INSIDE)) for d in {f.device_id for f in late_fixes}}
         past = evaluate(late_fixes, subjects, zones, clean, now, retro=True)
-        result.events.extend(e for e in past.events if e.kind != EventKind.ROLL_CALL_REQUEST)
-        late_membership = {(d.fix.device_id, d.fix.time, id(d.fix)): d for d in past.decisions}
-        result.decisions = [
-            replace(d, membership=late_membership[(d.fix.device_id, d.fix.time, id(d.fix))].membership)
-            if not d.evaluated else d
-            for d in result.decisions
-        ]
+        result.events.extend(e for e in past.events
+                             if e.kind not in (EventKind.ROLL_CALL_REQUEST, EventKind.LOCATION_REQUEST))
+        for d in past.decisions:
+            i = late_idx[d.index]
+            old = decisions[i]
+            assert old is not None
+            decisions[i] = replace(old, membership=d.membership)
+    result.decisions = [d for d in decisions if d is not None]
     return result
 
 

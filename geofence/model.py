@@ -64,6 +64,7 @@ class EventKind(StrEnum):
     CURFEW_BREACH = "curfew_breach"
     SPOOFING = "suspected_spoofing"
     ROLL_CALL_REQUEST = "roll_call_request"  # the engine cannot decide: ask the phone
+    LOCATION_REQUEST = "location_request"  # suggestive evidence: ask the phone for a fix now
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +250,7 @@ class Decision:
     membership: Membership  # in the allowed area
     usable: bool  # can decide something (accuracy within the limit, not cell-only)
     evaluated: bool  # False when the fix was older than the device state (stored, judged apart)
+    index: int = -1  # position of `fix` in the sequence given to `evaluate`
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,3 +226,13 @@ class PreparedZone:
         p = shapely.points(x[0], y[0])
         d = float(shapely.distance(self.boundary, p))
         return -d if shapely.contains_xy(self.geom, x[0], y[0]) else d
+
+
+def prepare_zone(zone_id: int, geojson: Any, crs: CRS, kind: ZoneKind = ZoneKind.HOME_AREA,
+                 version: int = 1) -> PreparedZone:
+    """A zone ready for `evaluate`, from a GeoJSON Polygon/MultiPolygon drawn in `crs`.
+
+    The same validation and conversion to WGS-84 as a zone stored through the API; raises
+    `InvalidZone` (with `.reason`) for what the API would refuse.
+    """
+    return PreparedZone(zone_id, version, kind, parse_zone_geojson(geojson, crs))

@@ -207,17 +207,15 @@ class Pipeline:
                 continue
             for f in d.fixes:
                 fixes.append(f if f.device_id == dev else _with_device(f, dev))
-                owner.append(i)
+                owner.append(i)  # decisions[k].index == k: fix k came in message owner[k]
             others.extend((i, o) for o in d.other)
 
         devices = sorted({f.device_id for f in fixes})
         states = self.states.load(devices)
         result = evaluate(fixes, self.registry.subjects(infos), self.registry.zones, states, now)
-        # evaluate() returns decisions sorted by (device, time); map them back to messages.
-        owner_of = {(f.device_id, f.time, id(f)): owner[k] for k, f in enumerate(fixes)}
 
         with self.conn.transaction():
-            inserted = self._write_positions(result.decisions, infos, messages, owner_of)
+            inserted = self._write_positions(result.decisions, infos, messages, owner)
             # A redelivered message is late against the state it already advanced: what its
             # fixes revealed was reported the first time.
             result.events = [e for e in result.events
@@ -228,9 +226,9 @@ class Pipeline:
             record_events(self.conn, result.events, targets)
 
         self.states.save(result.states)
-        self._track_silences(messages, decoded, dead, result.decisions, owner_of, infos)
+        self._track_silences(messages, decoded, dead, result.decisions, owner, infos)
         for dec in result.decisions:
-            i = owner_of[(dec.fix.device_id, dec.fix.time, id(dec.fix))]
+            i = owner[dec.index]
             key = (dec.fix.device_id, _us(dec.fix.time))
             if key in inserted:
                 results[i].accepted += 1
@@ -251,7 +249,7 @@ class Pipeline:
     def _track_silences(
         self, messages: Sequence[RawMessage], decoded: Sequence[tuple[int, Decoded]],
         dead: Sequence[tuple[int, str, str]], decisions: Sequence[Decision],
-        owner_of: Mapping[tuple[str, float, int], int], infos: Mapping[str, DeviceInfo],
+        owner: Sequence[int], infos: Mapping[str, DeviceInfo],
     ) -> None:
         """Move the silence deadlines of every device that spoke; clear ended silences."""
         messaged: dict[str, float] = {}
@@ -264,7 +262,7 @@ class Pipeline:
         for dec in decisions:
             f = dec.fix
             if dec.usable:  # as the engine judged it: decided once, used here
-                t = messages[owner_of[(f.device_id, f.time, id(f))]].received_at
+                t = messages[owner[dec.index]].received_at
                 located[f.device_id] = max(located.get(f.device_id, 0.0), t)
                 if not f.mock:  # a mock location answers no roll-call
                     fresh.append((f.device_id, f.time))
@@ -281,7 +279,7 @@ class Pipeline:
         decisions: Sequence[Decision],
         infos: Mapping[str, object],
         messages: Sequence[RawMessage],
-        owner_of: Mapping[tuple[str, float, int], int],
+        owner: Sequence[int],
     ) -> set[tuple[str, int]]:
         if not decisions:
             return set()
@@ -290,7 +288,7 @@ class Pipeline:
                 for dec in decisions:
                     f = dec.fix
                     info = infos[f.device_id]
-                    msg = messages[owner_of[(f.device_id, f.time, id(f))]]
+                    msg = messages[owner[dec.index]]
                     cp.write_row((
                         f.device_id, info.supervisee_id, _ts(f.time),  # type: ignore[attr-defined]
                         _ts(msg.received_at), dec.lon, dec.lat, f.lon, f.lat, f.crs.value,
