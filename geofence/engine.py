@@ -50,10 +50,14 @@ RULE_MOCK = "spoofing.mock_location_flag"
 RULE_SPEED = "spoofing.impossible_speed"
 RULE_FROZEN = "spoofing.identical_fixes"
 RULE_UNDECIDABLE = "roll_call.undecidable_streak"
+RULE_CONFIRM = "confirm.area_exit_suggestive"
 RULE_CURFEW_UNKNOWN = "roll_call.curfew_unknown"
 
 _EARTH_R = 6_371_008.8
 _UNUSABLE_PROVIDERS = frozenset({"cell"})
+# Positions from radio maps (Wi-Fi, cell towers) rather than satellites: wrong by kilometres at
+# times, whatever accuracy they claim, so they never decide an exit alone.
+_NETWORK_PROVIDERS = frozenset({"network", "wifi", "cell"})
 
 
 @dataclass
@@ -142,6 +146,7 @@ class _Prepared:
     late: np.ndarray
     allowed: np.ndarray  # membership code in the allowed area
     deep: np.ndarray  # outside the allowed area by accuracy + deep margin
+    beyond: np.ndarray  # metres from a wholly-outside fix to the nearest allowed zone (else NaN)
     zone_memb: dict[tuple[int, int], int]  # (fix, zone) -> membership code (exclusions, curfews)
     near: dict[tuple[int, int], bool]  # exclusion buffer: circle within the buffer
     far: dict[tuple[int, int], bool]  # exclusion buffer: circle wholly beyond the buffer
@@ -235,11 +240,18 @@ def _prepare(
         else:
             allowed[i] = M_BORDER
     deep = np.zeros(n, dtype=bool)
-    if outside_idx:
-        deep_codes = _zone_codes(zones, outside_idx, lon, lat)
-        for i in {i for items in outside_idx.values() for i, _ in items}:
-            deep[i] = all(deep_codes.get((i, z)) == M_OUTSIDE for z in allowed_of[i])
-
+    beyond = np.full(n, np.nan)
+    for z, items in outside_idx.items():
+        zone = zones.get(z)
+        if zone is None:
+            continue
+        idx = np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items))
+        dist = zone.distance(lon[idx], lat[idx])
+        cur = beyond[idx]
+        beyond[idx] = np.where(np.isnan(cur) | (dist < cur), dist, cur)
+    for items in outside_idx.values():
+        for i, margin in items:
+            deep[i] = bool(beyond[i] >= margin)
     zone_memb = _zone_codes(zones, zone_tasks, lon, lat)
     near: dict[tuple[int, int], bool] = {}
     far: dict[tuple[int, int], bool] = {}
@@ -270,7 +282,7 @@ def _prepare(
         p_lat = np.array([prev[i].lat for i in idx_list])
         margin = np.maximum(acc[idx], np.array([prev[i].accuracy for i in idx_list]))
         crossing.update(zone.segments_cross(p_lon, p_lat, lon[idx], lat[idx], margin, idx))
-    return _Prepared(order, lon, lat, usable, late, allowed, deep, zone_memb, near, far,
+    return _Prepared(order, lon, lat, usable, late, allowed, deep, beyond, zone_memb, near, far,
                      crossing, prev)
 
 
@@ -317,6 +329,7 @@ class _Fold:
             self._exclusions(st, i, subj, rules)
         if subj.curfews:
             self._curfews(st, i, subj, rules)
+        st.before = st.last
         st.last = LastFix(f.time, float(self.pre.lon[i]), float(self.pre.lat[i]),
                           float(f.accuracy or 0.0))
 
@@ -360,37 +373,157 @@ class _Fold:
             self.emit(EventKind.SPOOFING, i, RULE_SPEED, None, Membership.UNDECIDABLE, p.time,
                       speed_mps=round(speed, 1), jump_m=round(d, 1))
 
-    def _jump(self, i: int, rules: Rules) -> bool:
-        """Did the fix move further from the previous one than its own reported speed allows?
+    def _jump(self, st: DeviceState, i: int, rules: Rules, moved: float, dt: float,
+              reach: float) -> bool:
+        """Did the fix leave the previous one further than the phone's movement explains?
 
-        An urban-canyon reflection displaces the position by hundreds of metres while the
-        phone's Doppler speed says it stood still; a person who really left moved at that speed.
-        A fix without a speed is never suspect.
+        A reflection (urban canyon, multipath) displaces a position by hundreds of metres while
+        the person stands still. With a reported speed, a jump is movement beyond that speed;
+        without one, it is a jump of a hundred metres up to a reflection's reach away from a
+        phone whose last two fixes showed it still. A person who really left moved at their
+        speed, was already moving, or went further than any reflection throws a fix.
         """
         f = self.fixes[i]
-        p = self.pre.prev.get(i)
-        if f.speed is None or p is None or f.time <= p.time:
+        if f.speed is not None:
+            allowed = (f.speed + rules.jump_speed_slack_mps) * dt + rules.jump_slack_m
+            return moved > allowed
+        last, before = st.last, st.before
+        if last is None or before is None or dt > rules.still_window_s:
             return False
-        d = _haversine(p.lon, p.lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
-        moved = d - p.accuracy - float(f.accuracy or 0.0)
-        allowed = (f.speed + rules.jump_speed_slack_mps) * (f.time - p.time) + rules.jump_slack_m
-        return moved > allowed
+        if last.time - before.time > rules.still_window_s:
+            return False
+        apart = _haversine(before.lon, before.lat, last.lon, last.lat)
+        still = apart <= max(rules.still_m, before.accuracy + last.accuracy)
+        return still and 2 * rules.still_m <= moved <= reach
+
+    def _evidence(self, st: DeviceState, i: int, rules: Rules, first: bool
+                  ) -> tuple[float, str, dict[str, object]]:
+        """What one wholly-outside fix proves: (weight, grade, facts for the explanation).
+
+        How far the fix lies beyond the allowed area is measured against how far a phone that
+        has not moved could be placed there by error: a multiple of its accuracy, or a
+        reflection of a few hundred metres that no accuracy figure admits (a network fix:
+        kilometres). Beyond twice that reach a fix is "strong", beyond it "deep", within it
+        "shallow". A journey from the previous fix faster than any vehicle weakens it, and a
+        streak that begins with a jump of a still phone weighs less: that is what a reflection
+        looks like, while a person who leaves was already moving.
+        """
+        f = self.fixes[i]
+        a = float(f.accuracy or 0.0)
+        beyond = float(self.pre.beyond[i])
+        network = f.provider in _NETWORK_PROVIDERS
+        reach = max(rules.error_factor * a, rules.network_error_m if network else rules.multipath_m)
+        ratio = beyond / reach if reach > 0 else math.inf
+        if ratio >= rules.strong_ratio and not network:
+            grade, w = "strong", rules.strong_weight
+        elif ratio >= 1.0:
+            grade, w = "deep", rules.deep_weight
+        else:
+            grade, w = "shallow", rules.shallow_weight
+        facts: dict[str, object] = {"t": f.time, "beyond_m": round(beyond, 1), "accuracy_m": a,
+                                    "provider": f.provider, "grade": grade}
+        p = self.pre.prev.get(i)
+        if p is not None and f.time > p.time:
+            dt = f.time - p.time
+            moved = max(0.0, _haversine(p.lon, p.lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
+                        - p.accuracy - a)
+            speed = moved / dt
+            if speed > rules.max_speed_mps and moved >= rules.min_jump_m:
+                w, facts["impossible_speed_mps"] = 0.0, round(speed, 1)
+            elif speed > rules.plausible_speed_mps:
+                w, facts["implausible_speed_mps"] = w * 0.5, round(speed, 1)
+            # Only a displacement a reflection could make: no still phone is thrown kilometres.
+            if first and grade == "shallow" and self._jump(st, i, rules, moved, dt, reach):
+                w, facts["jump_of_still_phone_m"] = w * rules.jump_factor, round(moved, 1)
+        facts["weight"] = round(w, 3)
+        return w, grade, facts
+
+    def _repeat(self, i: int, track: Track, rules: Rules) -> bool:
+        """Is this fix the last counted outside fix again, moments later (a reflection repeats)?"""
+        counted = [e for e in track.evidence if e[3] > 0]
+        if not counted:
+            return False
+        t, _, acc, _, lon, lat = counted[-1]
+        f = self.fixes[i]
+        if f.time - t >= rules.repeat_s:
+            return False
+        d = _haversine(lon, lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
+        return d <= acc + float(f.accuracy or 0.0) + rules.still_m
+
+    def _exit(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> Track:
+        """Fold one wholly-outside fix into the exit streak; decide, or ask the phone.
+
+        An exit is declared on (a) one strong fix of good accuracy after a plausible journey,
+        (b) evidence weighing `exit_weight` with at least one fix beyond a reflection's reach,
+        or (c) shallow fixes only: `shallow_fixes` of them spanning `shallow_span_s`, or two
+        more in half that span (twice the span and two more fixes again when the streak began
+        with a jump of a still phone: a reflection). Until then, the phone is asked for a fresh
+        fix (LOCATION_REQUEST), within its hourly budget.
+        """
+        f = self.fixes[i]
+        t = f.time
+        acc = float(f.accuracy or 0.0)
+        track = st.area
+        first = track.pending == 0
+        w, grade, facts = self._evidence(st, i, rules, first)
+        repeat = grade == "shallow" and not first and self._repeat(i, track, rules)
+        if repeat:  # the same place a minute later proves nothing new about a reflection
+            w, facts["repeat_of_previous"], facts["weight"] = 0.0, True, 0.0
+        counted = 0 if repeat else 1
+        pending = track.pending + counted
+        since = t if first or track.pending_since is None else track.pending_since
+        weight = track.weight + w
+        deep = track.deep_count + (grade != "shallow" and w > 0)
+        suspect = track.suspect or (first and "jump_of_still_phone_m" in facts)
+        evidence = (track.evidence + ((t, float(facts["beyond_m"]), acc, w,  # type: ignore[arg-type]
+                                       float(self.pre.lon[i]), float(self.pre.lat[i])),))[-8:]
+        decided_by = None
+        if pending == 1 and first:
+            if (grade == "strong" and w >= rules.exit_weight - 1e-9
+                    and acc <= rules.single_fix_max_accuracy_m):
+                decided_by = "one_strong_fix"
+        elif deep and weight >= rules.exit_weight - 1e-9:
+            decided_by = "evidence_weight"
+        else:
+            more, longer = (2, 2.0) if suspect else (0, 1.0)
+            span = t - since
+            if ((pending >= rules.shallow_fixes + more and span >= rules.shallow_span_s * longer)
+                    or (pending >= rules.shallow_fixes + 2 + more
+                        and span >= rules.shallow_span_s * longer / 2)):
+                decided_by = "shallow_evidence_over_time"
+        if decided_by is not None:
+            self.emit(EventKind.AREA_EXIT, i, RULE_AREA_EXIT, subj.home_zone_id, Membership.OUTSIDE,
+                      since, allowed_zones=subj.allowed_zone_ids(t), decided_by=decided_by,
+                      weight=round(weight, 3), fixes=pending,
+                      evidence=[{"t": e[0], "beyond_m": e[1], "accuracy_m": e[2],
+                                 "weight": round(e[3], 3), "lon": round(e[4], 6),
+                                 "lat": round(e[5], 6)} for e in evidence],
+                      began_with_unexplained_jump=suspect)
+            return Track(AreaStatus.OUTSIDE, since, 0, None, track.flag)
+        asked = track.asked
+        if (not self.retro and not repeat and w > 0
+                and (asked is None or self.now - asked >= rules.confirm_retry_s)):
+            recent = tuple(r for r in st.requests if self.now - r < 3600.0)
+            if len(recent) < rules.confirm_max_per_hour:
+                self.emit(EventKind.LOCATION_REQUEST, i, RULE_CONFIRM, subj.home_zone_id,
+                          Membership.OUTSIDE, since, weight=round(weight, 3),
+                          needed=rules.exit_weight, fixes=pending, last=facts)
+                st.requests = recent + (self.now,)
+                asked = self.now
+        return Track(track.status, track.since, pending, since, track.flag, deep, since,
+                     suspect, weight, asked, evidence)
 
     def _area(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
         m = MEMBERSHIPS[self.pre.allowed[i]]
-        suspect = (m == Membership.OUTSIDE and st.area.status != AreaStatus.OUTSIDE
-                   and st.area.pending == 0 and self._jump(i, rules))
-        track, change = step(st.area, m, self.fixes[i].time, Membership.OUTSIDE,
-                             rules.exit_fixes, rules.exit_span_s, rules.return_fixes,
-                             rules.return_span_s, bool(self.pre.deep[i]), suspect,
-                             rules.suspect_exit_fixes, rules.suspect_exit_span_s)
-        zone_id = subj.home_zone_id
-        if change == "bad":
-            self.emit(EventKind.AREA_EXIT, i, RULE_AREA_EXIT, zone_id, m, track.since,
-                      allowed_zones=subj.allowed_zone_ids(self.fixes[i].time),
-                      began_with_unexplained_jump=st.area.suspect)
-        elif change == "good" and not self.retro:
-            self.emit(EventKind.AREA_RETURN, i, RULE_AREA_RETURN, zone_id, m, track.since)
+        t = self.fixes[i].time
+        if m == Membership.OUTSIDE and st.area.status != AreaStatus.OUTSIDE:
+            st.area = self._exit(st, i, subj, rules)
+            return
+        # Inside evidence breaks an exit streak; coming back needs the count-and-span rule.
+        track, change = step(st.area, m, t, Membership.OUTSIDE, 1, 0.0, rules.return_fixes,
+                             rules.return_span_s)
+        if change == "good" and not self.retro:
+            self.emit(EventKind.AREA_RETURN, i, RULE_AREA_RETURN, subj.home_zone_id, m, track.since)
         st.area = track
 
     def _exclusions(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:

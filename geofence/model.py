@@ -98,20 +98,29 @@ class Track:
     flag: float | None = None  # exclusion: warned; curfew: window start already reported
     deep_count: int = 0  # the latest run of "deep" evidence (far beyond its accuracy circle)...
     deep_since: float | None = None  # ...and when it began
-    suspect: bool = False  # the streak began with a jump the phone's own speed cannot explain
+    suspect: bool = False  # the streak began with a jump the phone's movement cannot explain
+    weight: float = 0.0  # allowed area: evidence weight of the pending streak (see engine)
+    asked: float | None = None  # allowed area: when this streak last asked the phone for a fix
+    # allowed area: the streak's latest fixes (t, beyond m, accuracy m, weight, lon, lat)
+    evidence: tuple[tuple[float, float, float, float, float, float], ...] = ()
 
     def to_list(self) -> list[object]:
         """Compact serialisable form."""
         return [self.status.value, self.since, self.pending, self.pending_since, self.flag,
-                self.deep_count, self.deep_since, self.suspect]
+                self.deep_count, self.deep_since, self.suspect, self.weight, self.asked,
+                [list(e) for e in self.evidence]]
 
     @classmethod
     def from_list(cls, v: list[object]) -> Track:
-        """Inverse of `to_list`."""
-        st, since, pend, psince, flag, dcount, dsince, suspect = (list(v) + [None] * 8)[:8]
+        """Inverse of `to_list` (an older, shorter form takes the defaults for what it lacks)."""
+        st, since, pend, psince, flag, dcount, dsince, suspect, weight, asked, evidence = (
+            list(v) + [None] * 11)[:11]
+        ev = tuple(tuple(float(x) for x in e) for e in evidence  # type: ignore[attr-defined]
+                   if isinstance(e, list) and len(e) == 6) if isinstance(evidence, list) else ()
         return cls(AreaStatus(str(st)), _f(since), int(pend or 0), _f(psince),  # type: ignore[call-overload]
                    _f(flag), int(dcount or 0) if not isinstance(dcount, bool) else 0,  # type: ignore[call-overload]
-                   _f(dsince), bool(suspect))
+                   _f(dsince), bool(suspect), _f(weight) or 0.0, _f(asked),
+                   ev)  # type: ignore[arg-type]
 
 
 def _f(v: object) -> float | None:
@@ -148,12 +157,15 @@ class DeviceState:
     same_since: float | None = None
     frozen_flagged: bool = False
     mock_flagged: bool = False
+    before: LastFix | None = None  # the decidable fix before `last`: was the phone still?
+    requests: tuple[float, ...] = ()  # when location requests were emitted (the last hour)
 
     def copy(self) -> DeviceState:
         """A working copy (tracks and tuples inside are immutable, so shallow is enough)."""
         return DeviceState(self.last_fix_time, self.area, self.zones, self.last, self.undecidable,
                            self.undecidable_since, self.rollcall_asked, self.same_key,
-                           self.same_count, self.same_since, self.frozen_flagged, self.mock_flagged)
+                           self.same_count, self.same_since, self.frozen_flagged, self.mock_flagged,
+                           self.before, self.requests)
 
     def zone(self, key: str) -> Track:
         """The track of an exclusion or curfew zone."""
@@ -179,6 +191,9 @@ class DeviceState:
             "same": [None if self.same_key is None else list(self.same_key), self.same_count,
                      self.same_since, self.frozen_flagged],
             "mock": self.mock_flagged,
+            "before": None if self.before is None else [self.before.time, self.before.lon,
+                                                        self.before.lat, self.before.accuracy],
+            "req": list(self.requests),
         }
 
     @classmethod
@@ -198,6 +213,8 @@ class DeviceState:
             same_key=tuple(same[0]) if same[0] is not None else None,  # type: ignore[arg-type]
             same_count=int(same[1] or 0), same_since=_f(same[2]), frozen_flagged=bool(same[3]),
             mock_flagged=bool(d.get("mock", False)),
+            before=LastFix(*before) if isinstance(before := d.get("before"), list) else None,
+            requests=tuple(float(x) for x in d.get("req") or ()),  # type: ignore[attr-defined]
         )
 
 

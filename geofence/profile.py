@@ -13,13 +13,31 @@ class Rules:
     """Every threshold the engine uses for one person."""
 
     max_accuracy_m: float = 200.0  # worse accuracy decides nothing
-    exit_fixes: int = 3  # wholly-outside evidence needed before an area exit...
+    # Leaving the allowed area: each wholly-outside fix weighs what it proves (engine._evidence).
+    # How far a fix can lie from a phone that has not moved, beyond what its accuracy says:
+    error_factor: float = 3.0  # ...this many times its reported accuracy...
+    multipath_m: float = 600.0  # ...or a GNSS reflection (urban canyon), whichever is more...
+    network_error_m: float = 2000.0  # ...or a network (Wi-Fi, cell) fix placed wrongly
+    strong_ratio: float = 2.0  # beyond ratio x that reach: "strong", a fix no error explains
+    strong_weight: float = 1.0  # weight of a strong fix...
+    deep_weight: float = 0.5  # ...of one beyond the reach but not twice...
+    shallow_weight: float = 0.25  # ...of one within the reach (noise could put it there)
+    exit_weight: float = 1.0  # an exit needs this much weight in an unbroken outside streak...
+    shallow_fixes: int = 3  # made only of shallow fixes, an exit needs this many...
+    shallow_span_s: float = 600.0  # ...spanning this long
+    repeat_s: float = 90.0  # a shallow fix repeating the previous one's place this soon: no news
+    single_fix_max_accuracy_m: float = 50.0  # a lone strong fix decides only this accurate
+    still_m: float = 50.0  # two fixes this close (or within their circles): the phone was still
+    still_window_s: float = 2400.0  # ...if no further apart in time than this
+    jump_factor: float = 0.5  # a streak that begins with a jump of a still phone weighs less
+    plausible_speed_mps: float = 90.0  # faster than a high-speed train from the last fix: weak
+    confirm_max_per_hour: int = 4  # location requests (ask the phone for a fix now) per hour
+    confirm_retry_s: float = 300.0  # a streak asks again only after this long
+    exit_fixes: int = 3  # curfews: wholly-outside evidence needed before a breach...
     exit_span_s: float = 90.0  # ...spanning at least this long
     return_fixes: int = 3  # the same care before the person counts as back inside
     return_span_s: float = 90.0
-    deep_margin_m: float = 1000.0  # two fixes this far beyond their circles decide faster
-    suspect_exit_fixes: int = 6  # an exit streak that began with an unexplained jump...
-    suspect_exit_span_s: float = 300.0  # ...needs this much more evidence
+    deep_margin_m: float = 1000.0  # curfews: two fixes this far beyond their circles decide faster
     jump_speed_slack_mps: float = 0.5  # a jump is unexplained beyond (reported speed + slack)·Δt
     jump_slack_m: float = 20.0  # + this
     exclusion_fixes: int = 2  # mirror rule for exclusion zones
@@ -133,7 +151,7 @@ class RuleProfile:
         base = self.levels.get(level) or self.levels["normal"]
         if not overrides:
             return base
-        return replace(base, **validate_overrides(overrides))
+        return replace(base, **validate_overrides(_current(overrides)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for storage."""
@@ -146,12 +164,19 @@ class RuleProfile:
     def from_dict(cls, d: Mapping[str, Any]) -> RuleProfile:
         """Inverse of `to_dict`; missing thresholds take the defaults."""
         return cls(str(d["name"]), int(d["version"]),
-                   {k: Rules(**validate_overrides(v)) for k, v in d["levels"].items()},
+                   {k: Rules(**validate_overrides(_current(v))) for k, v in d["levels"].items()},
                    _travel_from(d.get("travel")), _checkin_from(d.get("checkin")),
                    SanctionLadder(**(d.get("sanctions") or {})))
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Rules)}
+# Thresholds of earlier profile versions that the engine no longer uses: dropped when a stored
+# profile or a person's stored overrides are read, refused in new input.
+RETIRED = frozenset({"suspect_exit_fixes", "suspect_exit_span_s"})
+
+
+def _current(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in RETIRED}
 
 
 def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,15 +191,17 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# The default: strict supervision decides faster, lenient waits longer; all keep the same
-# accuracy-aware evidence rule so that none of them alarms on GPS jitter.
+# The default: every level weighs evidence the same way, so none alarms on GPS jitter or a
+# reflection; strict decides sooner (shallow evidence counts more and needs less time), lenient
+# waits for more (a lone strong fix is confirmed by another before it is an exit).
 DEFAULT_PROFILE = RuleProfile(
     "national-2020",
-    1,
+    2,
     {
-        "strict": Rules(exit_fixes=3, exit_span_s=60.0, return_fixes=3, return_span_s=60.0),
+        "strict": Rules(shallow_weight=0.34, shallow_span_s=480.0, exit_span_s=60.0,
+                        return_span_s=60.0, confirm_max_per_hour=6),
         "normal": Rules(),
-        "lenient": Rules(exit_fixes=3, exit_span_s=180.0, return_fixes=3, return_span_s=180.0,
-                         undecidable_fixes=8),
+        "lenient": Rules(exit_weight=1.5, shallow_fixes=4, shallow_span_s=900.0, exit_span_s=180.0,
+                         return_span_s=180.0, undecidable_fixes=8, confirm_max_per_hour=2),
     },
 )

@@ -218,6 +218,11 @@ class PreparedZone:
             out.update({(int(k), self.zone_id): bool(h) for k, h in zip(keys[sel], hits, strict=True)})
         return out
 
+    def distance(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """Metres from each point to the zone (0 inside): how far beyond its border a fix lies."""
+        x, y = self.project(lon, lat)
+        return np.asarray(shapely.distance(self.geom, shapely.points(x, y)), dtype=np.float64)
+
     def signed_distance(self, lon: float, lat: float) -> float:
         """Metres from the border: positive outside the zone, negative inside."""
         if not (math.isfinite(lon) and math.isfinite(lat)):
