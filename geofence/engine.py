@@ -54,6 +54,7 @@ RULE_CONFIRM = "confirm.area_exit_suggestive"
 RULE_CURFEW_UNKNOWN = "roll_call.curfew_unknown"
 
 _EARTH_R = 6_371_008.8
+_SPEED_SPAN_S = 120.0
 _UNUSABLE_PROVIDERS = frozenset({"cell"})
 # Positions from radio maps (Wi-Fi, cell towers) rather than satellites: wrong by kilometres at
 # times, whatever accuracy they claim, so they never decide an exit alone.
@@ -381,10 +382,11 @@ class _Fold:
         the person stands still. With a reported speed, a jump is movement beyond that speed;
         without one, it is a jump of a hundred metres up to a reflection's reach away from a
         phone whose last two fixes showed it still. A person who really left moved at their
-        speed, was already moving, or went further than any reflection throws a fix.
+        speed, was already moving, or went further than any reflection throws a fix. An
+        instantaneous speed speaks for the last couple of minutes only.
         """
         f = self.fixes[i]
-        if f.speed is not None:
+        if f.speed is not None and dt <= _SPEED_SPAN_S:  # a speed says little about 15 minutes
             allowed = (f.speed + rules.jump_speed_slack_mps) * dt + rules.jump_slack_m
             return moved > allowed
         last, before = st.last, st.before

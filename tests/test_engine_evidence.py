@@ -1,0 +1,158 @@
+"""The evidence model for leaving the allowed area, with the profile's own thresholds.
+
+Real phones report every 5 to 15 minutes, often without speed; a reflection (multipath) throws a
+still phone's fix a few hundred metres with a small reported accuracy. Each test names the rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from geofence.engine import RULE_AREA_EXIT, RULE_CONFIRM, evaluate
+from geofence.model import CRS, DeviceState, EventKind, Subject
+from geofence.profile import DEFAULT_PROFILE, Rules
+from geofence.zones import prepare_zone
+from tests.test_engine_rules import HOME, HOME_ID, IN, ZONES, Pipeline, at, fx, pos
+
+NORMAL = DEFAULT_PROFILE.rules_for("normal")
+STRICT = DEFAULT_PROFILE.rules_for("strict")
+LENIENT = DEFAULT_PROFILE.rules_for("lenient")
+NEAR_BORDER = pos(HOME, 950, 0)  # lives 50 m inside the east border
+
+
+def subject(rules: Rules = NORMAL) -> Subject:
+    return Subject(1, HOME_ID, rules=rules)
+
+
+def kinds(events: list) -> list[EventKind]:
+    return [e.kind for e in events]
+
+
+def detail(e) -> dict:
+    return dict(e.reason.detail)
+
+
+def test_one_strong_fix_of_good_accuracy_after_a_plausible_journey_is_an_exit():
+    # A 15-minute phone: home, then 3 km beyond the border (a car trip's worth in 15 minutes).
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, IN), fx(900, IN)])
+    [exit_] = p.live([fx(1800, pos(HOME, 4000, 0), accuracy=8.0)])
+    assert exit_.kind == EventKind.AREA_EXIT and exit_.reason.rule == RULE_AREA_EXIT
+    d = detail(exit_)
+    assert d["decided_by"] == "one_strong_fix"
+    assert d["evidence"][0]["beyond_m"] == pytest.approx(3000, abs=1)
+
+
+def test_a_lone_strong_fix_of_poor_accuracy_asks_the_phone_and_its_answer_decides():
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, IN)])
+    # 3 km out but 80 m accuracy: not alone. The engine asks for a fresh fix at once.
+    [ask] = p.live([fx(900, pos(HOME, 4000, 0), accuracy=80.0)])
+    assert ask.kind == EventKind.LOCATION_REQUEST and ask.reason.rule == RULE_CONFIRM
+    assert ask.detected_at == at(901)
+    assert detail(ask)["last"]["grade"] == "strong"
+    # The answer 40 s later, still far out: two pieces of evidence, an exit.
+    [exit_] = p.live([fx(940, pos(HOME, 4050, 0), accuracy=10.0)])
+    assert exit_.kind == EventKind.AREA_EXIT
+    assert detail(exit_)["decided_by"] == "evidence_weight"
+    assert exit_.since == at(900)
+
+
+def test_network_fixes_never_decide_an_exit_alone():
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, IN)])
+    events = p.live([fx(900, pos(HOME, 4000, 0), accuracy=30.0, provider="network")])
+    assert kinds(events) == [EventKind.LOCATION_REQUEST]
+    assert detail(events[0])["last"]["grade"] == "deep"
+
+
+@pytest.mark.parametrize("interval", [60.0, 300.0, 900.0])
+@pytest.mark.parametrize("speed", [None, 0.0])
+def test_a_reflection_burst_of_three_fixes_near_the_border_raises_no_exit(interval, speed):
+    # A still phone 50 m inside the border; three reports in a row are thrown 400 m outside
+    # (5-8 m accuracy), then it is back. The phone answers every request with the same
+    # reflection 40 s later: the answer repeats the place and adds nothing.
+    p = Pipeline({"dev-1": subject()})
+    t = 0.0
+    for _ in range(4):
+        p.live([fx(t, NEAR_BORDER, speed=speed)])
+        t += interval
+    for k in range(3):
+        reflected = pos(HOME, 1350 + 20 * k, 30 * k)
+        events = p.live([fx(t, reflected, accuracy=5.0 + k, speed=speed)])
+        if EventKind.LOCATION_REQUEST in kinds(events):
+            events += p.live([fx(t + 40, reflected, accuracy=6.0, speed=speed)])
+        assert EventKind.AREA_EXIT not in kinds(events)
+        t += interval
+    p.live([fx(t, NEAR_BORDER, speed=speed)])
+    assert EventKind.AREA_EXIT not in kinds(p.events)
+    assert p.states["dev-1"].area.pending == 0  # the inside fix ended the streak
+
+
+def test_shallow_evidence_decides_when_it_lasts():
+    # Someone standing 300 m outside: a 5-minute phone shows it for 10 minutes (3 fixes).
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, IN)])
+    out = pos(HOME, 1300, 0)
+    assert EventKind.AREA_EXIT not in kinds(p.live([fx(300, out), fx(600, out)]))
+    [exit_] = [e for e in p.live([fx(900, out)]) if e.kind == EventKind.AREA_EXIT]
+    assert detail(exit_)["decided_by"] == "shallow_evidence_over_time"
+    assert exit_.since == at(300)
+
+
+def test_strict_decides_sooner_and_lenient_waits_for_confirmation():
+    out = pos(HOME, 1300, 0)
+    series = [fx(0, IN), fx(100, out), fx(340, out), fx(580, out)]
+    exits = {}
+    for name, rules in (("strict", STRICT), ("normal", NORMAL), ("lenient", LENIENT)):
+        p = Pipeline({"dev-1": subject(rules)})
+        p.live(series + [fx(700, out), fx(1000, out), fx(1300, out)])
+        exits[name] = [e.fix_time for e in p.events if e.kind == EventKind.AREA_EXIT][0]
+    assert exits == {"strict": at(580), "normal": at(700), "lenient": at(1000)}
+    # A lone strong fix: an exit for strict and normal; lenient asks for a second one.
+    far = pos(HOME, 4000, 0)
+    for rules, want in ((STRICT, EventKind.AREA_EXIT), (NORMAL, EventKind.AREA_EXIT),
+                        (LENIENT, EventKind.LOCATION_REQUEST)):
+        p = Pipeline({"dev-1": subject(rules)})
+        p.live([fx(0, IN)])
+        assert kinds(p.live([fx(900, far)])) == [want]
+
+
+def test_a_journey_faster_than_any_vehicle_decides_nothing():
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, IN)])
+    # 60 km in a minute: suspected spoofing, and no weight towards an exit.
+    events = p.live([fx(60, pos(HOME, 61_000, 0))])
+    assert kinds(events) == [EventKind.SPOOFING]
+    area = p.states["dev-1"].area
+    assert (area.pending, area.weight) == (1, 0.0)
+
+
+def test_location_requests_keep_to_the_hourly_budget_and_the_retry_interval():
+    rules = replace(NORMAL, confirm_max_per_hour=2, confirm_retry_s=300.0)
+    p = Pipeline({"dev-1": subject(rules)})
+    p.live([fx(0, IN)])
+    asked = []
+    # Shallow fixes every 2 minutes for 20 minutes, the streak never broken, never decided
+    # (the phone is moving in circles 300 m out, so no fix repeats the last one).
+    for k in range(1, 5):
+        events = p.live([fx(120 * k, pos(HOME, 1300 + 60 * (k % 2), 60 * k))])
+        asked += [e.detected_at for e in events if e.kind == EventKind.LOCATION_REQUEST]
+    assert asked == [at(121), at(481)]  # the first, then 300 s later; then the budget is spent
+    assert p.states["dev-1"].requests == (at(121), at(481))
+    assert EventKind.AREA_EXIT not in kinds(p.events)
+
+
+def test_a_batch_user_can_carry_states_and_map_decisions_to_fixes():
+    zone = prepare_zone(9, HOME.geom_wgs84.__geo_interface__, CRS.WGS84)
+    fixes = [fx(0, IN), fx(60, pos(HOME, 4000, 0)), fx(30, IN, "dev-2")]
+    subjects = {"dev-1": Subject(1, 9), "dev-2": Subject(2, 9)}
+    states: dict[str, DeviceState] = {"other": DeviceState()}
+    res = evaluate(fixes, subjects, {**ZONES, 9: zone}, states, now=at(100))
+    assert [d.index for d in res.decisions] == [0, 1, 2]
+    assert [d.fix for d in res.decisions] == fixes
+    carried = res.carry(states)
+    assert set(carried) == {"other", "dev-1", "dev-2"} and states == {"other": DeviceState()}
+    assert [e.kind for e in res.events] == [EventKind.AREA_EXIT]
