@@ -7,8 +7,7 @@ from typing import Any
 _TEMPLATES = {
     "area_exit.accuracy_circle_wholly_outside":
         "Left the allowed area: from {since} the reported position, with its {acc} accuracy "
-        "circle, lay wholly outside zone {zone} ({dist} beyond the border) on enough "
-        "consecutive fixes.",
+        "circle, lay wholly outside zone {zone} ({dist} beyond the border).",
     "exclusion_entry.accuracy_circle_wholly_inside":
         "Entered prohibited zone {zone}: from {since} the accuracy circle ({acc}) lay wholly "
         "inside it ({dist} inside the border) on enough consecutive fixes.",
@@ -37,8 +36,39 @@ def _m(v: Any) -> str:
     return "unknown" if v is None else f"{abs(float(v)):,.0f} m"
 
 
+_EXIT_HOW = {
+    "one_strong_fix": "one fix of good accuracy lay {beyond} beyond the border, further than a "
+                      "reflection or its accuracy can throw a phone that did not move",
+    "evidence_weight": "{n} fixes lay outside, at least one beyond a reflection's reach "
+                       "(evidence {weight} of {needed} needed): {fixes}",
+    "shallow_evidence_over_time": "{n} fixes lay outside for {minutes}, each within a "
+                                  "reflection's reach but together too long for one: {fixes}",
+}
+
+
+def _exit_how(reason: dict[str, Any]) -> str:
+    """The evidence behind an area exit (the engine's `evidence` list), as a clause."""
+    how = _EXIT_HOW.get(str(reason.get("decided_by")))
+    evidence = reason.get("evidence")
+    if how is None or not isinstance(evidence, list) or not evidence:
+        return ""
+    items = [e for e in evidence if isinstance(e, dict)]
+    fixes = "; ".join(f"{_m(e.get('beyond_m'))} out at ±{_m(e.get('accuracy_m'))}" for e in items)
+    times = [float(e["t"]) for e in items if isinstance(e.get("t"), int | float)]
+    minutes = f"{(max(times) - min(times)) / 60:.0f} min" if times else "some time"
+    return " Evidence: " + how.format(
+        beyond=_m(items[-1].get("beyond_m")), n=reason.get("fixes", len(items)),
+        weight=reason.get("weight"), needed=reason.get("needed", 1.0), fixes=fixes, minutes=minutes) + "."
+
+
 def explain(reason: dict[str, Any]) -> str:
     """Render the engine's reason as a sentence for the officer."""
+    if reason.get("rule") == "area_exit.accuracy_circle_wholly_outside":
+        return _render(reason) + _exit_how(reason)
+    return _render(reason)
+
+
+def _render(reason: dict[str, Any]) -> str:
     template = _TEMPLATES.get(str(reason.get("rule")))
     if template is None:
         return f"Rule {reason.get('rule')!s} fired."

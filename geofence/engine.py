@@ -146,8 +146,7 @@ class _Prepared:
     usable: np.ndarray
     late: np.ndarray
     allowed: np.ndarray  # membership code in the allowed area
-    deep: np.ndarray  # outside the allowed area by accuracy + deep margin
-    beyond: np.ndarray  # metres from a wholly-outside fix to the nearest allowed zone (else NaN)
+    allowed_of: dict[int, list[int]]  # allowed zone ids of each decidable fix
     zone_memb: dict[tuple[int, int], int]  # (fix, zone) -> membership code (exclusions, curfews)
     near: dict[tuple[int, int], bool]  # exclusion buffer: circle within the buffer
     far: dict[tuple[int, int], bool]  # exclusion buffer: circle wholly beyond the buffer
@@ -226,7 +225,6 @@ def _prepare(
 
     per_zone = _zone_codes(zones, allowed_tasks, lon, lat)
     allowed = np.full(n, M_UNDECIDABLE, dtype=np.int8)
-    outside_idx: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for i, ids in allowed_of.items():
         cs = [per_zone[(i, z)] for z in ids if (i, z) in per_zone]
         if not cs:
@@ -235,24 +233,8 @@ def _prepare(
             allowed[i] = M_INSIDE
         elif all(c == M_OUTSIDE for c in cs):
             allowed[i] = M_OUTSIDE
-            rules = subjects[fixes[i].device_id].rules
-            for z in ids:
-                outside_idx[z].append((i, float(acc[i]) + rules.deep_margin_m))
         else:
             allowed[i] = M_BORDER
-    deep = np.zeros(n, dtype=bool)
-    beyond = np.full(n, np.nan)
-    for z, items in outside_idx.items():
-        zone = zones.get(z)
-        if zone is None:
-            continue
-        idx = np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items))
-        dist = zone.distance(lon[idx], lat[idx])
-        cur = beyond[idx]
-        beyond[idx] = np.where(np.isnan(cur) | (dist < cur), dist, cur)
-    for items in outside_idx.values():
-        for i, margin in items:
-            deep[i] = bool(beyond[i] >= margin)
     zone_memb = _zone_codes(zones, zone_tasks, lon, lat)
     near: dict[tuple[int, int], bool] = {}
     far: dict[tuple[int, int], bool] = {}
@@ -283,7 +265,7 @@ def _prepare(
         p_lat = np.array([prev[i].lat for i in idx_list])
         margin = np.maximum(acc[idx], np.array([prev[i].accuracy for i in idx_list]))
         crossing.update(zone.segments_cross(p_lon, p_lat, lon[idx], lat[idx], margin, idx))
-    return _Prepared(order, lon, lat, usable, late, allowed, deep, beyond, zone_memb, near, far,
+    return _Prepared(order, lon, lat, usable, late, allowed, allowed_of, zone_memb, near, far,
                      crossing, prev)
 
 
@@ -296,6 +278,24 @@ class _Fold:
         self.fixes, self.subjects, self.zones, self.pre = fixes, subjects, zones, pre
         self.now, self.retro = now, retro
         self.events: list[Event] = []
+        self._beyond: dict[int, float] = {}
+
+    def beyond(self, i: int) -> float:
+        """Metres from wholly-outside fix i to the nearest allowed zone (measured when needed:
+        only fixes that may start or extend an exit streak, a small share)."""
+        d = self._beyond.get(i)
+        if d is None:
+            lon, lat = self.pre.lon[i:i + 1], self.pre.lat[i:i + 1]
+            d = min((float(self.zones[z].distance(lon, lat)[0])
+                     for z in self.pre.allowed_of.get(i, ()) if z in self.zones), default=math.nan)
+            self._beyond[i] = d
+        return d
+
+    def deep(self, i: int, rules: Rules) -> bool:
+        """Outside the allowed area by more than accuracy + `deep_margin_m` (curfew evidence)."""
+        if self.pre.allowed[i] != M_OUTSIDE:
+            return False
+        return self.beyond(i) >= float(self.fixes[i].accuracy or 0.0) + rules.deep_margin_m
 
     def emit(self, kind: EventKind, i: int, rule: str, zone_id: int | None, m: Membership,
              since: float | None = None, **detail: object) -> None:
@@ -412,7 +412,7 @@ class _Fold:
         """
         f = self.fixes[i]
         a = float(f.accuracy or 0.0)
-        beyond = float(self.pre.beyond[i])
+        beyond = self.beyond(i)
         network = f.provider in _NETWORK_PROVIDERS
         reach = max(rules.error_factor * a, rules.network_error_m if network else rules.multipath_m)
         ratio = beyond / reach if reach > 0 else math.inf
@@ -496,7 +496,7 @@ class _Fold:
         if decided_by is not None:
             self.emit(EventKind.AREA_EXIT, i, RULE_AREA_EXIT, subj.home_zone_id, Membership.OUTSIDE,
                       since, allowed_zones=subj.allowed_zone_ids(t), decided_by=decided_by,
-                      weight=round(weight, 3), fixes=pending,
+                      weight=round(weight, 3), needed=rules.exit_weight, fixes=pending,
                       evidence=[{"t": e[0], "beyond_m": e[1], "accuracy_m": e[2],
                                  "weight": round(e[3], 3), "lon": round(e[4], 6),
                                  "lat": round(e[5], 6)} for e in evidence],
@@ -572,7 +572,7 @@ class _Fold:
                 continue
             m = MEMBERSHIPS[code]
             new, _ = step(track, m, t, Membership.OUTSIDE, rules.exit_fixes, rules.exit_span_s,
-                          rules.return_fixes, rules.return_span_s, bool(self.pre.deep[i]))
+                          rules.return_fixes, rules.return_span_s, self.deep(i, rules))
             ws = cu.window_start(t)
             # Pending evidence while OUTSIDE is evidence of being back: no breach on that.
             if (new.status == AreaStatus.OUTSIDE and new.pending == 0 and ws is not None
