@@ -458,7 +458,7 @@ class _Fold:
         An exit is declared on (a) one strong fix of good accuracy after a plausible journey,
         (b) evidence weighing `exit_weight` with at least one fix beyond a reflection's reach,
         or (c) shallow fixes only: `shallow_fixes` of them spanning `shallow_span_s`, or two
-        more in half that span (twice the span and two more fixes again when the streak began
+        more in a third of that span (twice the span and two more fixes again when the streak began
         with a jump of a still phone: a reflection). Until then, the phone is asked for a fresh
         fix (LOCATION_REQUEST), within its hourly budget.
         """
@@ -491,7 +491,7 @@ class _Fold:
             span = t - since
             if ((pending >= rules.shallow_fixes + more and span >= rules.shallow_span_s * longer)
                     or (pending >= rules.shallow_fixes + 2 + more
-                        and span >= rules.shallow_span_s * longer / 2)):
+                        and span >= rules.shallow_span_s * longer / 3)):
                 decided_by = "shallow_evidence_over_time"
         if decided_by is not None:
             self.emit(EventKind.AREA_EXIT, i, RULE_AREA_EXIT, subj.home_zone_id, Membership.OUTSIDE,

@@ -20,12 +20,12 @@ class Rules:
     network_error_m: float = 2000.0  # ...or a network (Wi-Fi, cell) fix placed wrongly
     strong_ratio: float = 2.0  # beyond ratio x that reach: "strong", a fix no error explains
     strong_weight: float = 1.0  # weight of a strong fix...
-    deep_weight: float = 0.5  # ...of one beyond the reach but not twice...
+    deep_weight: float = 0.75  # ...of one beyond the reach but not twice...
     shallow_weight: float = 0.25  # ...of one within the reach (noise could put it there)
     exit_weight: float = 1.0  # an exit needs this much weight in an unbroken outside streak...
     shallow_fixes: int = 3  # made only of shallow fixes, an exit needs this many...
     shallow_span_s: float = 600.0  # ...spanning this long
-    repeat_s: float = 90.0  # a shallow fix repeating the previous one's place this soon: no news
+    repeat_s: float = 180.0  # a shallow fix repeating the previous one's place this soon: no news
     single_fix_max_accuracy_m: float = 50.0  # a lone strong fix decides only this accurate
     still_m: float = 50.0  # two fixes this close (or within their circles): the phone was still
     still_window_s: float = 2400.0  # ...if no further apart in time than this
@@ -192,8 +192,8 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # The default: every level weighs evidence the same way, so none alarms on GPS jitter or a
-# reflection; strict decides sooner (shallow evidence counts more and needs less time), lenient
-# waits for more (a lone strong fix is confirmed by another before it is an exit).
+# reflection; strict decides sooner (shallow evidence needs less time and the phone is asked
+# more often), lenient waits longer for shallow evidence and asks less.
 DEFAULT_PROFILE = RuleProfile(
     "national-2020",
     2,
@@ -201,7 +201,7 @@ DEFAULT_PROFILE = RuleProfile(
         "strict": Rules(shallow_weight=0.34, shallow_span_s=480.0, exit_span_s=60.0,
                         return_span_s=60.0, confirm_max_per_hour=6),
         "normal": Rules(),
-        "lenient": Rules(exit_weight=1.5, shallow_fixes=4, shallow_span_s=900.0, exit_span_s=180.0,
+        "lenient": Rules(shallow_fixes=4, shallow_span_s=900.0, exit_span_s=180.0,
                          return_span_s=180.0, undecidable_fixes=8, confirm_max_per_hour=2),
     },
 )
