@@ -55,7 +55,6 @@ RULE_CURFEW_UNKNOWN = "roll_call.curfew_unknown"
 
 _EARTH_R = 6_371_008.8
 _SPEED_SPAN_S = 120.0
-_ANSWER_SLACK_S = 30.0  # a phone's clock may run a little behind the server's
 _UNUSABLE_PROVIDERS = frozenset({"cell"})
 # Positions from radio maps (Wi-Fi, cell towers) rather than satellites: wrong by kilometres at
 # times, whatever accuracy they claim, so they never decide an exit alone.
@@ -461,9 +460,7 @@ class _Fold:
         or (c) shallow fixes only: `shallow_fixes` of them spanning `shallow_span_s`, or two
         more in a third of that span (twice the span and two more fixes again when the streak began
         with a jump of a still phone: a reflection). Until then, the phone is asked for a fresh
-        fix (LOCATION_REQUEST), again after each answer, within its hourly budget. An answer is
-        weighed, not trusted: a shallow one counts for nothing (a still phone repeats its
-        reflection a minute later), a deep one as any deep fix (the person went on).
+        fix (LOCATION_REQUEST), within its hourly budget.
         """
         f = self.fixes[i]
         t = f.time
@@ -471,12 +468,9 @@ class _Fold:
         track = st.area
         first = track.pending == 0
         w, grade, facts = self._evidence(st, i, rules, first)
-        answer = (track.asked is not None
-                  and track.asked - _ANSWER_SLACK_S <= t <= track.asked + rules.confirm_window_s)
-        repeat = grade == "shallow" and not first and (answer or self._repeat(i, track, rules))
-        if repeat:  # a reflection repeats: a still phone's answer or the same place moments later
-            w, facts["weight"] = 0.0, 0.0
-            facts["shallow_answer" if answer else "repeat_of_previous"] = True
+        repeat = grade == "shallow" and not first and self._repeat(i, track, rules)
+        if repeat:  # the same place a minute later proves nothing new about a reflection
+            w, facts["repeat_of_previous"], facts["weight"] = 0.0, True, 0.0
         counted = 0 if repeat else 1
         pending = track.pending + counted
         since = t if first or track.pending_since is None else track.pending_since
@@ -509,7 +503,7 @@ class _Fold:
                       began_with_unexplained_jump=suspect)
             return Track(AreaStatus.OUTSIDE, since, 0, None, track.flag)
         asked = track.asked
-        if (not self.retro and (w > 0 or answer)
+        if (not self.retro and not repeat and w > 0
                 and (asked is None or self.now - asked >= rules.confirm_retry_s)):
             recent = tuple(r for r in st.requests if self.now - r < 3600.0)
             if len(recent) < rules.confirm_max_per_hour:

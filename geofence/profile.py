@@ -32,8 +32,7 @@ class Rules:
     jump_factor: float = 0.5  # a streak that begins with a jump of a still phone weighs less
     plausible_speed_mps: float = 90.0  # faster than a high-speed train from the last fix: weak
     confirm_max_per_hour: int = 4  # location requests (ask the phone for a fix now) per hour
-    confirm_retry_s: float = 60.0  # a streak asks again only after this long...
-    confirm_window_s: float = 300.0  # ...and fixes this soon after a request are its answers
+    confirm_retry_s: float = 300.0  # a streak asks again only after this long
     exit_fixes: int = 3  # curfews: wholly-outside evidence needed before a breach...
     exit_span_s: float = 90.0  # ...spanning at least this long
     return_fixes: int = 3  # the same care before the person counts as back inside
