@@ -353,3 +353,29 @@ def test_registry_builds_the_corridor_and_a_fix_on_the_way_is_judged_inside(
     assert rows == [("inside",)] * 4
     assert db.execute("SELECT count(*) FROM alerts WHERE kind = 'area_exit'").fetchone() == (0,)
     assert reg.zones[org.zone_ids[JIANGAN]].signed_distance(*TO_BEIJING[3]) > 100_000
+
+
+def test_registry_reuses_a_corridor_and_drops_it_once_the_permit_is_gone(
+        db: psycopg.Connection, session, org: Org, settings, rds):
+    from store.registry import bump_config_version
+
+    start = datetime.now(UTC) - timedelta(hours=2)
+    pid, _ = _approved_beijing_permit(db, session, org, start, 5)
+    db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES ('dtrip', %s, 'x')",
+               (org.supervisee_id,))
+    cid = corridor_zone_id(pid)
+    reg = Registry(rds, settings.redis_prefix)
+    reg.refresh_if_changed()
+    reg.lookup(db, ["dtrip"])
+    built = reg.zones[cid]
+    bump_config_version(rds, settings.redis_prefix)  # an unrelated change: reloaded, not rebuilt
+    reg.refresh_if_changed()
+    [permit] = reg.lookup(db, ["dtrip"])["dtrip"].subject.permits
+    assert permit.corridor_zone_id == cid and reg.zones[cid] is built
+    db.execute("UPDATE travel_permits SET status = 'revoked' WHERE id = %s", (pid,))
+    for _ in range(2):  # unused for a whole generation: gone
+        bump_config_version(rds, settings.redis_prefix)
+        reg.refresh_if_changed()
+        assert reg.lookup(db, ["dtrip"])["dtrip"].subject.permits == ()
+    assert cid not in reg.zones
+    assert org.zone_ids[JIANGAN] in reg.zones  # stored zones stay cached
