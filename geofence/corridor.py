@@ -12,7 +12,7 @@ outside the hull of Wuchang district and Beijing, and motorways wander similarly
 the distance covers such detours with room to spare; the cap keeps long trips from allowing half
 a province. Wuhan (Wuchang) → Beijing, 1,086 km: 150 km, so Zhengzhou East station lies ~60 km
 inside, while on the way to Shanghai Lu'an lies ~7 km and Hefei ~78 km outside: a Shanghai trip
-on a Beijing permit is caught about 350 km (75 min by high-speed train) after leaving Wuhan.
+on a Beijing permit is caught about 345 km (~70 min by high-speed train) after leaving Wuhan.
 The 20 km floor covers the way to a nearby station or airport (Tianhe airport lies ~7 km outside
 the hull of Wuchang and Beijing). A tighter shape (e.g. the detour ellipse |HP| + |PD| ≤ (1+ε)
 |HD|, narrow near both ends) would catch a wrong direction sooner; not worth its complexity yet.

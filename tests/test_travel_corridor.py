@@ -259,7 +259,7 @@ def test_same_trip_ending_in_shanghai_raises_an_exit_before_hefei():
     trip.ride(TO_SHANGHAI).stay((121.47, 31.23), T0 + 2 * DAY)
     events, _ = run(trip.fixes, subject(beijing_permit()), zones())
     [first, *_] = exits(events)
-    # Caught on the way, after Lu'an, before Hefei: ~350 km and about 75 min after Wuhan.
+    # Caught on the way, after Lu'an, before Hefei: ~345 km and about 70 min after Wuhan.
     assert first.lon < HEFEI_LON
     assert first.fix_time - trip.marks["departs"] < 90 * 60
     assert beijing_corridor().zone.signed_distance(first.lon, first.lat) > 0
