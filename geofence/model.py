@@ -272,11 +272,19 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Permit:
-    """An approved travel permit: its destination joins the allowed area during [start, end)."""
+    """An approved travel permit: its destination joins the allowed area during [start, end).
+
+    With a `corridor_zone_id` (see `geofence/corridor.py`), the way between the home area and
+    the destination is allowed too, but only within the `transit` spans [from, until) that lie
+    inside [start, end): going there after the start, coming back before the end. Staying
+    somewhere on the way beyond them is an exit like any other.
+    """
 
     zone_id: int
     start: float
     end: float
+    corridor_zone_id: int | None = None
+    transit: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +338,13 @@ class Subject:
     profile: str = ""  # the rule profile label these rules came from
 
     def allowed_zone_ids(self, t: float) -> list[int]:
-        """Home area plus the destinations of permits valid at `t`."""
+        """Home area plus the destinations of permits valid at `t` (and their corridors in transit)."""
         ids = [] if self.home_zone_id is None else [self.home_zone_id]
         if not self.permits:
             return ids
-        return ids + [p.zone_id for p in self.permits if p.start <= t < p.end]
+        for p in self.permits:
+            if p.start <= t < p.end:
+                ids.append(p.zone_id)
+                if p.corridor_zone_id is not None and any(a <= t < b for a, b in p.transit):
+                    ids.append(p.corridor_zone_id)
+        return ids

@@ -14,6 +14,7 @@ import psycopg
 import redis
 import shapely
 
+from geofence.corridor import Corridor, build_corridor, corridor_zone_id, with_corridor
 from geofence.model import Curfew, Exclusion, Permit, Subject, ZoneKind
 from geofence.profile import DEFAULT_PROFILE, RuleProfile
 from geofence.zones import PreparedZone
@@ -61,6 +62,10 @@ class Registry:
         self._unknown: dict[str, float] = {}
         self.zones: dict[int, PreparedZone] = {}
         self.profile: RuleProfile | None = None
+        # Permit corridors (synthetic negative zone ids in `zones`), keyed by what they were
+        # built from: (home id, home version, destination id, destination version).
+        self._corridors: dict[int, tuple[tuple[int, int, int, int], Corridor]] = {}
+        self._corridors_used: set[int] = set()
 
     def refresh_if_changed(self) -> None:
         """One Redis GET per batch: drop caches when someone changed the configuration."""
@@ -73,6 +78,12 @@ class Registry:
             self._unknown.clear()
             self.profile = None
             # Zones are keyed by id and checked by version on load: keep prepared geometry.
+            # Corridors no device needed since the last reload belong to ended or withdrawn
+            # permits: drop them (the devices that use them were just cleared).
+            for cid in set(self._corridors) - self._corridors_used:
+                del self._corridors[cid]
+                self.zones.pop(cid, None)
+            self._corridors_used.clear()
 
     def lookup(self, conn: psycopg.Connection, device_ids: Iterable[str]) -> dict[str, DeviceInfo]:
         """Known, active devices among `device_ids` (loading misses in a few queries)."""
@@ -109,12 +120,12 @@ class Registry:
                 (sup_ids,),
             ):
                 extra[row[0]].append(row)
-        permits: dict[int, list[Permit]] = {s: [] for s in sup_ids}
+        permits: dict[int, list[tuple[int, Permit, float]]] = {s: [] for s in sup_ids}
         if sup_ids:
             # Approved permits (and returned ones up to the return): the destination joins the
             # allowed area until the end plus the grace to travel back and check in.
-            for sid, zid, start, end, returned in conn.execute(
-                """SELECT supervisee_id, destination_zone_id, start_at,
+            for pid, sid, zid, start, approved_end, end, returned in conn.execute(
+                """SELECT id, supervisee_id, destination_zone_id, start_at, approved_end_at,
                           approved_end_at + make_interval(secs => %s * 3600), returned_at
                      FROM travel_permits
                     WHERE supervisee_id = ANY(%s) AND approved_end_at IS NOT NULL
@@ -123,12 +134,16 @@ class Registry:
                 (profile.travel.return_grace_hours, sup_ids),
             ):
                 stop = min(end, returned) if returned is not None else end
-                permits[sid].append(Permit(zid, start.timestamp(), stop.timestamp()))
-        zone_ids: set[int] = set()
+                permits[sid].append((pid, Permit(zid, start.timestamp(), stop.timestamp()),
+                                     approved_end.timestamp()))
+        # Zones first: a permit's corridor is built from its home area and destination.
+        zone_ids: set[int] = {r[3] for r in rows if r[3] is not None}
+        zone_ids.update(p.zone_id for ps in permits.values() for _, p, _ in ps)
+        zone_ids.update(row[1] for rs in extra.values() for row in rs)
+        self._load_zones(conn, zone_ids)
         for dev_id, sup_id, office_id, home, active, level, overrides, flags, factor in rows:
             exclusions, curfews = [], []
             for _, zid, role, buffer_m, cs, ce, tz in extra.get(sup_id, []):
-                zone_ids.add(zid)
                 if role == "exclusion":
                     exclusions.append(Exclusion(zid, float(buffer_m)))
                 else:
@@ -138,17 +153,41 @@ class Registry:
             except ValueError:
                 log.exception("supervisee %s has invalid rule overrides; using the level's", sup_id)
                 rules = profile.rules_for(level)
-            subject = Subject(sup_id, home, tuple(permits.get(sup_id, ())), tuple(exclusions),
-                              tuple(curfews), rules, profile.label)
+            travel = tuple(self._with_corridor(pid, p, approved_end, home)
+                           for pid, p, approved_end in permits.get(sup_id, ()))
+            subject = Subject(sup_id, home, travel, tuple(exclusions), tuple(curfews), rules,
+                              profile.label)
             interval = profile.checkin.interval(level, bool(flags), factor or 1.0)
             self.devices[dev_id] = DeviceInfo(dev_id, sup_id, office_id, active, subject, interval,
                                               profile.checkin.deadline_after(interval))
-            if home is not None:
-                zone_ids.add(home)
-            zone_ids.update(p.zone_id for p in subject.permits)
         for d in set(missing) - {r[0] for r in rows}:
             self._unknown[d] = now + UNKNOWN_TTL_S
-        self._load_zones(conn, zone_ids)
+
+    def _with_corridor(self, permit_id: int, permit: Permit, approved_end: float,
+                       home_id: int | None) -> Permit:
+        """The permit with its corridor (home area ↔ destination) allowed in transit.
+
+        The corridor is a synthetic zone, id `-permit_id`, built once per home and destination
+        version and cached in `zones` like a stored one. Without a home area there is no way to
+        speak of: the permit stays as it is.
+        """
+        home = self.zones.get(home_id) if home_id is not None else None
+        dest = self.zones.get(permit.zone_id)
+        if home is None or dest is None:
+            return permit
+        cid = corridor_zone_id(permit_id)
+        key = (home.zone_id, home.version, dest.zone_id, dest.version)
+        cached = self._corridors.get(cid)
+        if cached is None or cached[0] != key:
+            try:
+                corridor = build_corridor(cid, home, dest)
+            except Exception:  # a geometry the corridor cannot be built from: no corridor
+                log.exception("permit %s: corridor not built; transit will raise exits", permit_id)
+                return permit
+            cached = self._corridors[cid] = (key, corridor)
+            self.zones[cid] = corridor.zone
+        self._corridors_used.add(cid)
+        return with_corridor(permit, cached[1], approved_end)
 
     def _load_zones(self, conn: psycopg.Connection, zone_ids: set[int]) -> None:
         if not zone_ids:

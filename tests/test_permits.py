@@ -165,8 +165,10 @@ def test_permit_destination_joins_the_allowed_area_and_overdue_return_alerts(
     start = datetime.now(UTC) + timedelta(minutes=1)
     pid = _ask(client, h, org, dest, start, 1).json()["id"]
     client.post(f"{API}/permits/{pid}/approve", headers=h, json={})
-    # Pretend the trip began an hour ago (requests cannot start in the past).
-    db.execute("UPDATE travel_permits SET start_at = now() - interval '1 hour' WHERE id = %s",
+    # Pretend the trip began six hours ago (requests cannot start in the past): past the
+    # outbound transit window (3 h across town), so Jianghan, which lies on the way from Jiang'an
+    # to Hanyang and is allowed in transit, is allowed no longer.
+    db.execute("UPDATE travel_permits SET start_at = now() - interval '6 hours' WHERE id = %s",
                (pid,))
     client.put(f"{API}/supervisees/{org.supervisee_id}/rules", headers=h,
                json={"overrides": {"exit_fixes": 3}, "reason": "reload"})  # bumps the config
