@@ -142,7 +142,8 @@ def answer(conn: psycopg.Connection, r: redis.Redis, prefix: str,
     pending = [d for d, f in zip(devs, flags, strict=True) if f]
     if not pending:
         return 0
-    mine = [a for a in batch if a.device_id in set(pending)]
+    waiting = set(pending)
+    mine = [a for a in batch if a.device_id in waiting]
     rows = conn.execute(_ANSWER, {
         "dev": [a.device_id for a in mine], "t": [_ts(a.fix_time) for a in mine],
         "recv": [_ts(a.received_at) for a in mine], "acc": [a.accuracy for a in mine],
