@@ -238,7 +238,7 @@ def test_two_concurrent_callers_cannot_exceed_the_limit(db, rds, settings, org: 
     the first to commit and counts what it sent."""
     monkeypatch.setattr(settings, "confirm_max_per_hour", 3)
     targets = {DEV: AlertTarget(org.supervisee_id, org.office_ids[JIANGAN])}
-    # Each request is answered at once in its own transaction, so none blocks another as pending.
+    # Each caller marks its requests answered at once, so none is throttled as still pending.
     events = [ask(T + k) for k in range(3)]
 
     def worker(conn: psycopg.Connection) -> None:
@@ -248,33 +248,24 @@ def test_two_concurrent_callers_cannot_exceed_the_limit(db, rds, settings, org: 
                 conn.execute("UPDATE location_requests SET status = 'answered', "
                              "answered_at = sent_at WHERE status = 'sent'")
 
-    first = psycopg.connect(settings.psycopg_dsn, autocommit=True)
-    second = psycopg.connect(settings.psycopg_dsn, autocommit=True)
-    try:
-        tx = first.transaction()
-        tx.__enter__()
-        for ev in events[:2]:  # two sent, not yet committed
-            record_events(first, [ev], targets)
-            first.execute("UPDATE location_requests SET status = 'answered', "
-                          "answered_at = sent_at WHERE status = 'sent'")
-        pid = second.info.backend_pid
+    with psycopg.connect(settings.psycopg_dsn, autocommit=True) as first, \
+            psycopg.connect(settings.psycopg_dsn, autocommit=True) as second:
         t = threading.Thread(target=worker, args=(second,))
-        t.start()
-        # The second caller must be waiting for the device's lock (or, were there no lock,
-        # already done); only then does the first commit.
-        deadline = time.monotonic() + 15
-        while t.is_alive() and time.monotonic() < deadline:
-            waiting = db.execute("""SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'advisory'
-                                     AND NOT granted""", (pid,)).fetchone()
-            if waiting:
-                break
-            time.sleep(0.05)
-        tx.__exit__(None, None, None)
+        with first.transaction():
+            for ev in events[:2]:  # two sent, not yet committed
+                record_events(first, [ev], targets)
+                first.execute("UPDATE location_requests SET status = 'answered', "
+                              "answered_at = sent_at WHERE status = 'sent'")
+            t.start()
+            # The first commits only once the second waits for the device's lock (or, were
+            # there no lock, has finished on its own).
+            deadline = time.monotonic() + 15
+            while t.is_alive() and time.monotonic() < deadline and not db.execute(
+                    """SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'advisory'
+                        AND NOT granted""", (second.info.backend_pid,)).fetchone():
+                time.sleep(0.05)
         t.join(15)
         assert not t.is_alive()
-    finally:
-        first.close()
-        second.close()
     statuses = [s for _, s, _ in requests(db)]
     assert statuses.count("answered") == 3  # sent: the limit, across both callers
     assert statuses.count("throttled") == 2
