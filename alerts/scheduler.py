@@ -23,7 +23,7 @@ import psycopg
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from alerts import rollcalls
+from alerts import confirm, rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
 from alerts.escalation import escalate_overdue
 from alerts.silences import check_silences
@@ -156,6 +156,9 @@ class Scheduler:
                          id="rollcall_send")
         self.aps.add_job(self._guard("rollcall_miss", rollcalls.close_missed), "interval",
                          seconds=10, id="rollcall_miss")
+        self.aps.add_job(self._guard("confirm_expire",
+                                     lambda c: confirm.expire(c, self.redis, prefix)),
+                         "interval", seconds=10, id="confirm_expire")
         self.aps.add_job(self._guard("escalation", escalate_overdue), "interval", seconds=10,
                          id="escalation")
         self.aps.start()

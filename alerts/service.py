@@ -8,7 +8,9 @@ from typing import Any
 
 import orjson
 import psycopg
+import redis
 
+from alerts.confirm import request_location
 from alerts.outbox import OUTBOX_CHANNEL
 from alerts.rollcalls import request_now
 from geofence.model import Event, EventKind
@@ -74,13 +76,23 @@ def record_events(
     conn: psycopg.Connection,
     events: Sequence[Event],
     targets: Mapping[str, AlertTarget],
+    r: redis.Redis | None = None,
+    prefix: str = "",
 ) -> list[dict[str, Any]]:
-    """Open or update one alert per supervisee and kind; queue the notifications in the outbox."""
+    """Open or update one alert per supervisee and kind; queue the notifications in the outbox.
+
+    Location requests (active confirmation) raise no alert: `alerts/confirm.py` records them and
+    queues the phone's command; `r` lets it mark the device pending at once.
+    """
     outbox: list[tuple[str, dict[str, Any]]] = []
+    asks: list[tuple[Event, AlertTarget]] = []
     with conn.cursor() as cur:
         for ev in events:
             target = targets.get(ev.device_id)
             if target is None:
+                continue
+            if ev.kind == EventKind.LOCATION_REQUEST:
+                asks.append((ev, target))
                 continue
             reason = {**ev.reason.to_dict(), "fix_time": _iso(ev.fix_time),
                       "since": _iso(ev.since), "detected_at": _iso(ev.detected_at)}
@@ -119,6 +131,9 @@ def record_events(
             outbox.append(("alert.opened" if row[8] else "alert.updated", {
                 **base, "alert_id": row[0], "kind": row[1], "severity": row[2], "status": row[3],
                 "count": row[7], "new": bool(row[8]), "opened_at": row[9].isoformat()}))
+        # In device order: each takes its device's advisory lock until commit.
+        for ev, target in sorted(asks, key=lambda a: (a[0].device_id, a[0].fix_time)):
+            request_location(conn, ev, target.supervisee_id, target.office_id, r, prefix)
         for topic, payload in outbox:
             cur.execute("INSERT INTO outbox (topic, payload) VALUES (%s, %s)",
                         (topic, orjson.dumps(payload).decode()))

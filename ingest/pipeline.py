@@ -18,7 +18,7 @@ import orjson
 import psycopg
 import redis
 
-from alerts import rollcalls
+from alerts import confirm, rollcalls
 from alerts.service import AlertTarget, record_events
 from alerts.silences import clear_silence_alerts, record_activity
 from geofence.engine import evaluate
@@ -223,7 +223,7 @@ class Pipeline:
             self._write_dead_letters(messages, dead)
             self._write_others(messages, others)
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}
-            record_events(self.conn, result.events, targets)
+            record_events(self.conn, result.events, targets, self.redis, self.prefix)
 
         self.states.save(result.states)
         self._track_silences(messages, decoded, dead, result.decisions, owner, infos)
@@ -259,15 +259,18 @@ class Pipeline:
                 messaged[dev] = max(messaged.get(dev, 0.0), messages[i].received_at)
         located: dict[str, float] = {}
         fresh: list[tuple[str, float]] = []
+        answers: list[confirm.Answer] = []
         for dec in decisions:
             f = dec.fix
             if dec.usable:  # as the engine judged it: decided once, used here
                 t = messages[owner[dec.index]].received_at
                 located[f.device_id] = max(located.get(f.device_id, 0.0), t)
-                if not f.mock:  # a mock location answers no roll-call
+                if not f.mock:  # a mock location answers no roll-call, no location request
                     fresh.append((f.device_id, f.time))
+                    answers.append(confirm.Answer(f.device_id, f.time, t, f.accuracy))
         if fresh:
             rollcalls.answer(self.conn, self.redis, self.prefix, fresh)
+            confirm.answer(self.conn, self.redis, self.prefix, answers)
         back = record_activity(self.redis, self.prefix, messaged, located,
                                {d: infos[d].silence_s for d in messaged},
                                self.registry.phone_off_s())

@@ -94,6 +94,14 @@ class Settings(BaseSettings):
 
     alert_feed_maxlen: int = 100_000
 
+    # Active confirmation (alerts/confirm.py): when the engine's evidence is suggestive it asks
+    # the phone for a fix now (`report_location` on devices/{id}/cmd, OwnTracks reportLocation).
+    # At most this many commands per device in any hour (battery): the excess is recorded as
+    # throttled and not sent. A request unanswered within the window expires, with no alert
+    # (the engine falls back to its passive rule).
+    confirm_max_per_hour: int = 6
+    confirm_answer_window_s: float = 300.0
+
     # Notification delivery (webhooks, e-mail): retried with exponential backoff until delivered
     # or expired; a claimed notification returns to the queue if its worker dies (lease).
     delivery_backoff_base_s: float = 2.0

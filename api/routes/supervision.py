@@ -1,4 +1,5 @@
-"""Supervision policy for staff: levels and key-person flags, key periods, roll-calls on demand."""
+"""Supervision policy for staff: levels and key-person flags, key periods, roll-calls on demand,
+and the engine's requests for a fresh fix (active confirmation)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,27 @@ class RollCallOut(BaseModel):
     reason: str
 
 
+class LocationRequestOut(BaseModel):
+    """One request for a fresh fix (active confirmation): times and outcome, no coordinates."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    device_id: str
+    rule: str
+    status: str = Field(description="sent, throttled (not sent: battery limit or one already "
+                                    "pending), answered, expired (no alert)")
+    throttle_reason: str | None
+    requested_at: datetime
+    evidence_fix_time: datetime
+    sent_at: datetime | None
+    deadline: datetime | None
+    answered_at: datetime | None
+    answer_fix_time: datetime | None
+    answer_accuracy_m: float | None
+    latency_s: float | None = Field(description="from queuing the command to receiving the answer")
+    expired_at: datetime | None
+
+
 def tell_interval(session: SessionDep, sup: Supervisee, interval_s: float) -> None:
     """Queue the reporting interval for the supervisee's phones (command topic)."""
     devices = session.scalars(select(Device.id).where(Device.supervisee_id == sup.id,
@@ -205,6 +227,17 @@ def list_roll_calls(supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep)
     rows = session.execute(text("""SELECT * FROM roll_calls WHERE supervisee_id = :s
                                    ORDER BY scheduled_at DESC LIMIT 200"""), {"s": supervisee_id})
     return [RollCallOut.model_validate(r._mapping) for r in rows]
+
+
+@router.get("/supervisees/{supervisee_id}/location-requests",
+            response_model=list[LocationRequestOut], **access(SUPERVISORS))
+def list_location_requests(supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep) -> list[Any]:
+    """The engine's requests for a fresh fix of this supervisee's phones, newest first."""
+    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    rows = session.execute(text("""SELECT * FROM location_requests WHERE supervisee_id = :s
+                                   ORDER BY requested_at DESC, id DESC LIMIT 200"""),
+                           {"s": supervisee_id})
+    return [LocationRequestOut.model_validate(r._mapping) for r in rows]
 
 
 @router.post("/supervisees/{supervisee_id}/sanctions", response_model=SanctionOut,
