@@ -664,6 +664,8 @@ def tick(
     """Time-driven checks (curfew windows opening): run by the scheduler, not by fixes."""
     result = BatchResult()
     for dev, subj in subjects.items():
+        if not subj.curfews:  # nothing here runs on the clock for them
+            continue
         st = states.get(dev) or DeviceState()
         new_st = st.copy()
         for cu in subj.curfews:

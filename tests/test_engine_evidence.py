@@ -102,7 +102,7 @@ def test_shallow_evidence_decides_when_it_lasts():
     assert exit_.since == at(300)
 
 
-def test_strict_decides_sooner_and_lenient_waits_for_confirmation():
+def test_strict_decides_shallow_evidence_sooner_and_lenient_later():
     out = pos(HOME, 1300, 0)
     series = [fx(0, IN), fx(100, out), fx(340, out), fx(580, out)]
     exits = {}
@@ -111,10 +111,10 @@ def test_strict_decides_sooner_and_lenient_waits_for_confirmation():
         p.live(series + [fx(700, out), fx(1000, out), fx(1300, out)])
         exits[name] = [e.fix_time for e in p.events if e.kind == EventKind.AREA_EXIT][0]
     assert exits == {"strict": at(580), "normal": at(700), "lenient": at(1000)}
-    # A lone strong fix: an exit for strict and normal; lenient asks for a second one.
+    # A lone strong fix is an exit at every level: what no error explains needs no waiting.
     far = pos(HOME, 4000, 0)
     for rules, want in ((STRICT, EventKind.AREA_EXIT), (NORMAL, EventKind.AREA_EXIT),
-                        (LENIENT, EventKind.LOCATION_REQUEST)):
+                        (LENIENT, EventKind.AREA_EXIT)):
         p = Pipeline({"dev-1": subject(rules)})
         p.live([fx(0, IN)])
         assert kinds(p.live([fx(900, far)])) == [want]

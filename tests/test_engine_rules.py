@@ -843,16 +843,16 @@ def test_deep_outside_evidence_decides_faster():
     events = p.live([fx(0, IN, "deep"), fx(100, deep, "deep"), fx(110, deep, "deep")])
     assert evs(events) == [(EventKind.AREA_EXIT, at(110), at(100), False, RULE_AREA_EXIT,
                             HOME_ID)]
-    assert [e["weight"] for e in dict(events[0].reason.detail)["evidence"]] == [0.5, 0.5]
+    assert [e["weight"] for e in dict(events[0].reason.detail)["evidence"]] == [0.75, 0.75]
     # Shallow evidence needs the count and the span.
     assert p.live([fx(0, IN, "shallow"), fx(100, shallow, "shallow"),
                    fx(130, shallow, "shallow"), fx(160, shallow, "shallow")]) == []
     assert evs(p.live([fx(190, shallow, "shallow")])) == [
         (EventKind.AREA_EXIT, at(190), at(100), False, RULE_AREA_EXIT, HOME_ID)]
-    # One deep fix and shallow ones: the weight decides (0.5 + 2 x 0.25), before the span.
-    assert p.live([fx(0, IN, "mixed"), fx(100, deep, "mixed"), fx(110, shallow, "mixed")]) == []
-    assert evs(p.live([fx(120, shallow, "mixed")])) == [
-        (EventKind.AREA_EXIT, at(120), at(100), False, RULE_AREA_EXIT, HOME_ID)]
+    # One deep fix and a shallow one: the weight decides (0.75 + 0.25), before any span.
+    assert p.live([fx(0, IN, "mixed"), fx(100, deep, "mixed")]) == []
+    assert evs(p.live([fx(110, shallow, "mixed")])) == [
+        (EventKind.AREA_EXIT, at(110), at(100), False, RULE_AREA_EXIT, HOME_ID)]
     # Just short of the reach (599 m beyond) is shallow: two such fixes decide nothing.
     almost = pos(HOME, 1599, 0)
     p2 = Pipeline({"dev-1": home_subject()})

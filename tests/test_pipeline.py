@@ -110,7 +110,8 @@ def test_repeated_exits_update_the_one_open_alert(pipeline, device, db):
         pipeline.process([native(device, *run(t + k * 300))], now=NOW)
     [(kind, status, count, *_)] = alerts(db)
     assert (kind, status, count) == ("area_exit", "open", 3)
-    outbox = db.execute("SELECT topic FROM outbox ORDER BY id").fetchall()
+    # (each exit's first fix also asked the phone for a fix: device commands, left aside here)
+    outbox = db.execute("SELECT topic FROM outbox WHERE topic LIKE 'alert.%' ORDER BY id").fetchall()
     assert [t for (t,) in outbox] == ["alert.opened", "alert.cleared", "alert.updated",
                                       "alert.cleared", "alert.updated"]
 
