@@ -369,6 +369,8 @@ class World:
             modes = [m for m in MODES if m[2] * t_out / 2 >= d_lo] or [MODES[0]]
         name, lo, hi = modes[int(rng.integers(len(modes)))]
         speed = float(rng.uniform(lo, hi))
+        if name == SLOW_FOOT[0]:  # a slow walker takes the time it needs, never hurries
+            t_out = max(t_out, 2 * d_lo / speed)
         max_depth = min(d_hi, speed * t_out / 2)
         if max_depth < d_lo:  # too short a time for this depth at this speed: hurry a little
             speed = d_lo * 2 / t_out
