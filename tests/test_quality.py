@@ -473,3 +473,4 @@ def test_a_small_run_reports_every_target_per_interval_class():
     assert eng.eligible >= 3 and eng.eligible_detected >= 1
     out = text(r)
     assert "False area-exit alerts" in out and "Missed violations" in out and "fixes/s" in out
+    assert "today / naive" in out and "realistic / near a border" in out

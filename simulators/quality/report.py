@@ -127,6 +127,20 @@ def _per_pd(s: ScenarioResult, iv: float | None, what: str, m: Metrics) -> str:
     return _fmt(sum(c[p] for p in group) / m.person_days if m.person_days else math.nan, ".2f")
 
 
+def naive_table(r: Result, name: str = "engine") -> list[list[str]]:
+    """The engine beside the naive point-in-polygon tracker, per scenario, on the same fixes."""
+    w = r.world
+    rows = [["engine vs naive", "false alerts / person-day", "… near a border", "≥10 min seen: detected",
+             "delay p50", "delay p95"]]
+    for s in r.scenarios:
+        for who in (name, "naive"):
+            x, b = s.metrics(w, who, s.group(w)), s.metrics(w, who, s.group(w, near_border=True))
+            rows.append([f"{s.scenario.name} / {who}", _fmt(x.false_per_person_day),
+                         _fmt(b.false_per_person_day), _share(x.eligible_detected, x.eligible, None),
+                         _min(x.delay(50)), _min(x.delay(95))])
+    return rows
+
+
 def level_table(r: Result, name: str = "engine") -> list[list[str]]:
     """Per scenario and level, and for people near a border."""
     w = r.world
@@ -297,7 +311,8 @@ def text(r: Result) -> str:
     names = [e.name for e in r.scenarios[0].part.engines]
     for name in names:
         out += [f"Targets ({name}; ✓ met, ✗ not met):", render(target_table(r, name)), ""]
-    out += [render(level_table(r, names[0])), "", render(noise_table(r, names[0])), ""]
+    out += [render(naive_table(r, names[0])), "", render(level_table(r, names[0])), "",
+            render(noise_table(r, names[0])), ""]
     out += ["False area-exit alerts, by the noise class of their wholly-outside evidence "
             "(+min from the first evidence; distances signed, > 0 outside):"]
     out += [false_alerts(r, s, names[0]) for s in r.scenarios] + [""]
@@ -314,8 +329,8 @@ def markdown(r: Result) -> str:
     head = (f"Alert quality ({cfg.people:,} people × {cfg.days} days = {cfg.person_days:,} person-days, "
             f"seed {cfg.seed}; `python -m simulators.quality`; evaluate() fixes/s on one core: {rates}):\n\n")
     return (head + render(target_table(r), markdown=True) + "\n\n"
-            + render(level_table(r), markdown=True))
+            + render(naive_table(r), markdown=True) + "\n\n" + render(level_table(r), markdown=True))
 
 
-__all__ = ["columns", "false_alerts", "level_table", "markdown", "missed", "noise_table", "render",
-           "target_table", "text"]
+__all__ = ["columns", "false_alerts", "level_table", "markdown", "missed", "naive_table", "noise_table",
+           "render", "target_table", "text"]
