@@ -42,8 +42,8 @@ bench-engine: install services  ## accuracy-aware decisions/s on one core vs a p
 bench-deadlines: install services  ## silence deadlines for 700,000 devices: memory, cost, delay
 	$(BIN)/python -m simulators.deadline_bench
 
-bench-quality: install  ## false alerts and detection of the engine vs a naive tracker, 10,000 person-days
-	$(BIN)/python -m simulators.quality
+bench-quality: install  ## alert quality on realistic phones (1/5/15-min, profile, today's 60 s), 10,000 person-days
+	$(BIN)/python -m simulators.quality --workers 2
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,36 +1,50 @@
-"""The alert-quality benchmark's generator, naive rule and scorer (simulators/quality.py).
+"""The alert-quality benchmark (simulators/quality/): world, phones, driver, scoring, report.
 
 Ground truth is checked with the engine's own geometry (`PreparedZone`, a transverse Mercator
-plane per zone) rather than the simulator's equirectangular plane, and GNSS errors with
-pyproj's geodesic, so the generator is not graded by itself.
+plane per zone) rather than the simulator's equirectangular plane, and position errors with
+pyproj's geodesic, so the generator is not graded by itself. Every realism feature of the phones
+is checked to be present and within its configured range.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import shapely
 from pyproj import Geod
 
-from geofence.crs import CRS_CODE, gcj02_to_wgs84, wgs84_to_gcj02
-from geofence.engine import evaluate
-from geofence.model import CRS, EventKind, Fix, Subject
+from geofence import engine
+from geofence.crs import CRS_CODE, gcj02_to_wgs84
+from geofence.model import CRS, Event, EventKind, Fix, Membership, Reason, Subject
+from geofence.profile import CheckinRules
 from simulators.quality import (
-    CANYON,
     CLEAN,
+    MULTIPATH,
     NETWORK,
+    PROFILE,
+    REALISTIC,
     T0,
+    TODAY,
     AlertLog,
-    FixChunk,
+    EngineRun,
+    FixTable,
     NaiveTracker,
+    PhoneStream,
     QualityConfig,
     Violation,
     World,
+    match,
+    metrics,
     run,
-    score,
+    run_part,
+    traits,
 )
+from simulators.quality.phones import NET, NO_PROVIDER
+from simulators.quality.report import columns, target_table, text
 
 GEOD = Geod(ellps="WGS84")
 # Small, but with many violations so that every property below is exercised.
@@ -43,133 +57,313 @@ def world() -> World:
     return World(CFG)
 
 
-def batches_around(world: World, t0: float, t1: float) -> list[FixChunk]:
-    b0 = max(0, int((t0 - T0) // world.cfg.batch_s))
-    b1 = min(world.n_batches - 1, int((t1 - T0) // world.cfg.batch_s))
-    return [world.batch(b) for b in range(b0, b1 + 1)]
+def phone_tables(world: World, scen=REALISTIC) -> tuple[dict[int, PhoneStream], FixTable]:
+    tr = traits(world, scen)
+    streams = {p: PhoneStream(world, scen, tr, p) for p in range(world.cfg.people)}
+    tab = FixTable.cat([s.day(d) for d in range(world.cfg.days) for s in streams.values()])
+    return streams, tab
+
+
+@pytest.fixture(scope="module")
+def realistic(world: World) -> tuple[dict[int, PhoneStream], FixTable]:
+    return phone_tables(world)
+
+
+def errors_m(tab: FixTable) -> np.ndarray:
+    _, _, err = GEOD.inv(tab.true_lon, tab.true_lat, tab.wgs_lon, tab.wgs_lat)
+    return np.asarray(err)
+
+
+# -- the world --------------------------------------------------------------------------------
 
 
 def test_violations_are_varied_and_within_the_configured_ranges(world):
     v = world.schedule.violations
     assert len(v) >= 25  # 0.5 per person-day over 78 person-days, a few without a way out
-    assert world.schedule.dropped_violations <= 0.1 * (len(v) + world.schedule.dropped_violations)
     minutes = np.array([x.minutes for x in v])
     assert minutes.min() < 15 and minutes.max() > 120  # minutes to hours
-    assert len({x.mode for x in v}) >= 3
+    assert len({x.mode for x in v}) >= 4
     depth = np.array([x.depth_m for x in v])
-    assert depth.min() >= 500 and depth.max() <= 20_000
+    assert depth.min() >= 200 and depth.max() <= 20_000
+    shallow = [x for x in v if x.shallow]
+    assert len(shallow) >= 3 and all(200 <= x.depth_m <= 500 for x in shallow)
+    assert all(x.depth_m >= 500 for x in v if not x.shallow)
     assert all(x.end > x.start for x in v)
 
 
-def test_ground_truth_is_exactly_when_the_true_position_is_outside(world):
+def test_slow_walkers_walk_slowly():
+    w = World(QualityConfig(people=26, days=2, seed=5, violations_per_person_day=1.0,
+                            slow_walker_share=0.5))
+    slow = [x for x in w.schedule.violations if x.mode == "slow foot"]
+    assert len(slow) >= 5
+    for x in slow:
+        speed = (2 * x.depth_m) / (x.end - x.start)  # out and back, at most this fast
+        assert speed <= 1.0 + 1e-6
+
+
+def test_ground_truth_is_exactly_when_the_true_position_is_outside(world, realistic):
+    _, tab = realistic
+    for k in np.unique(world.p_area[tab.person]):
+        sel = world.p_area[tab.person] == k
+        truly_out = ~shapely.contains_xy(world.zones[int(k)].geom_wgs84, tab.true_lon[sel], tab.true_lat[sel])
+        assert np.array_equal(tab.outside[sel], truly_out)
+    assert np.array_equal(tab.outside, tab.viol >= 0)
+    assert tab.outside.sum() > 100
     sch = world.schedule
-    checked_out = 0
-    for v in world.schedule.violations[:12]:
+    for v in sch.violations[:12]:
         zone = world.zones[world.people[v.person].area]
-        # At the interval's ends the true position is on the border (engine's own plane).
-        for t in (v.start, v.end):
-            x, y = sch.position(sch.leg_at(np.array([v.person]), np.array([t])), np.array([t]))
-            lon, lat = world.areas[zone.zone_id].district.to_lonlat(x, y)
+        for t in (v.start, v.end):  # on the border at both ends (engine's own plane)
+            x, y, *_ = sch.truth(np.array([v.person]), np.array([t]))
+            lon, lat = world.to_lonlat(v.person, x, y)
             assert abs(zone.signed_distance(float(lon[0]), float(lat[0]))) < 1.0
-        for chunk in batches_around(world, v.start - 900, v.end + 900):
-            sel = chunk.person == v.person
-            lon, lat = chunk.true_lon[sel], chunk.true_lat[sel]
-            t = chunk.time[sel]
-            truly_out = ~shapely.contains_xy(zone.geom_wgs84, lon, lat)
-            assert np.array_equal(chunk.outside[sel], truly_out)
-            assert np.array_equal(chunk.outside[sel], (t >= v.start) & (t < v.end))
-            dist = np.array([zone.signed_distance(float(a), float(b)) for a, b in zip(lon, lat, strict=True)])
-            assert (dist[truly_out] <= v.depth_m * 1.01 + 1).all()
-            checked_out += int(truly_out.sum())
-    assert checked_out > 50
+        sel = (tab.person == v.person) & (tab.time >= v.start - 900) & (tab.time < v.end + 900)
+        assert np.array_equal(tab.outside[sel], (tab.time[sel] >= v.start) & (tab.time[sel] < v.end))
 
 
-def test_nobody_is_outside_except_during_a_violation(world):
-    n_out = 0
-    for b in range(0, world.n_batches, 7):
-        chunk = world.batch(b)
-        for k in np.unique(world.p_area[chunk.person]):
-            sel = world.p_area[chunk.person] == k
-            out = ~shapely.contains_xy(world.zones[int(k)].geom_wgs84, chunk.true_lon[sel],
-                                       chunk.true_lat[sel])
-            assert np.array_equal(out, chunk.outside[sel])
-            n_out += int(out.sum())
-        for i in np.flatnonzero(chunk.outside)[:20]:
-            assert world.outside_truth(int(chunk.person[i]), float(chunk.time[i]))
-    assert n_out > 0
-
-
-def test_people_live_and_work_near_borders_and_move_around(world):
+def test_people_live_and_work_near_borders(world):
     home_dist = []
     for p in world.people:
-        zone = world.zones[p.area]
-        lon, lat = world.areas[p.area].district.to_lonlat(*p.home)
-        d = zone.signed_distance(float(lon), float(lat))
+        lon, lat = world.to_lonlat(p.index, *p.home)
+        d = world.zones[p.area].signed_distance(float(lon), float(lat))
         assert d < -49.0  # every home is at least 50 m inside
         if p.border_home:
             home_dist.append(d)
     assert len(home_dist) >= 5
     assert min(home_dist) > -505 and max(home_dist) < -49
-    # Over a day, people travel kilometres.
-    chunks = [world.batch(b) for b in range(0, 144, 6)]
-    lon = np.stack([c.true_lon[c.person == 0].mean() for c in chunks if (c.person == 0).any()])
-    lat = np.stack([c.true_lat[c.person == 0].mean() for c in chunks if (c.person == 0).any()])
-    _, _, d = GEOD.inv(np.full(len(lon), lon[0]), np.full(len(lat), lat[0]), lon, lat)
-    assert d.max() > 300
 
 
-def test_noise_matches_what_the_fix_says_about_itself(world):
-    chunks = [world.batch(b) for b in range(60, 200, 5)]
-    c = FixChunk(0, 0, 0, *(np.concatenate([getattr(x, f) for x in chunks]) for f in (
-        "person", "time", "lon", "lat", "crs", "accuracy", "provider", "cls", "true_lon",
-        "true_lat", "outside", "wgs_lon", "wgs_lat", "speed")))
-    _, _, err = GEOD.inv(c.true_lon, c.true_lat, c.wgs_lon, c.wgs_lat)
-    gnss = c.provider == 0
-    assert ((c.accuracy[gnss] >= 3) & (c.accuracy[gnss] <= 50)).all()
-    clean = c.cls == CLEAN
-    within = (err[clean] <= c.accuracy[clean]).mean()
-    assert 0.64 < within < 0.72  # the accuracy is the 68 % radius
-    canyon = c.cls == CANYON
-    assert 0.01 < canyon.mean() < 0.06
-    assert (err[canyon] > 97).all() and (err[canyon] < 503).all()  # 100-500 m (plane vs geodesic)
-    assert (c.accuracy[canyon] <= 50).all()  # the nasty case: accuracy does not grow
-    net = c.cls == NETWORK
-    assert (c.provider[net] == 1).all() and np.isnan(c.speed[net]).all()
-    assert (err[net] >= 199).all() and (err[net] <= 2001).all()
-    ratio = np.median(c.accuracy[net] / err[net])
-    assert 0.9 < ratio < 1.5  # a matching accuracy
-    # GCJ-02 phones report their (noisy) WGS-84 position shifted into GCJ-02.
-    g = c.crs == CRS_CODE[CRS.GCJ02]
+# -- the phones -------------------------------------------------------------------------------
+
+
+def test_at_least_half_the_phones_send_no_speed_and_some_no_provider(world, realistic):
+    big = SimpleNamespace(cfg=replace(CFG, people=1000), people=[])
+    tr = traits(big, REALISTIC)  # type: ignore[arg-type]
+    assert (~tr.speed).mean() >= 0.5
+    assert 0.1 < (~tr.provider).mean() < 0.4
+    assert 0.1 < (~tr.answers).mean() < 0.2
+    assert sorted(set(tr.interval.tolist())) == [60.0, 300.0, 900.0]
+    assert 0.15 < (tr.interval == 60).mean() < 0.25
+    _, tab = realistic
+    t = traits(world, REALISTIC)
+    assert np.isnan(tab.speed[~t.speed[tab.person]]).all()
+    assert (tab.provider[~t.provider[tab.person]] == NO_PROVIDER).all()
+    with_speed = t.speed[tab.person] & (tab.cls != NETWORK)
+    assert with_speed.any() and not np.isnan(tab.speed[with_speed]).any()
+    today = traits(world, TODAY)
+    assert today.speed.all() and today.provider.all() and (today.interval == 60).all()
+
+
+def test_profile_phones_report_at_their_levels_interval(world):
+    tr = traits(world, PROFILE)
+    rules = CheckinRules()
+    expect = {"strict": rules.interval_strict_s, "normal": rules.interval_normal_s,
+              "lenient": rules.interval_lenient_s}
+    assert [tr.interval[p.index] for p in world.people] == [expect[p.level] for p in world.people]
+
+
+def test_intervals_jitter_and_power_saver_stretches(world):
+    scen = replace(REALISTIC, missing=0.0, offline_per_day=0.0)
+    tr = traits(world, scen)
+    seen_late = 0
+    for p in range(world.cfg.people):
+        s = PhoneStream(world, scen, tr, p)
+        t = np.concatenate([s.day(0).time, s.day(1).time])
+        gaps = world.schedule.in_gap(np.full(len(t), p), t)
+        assert not gaps.any()
+        ratio = np.diff(t) / tr.interval[p]
+        ok = ~world.schedule.in_gap(np.full(len(t) - 1, p), t[:-1] + 1)  # steps not spanning a gap
+        r = ratio[ok & (ratio < 3.5)]
+        assert r.min() >= 1 - scen.interval_jitter - 1e-9
+        assert 0.9 < np.median(r) < 1.1
+        seen_late += int(((r > 1.4) & (r < 3.2)).sum())
+    assert seen_late > 20
+
+
+def test_about_a_tenth_of_reports_are_lost(world):
+    tr = traits(world, REALISTIC)
+    kept = lost = 0
+    for p in range(world.cfg.people):
+        full = PhoneStream(world, replace(REALISTIC, missing=0.0), tr, p).day(0)
+        some = PhoneStream(world, REALISTIC, tr, p).day(0)
+        assert set(some.time.tolist()) <= set(full.time.tolist())  # the same draws, some lost
+        kept += len(some)
+        lost += len(full) - len(some)
+    assert 0.07 < lost / (kept + lost) < 0.13
+
+
+def test_multipath_bursts_are_1_to_3_reports_displaced_100_to_500_m_one_way(world, realistic):
+    streams, tab = realistic
+    err = errors_m(tab)
+    fwd = np.asarray(GEOD.inv(tab.true_lon, tab.true_lat, tab.wgs_lon, tab.wgs_lat)[0])
+    _, _, _, _, tspeed = world.schedule.truth(tab.person, tab.time)
+    mp = tab.cls == MULTIPATH
+    assert (tab.episode[mp] >= 0).all() and (tab.episode[~mp] == -1).all()
+    assert ((err[mp] > 97) & (err[mp] < 503)).all()  # plane vs geodesic
+    assert ((tab.accuracy[mp] >= 5) & (tab.accuracy[mp] <= 30)).all()  # small: the nasty case
+    assert (tspeed[mp] < 0.3).any() and (tspeed[mp] > 1.0).any()  # still and moving phones
+    lengths = []
+    for p in np.unique(tab.person[mp]):
+        mine = tab.person == p
+        gnss = np.flatnonzero(mine & (tab.cls != NETWORK))
+        order = gnss[np.argsort(tab.time[gnss])]
+        for ep in np.unique(tab.episode[mine & mp]):
+            pos = np.flatnonzero(tab.episode[order] == ep)
+            lengths.append(len(pos))
+            assert np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos)))  # consecutive reports
+            dirs = fwd[order[pos]]
+            assert np.ptp(np.unwrap(np.radians(dirs))) < math.radians(8)  # one direction
+    assert min(lengths) == 1 and max(lengths) == 3
+    assert len(lengths) > 30
+
+
+def test_indoor_network_fixes_are_far_off_with_roughly_matching_accuracy(world, realistic):
+    _, tab = realistic
+    err = errors_m(tab)
+    net = tab.cls == NETWORK
+    assert 0.03 < net.mean() < 0.3
+    assert np.isin(tab.provider[net], [NET, NO_PROVIDER]).all() and np.isnan(tab.speed[net]).all()
+    assert ((err[net] >= 199) & (err[net] <= 2001)).all()
+    ratio = tab.accuracy[net] / err[net]
+    assert 0.9 < np.median(ratio) < 1.5 and (ratio < 1.0).mean() > 0.15  # sometimes smaller
+    _, _, indoor, _, _ = world.schedule.truth(tab.person, tab.time)
+    assert net[indoor].mean() > 3 * net[~indoor].mean()
+    clean = tab.cls == CLEAN
+    assert 0.64 < (err[clean] <= tab.accuracy[clean]).mean() < 0.72  # the 68 % radius
+    assert (tab.provider[clean] != NET).all()
+
+
+def test_gcj02_phones_report_their_position_shifted(world, realistic):
+    _, tab = realistic
+    g = tab.crs == CRS_CODE[CRS.GCJ02]
     assert 0.1 < g.mean() < 0.6
-    back_lon, back_lat = gcj02_to_wgs84(c.lon[g], c.lat[g])
-    assert np.allclose(back_lon, c.wgs_lon[g], atol=1e-7) and np.allclose(back_lat, c.wgs_lat[g], atol=1e-7)
-    _, _, shift = GEOD.inv(c.lon[g], c.lat[g], c.wgs_lon[g], c.wgs_lat[g])
-    assert shift.min() > 100  # hundreds of metres: why the CRS matters
-    assert np.array_equal(c.lon[~g], c.wgs_lon[~g])
+    back_lon, back_lat = gcj02_to_wgs84(tab.lon[g], tab.lat[g])
+    assert np.allclose(back_lon, tab.wgs_lon[g], atol=1e-7)
+    assert np.allclose(back_lat, tab.wgs_lat[g], atol=1e-7)
+    assert np.array_equal(tab.lon[~g], tab.wgs_lon[~g])
 
 
-def test_gaps_silence_the_phone_but_never_hide_a_violation(world):
-    sch = world.schedule
-    assert len(sch.gap_start) > 20
-    for p, s, e in zip(sch.gap_person, sch.gap_start, sch.gap_end, strict=True):
-        for v in sch.violations:
-            if v.person == p:
-                assert e <= v.start - 900 or s >= v.end + 900
-    p, s, e = int(sch.gap_person[0]), float(sch.gap_start[0]), float(sch.gap_end[0])
-    times = np.concatenate([c.time[c.person == p] for c in batches_around(world, s, e)])
-    assert not ((times >= s) & (times < e)).any()
-    assert ((times < s) | (times >= e)).any()
+def test_offline_fixes_arrive_after_reconnect_behind_a_fresh_fix(world, realistic):
+    streams, tab = realistic
+    off = tab.offline
+    assert off.sum() > 20
+    bursts = 0
+    for p, s in streams.items():
+        for start, end in zip(s.off_start, s.off_end, strict=True):
+            mine = (tab.person == p) & (tab.time >= start) & (tab.time < end)
+            if not mine.any() or end > T0 + CFG.days * 86_400:
+                continue
+            bursts += 1
+            assert tab.offline[mine].all()
+            arr, t = tab.arrival[mine], tab.time[mine]
+            assert (arr > end).all() and (arr < end + 30).all()
+            assert np.array_equal(np.argsort(arr), np.argsort(t))  # the backlog in fix order
+            fresh = (tab.person == p) & (tab.time == end)
+            assert fresh.sum() == 1 and tab.arrival[fresh][0] < arr.min()  # the fresh fix first
+    assert bursts >= 5
+    online = ~off
+    lat = tab.arrival[online] - tab.time[online]
+    assert (lat >= 0.5 - 1e-9).all() and (lat <= 5.0 + 1e-9).all()
+    # Across the fleet, arrival order is not fix order.
+    order = np.argsort(tab.arrival, kind="stable")
+    assert (np.diff(tab.time[order]) < -600).any()
 
 
-def test_batches_are_deterministic_and_seeded(world):
-    a, b = world.batch(30), world.batch(30)
-    assert np.array_equal(a.lon, b.lon) and np.array_equal(a.accuracy, b.accuracy)
-    other = World(QualityConfig(people=13, days=1, seed=12)).batch(30)
-    same_seed = World(QualityConfig(people=13, days=1, seed=11)).batch(30)
-    assert not np.array_equal(other.accuracy[:50], same_seed.accuracy[:50])
-    # Sorted by person, then time, as the engine and the naive rule expect.
-    key = a.person * 1e7 + (a.time - T0)
-    assert (np.diff(key) > 0).all()
+def _request(dev: str, now: float) -> Event:
+    return Event(EventKind.LOCATION_REQUEST, dev, now, 0.0, 0.0,
+                 Reason("test", None, Membership.BORDER, None, None), detected_at=now)
+
+
+def test_answers_come_10_to_90_s_after_a_request_and_never_from_silent_phones(world, realistic):
+    streams, _ = realistic
+    tr = traits(world, REALISTIC)
+    eng = EngineRun("e", {}, {}, (1,))
+    pid = {world.device_ids[p]: p for p in streams}
+    answered = asked = 0
+    for k in range(40):
+        now = T0 + 3600 * 9 + 1800 * k
+        events = [_request(world.device_ids[p], now) for p in streams]
+        eng._events(events, now, streams, pid)
+        got = []
+        while eng._pending:
+            got.append(eng._pending.pop()[2])
+        for a in got:
+            p = int(a.person[0])
+            assert tr.answers[p] and a.answer.all()
+            assert 10 <= a.time[0] - now <= 90
+            assert 0.5 <= a.arrival[0] - a.time[0] <= 5.0
+        eng._busy_until.clear()
+        asked += int(tr.answers.sum())
+        answered += len(got)
+    assert sum(eng.requests.values()) == 40 * len(streams)
+    assert 0.75 < answered / asked <= 0.95  # ~90 %, less when the phone is off or offline
+
+
+def test_an_answer_inside_a_multipath_episode_repeats_its_displacement(world, realistic):
+    streams, tab = realistic
+    checked = 0
+    for p, s in streams.items():
+        for start, end, dx, dy, ep in s.ep:
+            if end - start < 100 or s.offline_at(np.array([start, end])).max() >= 0:
+                continue
+            if world.schedule.in_gap(np.array([p, p]), np.array([start, end])).any():
+                continue
+            for seed in range(30):
+                a = s.answer(start, np.random.default_rng(seed))
+                if a is not None and a.time[0] < end:
+                    break
+            else:
+                continue
+            assert a.cls[0] == MULTIPATH and a.episode[0] == ep
+            err = errors_m(a)[0]
+            assert abs(err - math.hypot(dx, dy)) < 0.12 * math.hypot(dx, dy) + 3
+            same = (tab.person == p) & (tab.episode == ep)
+            assert tab.cls[same][0] == MULTIPATH
+            checked += 1
+    assert checked >= 3
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+def test_the_engine_is_fed_in_arrival_order_batches_and_its_requests_are_answered(world):
+    cfg = world.cfg
+    calls: list[tuple[float, list[Fix]]] = []
+    ticks: list[float] = []
+    asked: dict[str, float] = {}
+
+    def evaluate(fixes, subjects, zones, states, now):
+        calls.append((now, list(fixes)))
+        res = engine.evaluate(fixes, subjects, zones, states, now=now)
+        for f in fixes:  # ask every phone once an hour
+            if now - asked.get(f.device_id, -math.inf) >= 3600:
+                asked[f.device_id] = now
+                res.events.append(_request(f.device_id, now))
+        return res
+
+    def tick(subjects, zones, states, now):
+        ticks.append(now)
+        return engine.tick(subjects, zones, states, now)
+
+    people = np.arange(0, cfg.people, 3)
+    part = run_part(world, REALISTIC, [("engine", {})], people, evaluate=evaluate, tick=tick)
+    nows = [n for n, _ in calls]
+    assert np.all(np.diff(nows) > 0) and np.all(np.diff(ticks) == cfg.batch_s)
+    assert set(nows) <= set(ticks)
+    last: dict[str, float] = {}
+    older = 0
+    for now, fixes in calls:
+        assert all(f.time <= now for f in fixes)
+        for f in fixes:
+            older += f.time < last.get(f.device_id, -math.inf)
+            last[f.device_id] = max(f.time, last.get(f.device_id, -math.inf))
+    assert older > 0  # offline backlogs arrive after newer fixes
+    e = part.engines[0]
+    never = {int(p) for p in people if not part.traits.answers[p]}
+    assert sum(e.requests.values()) > 50 and sum(e.answers.values()) > 30
+    assert never and all(e.answers[p] == 0 and e.requests[p] > 0 for p in never)
+
+
+# -- scoring and report -----------------------------------------------------------------------
 
 
 def _violation(person: int, start: float, minutes: float) -> Violation:
@@ -178,34 +372,35 @@ def _violation(person: int, start: float, minutes: float) -> Violation:
 
 def test_score_counts_a_known_alert_list():
     v = [_violation(1, 1000.0, 30), _violation(2, 5000.0, 8), _violation(3, 9000.0, 60),
-         _violation(4, 20_000.0, 20)]
+         _violation(4, 20_000.0, 20), _violation(6, 30_000.0, 40), _violation(7, 40_000.0, 40)]
     log = AlertLog()
-    log.add(1, 1060.0, 1180.0, 2900.0)  # detects v0 after 180 s
-    log.add(1, 1300.0, 1400.0)  # second alert in the same violation: true, not a new detection
-    log.add(2, 4000.0, 4100.0, 4200.0)  # before v1 and closed before it starts: false
-    log.add(2, 5000.0 + 8 * 60, 5000.0 + 8 * 60)  # trigger exactly at v1's end: false ([start, end))
-    log.add(3, 8000.0, 9060.0)  # evidence began before v2: true, delay 60 s
-    log.add(5, 100.0, 200.0)  # a person without violations: false
-    log.add(4, 19_000.0, 19_100.0, math.inf)  # false, and still open when v3 starts
-    s = score(log, v, person_days=10)
-    assert s.alerts == 7
-    assert s.false_alerts == 4
-    assert s.false_per_person_day == pytest.approx(0.4)
-    assert s.detected == 2 and s.detected_ids == {0, 2}
-    assert s.covered == 1  # v3: missed, but the open false alert covered it
-    assert s.violations_10 == 3 and s.detected_10 == 2
-    assert sorted(s.delays_s.tolist()) == [60.0, 180.0]
-    assert s.delay(50) == pytest.approx(120.0)
-    assert sorted(s.false_ids) == [2, 3, 5, 6]
+    log.add(1, 1060.0, 1180.0, 1300.0, 2900.0)  # detects v0: fix 180 s, decided 300 s after
+    log.add(1, 1300.0, 1400.0, 1410.0)  # second alert in the same violation: not a new detection
+    log.add(2, 4000.0, 4100.0, 4110.0, 4200.0)  # before v1 and closed before it starts: false
+    log.add(2, 5000.0 + 8 * 60, 5000.0 + 8 * 60, 5500.0)  # at v1's end: false ([start, end))
+    log.add(3, 8000.0, 9060.0, 9100.0)  # evidence began before v2: true, delay 100 s
+    log.add(5, 100.0, 200.0, 210.0)  # a person without violations: false
+    log.add(4, 19_000.0, 19_100.0, 19_110.0)  # false, and still open when v3 starts
+    log.add(6, 30_100.0, 30_200.0, 33_000.0)  # v4 detected late (an offline upload)
+    m = match(log, v)
+    assert sorted(m.false_ids) == [2, 3, 5, 6] and m.covered == {3}
+    assert m.first == {0: (1300.0, 1180.0), 2: (9100.0, 9060.0), 4: (33_000.0, 30_200.0)}
+    seen = {0: 5, 1: 2, 2: 9, 3: 4, 4: 1, 5: 0}  # v5: no fix saw it
+    x = metrics(log, m, v, seen, people={1, 2, 3, 4, 5, 6, 7}, days=2, never={3, 6})
+    assert x.false_alerts == 4 and x.false_per_person_day == pytest.approx(4 / 14)
+    assert x.eligible == 4 and x.eligible_detected == 3 and x.missed == [3]  # v1 < 10 min, v5 unseen
+    assert x.never_eligible == 1 and x.never_detected == 1  # v4 has one fix only
+    assert sorted(x.delays.tolist()) == [100.0, 300.0, 3000.0]
+    assert sorted(x.fix_delays.tolist()) == [60.0, 180.0, 200.0]
+    only = metrics(log, m, v, seen, people={2, 5}, days=2, never=set())
+    assert only.false_alerts == 3 and only.eligible == 0
 
 
 def _border_point(world: World, k: int, inside_m: float, out_m: float) -> tuple:
     """A point `inside_m` inside district k and the point `out_m` beyond the border from it."""
     area = world.areas[k]
-    px, py = area.interior[0], area.interior[1]
-    for x, y in zip(px, py, strict=True):
-        line = shapely.shortest_line(area.boundary, shapely.points(x, y))
-        b = shapely.get_point(line, 0)
+    for x, y in zip(*area.interior, strict=True):
+        b = shapely.get_point(shapely.shortest_line(area.boundary, shapely.points(x, y)), 0)
         bx, by = float(shapely.get_x(b)), float(shapely.get_y(b))
         a = math.hypot(bx - x, by - y)
         if a < 2 * inside_m:
@@ -220,7 +415,7 @@ def _border_point(world: World, k: int, inside_m: float, out_m: float) -> tuple:
     raise AssertionError("no suitable border point")
 
 
-def test_naive_rule_raises_false_alerts_on_canyon_jumps_near_a_border(world):
+def test_naive_rule_raises_false_alerts_on_multipath_jumps_near_a_border(world):
     k = 3
     home, jump = _border_point(world, k, inside_m=100.0, out_m=250.0)
     n = 60
@@ -229,57 +424,53 @@ def test_naive_rule_raises_false_alerts_on_canyon_jumps_near_a_border(world):
     jumped[5::10] = True  # six isolated jumps 350 m outwards, accuracy 10 m
     lon = np.where(jumped, jump[0], home[0])
     lat = np.where(jumped, jump[1], home[1])
-    person = np.zeros(n, dtype=np.int64)
-    acc = np.full(n, 10.0)
-    chunk = FixChunk(0, T0, T0 + 3600, person, t, lon, lat, np.zeros(n, np.int8), acc,
-                     np.zeros(n, np.int8), np.where(jumped, CANYON, CLEAN).astype(np.int8),
-                     np.full(n, home[0]), np.full(n, home[1]), np.zeros(n, bool), lon, lat,
-                     np.zeros(n))
-    naive = NaiveTracker(world.areas, np.array([k]))
-    naive.feed(chunk.select(t < T0 + 1800))  # in two batches: state carries over
-    naive.feed(chunk.select(t >= T0 + 1800))
-    assert len(naive.log) == 6
-    assert all(c < math.inf for c in naive.log.closed)  # each closed by the next inside fix
-    assert naive.wrong_side[CANYON] == 6
-    s = score(naive.log, [], person_days=1)
-    assert s.false_alerts == 6
-    # The engine sees the same fixes and, needing consecutive evidence, raises nothing.
+    z, f, i8 = np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.int8)
+    tab = FixTable(z, t, t + 1, lon, lat, i8, np.full(n, 10.0), f, i8,
+                   np.where(jumped, MULTIPATH, CLEAN).astype(np.int8), lon, lat, np.full(n, home[0]),
+                   np.full(n, home[1]), np.zeros(n, bool), np.full(n, -1), np.full(n, -1),
+                   np.zeros(n, bool), np.zeros(n, bool))
+    naive = NaiveTracker(world.zones, np.array([k]))
+    naive.feed(tab.take(t < T0 + 1800), T0 + 1800)  # in two batches: state carries over
+    naive.feed(tab.take(t >= T0 + 1800), T0 + 3600)
+    assert len(naive.log) == 6 and all(c < math.inf for c in naive.log.closed)
+    assert naive.wrong_side[MULTIPATH] == 6
+    assert len(match(naive.log, []).false_ids) == 6
     fixes = [Fix("d", float(ti), float(x), float(y), accuracy=10.0, provider="gps")
              for ti, x, y in zip(t, lon, lat, strict=True)]
-    res = evaluate(fixes, {"d": Subject(0, k)}, world.zones, {}, now=float(t[-1]) + 1)
+    res = engine.evaluate(fixes, {"d": Subject(0, k)}, world.zones, {}, now=float(t[-1]) + 1)
     assert not [e for e in res.events if e.kind == EventKind.AREA_EXIT]
     assert sum(d.membership.value == "outside" for d in res.decisions) == 6
 
 
-def test_naive_rule_takes_gcj02_coordinates_as_they_come(world):
-    k = 3
-    home, _ = _border_point(world, k, inside_m=100.0, out_m=250.0)
-    g_lon, g_lat = wgs84_to_gcj02(np.array([home[0]]), np.array([home[1]]))
-    zone = world.zones[k]
-    # Whether the shifted point lands outside depends on the border's direction; the naive rule
-    # judges the shifted point, the engine converts it back.
-    naive = NaiveTracker(world.areas, np.array([k]))
-    chunk = FixChunk(0, T0, T0 + 60, np.zeros(1, np.int64), np.array([T0 + 1]), g_lon, g_lat,
-                     np.array([CRS_CODE[CRS.GCJ02]], np.int8), np.array([10.0]), np.zeros(1, np.int8),
-                     np.zeros(1, np.int8), np.array([home[0]]), np.array([home[1]]),
-                     np.zeros(1, bool), np.array([home[0]]), np.array([home[1]]), np.zeros(1))
-    out = naive.outside(chunk)[0]
-    assert out == (zone.signed_distance(float(g_lon[0]), float(g_lat[0])) > 0)
-    res = evaluate([Fix("d", T0 + 1, float(g_lon[0]), float(g_lat[0]), CRS.GCJ02, 10.0)],
-                   {"d": Subject(0, k)},
-                   world.zones, {}, now=T0 + 2)
-    assert res.decisions[0].membership.value == "inside"
+def test_phones_are_deterministic_per_seed(world):
+    tr = traits(world, REALISTIC)
+    a = PhoneStream(world, REALISTIC, tr, 4).day(1)
+    b = PhoneStream(world, REALISTIC, tr, 4).day(1)
+    assert np.array_equal(a.lon, b.lon) and np.array_equal(a.arrival, b.arrival)
+    other = World(replace(CFG, people=13, days=1, seed=12))
+    c = PhoneStream(other, REALISTIC, traits(other, REALISTIC), 4).day(0)
+    assert not np.array_equal(a.accuracy[:20], c.accuracy[:20])
 
 
-def test_a_small_run_scores_both_trackers():
-    cfg = QualityConfig(people=26, days=1, seed=3, violations_per_person_day=0.4)
-    report = run(cfg)
-    names = [n for n, _ in report.scores]
-    assert names == ["engine", "naive"]
-    eng, naive = report.scores[0][1], report.scores[1][1]
-    assert eng.violations == naive.violations == len(report.world.schedule.violations) > 3
+def test_a_small_run_reports_every_target_per_interval_class():
+    cfg = QualityConfig(people=26, days=1, seed=3, violations_per_person_day=0.4,
+                        scenarios=(REALISTIC, PROFILE, TODAY))
+    r = run(cfg)
+    labels = [c[0] for c in columns(r)]
+    assert labels == ["realistic", "realistic 1 min", "realistic 5 min", "realistic 15 min",
+                      "profile", "today 1 min"]
+    rows = target_table(r)
+    names = [row[0] for row in rows]
+    for needle in ("false area-exit alerts / person-day", "near a border", "never answers requests",
+                   "delay crossing → decision, p50", "delay crossing → decision, p95",
+                   "location requests / person-day", "answers received / person-day"):
+        assert any(needle in n for n in names), needle
+    assert all(len(row) == len(labels) + 2 for row in rows)
+    today = next(s for s in r.scenarios if s.scenario.name == "today")
+    everyone = today.group(r.world)
+    eng, naive = today.metrics(r.world, "engine", everyone), today.metrics(r.world, "naive", everyone)
     assert naive.false_alerts > 10 * max(eng.false_alerts, 1)
-    assert eng.detected >= 1
-    assert report.result.fixes > 30_000  # 26 people x 1,440 minutes, less the gaps
-    text, md = report.text(), report.markdown()
-    assert "false area-exit alerts / person-day" in text and "| metric | engine | naive |" in md
+    assert eng.eligible >= 3 and eng.eligible_detected >= 1
+    out = text(r)
+    assert "False area-exit alerts" in out and "Missed violations" in out and "fixes/s" in out
+    assert "today / naive" in out and "realistic / near a border" in out
