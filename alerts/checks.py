@@ -10,21 +10,24 @@ import redis
 
 from alerts.outbox import queue_raised
 from alerts.service import AlertTarget, record_events
-from geofence.engine import tick
+from geofence.engine import pending_exit, tick
 from store.registry import Registry
 from store.settings import Settings
-from store.state import StateStore
+from store.state import PENDING_EXITS, StateStore
 
 log = logging.getLogger(__name__)
 
 
 class CurfewChecker:
-    """Runs the engine's `tick` for every device of a person under a curfew."""
+    """Runs the engine's `tick` for every device of a person under a curfew, and for every
+    device in an undecided exit streak (a silent phone is asked again for a fix)."""
 
     def __init__(self, settings: Settings, conn: psycopg.Connection, r: redis.Redis) -> None:
         if not conn.autocommit:
             raise ValueError("the checker needs an autocommit connection")
         self.conn = conn
+        self.redis = r
+        self.prefix = settings.redis_prefix
         self.registry = Registry(r, settings.redis_prefix)
         self.store = StateStore(r, settings.redis_prefix)
 
@@ -36,20 +39,28 @@ class CurfewChecker:
             """SELECT d.id FROM devices d
                  JOIN supervisee_zones z ON z.supervisee_id = d.supervisee_id
                 WHERE d.active AND z.active AND z.role = 'curfew'""")]
+        pending = self.store.pending_exits()
+        devices = sorted(set(devices) | set(pending))
         if not devices:
             return 0
         infos = self.registry.lookup(self.conn, devices)
-        result = tick(self.registry.subjects(infos), self.registry.zones,
-                      self.store.load(infos), now)
+        states = self.store.load(infos)
+        # A device whose streak ended (or that left the registry) leaves the follow-up set.
+        done = [d for d in pending if d not in states or d not in infos
+                or not pending_exit(states[d]) or states[d].area.pending_since is None
+                or now - states[d].area.pending_since > infos[d].subject.rules.follow_up_until_s]
+        if done:
+            self.redis.srem(self.prefix + PENDING_EXITS, *done)
+        result = tick(self.registry.subjects(infos), self.registry.zones, states, now)
         if result.events:
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}
             with self.conn.transaction():
-                record_events(self.conn, result.events, targets)
+                record_events(self.conn, result.events, targets, self.redis, self.prefix)
         # Marks the windows as reported; a device that sent a newer fix meanwhile keeps its state
         # and is judged again (flag unset) on the next round, never twice for one window.
         self.store.save(result.states, same_time=True)
         if result.events:
-            log.info("curfew check raised %d event(s)", len(result.events))
+            log.info("clock check raised %d event(s)", len(result.events))
         return len(result.events)
 
 

@@ -51,10 +51,12 @@ RULE_SPEED = "spoofing.impossible_speed"
 RULE_FROZEN = "spoofing.identical_fixes"
 RULE_UNDECIDABLE = "roll_call.undecidable_streak"
 RULE_CONFIRM = "confirm.area_exit_suggestive"
+RULE_FOLLOW_UP = "confirm.area_exit_follow_up"
 RULE_CURFEW_UNKNOWN = "roll_call.curfew_unknown"
 
 _EARTH_R = 6_371_008.8
 _SPEED_SPAN_S = 120.0
+_ANSWER_SLACK_S = 30.0  # a phone's clock may run a little behind the server's
 _UNUSABLE_PROVIDERS = frozenset({"cell"})
 # Positions from radio maps (Wi-Fi, cell towers) rather than satellites: wrong by kilometres at
 # times, whatever accuracy they claim, so they never decide an exit alone.
@@ -468,9 +470,12 @@ class _Fold:
         track = st.area
         first = track.pending == 0
         w, grade, facts = self._evidence(st, i, rules, first)
-        repeat = grade == "shallow" and not first and self._repeat(i, track, rules)
-        if repeat:  # the same place a minute later proves nothing new about a reflection
-            w, facts["repeat_of_previous"], facts["weight"] = 0.0, True, 0.0
+        answer = (track.followup is not None
+                  and track.followup - _ANSWER_SLACK_S <= t <= track.followup + rules.confirm_window_s)
+        repeat = grade == "shallow" and not first and (answer or self._repeat(i, track, rules))
+        if repeat:  # a reflection repeats: the same place moments later, or a still phone's
+            w, facts["weight"] = 0.0, 0.0  # answer to a follow-up proves nothing new
+            facts["shallow_answer" if answer else "repeat_of_previous"] = True
         counted = 0 if repeat else 1
         pending = track.pending + counted
         since = t if first or track.pending_since is None else track.pending_since
@@ -513,7 +518,7 @@ class _Fold:
                 st.requests = recent + (self.now,)
                 asked = self.now
         return Track(track.status, track.since, pending, since, track.flag, deep, since,
-                     suspect, weight, asked, evidence)
+                     suspect, weight, asked, evidence, track.followup)
 
     def _area(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
         m = MEMBERSHIPS[self.pre.allowed[i]]
@@ -661,13 +666,18 @@ def tick(
     states: Mapping[str, DeviceState],
     now: float,
 ) -> BatchResult:
-    """Time-driven checks (curfew windows opening): run by the scheduler, not by fixes."""
+    """Time-driven checks, run by the scheduler, not by fixes: curfew windows opening, and
+    phones silent during an undecided exit streak (asked again every `follow_up_s`)."""
     result = BatchResult()
     for dev, subj in subjects.items():
-        if not subj.curfews:  # nothing here runs on the clock for them
+        st = states.get(dev)
+        follow = st is not None and _follow_up_due(st, subj.rules, now)
+        if not subj.curfews and not follow:  # nothing here runs on the clock for them
             continue
-        st = states.get(dev) or DeviceState()
+        st = st or DeviceState()
         new_st = st.copy()
+        if follow:
+            _follow_up(result, dev, subj, new_st, now)
         for cu in subj.curfews:
             ws = cu.window_start(now)
             if ws is None:
@@ -698,4 +708,36 @@ def tick(
     return result
 
 
-__all__ = ["BatchResult", "evaluate", "step", "tick"]
+def _follow_up_due(st: DeviceState, rules: Rules, now: float) -> bool:
+    """An undecided exit streak whose phone has been silent since: time to ask it again?"""
+    a = st.area
+    if a.status == AreaStatus.OUTSIDE or a.pending == 0 or a.pending_since is None:
+        return False
+    if now - a.pending_since > rules.follow_up_until_s or now - st.last_fix_time < rules.follow_up_s:
+        return False
+    last_ask = max(a.asked if a.asked is not None else -math.inf,
+                   a.followup if a.followup is not None else -math.inf)
+    recent = [r for r in st.requests if now - r < 3600.0]
+    return now - last_ask >= rules.follow_up_s and len(recent) < rules.confirm_max_per_hour
+
+
+def _follow_up(result: BatchResult, dev: str, subj: Subject, st: DeviceState, now: float) -> None:
+    """Ask a silent phone for a fix again (its answer is weighed: a shallow one adds nothing)."""
+    a, last = st.area, st.last
+    lon, lat = (last.lon, last.lat) if last else (math.nan, math.nan)
+    reason = Reason(RULE_FOLLOW_UP, subj.home_zone_id, Membership.OUTSIDE, None,
+                    last.accuracy if last else None,
+                    (("fixes", a.pending), ("needed", subj.rules.exit_weight),
+                     ("weight", round(a.weight, 3))))
+    result.events.append(Event(EventKind.LOCATION_REQUEST, dev, last.time if last else now, lon,
+                               lat, reason, a.pending_since, False, now))
+    st.requests = tuple(r for r in st.requests if now - r < 3600.0) + (now,)
+    st.area = replace(a, asked=now, followup=now)
+
+
+def pending_exit(st: DeviceState) -> bool:
+    """Does this state hold an undecided exit streak (one the clock may follow up)?"""
+    return st.area.status != AreaStatus.OUTSIDE and st.area.pending > 0
+
+
+__all__ = ["BatchResult", "evaluate", "pending_exit", "step", "tick"]

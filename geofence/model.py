@@ -103,24 +103,26 @@ class Track:
     asked: float | None = None  # allowed area: when this streak last asked the phone for a fix
     # allowed area: the streak's latest fixes (t, beyond m, accuracy m, weight, lon, lat)
     evidence: tuple[tuple[float, float, float, float, float, float], ...] = ()
+    followup: float | None = None  # allowed area: when the clock last asked a silent phone
 
     def to_list(self) -> list[object]:
         """Compact serialisable form."""
         return [self.status.value, self.since, self.pending, self.pending_since, self.flag,
                 self.deep_count, self.deep_since, self.suspect, self.weight, self.asked,
-                [list(e) for e in self.evidence]]
+                [list(e) for e in self.evidence], self.followup]
+
 
     @classmethod
     def from_list(cls, v: list[object]) -> Track:
         """Inverse of `to_list` (an older, shorter form takes the defaults for what it lacks)."""
-        st, since, pend, psince, flag, dcount, dsince, suspect, weight, asked, evidence = (
-            list(v) + [None] * 11)[:11]
+        st, since, pend, psince, flag, dcount, dsince, suspect, weight, asked, evidence, fup = (
+            list(v) + [None] * 12)[:12]
         ev = tuple(tuple(float(x) for x in e) for e in evidence  # type: ignore[attr-defined]
                    if isinstance(e, list) and len(e) == 6) if isinstance(evidence, list) else ()
         return cls(AreaStatus(str(st)), _f(since), int(pend or 0), _f(psince),  # type: ignore[call-overload]
                    _f(flag), int(dcount or 0) if not isinstance(dcount, bool) else 0,  # type: ignore[call-overload]
                    _f(dsince), bool(suspect), _f(weight) or 0.0, _f(asked),
-                   ev)  # type: ignore[arg-type]
+                   ev, _f(fup))  # type: ignore[arg-type]
 
 
 def _f(v: object) -> float | None:

@@ -16,9 +16,9 @@ class Rules:
     # Leaving the allowed area: each wholly-outside fix weighs what it proves (engine._evidence).
     # How far a fix can lie from a phone that has not moved, beyond what its accuracy says:
     error_factor: float = 3.0  # ...this many times its reported accuracy...
-    multipath_m: float = 600.0  # ...or a GNSS reflection (urban canyon), whichever is more...
+    multipath_m: float = 500.0  # ...or a GNSS reflection (urban canyon), whichever is more...
     network_error_m: float = 2000.0  # ...or a network (Wi-Fi, cell) fix placed wrongly
-    strong_ratio: float = 2.0  # beyond ratio x that reach: "strong", a fix no error explains
+    strong_ratio: float = 1.5  # beyond ratio x that reach: "strong", a fix no error explains
     strong_weight: float = 1.0  # weight of a strong fix...
     deep_weight: float = 0.75  # ...of one beyond the reach but not twice...
     shallow_weight: float = 0.25  # ...of one within the reach (noise could put it there)
@@ -30,9 +30,12 @@ class Rules:
     still_m: float = 50.0  # two fixes this close (or within their circles): the phone was still
     still_window_s: float = 2400.0  # ...if no further apart in time than this
     jump_factor: float = 0.5  # a streak that begins with a jump of a still phone weighs less
-    plausible_speed_mps: float = 90.0  # faster than a high-speed train from the last fix: weak
+    plausible_speed_mps: float = 100.0  # faster than a high-speed train from the last fix: weak
     confirm_max_per_hour: int = 4  # location requests (ask the phone for a fix now) per hour
     confirm_retry_s: float = 300.0  # a streak asks again only after this long
+    confirm_window_s: float = 180.0  # fixes this soon after a follow-up request are its answers
+    follow_up_s: float = 300.0  # a phone silent this long in an undecided streak is asked again
+    follow_up_until_s: float = 1800.0  # ...while the streak is younger than this
     exit_fixes: int = 3  # curfews: wholly-outside evidence needed before a breach...
     exit_span_s: float = 90.0  # ...spanning at least this long
     return_fixes: int = 3  # the same care before the person counts as back inside
@@ -44,7 +47,7 @@ class Rules:
     exclusion_span_s: float = 30.0
     undecidable_fixes: int = 6  # this many undecidable fixes in a row ask for a roll-call...
     undecidable_span_s: float = 1800.0  # ...or undecidable for this long
-    max_speed_mps: float = 70.0  # 250 km/h beyond both accuracy circles: not a real move
+    max_speed_mps: float = 120.0  # 430 km/h beyond both circles: no train or door-to-door flight
     min_jump_m: float = 2000.0  # and only jumps at least this long count as impossible
     frozen_fixes: int = 12  # bit-identical fixes in a row...
     frozen_span_s: float = 7200.0  # ...for at least two hours: a replayed or mocked location

@@ -226,6 +226,7 @@ class Pipeline:
             record_events(self.conn, result.events, targets, self.redis, self.prefix)
 
         self.states.save(result.states)
+        self.states.track_pending_exits(result.states)
         self._track_silences(messages, decoded, dead, result.decisions, owner, infos)
         for dec in result.decisions:
             i = owner[dec.index]

@@ -311,7 +311,9 @@ def bench_profile() -> Any:
                          exclusion_span_s=v.exclusion_span_s / 60,
                          shallow_span_s=v.shallow_span_s / 60, repeat_s=v.repeat_s / 60,
                          still_window_s=v.still_window_s / 60,
-                         confirm_retry_s=v.confirm_retry_s / 60)
+                         confirm_retry_s=v.confirm_retry_s / 60,
+                         confirm_window_s=v.confirm_window_s / 60,
+                         follow_up_s=v.follow_up_s / 60, follow_up_until_s=v.follow_up_until_s / 60)
               for k, v in DEFAULT_PROFILE.levels.items()}
     checkin = replace(DEFAULT_PROFILE.checkin, rollcalls_strict=0, rollcalls_normal=0,
                       rollcalls_lenient=0)

@@ -37,6 +37,9 @@ return written
 """
 
 
+PENDING_EXITS = "exit:pending"  # devices with an undecided exit streak: the clock follows them up
+
+
 class StateStore:
     """Loads and saves DeviceState per device."""
 
@@ -71,3 +74,23 @@ class StateStore:
             t = st.last_fix_time
             args += [repr(t if t != float("-inf") else -1.0), orjson.dumps(st.to_dict())]
         return [bool(x) for x in self._cas(keys=keys, args=args)]
+
+    def track_pending_exits(self, states: Mapping[str, DeviceState]) -> None:
+        """Keep the set of devices whose exit streak is undecided (one round trip)."""
+        from geofence.engine import pending_exit
+
+        add = [d for d, st in states.items() if pending_exit(st)]
+        drop = [d for d, st in states.items() if not pending_exit(st)]
+        if not add and not drop:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        if add:
+            pipe.sadd(self.prefix + PENDING_EXITS, *add)
+        if drop:
+            pipe.srem(self.prefix + PENDING_EXITS, *drop)
+        pipe.execute()
+
+    def pending_exits(self) -> list[str]:
+        """Devices the pipeline last saw in an undecided exit streak."""
+        members: Any = self.redis.smembers(self.prefix + PENDING_EXITS)
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)

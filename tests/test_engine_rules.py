@@ -836,8 +836,8 @@ def test_spoofing_signals_never_discard_the_fix():
 
 
 def test_deep_outside_evidence_decides_faster():
-    deep = pos(HOME, 1800, 0)  # 800 m out: beyond a reflection's 600 m reach, not twice
-    shallow = pos(HOME, 1500, 0)  # 500 m out: a reflection could put a fix there
+    deep = pos(HOME, 1600, 0)  # 600 m out: beyond a reflection's 500 m reach, not 1.5 times
+    shallow = pos(HOME, 1400, 0)  # 400 m out: a reflection could put a fix there
     p = Pipeline({d: home_subject() for d in ("deep", "shallow", "mixed")})
     # Two deep fixes weigh enough, moments apart.
     events = p.live([fx(0, IN, "deep"), fx(100, deep, "deep"), fx(110, deep, "deep")])
@@ -853,8 +853,8 @@ def test_deep_outside_evidence_decides_faster():
     assert p.live([fx(0, IN, "mixed"), fx(100, deep, "mixed")]) == []
     assert evs(p.live([fx(110, shallow, "mixed")])) == [
         (EventKind.AREA_EXIT, at(110), at(100), False, RULE_AREA_EXIT, HOME_ID)]
-    # Just short of the reach (599 m beyond) is shallow: two such fixes decide nothing.
-    almost = pos(HOME, 1599, 0)
+    # Just short of the reach (499 m beyond) is shallow: two such fixes decide nothing.
+    almost = pos(HOME, 1499, 0)
     p2 = Pipeline({"dev-1": home_subject()})
     assert p2.live([fx(0, IN), fx(100, almost), fx(110, almost)]) == []
 

@@ -242,6 +242,8 @@ def test_approved_train_trip_to_beijing_raises_no_exit_on_the_way_there_or_back(
     events, decisions = run(trip.fixes, subject(beijing_permit()), zones())
     assert exits(events) == []
     assert [e.kind for e in events if e.kind == EventKind.AREA_RETURN] == []
+    # 300 km/h is a train, not a teleport: no suspected spoofing either.
+    assert [e for e in events if e.kind == EventKind.SPOOFING] == []
     # The trip did leave the home area, and covered the whole line both ways.
     on_train = [d for d in decisions if trip.marks["departs"] < d.fix.time < trip.marks["arrives"]]
     assert len(on_train) > 60 and all(d.membership != "outside" for d in on_train)

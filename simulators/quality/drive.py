@@ -266,6 +266,7 @@ class PartResult:
     naive: NaiveTracker
     class_counts: Counter[int] = field(default_factory=Counter)
     seen: Counter[int] = field(default_factory=Counter)  # truly-outside scheduled fixes per violation
+    seen_at: dict[int, float] = field(default_factory=dict)  # ...the first one's arrival
     fixes: int = 0
     offline_fixes: int = 0
     gen_s: float = 0.0
@@ -298,7 +299,11 @@ def run_part(world: World, scen: Scenario, variants: Sequence[tuple[str, dict[st
         res.fixes += len(today)
         res.offline_fixes += int(today.offline.sum())
         res.class_counts.update(today.cls.tolist())
-        res.seen.update(today.viol[today.outside & (today.viol >= 0)].tolist())
+        out = np.flatnonzero(today.outside & (today.viol >= 0))
+        res.seen.update(today.viol[out].tolist())
+        for v, a in zip(today.viol[out].tolist(), today.arrival[out].tolist(), strict=True):
+            if a < res.seen_at.get(v, math.inf):
+                res.seen_at[v] = a
         edges = np.arange(T0 + d * DAY + cfg.batch_s, horizon + cfg.batch_s / 2, cfg.batch_s)
         cuts = np.searchsorted(today.arrival, edges, side="left")
         lo = 0
@@ -350,6 +355,8 @@ def merge(parts: Sequence[PartResult]) -> PartResult:
         first.naive.seconds += o.naive.seconds
         first.class_counts.update(o.class_counts)
         first.seen.update(o.seen)
+        for vk, a in o.seen_at.items():
+            first.seen_at[vk] = min(a, first.seen_at.get(vk, math.inf))
         first.fixes += o.fixes
         first.offline_fixes += o.offline_fixes
         first.gen_s += o.gen_s

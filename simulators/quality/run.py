@@ -53,7 +53,7 @@ class ScenarioResult:
     def metrics(self, world: World, name: str, people: set[int]) -> Metrics:
         log = self.part.naive.log if name == "naive" else self.engine(name).log
         return metrics(log, self.matches[name], world.schedule.violations, self.part.seen, people,
-                       world.cfg.days, self.never())
+                       world.cfg.days, self.never(), self.part.seen_at)
 
     def engine(self, name: str) -> Any:
         return next(e for e in self.part.engines if e.name == name)

@@ -81,6 +81,7 @@ class Metrics:
     never_detected: int
     delays: FloatArray = field(default_factory=lambda: np.empty(0))  # decided, eligible detected
     fix_delays: FloatArray = field(default_factory=lambda: np.empty(0))
+    engine_delays: FloatArray = field(default_factory=lambda: np.empty(0))  # first seen → decided
     missed: list[int] = field(default_factory=list)  # eligible, not detected
 
     @property
@@ -95,15 +96,16 @@ class Metrics:
     def never_share(self) -> float:
         return self.never_detected / self.never_eligible if self.never_eligible else math.nan
 
-    def delay(self, q: float, fix_time: bool = False) -> float:
-        d = self.fix_delays if fix_time else self.delays
+    def delay(self, q: float, fix_time: bool = False, engine: bool = False) -> float:
+        d = self.engine_delays if engine else self.fix_delays if fix_time else self.delays
         return float(np.percentile(d, q)) if d.size else math.nan
 
 
 def metrics(log: AlertLog, m: Match, violations: Sequence[Violation], seen: Mapping[int, int],
-            people: Set[int], days: float, never: Set[int]) -> Metrics:
+            people: Set[int], days: float, never: Set[int],
+            seen_at: Mapping[int, float] | None = None) -> Metrics:
     """Metrics of the people in `people` (`seen`: truly-outside fixes received per violation,
-    `never`: people whose phone never answers)."""
+    `never`: people whose phone never answers, `seen_at`: when the first of them arrived)."""
     false = sum(1 for i in m.false_ids if log.person[i] in people)
     alerts = sum(1 for p in log.person if p in people)
     mine = [k for k, v in enumerate(violations) if v.person in people]
@@ -116,6 +118,7 @@ def metrics(log: AlertLog, m: Match, violations: Sequence[Violation], seen: Mapp
         len(eligible), len(det), len(never_el), sum(1 for k in never_el if k in m.first),
         np.array([m.first[k][0] - violations[k].start for k in det]),
         np.array([m.first[k][1] - violations[k].start for k in det]),
+        np.array([max(0.0, m.first[k][0] - seen_at[k]) for k in det if seen_at and k in seen_at]),
         [k for k in eligible if k not in m.first])
 
 
