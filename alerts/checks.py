@@ -11,6 +11,7 @@ import redis
 from alerts.outbox import queue_raised
 from alerts.service import AlertTarget, record_events
 from geofence.engine import pending_exit, tick
+from geofence.model import DeviceState
 from store.registry import Registry
 from store.settings import Settings
 from store.state import PENDING_EXITS, StateStore
@@ -47,8 +48,7 @@ class CurfewChecker:
         states = self.store.load(infos)
         # A device whose streak ended (or that left the registry) leaves the follow-up set.
         done = [d for d in pending if d not in states or d not in infos
-                or not pending_exit(states[d]) or states[d].area.pending_since is None
-                or now - states[d].area.pending_since > infos[d].subject.rules.follow_up_until_s]
+                or not _still_followed(states[d], infos[d].subject.rules.follow_up_until_s, now)]
         if done:
             self.redis.srem(self.prefix + PENDING_EXITS, *done)
         result = tick(self.registry.subjects(infos), self.registry.zones, states, now)
@@ -62,6 +62,12 @@ class CurfewChecker:
         if result.events:
             log.info("clock check raised %d event(s)", len(result.events))
         return len(result.events)
+
+
+def _still_followed(st: DeviceState, until_s: float, now: float) -> bool:
+    """An undecided exit streak young enough for the clock to ask the phone again."""
+    since = st.area.pending_since
+    return pending_exit(st) and since is not None and now - since <= until_s
 
 
 _OVERDUE = """
