@@ -149,6 +149,7 @@ class _Prepared:
     late: np.ndarray
     allowed: np.ndarray  # membership code in the allowed area
     allowed_of: dict[int, list[int]]  # allowed zone ids of each decidable fix
+    beyond: np.ndarray  # metres beyond the allowed area, measured ahead where likely needed
     zone_memb: dict[tuple[int, int], int]  # (fix, zone) -> membership code (exclusions, curfews)
     near: dict[tuple[int, int], bool]  # exclusion buffer: circle within the buffer
     far: dict[tuple[int, int], bool]  # exclusion buffer: circle wholly beyond the buffer
@@ -169,6 +170,31 @@ def _zone_codes(
         acc = np.fromiter((a for _, a in items), dtype=np.float64, count=len(items))
         codes = zone.membership(lon[idx], lat[idx], acc)
         out.update(zip(((int(i), zid) for i in idx), codes.tolist(), strict=True))
+    return out
+
+
+def _beyond(
+    fixes: Sequence[Fix], zones: Mapping[int, PreparedZone], states: Mapping[str, DeviceState],
+    allowed: np.ndarray, allowed_of: Mapping[int, list[int]], lon: np.ndarray, lat: np.ndarray,
+) -> np.ndarray:
+    """Distance beyond the allowed area of the wholly-outside fixes of devices not already
+    outside (those may start or extend an exit streak), one vectorised call per zone."""
+    out = np.full(len(fixes), np.nan)
+    tasks: dict[int, list[int]] = defaultdict(list)
+    for i in np.flatnonzero(allowed == M_OUTSIDE).tolist():
+        st = states.get(fixes[i].device_id)
+        if st is not None and st.area.status == AreaStatus.OUTSIDE:
+            continue
+        for z in allowed_of.get(i, ()):
+            tasks[z].append(i)
+    for z, idx_list in tasks.items():
+        zone = zones.get(z)
+        if zone is None:
+            continue
+        idx = np.asarray(idx_list, dtype=np.int64)
+        d = zone.distance(lon[idx], lat[idx])
+        cur = out[idx]
+        out[idx] = np.where(np.isnan(cur) | (d < cur), d, cur)
     return out
 
 
@@ -237,6 +263,7 @@ def _prepare(
             allowed[i] = M_OUTSIDE
         else:
             allowed[i] = M_BORDER
+    beyond = _beyond(fixes, zones, states, allowed, allowed_of, lon, lat)
     zone_memb = _zone_codes(zones, zone_tasks, lon, lat)
     near: dict[tuple[int, int], bool] = {}
     far: dict[tuple[int, int], bool] = {}
@@ -267,8 +294,8 @@ def _prepare(
         p_lat = np.array([prev[i].lat for i in idx_list])
         margin = np.maximum(acc[idx], np.array([prev[i].accuracy for i in idx_list]))
         crossing.update(zone.segments_cross(p_lon, p_lat, lon[idx], lat[idx], margin, idx))
-    return _Prepared(order, lon, lat, usable, late, allowed, allowed_of, zone_memb, near, far,
-                     crossing, prev)
+    return _Prepared(order, lon, lat, usable, late, allowed, allowed_of, beyond, zone_memb, near,
+                     far, crossing, prev)
 
 
 class _Fold:
@@ -286,6 +313,8 @@ class _Fold:
         """Metres from wholly-outside fix i to the nearest allowed zone (measured when needed:
         only fixes that may start or extend an exit streak, a small share)."""
         d = self._beyond.get(i)
+        if d is None and not math.isnan(pre_d := float(self.pre.beyond[i])):
+            d = self._beyond[i] = pre_d
         if d is None:
             lon, lat = self.pre.lon[i:i + 1], self.pre.lat[i:i + 1]
             d = min((float(self.zones[z].distance(lon, lat)[0])
@@ -300,11 +329,10 @@ class _Fold:
         return self.beyond(i) >= float(self.fixes[i].accuracy or 0.0) + rules.deep_margin_m
 
     def emit(self, kind: EventKind, i: int, rule: str, zone_id: int | None, m: Membership,
-             since: float | None = None, **detail: object) -> None:
+             since: float | None = None, distance: float | None = None, **detail: object) -> None:
         f = self.fixes[i]
         lon, lat = float(self.pre.lon[i]), float(self.pre.lat[i])
-        distance = None
-        if zone_id is not None and zone_id in self.zones:
+        if distance is None and zone_id is not None and zone_id in self.zones:
             distance = self.zones[zone_id].signed_distance(lon, lat)
         subj = self.subjects.get(f.device_id)
         rules = subj.rules if subj else Rules()
@@ -512,8 +540,9 @@ class _Fold:
                 and (asked is None or self.now - asked >= rules.confirm_retry_s)):
             recent = tuple(r for r in st.requests if self.now - r < 3600.0)
             if len(recent) < rules.confirm_max_per_hour:
+                # The distance named is the one the evidence used: beyond the whole allowed area.
                 self.emit(EventKind.LOCATION_REQUEST, i, RULE_CONFIRM, subj.home_zone_id,
-                          Membership.OUTSIDE, since, weight=round(weight, 3),
+                          Membership.OUTSIDE, since, self.beyond(i), weight=round(weight, 3),
                           needed=rules.exit_weight, fixes=pending, last=facts)
                 st.requests = recent + (self.now,)
                 asked = self.now
