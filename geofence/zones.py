@@ -135,6 +135,7 @@ class PreparedZone:
     boundary: BaseGeometry = field(init=False, repr=False)
     _inner: dict[float, BaseGeometry] = field(default_factory=dict, init=False, repr=False)
     _outer: dict[float, BaseGeometry] = field(default_factory=dict, init=False, repr=False)
+    _seg_tree: shapely.STRtree | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         c = self.geom_wgs84.centroid
@@ -219,9 +220,29 @@ class PreparedZone:
         return out
 
     def distance(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        """Metres from each point to the zone (0 inside): how far beyond its border a fix lies."""
+        """Metres from each point to the zone (0 inside): how far beyond its border a fix lies.
+
+        The nearest of the border's segments, found through an STRtree: a few microseconds a
+        point however long the border, where a plain polygon distance walks every vertex.
+        """
         x, y = self.project(lon, lat)
-        return np.asarray(shapely.distance(self.geom, shapely.points(x, y)), dtype=np.float64)
+        out = np.zeros(len(x), dtype=np.float64)
+        outside = ~shapely.contains_xy(self.geom, x, y)
+        if outside.any():
+            pts = shapely.points(x[outside], y[outside])
+            _, dist = self._segments().query_nearest(pts, return_distance=True, all_matches=False)
+            out[outside] = dist
+        return out
+
+    def _segments(self) -> shapely.STRtree:
+        if self._seg_tree is None:
+            parts = shapely.get_parts(shapely.get_parts(self.boundary))
+            segs = []
+            for line in parts:
+                c = shapely.get_coordinates(line)
+                segs.append(np.stack([c[:-1], c[1:]], axis=1))
+            self._seg_tree = shapely.STRtree(shapely.linestrings(np.concatenate(segs)))
+        return self._seg_tree
 
     def signed_distance(self, lon: float, lat: float) -> float:
         """Metres from the border: positive outside the zone, negative inside."""

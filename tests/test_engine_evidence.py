@@ -156,3 +156,22 @@ def test_a_batch_user_can_carry_states_and_map_decisions_to_fixes():
     carried = res.carry(states)
     assert set(carried) == {"other", "dev-1", "dev-2"} and states == {"other": DeviceState()}
     assert [e.kind for e in res.events] == [EventKind.AREA_EXIT]
+
+
+def test_distance_beyond_a_real_district_matches_the_exact_polygon_distance():
+    # The nearest-segment search must give what walking every vertex of the border gives.
+    import numpy as np
+    import shapely
+
+    from simulators.engine_bench import districts
+
+    rng = np.random.default_rng(5)
+    for zone in districts()[:4]:
+        minx, miny, maxx, maxy = zone.geom_wgs84.bounds
+        lon = rng.uniform(minx - 0.05, maxx + 0.05, 500)
+        lat = rng.uniform(miny - 0.05, maxy + 0.05, 500)
+        x, y = zone.project(lon, lat)
+        exact = shapely.distance(zone.geom, shapely.points(x, y))
+        got = zone.distance(lon, lat)
+        assert (got > 0).sum() > 100 and (got == 0).sum() > 10  # both sides sampled
+        assert np.allclose(got, exact, atol=1e-6)
