@@ -57,6 +57,7 @@ RULE_CURFEW_UNKNOWN = "roll_call.curfew_unknown"
 _EARTH_R = 6_371_008.8
 _SPEED_SPAN_S = 120.0
 _ANSWER_SLACK_S = 30.0  # a phone's clock may run a little behind the server's
+_REPEAT_SLACK_M = 10.0  # a repeat lies within both circles (+ this): a walker is not one
 _UNUSABLE_PROVIDERS = frozenset({"cell"})
 # Positions from radio maps (Wi-Fi, cell towers) rather than satellites: wrong by kilometres at
 # times, whatever accuracy they claim, so they never decide an exit alone.
@@ -480,7 +481,7 @@ class _Fold:
         if f.time - t >= rules.repeat_s:
             return False
         d = _haversine(lon, lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
-        return d <= acc + float(f.accuracy or 0.0) + rules.still_m
+        return d <= acc + float(f.accuracy or 0.0) + _REPEAT_SLACK_M
 
     def _exit(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> Track:
         """Fold one wholly-outside fix into the exit streak; decide, or ask the phone.
