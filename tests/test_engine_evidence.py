@@ -175,3 +175,18 @@ def test_distance_beyond_a_real_district_matches_the_exact_polygon_distance():
         got = zone.distance(lon, lat)
         assert (got > 0).sum() > 100 and (got == 0).sum() > 10  # both sides sampled
         assert np.allclose(got, exact, atol=1e-6)
+
+
+def test_the_officer_reads_which_fixes_decided_an_exit():
+    from alerts.explain import explain
+
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, IN)])
+    p.live([fx(900, pos(HOME, 4000, 0), accuracy=80.0)])  # strong but imprecise: asks
+    [exit_] = p.live([fx(940, pos(HOME, 1700, 0), accuracy=10.0)])
+    reason = {**exit_.reason.to_dict(), "since": "2024-03-01T04:15:00+00:00"}
+    text = explain(reason)
+    assert text.startswith("Left the allowed area")
+    assert "2 fixes lay outside, at least one beyond a reflection's reach" in text
+    assert "3,000 m out at ±80 m; 700 m out at ±10 m" in text
+    assert "evidence 1.75 of 1.0 needed" in text  # strong 1.0 + deep 0.75
