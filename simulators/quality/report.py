@@ -102,6 +102,8 @@ def target_table(r: Result, name: str = "engine") -> list[list[str]]:
     row("delay crossing → decision, p50", lambda s, iv: _min(m(s, iv).delay(50))
         + _mark(None if math.isnan(m(s, iv).delay(50)) else m(s, iv).delay(50) <= 300), "≤ 5 min")
     row("delay crossing → decision, p95", p95, "≤ interval + 5 min")
+    row("floor for any rule: crossing → first outside fix arrived, p50 / p95",
+        lambda s, iv: f"{_min(m(s, iv).delay(50, floor=True))} / {_min(m(s, iv).delay(95, floor=True))}")
     row("delay first outside fix arrived → decision, p50 / p95",
         lambda s, iv: f"{_min(m(s, iv).delay(50, engine=True))} / {_min(m(s, iv).delay(95, engine=True))}")
     row("delay crossing → deciding fix, p50 / p95",

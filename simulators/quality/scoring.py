@@ -82,6 +82,7 @@ class Metrics:
     delays: FloatArray = field(default_factory=lambda: np.empty(0))  # decided, eligible detected
     fix_delays: FloatArray = field(default_factory=lambda: np.empty(0))
     engine_delays: FloatArray = field(default_factory=lambda: np.empty(0))  # first seen → decided
+    floor_delays: FloatArray = field(default_factory=lambda: np.empty(0))  # crossing → first seen
     missed: list[int] = field(default_factory=list)  # eligible, not detected
 
     @property
@@ -96,8 +97,10 @@ class Metrics:
     def never_share(self) -> float:
         return self.never_detected / self.never_eligible if self.never_eligible else math.nan
 
-    def delay(self, q: float, fix_time: bool = False, engine: bool = False) -> float:
-        d = self.engine_delays if engine else self.fix_delays if fix_time else self.delays
+    def delay(self, q: float, fix_time: bool = False, engine: bool = False,
+              floor: bool = False) -> float:
+        d = (self.floor_delays if floor else self.engine_delays if engine
+             else self.fix_delays if fix_time else self.delays)
         return float(np.percentile(d, q)) if d.size else math.nan
 
 
@@ -119,6 +122,7 @@ def metrics(log: AlertLog, m: Match, violations: Sequence[Violation], seen: Mapp
         np.array([m.first[k][0] - violations[k].start for k in det]),
         np.array([m.first[k][1] - violations[k].start for k in det]),
         np.array([max(0.0, m.first[k][0] - seen_at[k]) for k in det if seen_at and k in seen_at]),
+        np.array([seen_at[k] - violations[k].start for k in eligible if seen_at and k in seen_at]),
         [k for k in eligible if k not in m.first])
 
 
