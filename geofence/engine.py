@@ -489,9 +489,12 @@ class _Fold:
         An exit is declared on (a) one strong fix of good accuracy after a plausible journey,
         (b) evidence weighing `exit_weight` with at least one fix beyond a reflection's reach,
         or (c) shallow fixes only: `shallow_fixes` of them spanning `shallow_span_s`, or two
-        more in a third of that span (twice the span and two more fixes again when the streak began
-        with a jump of a still phone: a reflection). Until then, the phone is asked for a fresh
-        fix (LOCATION_REQUEST), within its hourly budget.
+        more in a third of that span (twice the span and two more fixes again when the streak
+        began with a jump of a still phone: a reflection). Until then, the phone is asked for a
+        fresh fix (LOCATION_REQUEST) within its hourly budget, and `tick` asks again while it
+        stays silent. Answers are weighed, not trusted: a shallow answer to a follow-up, or a
+        shallow fix within both circles of the last counted one moments later, counts for
+        nothing (a still phone repeats its reflection); a deep answer counts like any deep fix.
         """
         f = self.fixes[i]
         t = f.time
