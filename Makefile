@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test services install migrate seed bench bench-quick bench-engine bench-quality bench-deadlines lint audit-verify clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
