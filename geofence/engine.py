@@ -407,27 +407,29 @@ class _Fold:
 
     def _jump(self, st: DeviceState, i: int, rules: Rules, moved: float, dt: float,
               reach: float) -> bool:
-        """Did the fix leave the previous one further than the phone's movement explains?
+        """Did a still phone jump further than its movement explains (a reflection)?
 
-        A reflection (urban canyon, multipath) displaces a position by hundreds of metres while
-        the person stands still. With a reported speed, a jump is movement beyond that speed;
-        without one, it is a jump of a hundred metres up to a reflection's reach away from a
-        phone whose last two fixes showed it still. A person who really left moved at their
-        speed, was already moving, or went further than any reflection throws a fix. An
-        instantaneous speed speaks for the last couple of minutes only.
+        A reflection (urban canyon, multipath) displaces a position by a hundred metres up to a
+        reflection's reach while the person stands still. So: the last two fixes showed the
+        phone still, and this one lies that far from them; a reported speed that explains the
+        move (over the last couple of minutes at most) clears it. A person who really left was
+        moving before (an instantaneous speed of zero on arrival does not undo the trip), or
+        went further than any reflection throws a fix.
         """
         f = self.fixes[i]
-        if f.speed is not None and dt <= _SPEED_SPAN_S:  # a speed says little about 15 minutes
-            allowed = (f.speed + rules.jump_speed_slack_mps) * dt + rules.jump_slack_m
-            return moved > allowed
         last, before = st.last, st.before
         if last is None or before is None or dt > rules.still_window_s:
             return False
         if last.time - before.time > rules.still_window_s:
             return False
         apart = _haversine(before.lon, before.lat, last.lon, last.lat)
-        still = apart <= max(rules.still_m, before.accuracy + last.accuracy)
-        return still and 2 * rules.still_m <= moved <= reach
+        if apart > max(rules.still_m, before.accuracy + last.accuracy):
+            return False  # it was moving
+        if not 2 * rules.still_m <= moved <= reach:
+            return False
+        if f.speed is not None and dt <= _SPEED_SPAN_S:
+            return moved > (f.speed + rules.jump_speed_slack_mps) * dt + rules.jump_slack_m
+        return True
 
     def _evidence(self, st: DeviceState, i: int, rules: Rules, first: bool
                   ) -> tuple[float, str, dict[str, object]]:

@@ -1001,7 +1001,7 @@ def test_exit_that_begins_with_a_jump_the_reported_speed_cannot_explain_needs_mo
     # Standing still 200 m inside (Doppler speed 0), then reflections put fixes 150 m outside:
     # a normal exit would be declared on the third (90 s); this one needs 5 over 3 minutes.
     p = Pipeline({"dev-1": home_subject()})
-    p.live([fx(0, pos(HOME, 800, 0), speed=0.0)])
+    p.live([fx(-30, pos(HOME, 805, 0), speed=0.0), fx(0, pos(HOME, 800, 0), speed=0.0)])
     early = p.live([fx(60 * k, pos(HOME, 1150, 0), speed=0.0) for k in range(1, 5)])
     assert early == []
     [exit_] = p.live([fx(300, pos(HOME, 1150, 0), speed=0.0)])
@@ -1023,6 +1023,16 @@ def test_a_jump_of_a_still_phone_without_speed_is_suspect_too():
     q.live([fx(0, pos(HOME, 600, 0)), fx(60, pos(HOME, 800, 0))])
     assert [e.kind for e in q.live([fx(60 * k, pos(HOME, 1150, 0)) for k in range(2, 5)])] == [
         EventKind.AREA_EXIT]
+
+
+def test_arriving_by_train_and_standing_still_outside_is_not_a_reflection():
+    # Moving fast inside, then standing 150 m outside: the speed on arrival is zero, but the
+    # phone was moving before, so the streak is an ordinary one (3 fixes over 90 s here).
+    p = Pipeline({"dev-1": home_subject()})
+    p.live([fx(0, pos(HOME, -200, 0), speed=12.0), fx(60, pos(HOME, 500, 0), speed=12.0)])
+    events = p.live([fx(60 * k, pos(HOME, 1150, 0), speed=0.0) for k in range(2, 5)])
+    assert [e.kind for e in events] == [EventKind.AREA_EXIT]
+    assert dict(events[0].reason.detail)["began_with_unexplained_jump"] is False
 
 
 def test_a_real_departure_at_its_reported_speed_is_not_suspect():
