@@ -561,6 +561,11 @@ class _Fold:
         if m == Membership.OUTSIDE and st.area.status != AreaStatus.OUTSIDE:
             st.area = self._exit(st, i, subj, rules)
             return
+        f = self.fixes[i]
+        if (m == Membership.INSIDE and st.area.status != AreaStatus.OUTSIDE and st.area.pending
+                and (f.provider in _NETWORK_PROVIDERS
+                     or float(f.accuracy or 0.0) > rules.breaking_max_accuracy_m)):
+            return  # a radio-map or imprecise fix inside neither counts nor breaks an exit streak
         # Inside evidence breaks an exit streak; coming back needs the count-and-span rule.
         track, change = step(st.area, m, t, Membership.OUTSIDE, 1, 0.0, rules.return_fixes,
                              rules.return_span_s)

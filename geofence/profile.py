@@ -27,6 +27,7 @@ class Rules:
     shallow_span_s: float = 600.0  # ...spanning this long
     repeat_s: float = 180.0  # a shallow fix repeating the previous one's place this soon: no news
     single_fix_max_accuracy_m: float = 50.0  # a lone strong fix decides only this accurate
+    breaking_max_accuracy_m: float = 100.0  # a worse (or Wi-Fi/cell) fix inside breaks no exit streak
     still_m: float = 50.0  # two fixes this close (or within their circles): the phone was still
     still_window_s: float = 2400.0  # ...if no further apart in time than this
     jump_factor: float = 0.5  # a streak that begins with a jump of a still phone weighs less

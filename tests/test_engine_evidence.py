@@ -190,3 +190,18 @@ def test_the_officer_reads_which_fixes_decided_an_exit():
     assert "2 fixes lay outside, at least one beyond a reflection's reach" in text
     assert "3,000 m out at ±80 m; 700 m out at ±10 m" in text
     assert "evidence 1.75 of 1.0 needed" in text  # strong 1.0 + deep 0.75
+
+
+def test_a_network_fix_inside_does_not_undo_satellite_evidence_outside():
+    # A 5-minute phone 300 m out; between its satellite fixes an indoor Wi-Fi fix lands inside.
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, IN)])
+    out = pos(HOME, 1300, 0)
+    p.live([fx(300, out), fx(450, IN, provider="network", accuracy=60.0), fx(600, out)])
+    assert p.states["dev-1"].area.pending == 2  # the Wi-Fi fix neither counted nor broke it
+    [exit_] = [e for e in p.live([fx(900, out)]) if e.kind == EventKind.AREA_EXIT]
+    assert exit_.since == at(300)
+    # A satellite fix inside does break it.
+    q = Pipeline({"dev-1": subject()})
+    q.live([fx(0, IN), fx(300, out), fx(450, IN, accuracy=10.0), fx(600, out)])
+    assert q.states["dev-1"].area.pending == 1
