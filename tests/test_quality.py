@@ -394,6 +394,14 @@ def test_score_counts_a_known_alert_list():
     assert sorted(x.fix_delays.tolist()) == [60.0, 180.0, 200.0]
     only = metrics(log, m, v, seen, people={2, 5}, days=2, never=set())
     assert only.false_alerts == 3 and only.eligible == 0
+    # Graded on fixes the engine judged wholly outside: v3's four were all undecidable, v4 had one.
+    shown = {0: 2, 2: 1, 3: 0, 4: 1}
+    y = metrics(log, m, v, seen, people={1, 2, 3, 4, 5, 6, 7}, days=2, never={3, 6},
+                seen_at={0: 1100.0, 2: 9050.0, 3: 20_060.0, 4: 30_200.0}, shown=shown)
+    assert (y.shown, y.shown_detected) == (3, 3)  # v0, v2, v4; v3 (the miss) showed nothing
+    assert (y.shown_never, y.shown_never_detected) == (0, 0)  # v4 has one such fix only
+    assert sorted(y.floor_delays.tolist()) == [50.0, 60.0, 100.0, 200.0]  # crossing → first seen
+    assert sorted(y.engine_delays.tolist()) == [50.0, 200.0, 2800.0]
 
 
 def _border_point(world: World, k: int, inside_m: float, out_m: float) -> tuple:

@@ -99,6 +99,10 @@ def target_table(r: Result, name: str = "engine") -> list[list[str]]:
         m(s, iv).eligible_detected, m(s, iv).eligible, 0.99), "≥ 99 %")
     row("  … ≥ 2 fixes, phone never answers requests", lambda s, iv: _share(
         m(s, iv).never_detected, m(s, iv).never_eligible, 0.99), "≥ 99 %")
+    row("… seen by ≥ 1 own fix judged wholly outside: detected", lambda s, iv: _share(
+        m(s, iv).shown_detected, m(s, iv).shown, 0.99), "≥ 99 %")
+    row("  … ≥ 2 such fixes, phone never answers requests", lambda s, iv: _share(
+        m(s, iv).shown_never_detected, m(s, iv).shown_never, 0.99), "≥ 99 %")
     row("delay crossing → decision, p50", lambda s, iv: _min(m(s, iv).delay(50))
         + _mark(None if math.isnan(m(s, iv).delay(50)) else m(s, iv).delay(50) <= 300), "≤ 5 min")
     row("delay crossing → decision, p95", p95, "≤ interval + 5 min")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 from geofence import engine
 from geofence.profile import LEVELS, validate_overrides
 from simulators.quality.config import QUICK, SCENARIOS, QualityConfig, Scenario
-from simulators.quality.drive import Evaluate, PartResult, Tick, merge, run_part
+from simulators.quality.drive import M_OUTSIDE, Evaluate, PartResult, Tick, merge, run_part
 from simulators.quality.scoring import Match, Metrics, match, metrics
 from simulators.quality.world import World
 
@@ -52,8 +53,12 @@ class ScenarioResult:
 
     def metrics(self, world: World, name: str, people: set[int]) -> Metrics:
         log = self.part.naive.log if name == "naive" else self.engine(name).log
+        # Violations seen by fixes the engine judged wholly outside (the phone's own reports):
+        # the default engine's verdicts, so every tracker is graded on the same violations.
+        shown = Counter({k: sum(1 for f in fs if f.membership == M_OUTSIDE and not f.answer)
+                         for k, fs in self.part.engines[0].viol_fixes.items()})
         return metrics(log, self.matches[name], world.schedule.violations, self.part.seen, people,
-                       world.cfg.days, self.never(), self.part.seen_at)
+                       world.cfg.days, self.never(), self.part.seen_at, shown)
 
     def engine(self, name: str) -> Any:
         return next(e for e in self.part.engines if e.name == name)

@@ -84,6 +84,10 @@ class Metrics:
     engine_delays: FloatArray = field(default_factory=lambda: np.empty(0))  # first seen → decided
     floor_delays: FloatArray = field(default_factory=lambda: np.empty(0))  # crossing → first seen
     missed: list[int] = field(default_factory=list)  # eligible, not detected
+    shown: int = 0  # >= 10 min with >= 1 own fix judged wholly outside (a reported fix outside)
+    shown_detected: int = 0
+    shown_never: int = 0  # ... >= 2 such fixes, phone never answers
+    shown_never_detected: int = 0
 
     @property
     def false_per_person_day(self) -> float:
@@ -106,7 +110,8 @@ class Metrics:
 
 def metrics(log: AlertLog, m: Match, violations: Sequence[Violation], seen: Mapping[int, int],
             people: Set[int], days: float, never: Set[int],
-            seen_at: Mapping[int, float] | None = None) -> Metrics:
+            seen_at: Mapping[int, float] | None = None,
+            shown: Mapping[int, int] | None = None) -> Metrics:
     """Metrics of the people in `people` (`seen`: truly-outside fixes received per violation,
     `never`: people whose phone never answers, `seen_at`: when the first of them arrived)."""
     false = sum(1 for i in m.false_ids if log.person[i] in people)
@@ -116,6 +121,8 @@ def metrics(log: AlertLog, m: Match, violations: Sequence[Violation], seen: Mapp
                 and seen.get(k, 0) >= 1]
     never_el = [k for k in eligible if violations[k].person in never and seen.get(k, 0) >= 2]
     det = [k for k in eligible if k in m.first]
+    sh = [k for k in eligible if shown and shown.get(k, 0) >= 1]
+    sh_never = [k for k in sh if violations[k].person in never and shown and shown.get(k, 0) >= 2]
     return Metrics(
         len(people), len(people) * days, alerts, false, len(mine), sum(1 for k in mine if k in m.first),
         len(eligible), len(det), len(never_el), sum(1 for k in never_el if k in m.first),
@@ -123,7 +130,9 @@ def metrics(log: AlertLog, m: Match, violations: Sequence[Violation], seen: Mapp
         np.array([m.first[k][1] - violations[k].start for k in det]),
         np.array([max(0.0, m.first[k][0] - seen_at[k]) for k in det if seen_at and k in seen_at]),
         np.array([seen_at[k] - violations[k].start for k in eligible if seen_at and k in seen_at]),
-        [k for k in eligible if k not in m.first])
+        [k for k in eligible if k not in m.first],
+        len(sh), sum(1 for k in sh if k in m.first), len(sh_never),
+        sum(1 for k in sh_never if k in m.first))
 
 
 __all__ = ["TEN_MIN", "Match", "Metrics", "match", "metrics"]
