@@ -57,7 +57,8 @@ RULE_CURFEW_UNKNOWN = "roll_call.curfew_unknown"
 _EARTH_R = 6_371_008.8
 _SPEED_SPAN_S = 120.0
 _ANSWER_SLACK_S = 30.0  # a phone's clock may run a little behind the server's
-_REPEAT_SLACK_M = 10.0  # a repeat lies within both circles (+ this): a walker is not one
+_REPEAT_SLACK_M = 10.0
+_MIN_GAP_S = 45.0  # a repeat lies within both circles (+ this): a walker is not one
 _UNUSABLE_PROVIDERS = frozenset({"cell"})
 # Positions from radio maps (Wi-Fi, cell towers) rather than satellites: wrong by kilometres at
 # times, whatever accuracy they claim, so they never decide an exit alone.
@@ -349,6 +350,9 @@ class _Fold:
         f = self.fixes[i]
         subj = self.subjects.get(f.device_id)
         rules = subj.rules if subj else Rules()
+        dt = f.time - st.last_fix_time
+        if _MIN_GAP_S <= dt < math.inf:  # an answer moments after a report is no reporting rhythm
+            st.gap_s = dt if st.gap_s is None else 0.7 * st.gap_s + 0.3 * dt
         st.last_fix_time = f.time
         self._spoofing(st, i, rules)
         if not self.pre.usable[i] or subj is None:
@@ -753,7 +757,11 @@ def _follow_up_due(st: DeviceState, rules: Rules, now: float) -> bool:
     a = st.area
     if a.status == AreaStatus.OUTSIDE or a.pending == 0 or a.pending_since is None:
         return False
-    if now - a.pending_since > rules.follow_up_until_s or now - st.last_fix_time < rules.follow_up_s:
+    silent = now - st.last_fix_time
+    if now - a.pending_since > rules.follow_up_until_s or silent < rules.follow_up_s:
+        return False
+    # Not when the phone's next report is due anyway: its answer could not be told from it.
+    if st.gap_s is not None and silent > st.gap_s - rules.confirm_window_s:
         return False
     last_ask = max(a.asked if a.asked is not None else -math.inf,
                    a.followup if a.followup is not None else -math.inf)

@@ -161,13 +161,14 @@ class DeviceState:
     mock_flagged: bool = False
     before: LastFix | None = None  # the decidable fix before `last`: was the phone still?
     requests: tuple[float, ...] = ()  # when location requests were emitted (the last hour)
+    gap_s: float | None = None  # the phone's usual time between reports (answers left out)
 
     def copy(self) -> DeviceState:
         """A working copy (tracks and tuples inside are immutable, so shallow is enough)."""
         return DeviceState(self.last_fix_time, self.area, self.zones, self.last, self.undecidable,
                            self.undecidable_since, self.rollcall_asked, self.same_key,
                            self.same_count, self.same_since, self.frozen_flagged, self.mock_flagged,
-                           self.before, self.requests)
+                           self.before, self.requests, self.gap_s)
 
     def zone(self, key: str) -> Track:
         """The track of an exclusion or curfew zone."""
@@ -196,6 +197,7 @@ class DeviceState:
             "before": None if self.before is None else [self.before.time, self.before.lon,
                                                         self.before.lat, self.before.accuracy],
             "req": list(self.requests),
+            "gap": self.gap_s,
         }
 
     @classmethod
@@ -217,6 +219,7 @@ class DeviceState:
             mock_flagged=bool(d.get("mock", False)),
             before=LastFix(*before) if isinstance(before := d.get("before"), list) else None,
             requests=tuple(float(x) for x in d.get("req") or ()),  # type: ignore[attr-defined]
+            gap_s=_f(d.get("gap")),
         )
 
 

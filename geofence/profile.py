@@ -34,7 +34,7 @@ class Rules:
     plausible_speed_mps: float = 100.0  # faster than a high-speed train from the last fix: weak
     confirm_max_per_hour: int = 4  # location requests (ask the phone for a fix now) per hour
     confirm_retry_s: float = 300.0  # a streak asks again only after this long
-    confirm_window_s: float = 180.0  # fixes this soon after a follow-up request are its answers
+    confirm_window_s: float = 120.0  # fixes this soon after a follow-up request are its answers
     follow_up_s: float = 300.0  # a phone silent this long in an undecided streak is asked again
     follow_up_until_s: float = 1800.0  # ...while the streak is younger than this
     exit_fixes: int = 3  # curfews: wholly-outside evidence needed before a breach...

@@ -205,3 +205,26 @@ def test_a_network_fix_inside_does_not_undo_satellite_evidence_outside():
     q = Pipeline({"dev-1": subject()})
     q.live([fx(0, IN), fx(300, out), fx(450, IN, accuracy=10.0), fx(600, out)])
     assert q.states["dev-1"].area.pending == 1
+
+
+def test_the_clock_asks_a_silent_phone_again_but_not_when_its_report_is_due():
+    from geofence.engine import tick
+
+    out = pos(HOME, 1300, 0)  # 300 m out: shallow, undecided
+    for interval, want_follow_up in ((900.0, True), (300.0, False)):
+        p = Pipeline({"dev-1": subject()})
+        p.live([fx(0, IN), fx(interval, IN), fx(2 * interval, out)])
+        st = p.states["dev-1"]
+        assert st.gap_s == pytest.approx(interval)
+        res = tick({"dev-1": subject()}, ZONES, p.states, at(2 * interval + 330))
+        asks = [e for e in res.events if e.kind == EventKind.LOCATION_REQUEST]
+        assert bool(asks) is want_follow_up, interval
+        if asks:
+            assert asks[0].reason.rule == "confirm.area_exit_follow_up"
+            p.states.update(res.states)
+            # Its answer 40 s later at the same place (a reflection would repeat): nothing new.
+            p.live([fx(2 * interval + 370, out)])
+            assert p.states["dev-1"].area.pending == 1
+            # The next regular report, a whole interval on, counts.
+            p.live([fx(3 * interval, out)])
+            assert p.states["dev-1"].area.pending == 2
