@@ -118,7 +118,7 @@ WITH f AS (
       FROM location_requests lr JOIN f ON f.dev = lr.device_id
      WHERE lr.status = 'sent' AND lr.device_id = ANY(%(devs)s)
        -- a fresh fix, taken after the command and after the evidence, within the window
-       AND f.t >= lr.sent_at AND f.t > lr.evidence_fix_time
+       AND f.t >= lr.sent_at - interval '30 seconds' AND f.t > lr.evidence_fix_time
        AND f.t <= lr.deadline AND f.recv <= lr.deadline
      ORDER BY lr.id, f.t
 )

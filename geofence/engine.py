@@ -261,6 +261,8 @@ def _prepare(
             continue
         if M_INSIDE in cs:
             allowed[i] = M_INSIDE
+        elif len(cs) < len(ids):  # an allowed zone we cannot see: outside the rest proves nothing
+            allowed[i] = M_UNDECIDABLE
         elif all(c == M_OUTSIDE for c in cs):
             allowed[i] = M_OUTSIDE
         else:
@@ -350,9 +352,7 @@ class _Fold:
         f = self.fixes[i]
         subj = self.subjects.get(f.device_id)
         rules = subj.rules if subj else Rules()
-        dt = f.time - st.last_fix_time
-        if _MIN_GAP_S <= dt < math.inf:  # an answer moments after a report is no reporting rhythm
-            st.gap_s = dt if st.gap_s is None else 0.7 * st.gap_s + 0.3 * dt
+        self._rhythm(st, f.time, rules)
         st.last_fix_time = f.time
         self._spoofing(st, i, rules)
         if not self.pre.usable[i] or subj is None:
@@ -368,6 +368,23 @@ class _Fold:
         st.before = st.last
         st.last = LastFix(f.time, float(self.pre.lon[i]), float(self.pre.lat[i]),
                           float(f.accuracy or 0.0))
+
+    @staticmethod
+    def _rhythm(st: DeviceState, t: float, rules: Rules) -> None:
+        """Learn the phone's usual time between reports: answers to requests and moments-apart
+        fixes are no rhythm, and a missed report (a gap well over the usual) moves it little."""
+        dt = t - st.last_fix_time
+        if not _MIN_GAP_S <= dt < math.inf:
+            return
+        asked = [a for a in (st.area.asked, st.area.followup) if a is not None]
+        if any(a - _ANSWER_SLACK_S <= t <= a + rules.confirm_window_s for a in asked):
+            return
+        if st.gap_s is None:
+            st.gap_s = dt
+        elif dt <= 1.5 * st.gap_s:
+            st.gap_s = 0.7 * st.gap_s + 0.3 * dt
+        else:  # a missed report, or a phone that changed its rhythm: adapt slowly
+            st.gap_s = 0.9 * st.gap_s + 0.1 * dt
 
     def _undecidable(self, st: DeviceState, i: int, rules: Rules) -> None:
         t = self.fixes[i].time
@@ -506,6 +523,10 @@ class _Fold:
         t = f.time
         acc = float(f.accuracy or 0.0)
         track = st.area
+        counted_before = [e[0] for e in track.evidence if e[3] > 0]
+        if track.pending and counted_before and t - counted_before[-1] > rules.streak_gap_s:
+            # Hours without fresh outside evidence: a new streak, not one stretched over the day.
+            track = Track(track.status, track.since, 0, None, track.flag)
         first = track.pending == 0
         w, grade, facts = self._evidence(st, i, rules, first)
         answer = (track.followup is not None

@@ -25,6 +25,7 @@ class Rules:
     exit_weight: float = 1.0  # an exit needs this much weight in an unbroken outside streak...
     shallow_fixes: int = 3  # made only of shallow fixes, an exit needs this many...
     shallow_span_s: float = 600.0  # ...spanning this long
+    streak_gap_s: float = 3600.0  # an hour without fresh outside evidence starts a new streak
     repeat_s: float = 180.0  # a shallow fix repeating the previous one's place this soon: no news
     single_fix_max_accuracy_m: float = 50.0  # a lone strong fix decides only this accurate
     breaking_max_accuracy_m: float = 100.0  # a worse (or Wi-Fi/cell) fix inside breaks no exit streak

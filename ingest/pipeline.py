@@ -225,8 +225,10 @@ class Pipeline:
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}
             record_events(self.conn, result.events, targets, self.redis, self.prefix)
 
-        self.states.save(result.states)
-        self.states.track_pending_exits(result.states)
+        saved = self.states.save(result.states)
+        # Only states that won the compare-and-set speak for the device's streak.
+        self.states.track_pending_exits(
+            {d: st for (d, st), ok in zip(result.states.items(), saved, strict=True) if ok})
         self._track_silences(messages, decoded, dead, result.decisions, owner, infos)
         for dec in result.decisions:
             i = owner[dec.index]

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     # throttled and not sent. A request unanswered within the window expires, with no alert
     # (the engine falls back to its passive rule).
     confirm_max_per_hour: int = 6
-    confirm_answer_window_s: float = 300.0
+    confirm_answer_window_s: float = 240.0
 
     # Notification delivery (webhooks, e-mail): retried with exponential backoff until delivered
     # or expired; a claimed notification returns to the queue if its worker dies (lease).

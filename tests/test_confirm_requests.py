@@ -117,7 +117,7 @@ def test_a_location_request_is_recorded_and_the_worker_sends_it_to_the_phone(
     assert (dev, sup, office, rule) == (DEV, org.supervisee_id, org.office_ids[JIANGAN],
                                         "confirm.area_exit")
     assert float(requested) == float(sent) == pytest.approx(T, abs=1e-5)
-    assert float(window) == settings.confirm_answer_window_s == 300
+    assert float(window) == settings.confirm_answer_window_s == 240
     assert float(evidence_t) == pytest.approx(T - 30, abs=1e-5)
     assert (evidence["membership"], evidence["distance_m"], evidence["exit_fixes"]) == (
         "border", 140.0, 1)
@@ -143,7 +143,7 @@ def test_the_hourly_limit_records_the_excess_as_throttled_and_sends_nothing_for_
     p = settings.redis_prefix
     record(db, org, rds, settings, ask(T))  # sent
     record(db, org, rds, settings, ask(T + 60))  # the first still awaits its answer
-    assert confirm.expire(db, rds, p, now=T + 301) == 1
+    assert confirm.expire(db, rds, p, now=T + 241) == 1
     record(db, org, rds, settings, ask(T + 400))  # sent: the second of the hour
     assert confirm.expire(db, rds, p, now=T + 701) == 1
     record(db, org, rds, settings, ask(T + 800))  # a third within the hour: the battery limit
@@ -172,7 +172,7 @@ def test_a_later_usable_fix_through_the_pipeline_answers_it_with_its_latency(
     record(db, org, rds, settings, ask(T))
     pipeline = Pipeline.connect(settings)
     try:
-        pipeline.process([fix_msg(T - 10, T + 2)], now=T + 2)  # taken before the command
+        pipeline.process([fix_msg(T - 35, T + 2)], now=T + 2)  # before the command and its slack
         pipeline.process([fix_msg(T + 5, T + 6, acc=900)], now=T + 6)  # decides nothing
         pipeline.process([fix_msg(T + 8, T + 9, mock=True)], now=T + 9)  # a mock location
         assert requests(db)[0][1] == "sent"
@@ -196,8 +196,8 @@ def test_an_unanswered_request_expires_without_raising_any_alert(db, rds, settin
                                                                  phone):
     p = settings.redis_prefix
     record(db, org, rds, settings, ask(T))
-    assert confirm.expire(db, rds, p, now=T + 299) == 0  # still within the window
-    assert confirm.expire(db, rds, p, now=T + 301) == 1
+    assert confirm.expire(db, rds, p, now=T + 239) == 0  # still within the window
+    assert confirm.expire(db, rds, p, now=T + 241) == 1
     assert confirm.expire(db, rds, p, now=T + 400) == 0
     assert requests(db)[0][1] == "expired"
     assert not rds.sismember(p + confirm.PENDING, DEV)
@@ -277,7 +277,7 @@ def test_staff_see_a_supervisees_requests_without_coordinates(client, db, rds, s
                                                               org: Org, phone, monkeypatch):
     monkeypatch.setattr(settings, "confirm_max_per_hour", 1)
     record(db, org, rds, settings, ask(T))
-    confirm.expire(db, rds, settings.redis_prefix, now=T + 301)
+    confirm.expire(db, rds, settings.redis_prefix, now=T + 241)
     record(db, org, rds, settings, ask(T + 400, rule="confirm.exclusion_entry"))
     url = f"{API}/supervisees/{org.supervisee_id}/location-requests"
     r = client.get(url, headers=login(client, "jiangan-officer"))

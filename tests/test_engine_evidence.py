@@ -228,3 +228,42 @@ def test_the_clock_asks_a_silent_phone_again_but_not_when_its_report_is_due():
             # The next regular report, a whole interval on, counts.
             p.live([fx(3 * interval, out)])
             assert p.states["dev-1"].area.pending == 2
+
+
+@pytest.mark.parametrize("streak_gap_s", [NORMAL.streak_gap_s, 1e9])
+def test_reflections_hours_apart_never_add_up_to_an_exit(streak_gap_s):
+    # Indoors 100 m inside the border all day: wandering Wi-Fi fixes (which break no streak)
+    # every 15 min, and a 300 m reflection every four hours. Each reflection starts a streak of
+    # its own; without that lifetime (1e9) the day's reflections would add up to an exit.
+    p = Pipeline({"dev-1": subject(replace(NORMAL, streak_gap_s=streak_gap_s))})
+    for k in range(13 * 4):
+        if k and k % 16 == 0:
+            p.live([fx(900.0 * k, pos(HOME, 1300, 20 * k), accuracy=8.0)])
+        else:
+            wander = pos(HOME, 900 + 60 * (k % 3 - 1), 40 * (k % 2))
+            p.live([fx(900.0 * k, wander, provider="network", accuracy=30.0)])
+    exits = [e for e in p.events if e.kind == EventKind.AREA_EXIT]
+    assert bool(exits) is (streak_gap_s > 1e8)
+
+
+def test_a_missing_allowed_zone_leaves_fixes_undecidable():
+    from geofence.model import Membership, Permit
+    from tests.test_engine_rules import DEST_ID
+
+    subj = Subject(1, HOME_ID, permits=(Permit(DEST_ID, at(0), at(10_000)),), rules=NORMAL)
+    zones = {k: z for k, z in ZONES.items() if k != HOME_ID}  # the home area failed to load
+    res = evaluate([fx(60, IN), fx(120, IN)], {"dev-1": subj}, zones, {}, now=at(200))
+    assert [d.membership for d in res.decisions] == [Membership.UNDECIDABLE] * 2
+    assert EventKind.AREA_EXIT not in kinds(res.events)
+
+
+def test_a_missed_report_or_an_answer_hardly_moves_the_phones_rhythm():
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(900.0 * k, IN) for k in range(4)])  # every 15 min
+    p.live([fx(900.0 * 5, IN)])  # one report lost
+    assert p.states["dev-1"].gap_s == pytest.approx(990.0)  # 0.9 x 900 + 0.1 x 1800
+    out = pos(HOME, 1300, 0)
+    p.live([fx(900.0 * 6, out)])  # asks the phone; its answer 60 s later is no rhythm
+    before = p.states["dev-1"].gap_s
+    p.live([fx(900.0 * 6 + 60, out)])
+    assert p.states["dev-1"].gap_s == before
