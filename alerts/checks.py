@@ -14,7 +14,7 @@ from geofence.engine import pending_exit, tick
 from geofence.model import DeviceState
 from store.registry import Registry
 from store.settings import Settings
-from store.state import PENDING_EXITS, StateStore
+from store.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class CurfewChecker:
         # A device whose streak ended (or that left the registry) leaves the follow-up set.
         done = [d for d in pending if d not in states or d not in infos
                 or not _still_followed(states[d], infos[d].subject.rules.follow_up_until_s, now)]
-        if done:
-            self.redis.srem(self.prefix + PENDING_EXITS, *done)
+        if done:  # unless the pipeline stored a fresher state meanwhile
+            self.store.drop_pending_exits({d: states.get(d) for d in done})
         result = tick(self.registry.subjects(infos), self.registry.zones, states, now)
         if result.events:
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}

@@ -40,6 +40,21 @@ return written
 PENDING_EXITS = "exit:pending"  # devices with an undecided exit streak: the clock follows them up
 
 
+# Leave the follow-up set only if the state is still the one the caller judged (same fix time):
+# a pipeline that stored a fresher streak meanwhile keeps its device in the set.
+_DROP_PENDING = """
+local dropped = 0
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  local t = cur and tonumber(string.match(cur, '^(%S+)')) or nil
+  if t == nil or t == tonumber(ARGV[i + 1]) then
+    dropped = dropped + redis.call('SREM', ARGV[1], ARGV[#KEYS + i + 1])
+  end
+end
+return dropped
+"""
+
+
 class StateStore:
     """Loads and saves DeviceState per device."""
 
@@ -47,6 +62,7 @@ class StateStore:
         self.redis = r
         self.prefix = prefix
         self._cas = r.register_script(_CAS)
+        self._drop = r.register_script(_DROP_PENDING)
 
     def key(self, device_id: str) -> str:
         """Redis key of a device's engine state."""
@@ -94,3 +110,17 @@ class StateStore:
         """Devices the pipeline last saw in an undecided exit streak."""
         members: Any = self.redis.smembers(self.prefix + PENDING_EXITS)
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    def drop_pending_exits(self, judged: Mapping[str, DeviceState | None]) -> int:
+        """Remove devices from the follow-up set, each only if its stored state is still the one
+        judged (`None`: no state was stored); returns how many left."""
+        if not judged:
+            return 0
+        devices = list(judged)
+        times = []
+        for d in devices:
+            st = judged[d]
+            t = st.last_fix_time if st is not None else float("-inf")
+            times.append(repr(t if t != float("-inf") else -1.0))
+        return int(self._drop(keys=[self.key(d) for d in devices],
+                              args=[self.prefix + PENDING_EXITS, *times, *devices]))

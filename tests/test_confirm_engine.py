@@ -71,3 +71,23 @@ def test_the_clock_asks_a_silent_phone_again_and_a_repeated_reflection_decides_n
         assert checker.run(now=NOW + 2000) == 0
     finally:
         checker.conn.close()
+
+
+def test_the_clock_never_drops_a_streak_the_pipeline_stored_after_its_read(
+        pipeline, device, db, settings: Settings, rds: redis.Redis):  # noqa: F811
+    from store.state import StateStore
+
+    store = StateStore(rds, settings.redis_prefix)
+    pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW))], now=NOW + 1)
+    judged = store.load([device])[device]  # what a clock check read: no streak
+    # Meanwhile the pipeline stores a fresh streak and puts the device in the set.
+    pipeline.process([native(device, fix(near_border(JIANGAN, JIANGHAN, 300), NOW + 600))],
+                     now=NOW + 601)
+    key = settings.redis_prefix + PENDING_EXITS
+    assert rds.sismember(key, device)
+    assert store.drop_pending_exits({device: judged}) == 0  # the stale judgement drops nothing
+    assert rds.sismember(key, device)
+    assert store.drop_pending_exits({device: store.load([device])[device]}) == 1
+    assert not rds.sismember(key, device)
+    rds.sadd(key, "dgone")  # a device with no state at all leaves on a judgement of none
+    assert store.drop_pending_exits({"dgone": None}) == 1
