@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wander", type=float, default=0.1,
                    help="share of phones that leave their district (default 0.1)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="smoke run: 500 reports/s for 10 s")
+    p.add_argument("--quick", action="store_true", help="smoke run: 500 reports/s for 30 s (long enough for wanderers to be decided)")
     p.add_argument("--drain-timeout", type=float, default=120.0,
                    help="max seconds to wait for the pipeline to catch up (default 120)")
     p.add_argument("--keep", action="store_true",
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "for inspection; the next run drops it)")
     a = p.parse_args(argv)
     a.rate = a.rate or (500.0 if a.quick else 5000.0)
-    a.duration = a.duration or (10.0 if a.quick else 60.0)
+    a.duration = a.duration or (30.0 if a.quick else 60.0)
     a.phones = a.phones or max(1, round(a.rate))
     a.interval = a.phones / a.rate
     if a.interval <= 0.001 or a.duration <= 0 or a.publishers < 1:
