@@ -10,8 +10,8 @@ import redis
 
 from alerts.outbox import queue_raised
 from alerts.service import AlertTarget, record_events
-from geofence.engine import pending_exit, tick
-from geofence.model import DeviceState
+from geofence.engine import BatchResult, mark_follow_up, pending_exit, tick
+from geofence.model import DeviceState, EventKind
 from store.registry import Registry
 from store.settings import Settings
 from store.state import StateStore
@@ -56,12 +56,33 @@ class CurfewChecker:
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}
             with self.conn.transaction():
                 record_events(self.conn, result.events, targets, self.redis, self.prefix)
-        # Marks the windows as reported; a device that sent a newer fix meanwhile keeps its state
-        # and is judged again (flag unset) on the next round, never twice for one window.
-        self.store.save(result.states, same_time=True)
+        self._save(result, now)
         if result.events:
             log.info("clock check raised %d event(s)", len(result.events))
         return len(result.events)
+
+
+    def _save(self, result: BatchResult, now: float) -> None:
+        """Store what the round changed, compare-and-set on the fix time the round read.
+
+        Curfew windows are marked as reported; a device that sent a newer fix meanwhile keeps its
+        state and is judged again (flag unset) on the next round, never twice for one window. A
+        follow-up request that went out is recorded on the newer state too, while it holds the
+        same exit streak, so that the phone's answer is known as one.
+        """
+        saved = self.store.save(result.states, same_time=True)
+        asked = {e.device_id for e in result.events if e.kind == EventKind.LOCATION_REQUEST}
+        lost = [d for (d, _), ok in zip(result.states.items(), saved, strict=True)
+                if not ok and d in asked]
+        if not lost:
+            return
+        merged: dict[str, DeviceState] = {}
+        for d, st in self.store.load(lost).items():
+            if pending_exit(st) and st.area.pending_since == result.states[d].area.pending_since:
+                st = st.copy()
+                mark_follow_up(st, now)
+                merged[d] = st
+        self.store.save(merged, same_time=True)
 
 
 def _still_followed(st: DeviceState, until_s: float, now: float) -> bool:

@@ -800,8 +800,13 @@ def _follow_up(result: BatchResult, dev: str, subj: Subject, st: DeviceState, no
                      ("weight", round(a.weight, 3))))
     result.events.append(Event(EventKind.LOCATION_REQUEST, dev, last.time if last else now, lon,
                                lat, reason, a.pending_since, False, now))
+    mark_follow_up(st, now)
+
+
+def mark_follow_up(st: DeviceState, now: float) -> None:
+    """Record on a working state that the clock asked its phone for a fix at `now`."""
     st.requests = tuple(r for r in st.requests if now - r < 3600.0) + (now,)
-    st.area = replace(a, asked=now, followup=now)
+    st.area = replace(st.area, asked=now, followup=now)
 
 
 def pending_exit(st: DeviceState) -> bool:
@@ -809,4 +814,4 @@ def pending_exit(st: DeviceState) -> bool:
     return st.area.status != AreaStatus.OUTSIDE and st.area.pending > 0
 
 
-__all__ = ["BatchResult", "evaluate", "pending_exit", "step", "tick"]
+__all__ = ["BatchResult", "evaluate", "mark_follow_up", "pending_exit", "step", "tick"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import psycopg
+import pytest
 import redis
 
 from alerts.checks import CurfewChecker
@@ -91,3 +92,29 @@ def test_the_clock_never_drops_a_streak_the_pipeline_stored_after_its_read(
     assert not rds.sismember(key, device)
     rds.sadd(key, "dgone")  # a device with no state at all leaves on a judgement of none
     assert store.drop_pending_exits({"dgone": None}) == 1
+
+
+def test_a_follow_up_is_recorded_even_when_a_report_lands_while_the_clock_decides(
+        pipeline, device, db, settings: Settings, rds: redis.Redis):  # noqa: F811
+    from geofence.engine import tick
+    from store.state import StateStore
+
+    store = StateStore(rds, settings.redis_prefix)
+    out = near_border(JIANGAN, JIANGHAN, 300)
+    pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW))], now=NOW + 1)
+    pipeline.process([native(device, fix(out, NOW + 600))], now=NOW + 601)
+    checker = CurfewChecker(settings, psycopg.connect(settings.psycopg_dsn, autocommit=True), rds)
+    try:
+        infos = checker.registry.lookup(checker.conn, [device])
+        read = store.load([device])
+        result = tick(checker.registry.subjects(infos), checker.registry.zones, read, NOW + 905)
+        assert [e.reason.rule for e in result.events] == ["confirm.area_exit_follow_up"]
+        # A report of the same streak is stored before the clock saves what it did.
+        pipeline.process([native(device, fix(out, NOW + 880))], now=NOW + 906)
+        checker._save(result, NOW + 905)
+        st = store.load([device])[device]
+        assert st.last_fix_time == pytest.approx(NOW + 880)  # the newer report is kept...
+        assert st.area.followup == NOW + 905  # ...and knows the phone was asked
+        assert NOW + 905 in st.requests
+    finally:
+        checker.conn.close()
