@@ -57,8 +57,8 @@ RULE_CURFEW_UNKNOWN = "roll_call.curfew_unknown"
 _EARTH_R = 6_371_008.8
 _SPEED_SPAN_S = 120.0
 _ANSWER_SLACK_S = 30.0  # a phone's clock may run a little behind the server's
-_REPEAT_SLACK_M = 10.0
-_MIN_GAP_S = 45.0  # a repeat lies within both circles (+ this): a walker is not one
+_REPEAT_SLACK_M = 10.0  # a repeat lies within both circles (+ this): a walker is not one
+_MIN_GAP_S = 45.0  # fixes closer in time than this are no reporting rhythm
 _UNUSABLE_PROVIDERS = frozenset({"cell"})
 # Positions from radio maps (Wi-Fi, cell towers) rather than satellites: wrong by kilometres at
 # times, whatever accuracy they claim, so they never decide an exit alone.
@@ -311,19 +311,16 @@ class _Fold:
         self.fixes, self.subjects, self.zones, self.pre = fixes, subjects, zones, pre
         self.now, self.retro = now, retro
         self.events: list[Event] = []
-        self._beyond: dict[int, float] = {}
 
     def beyond(self, i: int) -> float:
-        """Metres from wholly-outside fix i to the nearest allowed zone (measured when needed:
-        only fixes that may start or extend an exit streak, a small share)."""
-        d = self._beyond.get(i)
-        if d is None and not math.isnan(pre_d := float(self.pre.beyond[i])):
-            d = self._beyond[i] = pre_d
-        if d is None:
+        """Metres from wholly-outside fix i to the nearest allowed zone: measured ahead for the
+        fixes `_prepare` expected to need it, here for the few it did not (kept in `pre`)."""
+        d = float(self.pre.beyond[i])
+        if math.isnan(d):
             lon, lat = self.pre.lon[i:i + 1], self.pre.lat[i:i + 1]
             d = min((float(self.zones[z].distance(lon, lat)[0])
                      for z in self.pre.allowed_of.get(i, ()) if z in self.zones), default=math.nan)
-            self._beyond[i] = d
+            self.pre.beyond[i] = d
         return d
 
     def deep(self, i: int, rules: Rules) -> bool:
@@ -496,10 +493,10 @@ class _Fold:
 
     def _repeat(self, i: int, track: Track, rules: Rules) -> bool:
         """Is this fix the last counted outside fix again, moments later (a reflection repeats)?"""
-        counted = [e for e in track.evidence if e[3] > 0]
-        if not counted:
+        last = _last_counted(track)
+        if last is None:
             return False
-        t, _, acc, _, lon, lat = counted[-1]
+        t, _, acc, _, lon, lat = last
         f = self.fixes[i]
         if f.time - t >= rules.repeat_s:
             return False
@@ -523,8 +520,8 @@ class _Fold:
         t = f.time
         acc = float(f.accuracy or 0.0)
         track = st.area
-        counted_before = [e[0] for e in track.evidence if e[3] > 0]
-        if track.pending and counted_before and t - counted_before[-1] > rules.streak_gap_s:
+        last = _last_counted(track)
+        if track.pending and last is not None and t - last[0] > rules.streak_gap_s:
             # Hours without fresh outside evidence: a new streak, not one stretched over the day.
             track = Track(track.status, track.since, 0, None, track.flag)
         first = track.pending == 0
@@ -544,7 +541,7 @@ class _Fold:
         evidence = (track.evidence + ((t, float(facts["beyond_m"]), acc, w,  # type: ignore[arg-type]
                                        float(self.pre.lon[i]), float(self.pre.lat[i])),))[-8:]
         decided_by = None
-        if pending == 1 and first:
+        if first:
             if (grade == "strong" and w >= rules.exit_weight - 1e-9
                     and acc <= rules.single_fix_max_accuracy_m):
                 decided_by = "one_strong_fix"
@@ -569,7 +566,7 @@ class _Fold:
         asked = track.asked
         if (not self.retro and not repeat and w > 0
                 and (asked is None or self.now - asked >= rules.confirm_retry_s)):
-            recent = tuple(r for r in st.requests if self.now - r < 3600.0)
+            recent = _recent_requests(st, self.now)
             if len(recent) < rules.confirm_max_per_hour:
                 # The distance named is the one the evidence used: beyond the whole allowed area.
                 self.emit(EventKind.LOCATION_REQUEST, i, RULE_CONFIRM, subj.home_zone_id,
@@ -582,17 +579,16 @@ class _Fold:
 
     def _area(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
         m = MEMBERSHIPS[self.pre.allowed[i]]
-        t = self.fixes[i].time
+        f = self.fixes[i]
         if m == Membership.OUTSIDE and st.area.status != AreaStatus.OUTSIDE:
             st.area = self._exit(st, i, subj, rules)
             return
-        f = self.fixes[i]
         if (m == Membership.INSIDE and st.area.status != AreaStatus.OUTSIDE and st.area.pending
                 and (f.provider in _NETWORK_PROVIDERS
                      or float(f.accuracy or 0.0) > rules.breaking_max_accuracy_m)):
             return  # a radio-map or imprecise fix inside neither counts nor breaks an exit streak
         # Inside evidence breaks an exit streak; coming back needs the count-and-span rule.
-        track, change = step(st.area, m, t, Membership.OUTSIDE, 1, 0.0, rules.return_fixes,
+        track, change = step(st.area, m, f.time, Membership.OUTSIDE, 1, 0.0, rules.return_fixes,
                              rules.return_span_s)
         if change == "good" and not self.retro:
             self.emit(EventKind.AREA_RETURN, i, RULE_AREA_RETURN, subj.home_zone_id, m, track.since)
@@ -786,8 +782,8 @@ def _follow_up_due(st: DeviceState, rules: Rules, now: float) -> bool:
         return False
     last_ask = max(a.asked if a.asked is not None else -math.inf,
                    a.followup if a.followup is not None else -math.inf)
-    recent = [r for r in st.requests if now - r < 3600.0]
-    return now - last_ask >= rules.follow_up_s and len(recent) < rules.confirm_max_per_hour
+    return (now - last_ask >= rules.follow_up_s
+            and len(_recent_requests(st, now)) < rules.confirm_max_per_hour)
 
 
 def _follow_up(result: BatchResult, dev: str, subj: Subject, st: DeviceState, now: float) -> None:
@@ -805,8 +801,18 @@ def _follow_up(result: BatchResult, dev: str, subj: Subject, st: DeviceState, no
 
 def mark_follow_up(st: DeviceState, now: float) -> None:
     """Record on a working state that the clock asked its phone for a fix at `now`."""
-    st.requests = tuple(r for r in st.requests if now - r < 3600.0) + (now,)
+    st.requests = _recent_requests(st, now) + (now,)
     st.area = replace(st.area, asked=now, followup=now)
+
+
+def _recent_requests(st: DeviceState, now: float) -> tuple[float, ...]:
+    """The location requests of the last hour (the battery budget's window)."""
+    return tuple(r for r in st.requests if now - r < 3600.0)
+
+
+def _last_counted(track: Track) -> tuple[float, float, float, float, float, float] | None:
+    """The streak's latest fix that counted as evidence (a repeat weighs 0 and does not)."""
+    return next((e for e in reversed(track.evidence) if e[3] > 0), None)
 
 
 def pending_exit(st: DeviceState) -> bool:

@@ -228,7 +228,7 @@ class Pipeline:
         saved = self.states.save(result.states)
         # Only states that won the compare-and-set speak for the device's streak.
         self.states.track_pending_exits(
-            {d: st for (d, st), ok in zip(result.states.items(), saved, strict=True) if ok})
+            states, {d: st for (d, st), ok in zip(result.states.items(), saved, strict=True) if ok})
         self._track_silences(messages, decoded, dead, result.decisions, owner, infos)
         for dec in result.decisions:
             i = owner[dec.index]

@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wander", type=float, default=0.1,
                    help="share of phones that leave their district (default 0.1)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="smoke run: 500 reports/s for 30 s (long enough for wanderers to be decided)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 500 reports/s for 30 s (long enough to decide the wanderers)")
     p.add_argument("--drain-timeout", type=float, default=120.0,
                    help="max seconds to wait for the pipeline to catch up (default 120)")
     p.add_argument("--keep", action="store_true",

@@ -91,12 +91,16 @@ class StateStore:
             args += [repr(t if t != float("-inf") else -1.0), orjson.dumps(st.to_dict())]
         return [bool(x) for x in self._cas(keys=keys, args=args)]
 
-    def track_pending_exits(self, states: Mapping[str, DeviceState]) -> None:
-        """Keep the set of devices whose exit streak is undecided (one round trip)."""
+    def track_pending_exits(self, before: Mapping[str, DeviceState],
+                            after: Mapping[str, DeviceState]) -> None:
+        """Keep the set of devices whose exit streak is undecided: add those in a streak now,
+        remove those that were in one `before` and no longer are (one round trip, and none
+        when no streak began or ended)."""
         from geofence.engine import pending_exit
 
-        add = [d for d, st in states.items() if pending_exit(st)]
-        drop = [d for d, st in states.items() if not pending_exit(st)]
+        add = [d for d, st in after.items() if pending_exit(st)]
+        drop = [d for d, st in after.items()
+                if not pending_exit(st) and d in before and pending_exit(before[d])]
         if not add and not drop:
             return
         pipe = self.redis.pipeline(transaction=False)
