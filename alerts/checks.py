@@ -47,7 +47,7 @@ class CurfewChecker:
         infos = self.registry.lookup(self.conn, devices)
         states = self.store.load(infos)
         # A device whose streak ended (or that left the registry) leaves the follow-up set.
-        done = [d for d in pending if d not in states or d not in infos
+        done = [d for d in pending if d not in states  # (states are loaded for `infos` only)
                 or not _still_followed(states[d], infos[d].subject.rules.follow_up_until_s, now)]
         if done:  # unless the pipeline stored a fresher state meanwhile
             self.store.drop_pending_exits({d: states.get(d) for d in done})
@@ -60,7 +60,6 @@ class CurfewChecker:
         if result.events:
             log.info("clock check raised %d event(s)", len(result.events))
         return len(result.events)
-
 
     def _save(self, result: BatchResult, now: float) -> None:
         """Store what the round changed, compare-and-set on the fix time the round read.
