@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services install migrate seed bench bench-quick bench-engine bench-quality bench-deadlines lint audit-verify clean-venv
+.PHONY: run test services browser install migrate seed bench bench-quick bench-engine bench-quality bench-deadlines lint audit-verify clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +27,10 @@ seed: migrate
 run: seed
 	$(BIN)/python deploy/run_all.py
 
-test: install services
+browser:  ## Debian's Chromium and CJK fonts for the console's browser tests
+	bash deploy/ensure-browser.sh
+
+test: install services browser
 	$(BIN)/python -m pytest -q
 
 bench: install services  ## sustained load: 5,000 reports/s for 60 s on a fresh ccs_bench database
@@ -47,7 +50,7 @@ bench-quality: install  ## alert quality on realistic phones (1/5/15-min, profil
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy geofence ingest alerts api store simulators
+	$(BIN)/mypy geofence ingest alerts api console store simulators
 
 audit-verify: install  ## recompute the audit log's hash chain; exits 1 on tamper (ANCHOR=SEQ:HASH to check a head kept elsewhere)
 	$(BIN)/python -m store.audit verify $(if $(ANCHOR),--anchor $(ANCHOR))

@@ -139,7 +139,7 @@ class Outgoing:
                 "supervisee": {"id": a["supervisee_id"], "name": a["supervisee_name"],
                                "case_number": a["case_number"]},
                 "office": {"id": a["office_id"], "name": a["office_name"]},
-                "url": f"{console_url.rstrip('/')}/api/v1/alerts/{a['id']}",
+                "url": f"{console_url.rstrip('/')}/#/alerts/{a['id']}",
             },
         }
 

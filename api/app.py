@@ -8,14 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+import console
 from api.errors import DomainError, domain_error_handler
-from api.headers import SecurityHeaders
+from api.headers import SecurityHeaders, console_csp
 from api.limits import BodySizeLimit, RejectNulInUrl
 from api.routes import (
     alerts,
     audit,
     auth,
     broker,
+    duty,
     ingest,
     notify,
     ops,
@@ -48,6 +50,8 @@ def create_app() -> FastAPI:
               permits.router, supervision.router, notify.router, ingest.router, ops.router,
               audit.router, broker.router):
         app.include_router(r, prefix="/api/v1")
+    app.include_router(duty.router, prefix="/api/v1")
+    console.mount(app)
     _add_hardening(app)
     return app
 
@@ -58,15 +62,17 @@ def _add_hardening(app: FastAPI) -> None:
     app.add_middleware(RejectNulInUrl, exempt_prefixes=["/api/v1/ingest/"])
     app.add_middleware(BodySizeLimit, limit=s.max_body_bytes,
                        overrides=[("POST", "/api/v1/zones", s.max_zone_body_bytes)])
-    # Bearer tokens, not cookies: no credentials mode. No origin configured: no CORS headers,
-    # and a browser on another origin can neither read a response nor pass a preflight.
+    # No credentials mode (the console is same-origin; integrators use bearer tokens). No origin
+    # configured: no CORS headers, and a browser on another origin can neither read a response
+    # nor pass a preflight (which the console's CSRF header would need).
     app.add_middleware(
         CORSMiddleware, allow_origins=s.cors_origins, allow_credentials=False,
         allow_methods=["GET", "POST", "PUT", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Accept", "Last-Event-ID"],
         expose_headers=["Retry-After"], max_age=600,
     )
-    app.add_middleware(SecurityHeaders, hsts=s.environment == Environment.PRODUCTION)
+    app.add_middleware(SecurityHeaders, hsts=s.environment == Environment.PRODUCTION,
+                       console=console_csp(console.tile_origin(s.console_tile_url)))
 
 
 app = create_app()

@@ -23,6 +23,38 @@ from store.settings import Settings, get_settings
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
+# The console's sign-in lives in an HttpOnly, SameSite=Strict cookie that scripts cannot read;
+# its value names the session in Redis (`console:{value}` → "staff_id:session_id").
+CONSOLE_COOKIE = "ccs_console"
+CSRF_HEADER = "x-requested-with"
+CSRF_VALUE = "ccs-console"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def console_key(prefix: str, value: str) -> str:
+    return f"{prefix}console:{value}"
+
+
+def check_console_request(request: Request, settings: Settings) -> None:
+    """CSRF defence for cookie-authenticated requests that change something: they must carry
+    the console's own header (a cross-site form cannot set it, and a cross-site script cannot
+    without a CORS preflight, which no origin passes) and, when the browser names an origin,
+    come from this one."""
+    if request.method in SAFE_METHODS:
+        return
+    if request.headers.get(CSRF_HEADER) != CSRF_VALUE:
+        raise Forbidden(f"a console request that changes something needs the header "
+                        f"X-Requested-With: {CSRF_VALUE}")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != same_origin(request):
+        raise Forbidden("request from another origin refused")
+
+
+def same_origin(request: Request) -> str:
+    """This server's origin as the browser sees it (scheme://host[:port])."""
+    host = request.headers.get("host", "")
+    return f"{request.url.scheme}://{host}"
+
 
 def get_session() -> Iterator[Session]:
     """One session per request, committed by the endpoint that writes."""
@@ -77,16 +109,26 @@ def current_staff(
     settings: SettingsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> StaffContext:
-    """Resolve the bearer token to a staff member and their jurisdiction."""
-    if not token:
+    """Resolve the bearer token (integrations) or the console's session cookie to a staff
+    member and their jurisdiction."""
+    cookie = request.cookies.get(CONSOLE_COOKIE)
+    if token:
+        claims = decode_access_token(settings, token)
+        if claims is None:
+            raise Unauthorized("token is invalid or expired")
+        sid, subject = claims["sid"], claims["sub"]
+    elif cookie:
+        check_console_request(request, settings)
+        found = r.get(console_key(settings.redis_prefix, cookie)) if len(cookie) < 100 else None
+        if found is None:
+            raise Unauthorized("the console session has ended; sign in again")
+        subject, _, sid = found.decode().partition(":")  # type: ignore[union-attr]
+    else:
         raise Unauthorized("a bearer token is required (POST /api/v1/auth/token)")
-    claims = decode_access_token(settings, token)
-    if claims is None:
-        raise Unauthorized("token is invalid or expired")
-    info = session_info(r, settings, claims["sid"])
+    info = session_info(r, settings, sid)
     # The session must exist and belong to the token's subject (a token naming someone else
     # with one's own session id is refused).
-    if info is None or str(info[0]) != claims["sub"]:
+    if info is None or str(info[0]) != subject:
         raise Unauthorized("the session has ended (logged out, or the account was changed)")
     staff = session.get(Staff, info[0])
     if staff is None or not staff.active:
@@ -99,7 +141,7 @@ def current_staff(
         select(OrgUnit.id).where(OrgUnit.path.startswith(unit.path, autoescape=True))
     ).all()
     request.state.staff_id = staff.id
-    return StaffContext(staff, unit, frozenset(ids), claims["sid"])
+    return StaffContext(staff, unit, frozenset(ids), sid)
 
 
 CurrentStaff = Annotated[StaffContext, Depends(current_staff)]

@@ -3,6 +3,7 @@
 The API answers JSON (and an SSE stream) to its own console and to phones; nothing it serves is
 meant to be framed, sniffed, cached or to load anything, so the policy is the strictest one:
 
+* the console (`/`, `/static/`) gets `console_csp`: its own scripts and styles, nothing inline;
 * `Content-Security-Policy: default-src 'none'; frame-ancestors 'none'; ...` — except the two
   documentation pages (`/docs`, `/redoc`), which FastAPI builds from scripts and styles on the
   jsDelivr CDN plus an inline bootstrap script: they get a policy allowing exactly those;
@@ -29,23 +30,35 @@ DOCS_CSP = (
     "base-uri 'none'; form-action 'none'"
 )
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+def console_csp(tile_origin: str = "") -> str:
+    """The console's policy: its own scripts and styles only (no inline code, no eval), data:
+    images for QR codes, and tiles from the one configured tile server if any."""
+    tiles = f" {tile_origin}" if tile_origin else ""
+    return ("default-src 'none'; script-src 'self'; style-src 'self'; "
+            f"img-src 'self' data:{tiles}; connect-src 'self'; font-src 'self'; "
+            "manifest-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 HSTS = "max-age=31536000; includeSubDomains"
 
 
 class SecurityHeaders:
     """Add the security headers above to every HTTP response that does not set them itself."""
 
-    def __init__(self, app: ASGIApp, hsts: bool = False) -> None:
+    def __init__(self, app: ASGIApp, hsts: bool = False, console: str = "") -> None:
         self.app = app
         self.hsts = hsts
+        self.console = console or console_csp()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
+        policy = (DOCS_CSP if path in DOCS_PATHS else self.console
+                  if path == "/" or path.startswith("/static/") else API_CSP)
         extra = [
-            ("Content-Security-Policy", DOCS_CSP if path in DOCS_PATHS else API_CSP),
+            ("Content-Security-Policy", policy),
             ("X-Frame-Options", "DENY"),
             ("X-Content-Type-Options", "nosniff"),
             ("Referrer-Policy", "no-referrer"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import field_validator, model_validator
@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_base_url: str = "http://127.0.0.1:8000"
+    # The console's map: without a tile URL it draws the shipped district boundaries on a plain
+    # background (a closed network has no tile server). With one, e.g. an intranet AMap or
+    # Tianditu mirror "https://tiles.example/{z}/{x}/{y}.png", say which system its tiles use:
+    # gcj02 (AMap, Tencent) or wgs84 (Tianditu/CGCS2000, OSM); overlays are converted to match.
+    console_tile_url: str = ""
+    console_tile_crs: Literal["wgs84", "gcj02"] = "wgs84"
+    console_tile_attribution: str = ""
     # Staff sessions: short-lived JWT access tokens, refresh tokens for a working shift, and
     # a server-side session record that logout, disabling an account or a refresh-token
     # replay deletes at once.

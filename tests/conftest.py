@@ -190,3 +190,12 @@ def login(client: TestClient, username: str, password: str = PASSWORD) -> dict[s
     r = client.post("/api/v1/auth/token", data={"username": username, "password": password})
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Debian's Chromium under Playwright, one per test session (tests/browser.py)."""
+    from tests.browser import chromium
+
+    with chromium() as b:
+        yield b

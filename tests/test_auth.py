@@ -164,7 +164,7 @@ def test_disabling_an_account_ends_its_tokens_and_live_feed_at_once(settings: Se
                                                                    monkeypatch):
     import api.routes.alerts as alerts_route
 
-    monkeypatch.setattr(alerts_route, "HEARTBEAT_MS", 300)
+    monkeypatch.setattr(alerts_route, "HEARTBEAT_S", 0.3)
     with api_server(settings) as base:
         def tok(user: str) -> dict[str, str]:
             r = httpx.post(f"{base}{API}/auth/token", data={"username": user, "password": PASSWORD})

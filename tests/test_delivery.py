@@ -194,7 +194,7 @@ def test_an_email_carries_the_alert_and_its_idempotency_key_but_no_position(
     assert msg["Message-ID"] == f"<{key}@ccs.example>"
     assert "张三" in msg["Subject"] and "越界" in msg["Subject"]
     text = msg.get_content()
-    assert f"/api/v1/alerts/{alert}" in text and "Left the allowed area" in text
+    assert f"/#/alerts/{alert}" in text and "Left the allowed area" in text
     assert "114.12" not in text and "30.65" not in text
 
 

@@ -7,12 +7,15 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
-import redis.asyncio as aioredis
+import redis
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from alerts.escalation import ACK_MINUTES
+from alerts.outbox import OUTBOX_CHANNEL
 from alerts.worker import feed_key
 from api.authz import SUPERVISORS, access, require_role
 from api.deps import (
@@ -26,7 +29,8 @@ from api.deps import (
     oauth2_scheme,
     pg_now,
 )
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, Invalid, NotFound, Unauthorized
+from api.feed import FeedHub, Subscriber, stream_id
 from api.schemas import (
     AlertEventOut,
     AlertOut,
@@ -36,13 +40,26 @@ from api.schemas import (
     NotificationOut,
     ResolveIn,
 )
-from api.security import session_key
+from api.security import new_token, session_key
 from store.enums import AlertKind, AlertStatus
 from store.models import Alert, AlertEvent, Notification, NotificationAttempt
+from store.settings import Settings
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
-HEARTBEAT_MS = 5_000  # also how soon a feed notices that its session ended
+HEARTBEAT_S = 15.0  # a comment line this often when idle; also how soon a feed notices a logout
+
+
+def announce(session: Session, alert: Alert, topic: str, staff_id: int, **extra: Any) -> None:
+    """Put an alert's change on the live feed (through the outbox, committed with the change),
+    so every open console of the jurisdiction sees it at once."""
+    session.execute(text("INSERT INTO outbox (topic, payload) VALUES (:t, :p)"), {
+        "t": topic,
+        "p": orjson.dumps({"alert_id": alert.id, "office_id": alert.office_id,
+                           "supervisee_id": alert.supervisee_id, "kind": alert.kind,
+                           "severity": alert.severity, "status": alert.status, "by": staff_id,
+                           **extra}).decode()})
+    session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
 
 
 def _alert(session: SessionDep, ctx: StaffContext, alert_id: int) -> Alert:
@@ -106,6 +123,7 @@ def acknowledge(alert_id: DbId, ctx: CurrentStaff, session: SessionDep, request:
     alert.acknowledged_by = ctx.id
     alert.acknowledged_at = pg_now(session)
     session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="acknowledged"))
+    announce(session, alert, "alert.acknowledged", ctx.id)
     audit(session, ctx, request, "alert.acknowledge", f"alert:{alert_id}")
     session.commit()
     return alert
@@ -126,6 +144,7 @@ def resolve(
     alert.disposition = body.disposition
     session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="resolved",
                            detail={"disposition": body.disposition, "note": body.note}))
+    announce(session, alert, "alert.resolved", ctx.id, disposition=body.disposition)
     audit(session, ctx, request, "alert.resolve", f"alert:{alert_id}")
     session.commit()
     return alert
@@ -172,11 +191,7 @@ def escalate_by_hand(alert_id: DbId, ctx: CurrentStaff, session: SessionDep,
     alert.ack_deadline = pg_now(session) + timedelta(minutes=ACK_MINUTES[alert.severity])
     session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="escalated",
                            detail={"to_level": alert.escalation_level, "by_hand": True}))
-    session.execute(text("INSERT INTO outbox (topic, payload) VALUES ('alert.escalated', :p)"),
-                    {"p": orjson.dumps({"alert_id": alert.id, "office_id": alert.office_id,
-                                        "supervisee_id": alert.supervisee_id, "kind": alert.kind,
-                                        "escalation_level": alert.escalation_level}).decode()})
-    session.execute(text("NOTIFY ccs_outbox"))
+    announce(session, alert, "alert.escalated", ctx.id, escalation_level=alert.escalation_level)
     audit(session, ctx, request, "alert.escalate", f"alert:{alert_id}")
     session.commit()
     return alert
@@ -194,54 +209,112 @@ def stream_staff(
     return current_staff(request, session, r, settings, header_token or access_token)
 
 
+class WatchIn(BaseModel):
+    """Opening the duty view: why (recorded once in the audit log, not at each reconnect)."""
+
+    model_config = ConfigDict(extra="forbid")
+    purpose: str = Field(min_length=3, max_length=200)
+
+
+class WatchOut(BaseModel):
+    watch: str
+    expires_in: int
+
+
+def _watch_key(settings: Settings, watch: str) -> str:
+    return f"{settings.redis_prefix}watch:{watch}"
+
+
+@router.post("/watch", response_model=WatchOut, **access(SUPERVISORS))
+def open_watch(body: WatchIn, ctx: CurrentStaff, session: SessionDep, r: RedisDep,
+               settings: SettingsDep, request: Request) -> WatchOut:
+    """Open a duty watch: one audit row with the purpose; the live feed and the duty map then
+    take `watch=` for as long as this sign-in lasts (reconnects write nothing more)."""
+    watch = new_token()
+    ttl = settings.refresh_token_ttl_s
+    r.set(_watch_key(settings, watch),
+          orjson.dumps({"sid": ctx.session_id, "purpose": body.purpose}), ex=ttl)
+    audit(session, ctx, request, "alert.stream_subscribe", "alerts", purpose=body.purpose)
+    session.commit()
+    return WatchOut(watch=watch, expires_in=ttl)
+
+
+def watch_info(r: redis.Redis, settings: Settings, ctx: StaffContext, watch: str) -> str:
+    """The purpose of a duty watch this sign-in opened; refused if another sign-in opened it
+    or it ended with the session."""
+    raw = r.get(_watch_key(settings, watch))
+    info = orjson.loads(raw) if raw is not None else None  # type: ignore[arg-type]
+    if info is None or info.get("sid") != ctx.session_id:
+        raise Unauthorized("this duty watch is not open for your sign-in; open the duty view again")
+    return str(info["purpose"])
+
+
+def feed_hub(request: Request, settings: Settings) -> FeedHub:
+    """The process's feed reader, made in the running event loop on first use."""
+    import asyncio
+
+    hub: FeedHub | None = getattr(request.app.state, "feed", None)
+    if hub is None or hub.loop is not asyncio.get_running_loop():
+        hub = FeedHub(settings.redis_url, feed_key(settings))
+        request.app.state.feed = hub
+    return hub
+
+
 @router.get("/stream/live", response_class=StreamingResponse, **access(SUPERVISORS, enforce=False))
 async def live_feed(
     request: Request,
     ctx: Annotated[StaffContext, Depends(stream_staff)],
     session: SessionDep,
+    r: RedisDep,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Header()] = None,
-    purpose: str = Query(..., min_length=3, max_length=200,
-                         description="Why the feed is opened (required; recorded in the audit log)"),
+    purpose: str | None = Query(None, min_length=3, max_length=200,
+                                description="Why the feed is opened (recorded in the audit log); "
+                                            "or `watch` from POST /alerts/watch"),
+    watch: str | None = Query(None, min_length=10, max_length=100,
+                              description="a duty watch opened with POST /alerts/watch"),
 ) -> StreamingResponse:
-    """Server-Sent Events: alerts of the caller's jurisdiction as they open or update.
+    """Server-Sent Events: alerts of the caller's jurisdiction as they open, change and close.
 
-    Resumes after `Last-Event-ID` when the browser reconnects; otherwise starts with new events.
+    Resumes after `Last-Event-ID` when the browser reconnects (events trimmed from the stream in
+    between are announced by a `feed.reset` event); otherwise starts with new events. A comment
+    line every `HEARTBEAT_S` keeps proxies from closing an idle feed.
     """
     require_role(ctx, SUPERVISORS)
-    audit(session, ctx, request, "alert.stream_subscribe", "alerts", purpose=purpose)
-    session.commit()
-    units = ctx.unit_ids
-    start = last_event_id or "$"
+    if watch is not None:
+        watch_info(r, settings, ctx, watch)
+    elif purpose is not None:
+        audit(session, ctx, request, "alert.stream_subscribe", "alerts", purpose=purpose)
+        session.commit()
+    else:
+        raise Invalid("say why the feed is opened: `purpose`, or `watch` from POST /alerts/watch")
+    if last_event_id is not None:
+        try:
+            stream_id(last_event_id)
+        except ValueError as e:
+            raise Invalid("Last-Event-ID is not an event id of this feed") from e
+    hub = feed_hub(request, settings)
+    sub = Subscriber(ctx.unit_ids)
     session_redis_key = session_key(settings.redis_prefix, ctx.session_id)
+    tip: Any = await hub.redis.xrevrange(feed_key(settings), count=1)
+    start = last_event_id or (tip[0][0].decode() if tip else "0-0")
 
     async def events() -> AsyncIterator[bytes]:
-        r = aioredis.Redis.from_url(settings.redis_url)
-        last = start
-        try:
-            yield b": connected\n\n"
-            while not await request.is_disconnected():
-                if not await r.exists(session_redis_key):
-                    # Logged out, session expired, or the account was disabled or changed:
-                    # the feed of location-bearing alerts stops too.
-                    yield b"event: end\ndata: {\"reason\": \"session ended\"}\n\n"
-                    return
-                resp: Any = await r.xread({feed_key(settings): last}, count=200, block=HEARTBEAT_MS)
-                if not resp:
-                    yield b": keepalive\n\n"
-                    continue
-                for _stream, entries in resp:
-                    for entry_id, fields in entries:
-                        last = entry_id.decode()
-                        payload = orjson.loads(fields[b"payload"])
-                        if payload.get("office_id") not in units:
-                            continue
-                        payload["outbox_id"] = int(fields[b"outbox_id"])
-                        topic = fields[b"topic"].decode()
-                        yield (f"id: {last}\nevent: {topic}\ndata: ".encode()
-                               + orjson.dumps(payload) + b"\n\n")
-        finally:
-            await r.aclose()
+        # The first frame names where this feed starts, so a reconnect resumes from there even
+        # when no alert came before the connection dropped.
+        yield f"id: {start}\nretry: 3000\n: connected\n\n".encode()
+        async for ev in hub.follow(sub, start, HEARTBEAT_S):
+            if await request.is_disconnected():
+                return
+            if ev is not None:
+                yield ev.sse()
+                continue
+            if not await hub.redis.exists(session_redis_key):
+                # Logged out, session expired, or the account was disabled or changed:
+                # the feed of location-bearing alerts stops too.
+                yield b"event: end\ndata: {\"reason\": \"session ended\"}\n\n"
+                return
+            yield b": keepalive\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

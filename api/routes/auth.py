@@ -5,17 +5,30 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request
+import redis
+from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.authz import EVERYONE, access, declared
-from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, audit, pg_now
+from api.deps import (
+    CONSOLE_COOKIE,
+    CurrentStaff,
+    RedisDep,
+    SessionDep,
+    SettingsDep,
+    audit,
+    check_console_request,
+    console_key,
+    pg_now,
+)
 from api.errors import TooManyRequests, Unauthorized
 from api.schemas import PasswordChangeIn, StaffOut, Token
-from api.security import hash_password, issue_access_token, verify_password
+from api.security import hash_password, issue_access_token, new_token, verify_password
 from api.sessions import RefreshRefused, end_all_sessions, end_session, open_session, refresh_session
 from store.models import Staff
+from store.settings import Environment, Settings
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -45,14 +58,45 @@ def login(
     `CCS_LOGIN_LOCKOUT_S`; too many failures from one address in a window are refused with 429.
     The answer never says whether the username exists.
     """
+    _staff, sid, access_token, refresh = sign_in(form.username, form.password, request, session,
+                                                 r, settings)
+    return Token(access_token=access_token, expires_in=settings.access_token_ttl_s,
+                 refresh_token=refresh, refresh_expires_in=settings.refresh_token_ttl_s)
+
+
+@router.post("/console", response_model=StaffOut, **declared("public", "anyone"))
+def console_sign_in(
+    username: Annotated[str, Form(max_length=200)],
+    password: Annotated[str, Form(max_length=1000)],
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    r: RedisDep,
+    settings: SettingsDep,
+) -> Staff:
+    """The console's sign-in: the same accounts, lockout and throttling as `/auth/token`, but the
+    session is kept in an HttpOnly, SameSite=Strict cookie that page scripts cannot read."""
+    check_console_request(request, settings)
+    staff, sid, _access, _refresh = sign_in(username, password, request, session, r, settings)
+    value = new_token()
+    r.set(console_key(settings.redis_prefix, value), f"{staff.id}:{sid}",
+          ex=settings.refresh_token_ttl_s)
+    response.set_cookie(CONSOLE_COOKIE, value, max_age=settings.refresh_token_ttl_s, path="/",
+                        httponly=True, samesite="strict",
+                        secure=settings.environment == Environment.PRODUCTION)
+    return staff
+
+
+def sign_in(name: str, password: str, request: Request, session: Session, r: redis.Redis,
+            settings: Settings) -> tuple[Staff, str, str, str]:
+    """Check a password with lockout and throttling; (staff, session id, access, refresh)."""
     fails_key = f"{settings.redis_prefix}loginfail:{_address(request)}"
     if int(r.get(fails_key) or 0) >= settings.login_failures_per_address:
-        audit(session, None, request, "auth.login_throttled", _safe(form.username))
+        audit(session, None, request, "auth.login_throttled", _safe(name))
         session.commit()
         raise TooManyRequests("too many failed sign-ins from this address; try again later",
                               "too_many_attempts")
     # A name no account can have (NUL, oversized) is simply unknown; it is logged made safe.
-    name = form.username
     usable = "\x00" not in name and len(name) <= 200
     staff = session.scalars(select(Staff).where(Staff.username == name)
                             .with_for_update()).first() if usable else None
@@ -61,7 +105,7 @@ def login(
     # argon2 runs in every case, so the answer's timing does not tell a known username (or a
     # locked account) from an unknown one.
     password_ok = verify_password(staff.password_hash if staff is not None else _DUMMY_HASH,
-                                  form.password)
+                                  password)
     if staff is None or not staff.active or locked or not password_ok:
         pipe = r.pipeline()
         pipe.incr(fails_key)
@@ -74,7 +118,7 @@ def login(
                 staff.locked_until = now + timedelta(seconds=settings.login_lockout_s)
                 staff.failed_logins = 0
                 detail["now_locked_until"] = staff.locked_until.isoformat()
-        audit(session, None, request, "auth.login_failed", _safe(form.username),
+        audit(session, None, request, "auth.login_failed", _safe(name),
               actor_id=staff.id if staff is not None else None, **detail)
         session.commit()
         raise Unauthorized(WRONG)
@@ -84,8 +128,7 @@ def login(
     audit(session, None, request, "auth.login", f"staff:{staff.id}", actor_id=staff.id,
           session_id=sid[:8])
     session.commit()
-    return Token(access_token=access_token, expires_in=settings.access_token_ttl_s,
-                 refresh_token=refresh, refresh_expires_in=settings.refresh_token_ttl_s)
+    return staff, sid, access_token, refresh
 
 
 @router.post("/refresh", response_model=Token, **declared("public", "refresh token holder"))
@@ -114,10 +157,14 @@ def refresh(
 
 
 @router.post("/logout", status_code=204, **access(EVERYONE, "self"))
-def logout(ctx: CurrentStaff, request: Request, session: SessionDep, r: RedisDep,
-           settings: SettingsDep) -> None:
+def logout(ctx: CurrentStaff, request: Request, response: Response, session: SessionDep,
+           r: RedisDep, settings: SettingsDep) -> None:
     """End this session at once: its access and refresh tokens stop working, its live feed ends."""
     end_session(r, settings, ctx.id, ctx.session_id)
+    cookie = request.cookies.get(CONSOLE_COOKIE)
+    if cookie:
+        r.delete(console_key(settings.redis_prefix, cookie))
+        response.delete_cookie(CONSOLE_COOKIE, path="/")
     audit(session, ctx, request, "auth.logout", f"staff:{ctx.id}")
     session.commit()
 

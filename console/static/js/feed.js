@@ -1,0 +1,37 @@
+// The live alert feed (Server-Sent Events). One EventSource per console; the browser resumes
+// after a dropped connection with Last-Event-ID, so nothing is lost. Views subscribe with `onFeed`.
+const TOPICS = ["alert.opened", "alert.updated", "alert.cleared", "alert.acknowledged", "alert.resolved",
+  "alert.escalated", "rollcall.requested", "feed.reset"];
+let source = null;
+let watchId = null;
+const listeners = new Set();
+let statusListener = () => {};
+
+export function onFeed(fn) { listeners.add(fn); return () => listeners.delete(fn); }
+export function onFeedStatus(fn) { statusListener = fn; }
+
+export function openFeed(watch, onEnded) {
+  if (source && watchId === watch.id) return;
+  closeFeed();
+  watchId = watch.id;
+  source = new EventSource(`/api/v1/alerts/stream/live?watch=${encodeURIComponent(watch.id)}`);
+  source.onopen = () => statusListener("live");
+  source.onerror = () => {
+    statusListener(source && source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
+    if (source && source.readyState === EventSource.CLOSED) { closeFeed(); onEnded("closed"); }
+  };
+  for (const topic of TOPICS) {
+    source.addEventListener(topic, (e) => {
+      let data;
+      try { data = JSON.parse(e.data); } catch { return; }
+      for (const fn of listeners) fn(topic, data, e.lastEventId);
+    });
+  }
+  source.addEventListener("end", () => { closeFeed(); onEnded("end"); });
+}
+
+export function closeFeed() {
+  if (source) source.close();
+  source = null;
+  watchId = null;
+}
