@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
+
+# Times in sentences are shown in China's one civil time zone, to the second.
+DISPLAY_TZ = ZoneInfo("Asia/Shanghai")
 
 _TEMPLATES = {
     "area_exit.accuracy_circle_wholly_outside":
@@ -32,8 +37,53 @@ _TEMPLATES = {
 }
 
 
+_TEMPLATES_ZH = {
+    "area_exit.accuracy_circle_wholly_outside":
+        "离开允许活动区域：自 {since} 起，上报位置连同其 {acc} 的精度圆完全位于区域 {zone} 之外"
+        "（超出边界 {dist}）。",
+    "exclusion_entry.accuracy_circle_wholly_inside":
+        "进入禁止区域 {zone}：自 {since} 起，连续多次定位的精度圆（{acc}）完全位于区域内"
+        "（深入边界 {dist}）。",
+    "exclusion_crossing.segment_through_zone":
+        "穿越禁止区域 {zone}：{since} 与 {fix} 两次定位之间的直线路径穿过该区域，"
+        "深度超过两次定位的精度。",
+    "exclusion_approach.within_buffer":
+        "接近禁止区域 {zone}：位于其预警缓冲带内（距边界 {dist}，精度 {acc}）。",
+    "curfew_breach.outside_during_window":
+        "违反宵禁：宵禁时段 {curfew} 内位于区域 {zone} 之外（超出边界 {dist}，精度 {acc}）。",
+    "curfew_breach.outside_when_window_opened":
+        "违反宵禁：宵禁时段 {curfew} 开始前的最后几次定位显示其位于区域 {zone} 之外"
+        "（超出边界 {dist}）。",
+    "spoofing.mock_location_flag": "手机在 {fix} 上报了模拟（虚假）位置。",
+    "spoofing.impossible_speed":
+        "不可能的移动：{since} 与 {fix} 两次定位相距 {jump}，速度 {speed}，超出两次定位的精度范围。",
+    "spoofing.identical_fixes": "自 {since} 起出现 {count} 次完全相同的定位：位置冻结或被重放。",
+}
+
+_EXIT_HOW_ZH = {
+    "one_strong_fix": "一次精度良好的定位超出边界 {beyond}，远超信号反射或定位误差可能造成的偏移",
+    "evidence_weight": "{n} 次定位位于区域外，其中至少一次超出信号反射可达范围"
+                       "（证据权重 {weight}，需要 {needed}）：{fixes}",
+    "shallow_evidence_over_time": "{n} 次定位在 {minutes} 内位于区域外，每次都在信号反射可达范围内，"
+                                  "但持续时间过长，不可能是一次反射：{fixes}",
+}
+
+
 def _m(v: Any) -> str:
     return "unknown" if v is None else f"{abs(float(v)):,.0f} m"
+
+
+def _when(v: Any, zh: bool) -> str:
+    """An ISO time from the engine as local time to the second; anything else as given."""
+    if not isinstance(v, str):
+        return ("未知" if zh else "unknown") if v is None else str(v)
+    try:
+        t = datetime.fromisoformat(v)
+    except ValueError:
+        return v
+    if t.tzinfo is None:
+        return v
+    return t.astimezone(DISPLAY_TZ).strftime("%Y-%m-%d %H:%M:%S") + (" (北京时间)" if zh else " CST")
 
 
 _EXIT_HOW = {
@@ -46,36 +96,41 @@ _EXIT_HOW = {
 }
 
 
-def _exit_how(reason: dict[str, Any]) -> str:
+def _exit_how(reason: dict[str, Any], zh: bool = False) -> str:
     """The evidence behind an area exit (the engine's `evidence` list), as a clause."""
-    how = _EXIT_HOW.get(str(reason.get("decided_by")))
+    how = (_EXIT_HOW_ZH if zh else _EXIT_HOW).get(str(reason.get("decided_by")))
     evidence = reason.get("evidence")
     if how is None or not isinstance(evidence, list) or not evidence:
         return ""
     items = [e for e in evidence if isinstance(e, dict)]
-    fixes = "; ".join(f"{_m(e.get('beyond_m'))} out at ±{_m(e.get('accuracy_m'))}" for e in items)
+    out = "区域外 {} ，精度 ±{}" if zh else "{} out at ±{}"
+    fixes = ("；" if zh else "; ").join(
+        out.format(_m(e.get("beyond_m")), _m(e.get("accuracy_m"))) for e in items)
     times = [float(e["t"]) for e in items if isinstance(e.get("t"), int | float)]
-    minutes = f"{(max(times) - min(times)) / 60:.0f} min" if times else "some time"
-    return " Evidence: " + how.format(
+    minutes = (f"{(max(times) - min(times)) / 60:.0f} {'分钟' if zh else 'min'}" if times
+               else ("一段时间" if zh else "some time"))
+    return ("依据：" if zh else " Evidence: ") + how.format(
         beyond=_m(items[-1].get("beyond_m")), n=reason.get("fixes", len(items)),
-        weight=reason.get("weight"), needed=reason.get("needed", 1.0), fixes=fixes, minutes=minutes) + "."
+        weight=reason.get("weight"), needed=reason.get("needed", 1.0), fixes=fixes,
+        minutes=minutes) + ("。" if zh else ".")
 
 
-def explain(reason: dict[str, Any]) -> str:
-    """Render the engine's reason as a sentence for the officer."""
+def explain(reason: dict[str, Any], lang: str = "en") -> str:
+    """Render the engine's reason as a sentence for the officer ("en" or "zh")."""
+    zh = lang == "zh"
     if reason.get("rule") == "area_exit.accuracy_circle_wholly_outside":
-        return _render(reason) + _exit_how(reason)
-    return _render(reason)
+        return _render(reason, zh) + _exit_how(reason, zh)
+    return _render(reason, zh)
 
 
-def _render(reason: dict[str, Any]) -> str:
-    template = _TEMPLATES.get(str(reason.get("rule")))
+def _render(reason: dict[str, Any], zh: bool = False) -> str:
+    template = (_TEMPLATES_ZH if zh else _TEMPLATES).get(str(reason.get("rule")))
     if template is None:
-        return f"Rule {reason.get('rule')!s} fired."
+        return f"规则 {reason.get('rule')!s} 触发。" if zh else f"Rule {reason.get('rule')!s} fired."
     speed = reason.get("speed_mps")
     return template.format(
-        since=reason.get("since") or reason.get("fix_time") or "unknown",
-        fix=reason.get("fix_time") or "unknown",
+        since=_when(reason.get("since") or reason.get("fix_time"), zh),
+        fix=_when(reason.get("fix_time"), zh),
         acc=_m(reason.get("accuracy_m")),
         dist=_m(reason.get("distance_m")),
         zone=reason.get("zone_id"),

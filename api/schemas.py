@@ -254,6 +254,12 @@ class AlertOut(BaseModel):
         """Why the alert fired, in one sentence (from `reason`)."""
         return explain(self.reason)
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def explanation_zh(self) -> str:
+        """The same sentence in Chinese."""
+        return explain(self.reason, "zh")
+
 
 class AlertPage(BaseModel):
     items: list[AlertOut]

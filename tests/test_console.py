@@ -1,21 +1,139 @@
-"""The officer console in a real browser (Debian's Chromium) on the real system."""
+"""The officer console in a real browser (Debian's Chromium) on the real system: phone → MQTT →
+ingest → alert → live feed → the officers' screens."""
 
 from __future__ import annotations
 
-from playwright.sync_api import Browser
+import time
 
+import httpx
+import psycopg
+from playwright.sync_api import Browser
+from sqlalchemy.orm import Session
+
+from alerts.worker import AlertWorker
+from ingest.mqtt_worker import MqttIngestWorker
 from store.settings import Settings
 from tests.browser import open_console
-from tests.conftest import PASSWORD, Org
-from tests.services import api_server
+from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org
+from tests.geo import deep_inside
+from tests.services import Phone, api_server, forget_session, in_thread
 
 
-def test_sign_in_shows_the_duty_view_with_the_jurisdiction_on_the_map(settings: Settings, org: Org,
-                                                                      browser: Browser):
+def _add_staff(session: Session, org: Org, username: str, role: str, unit_id: int) -> None:
+    from store.demo import create_staff
+    from store.enums import Role
+    from store.models import OrgUnit
+
+    unit = session.get(OrgUnit, unit_id)
+    assert unit is not None
+    create_staff(session, unit, username, Role(role), PASSWORD)
+    session.commit()
+
+
+def _enrol(base: str, username: str, supervisee_id: int) -> str:
+    token = httpx.post(f"{base}/api/v1/auth/token",
+                       data={"username": username, "password": PASSWORD}).json()["access_token"]
+    cred = httpx.post(f"{base}/api/v1/supervisees/{supervisee_id}/devices", json={},
+                      headers={"Authorization": f"Bearer {token}"}).json()
+    return str(cred["device_id"])
+
+
+def test_an_alert_reaches_open_consoles_live_and_its_handling_is_seen_by_colleagues(
+        settings: Settings, org: Org, browser: Browser, session: Session, db: psycopg.Connection):
+    """An officer keeps the duty view open idle for a minute; a phone leaves its district over
+    MQTT; the alert appears in the queue and on the map; the officer acknowledges and resolves it
+    and a colleague's open console sees each change; another district's officer sees nothing."""
+    _add_staff(session, org, "jiangan-officer2", "officer", org.office_ids[JIANGAN])
+    client_id = f"{settings.mqtt_client_id}-console"
+    ingest = MqttIngestWorker(settings, client_id=client_id)
+    try:
+        with api_server(settings) as base, in_thread(ingest), in_thread(AlertWorker(settings)):
+            assert ingest.connected.wait(10), "ingest worker did not connect to the broker"
+            device = _enrol(base, "jiangan-officer", org.supervisee_id)
+            consoles = {}
+            for name in ("jiangan-officer", "jiangan-officer2", "jianghan-officer"):
+                c = open_console(browser, base)
+                c.sign_in(name, PASSWORD)
+                c.open_duty()
+                consoles[name] = c
+            me, colleague, other = (consoles["jiangan-officer"], consoles["jiangan-officer2"],
+                                    consoles["jianghan-officer"])
+            me.shot("duty-idle")
+            # A minute with nothing happening: the feed stays open (heartbeats), no reconnect.
+            me.page.wait_for_timeout(60_000)
+            assert me.page.locator("#feed-status.live").count() == 1
+            subscribes = db.execute(
+                "SELECT count(*) FROM audit_log a JOIN staff s ON s.id = a.staff_id "
+                "WHERE a.action = 'alert.stream_subscribe' AND s.username = 'jiangan-officer'"
+            ).fetchone()
+            assert subscribes == (1,)  # one opening, one audit row, however long it stays open
+
+            phone = Phone(settings, device)
+            t0 = time.time() - 900
+            home, away = deep_inside(JIANGAN), deep_inside(JIANGHAN)
+            phone.report(*home, t0).wait_for_publish(5)
+            for k in range(3):  # ten minutes later, across the river, three reports
+                phone.report(*away, t0 + 600 + k * 60).wait_for_publish(5)
+            phone.close()
+            item = me.page.locator("#alert-queue li.queue-item").first
+            item.wait_for(timeout=20_000)
+            alert_id = int(item.get_attribute("data-alert-id") or 0)
+            (kind,) = db.execute("SELECT kind FROM alerts WHERE id = %s", (alert_id,)).fetchone()
+            assert kind == "area_exit"
+            colleague.page.locator(f"#alert-queue li[data-alert-id='{alert_id}']").wait_for(
+                timeout=10_000)
+            # On the map: the person turns "outside" once the map refreshes after the event.
+            me.page.locator("path.person.state-outside").first.wait_for(timeout=15_000)
+            item.click()
+            me.page.locator("#alert-detail .explanation").wait_for()
+            assert "Jiang" in me.page.inner_text("#alert-detail .explanation") or \
+                me.page.inner_text("#alert-detail .explanation").strip() != ""
+            me.page.locator("path.evidence-fix").first.wait_for(timeout=10_000)
+            me.shot("duty-alert")
+
+            me.page.click("#ack")
+            colleague.page.locator(
+                f"#alert-queue li[data-alert-id='{alert_id}'][data-status='acknowledged']"
+            ).wait_for(timeout=10_000)
+            me.page.click("#resolve")
+            me.page.select_option("dialog.dialog select[name=disposition]", "confirmed_violation")
+            me.page.fill("dialog.dialog textarea[name=note]", "电话联系本人，已返回辖区 called, back home")
+            me.shot("duty-resolve")
+            me.page.click("dialog.dialog button[type=submit]")
+            colleague.page.locator(f"#alert-queue li[data-alert-id='{alert_id}']").wait_for(
+                state="detached", timeout=10_000)
+            colleague.shot("duty-colleague")
+            status, disposition = db.execute(
+                "SELECT status, disposition FROM alerts WHERE id = %s", (alert_id,)).fetchone()
+            assert (status, disposition) == ("resolved", "confirmed_violation")
+
+            # The other district's officer saw none of it: no alert, no person of Jiang'an.
+            assert other.page.locator("#alert-queue li.queue-item").count() == 0
+            other.page.reload()
+            other.page.wait_for_selector("#feed-status.live")
+            assert other.page.locator("#alert-queue li.queue-item").count() == 0
+            other.shot("duty-other-district")
+            for c in consoles.values():
+                assert c.problems == []
+                c.context.close()
+    finally:
+        forget_session(settings, client_id)
+
+
+def test_the_auditor_has_no_duty_view_and_no_positions(settings: Settings, org: Org,
+                                                       browser: Browser, session: Session):
+    _add_staff(session, org, "auditor", "auditor", org.city_id)
     with api_server(settings) as base:
         c = open_console(browser, base)
-        c.sign_in("jiangan-officer", PASSWORD)
-        c.open_duty()
-        c.page.wait_for_selector("#duty-map path.leaflet-interactive")
-        c.shot("smoke")
-        assert c.problems == []
+        c.sign_in("auditor", PASSWORD)
+        assert c.page.locator(".nav a[data-route=duty]").count() == 0
+        c.page.goto(f"{base}/#/duty")
+        c.page.wait_for_selector("main .notice")
+        assert c.page.locator("#duty-map").count() == 0
+        # The console's cookie session gets the API's answer: no positions for an auditor.
+        status = c.page.evaluate(
+            "fetch('/api/v1/duty?purpose=looking').then(r => r.status)")
+        assert status == 403
+        # The only error the page saw is the refusal the test provoked.
+        assert [p for p in c.problems if "status of 403" not in p] == []
+        c.context.close()

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import orjson
 import redis
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, text
@@ -29,7 +29,7 @@ from api.deps import (
     oauth2_scheme,
     pg_now,
 )
-from api.errors import Conflict, Invalid, NotFound, Unauthorized
+from api.errors import Conflict, Invalid, NotFound
 from api.feed import FeedHub, Subscriber, stream_id
 from api.schemas import (
     AlertEventOut,
@@ -239,13 +239,23 @@ def open_watch(body: WatchIn, ctx: CurrentStaff, session: SessionDep, r: RedisDe
     return WatchOut(watch=watch, expires_in=ttl)
 
 
+@router.get("/watch/{watch}", response_model=WatchOut, **access(SUPERVISORS))
+def check_watch(watch: Annotated[str, Path(min_length=10, max_length=100)], ctx: CurrentStaff,
+                r: RedisDep, settings: SettingsDep) -> WatchOut:
+    """Whether a duty watch is still open for this sign-in (the console asks after its feed was
+    refused, to tell an ended watch from a dropped connection)."""
+    watch_info(r, settings, ctx, watch)
+    return WatchOut(watch=watch, expires_in=max(0, int(r.ttl(_watch_key(settings, watch)))))
+
+
 def watch_info(r: redis.Redis, settings: Settings, ctx: StaffContext, watch: str) -> str:
     """The purpose of a duty watch this sign-in opened; refused if another sign-in opened it
     or it ended with the session."""
     raw = r.get(_watch_key(settings, watch))
     info = orjson.loads(raw) if raw is not None else None  # type: ignore[arg-type]
     if info is None or info.get("sid") != ctx.session_id:
-        raise Unauthorized("this duty watch is not open for your sign-in; open the duty view again")
+        raise NotFound("this duty watch is not open for your sign-in; open the duty view again",
+                       "watch_closed")
     return str(info["purpose"])
 
 

@@ -3,7 +3,7 @@
 /* global L */
 import { api } from "./api.js";
 import { h, fmtTime, ago, dialog, toast, badge, errorText, metres } from "./ui.js";
-import { t, register } from "./i18n.js";
+import { t, register, lang } from "./i18n.js";
 import { fixMarker, toMap } from "./map.js";
 
 register({
@@ -106,7 +106,7 @@ export function alertSummary(alert, person) {
       badge(`st-${alert.status}`, t(`status.${alert.status}`)),
       alert.suppressed ? badge("muted", t("al.suppressed")) : null,
       alert.late ? badge("muted", t("al.late")) : null),
-    h("p", { class: "explanation", text: alert.explanation }),
+    h("p", { class: "explanation", text: lang === "zh" ? alert.explanation_zh : alert.explanation }),
     h("dl", { class: "facts" },
       h("dt", { text: t("al.who") }),
       h("dd", {}, h("a", { href: `#/supervisees/${alert.supervisee_id}`,

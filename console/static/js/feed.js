@@ -1,5 +1,7 @@
 // The live alert feed (Server-Sent Events). One EventSource per console; the browser resumes
 // after a dropped connection with Last-Event-ID, so nothing is lost. Views subscribe with `onFeed`.
+import { api } from "./api.js";
+
 const TOPICS = ["alert.opened", "alert.updated", "alert.cleared", "alert.acknowledged", "alert.resolved",
   "alert.escalated", "rollcall.requested", "feed.reset"];
 let source = null;
@@ -17,8 +19,23 @@ export function openFeed(watch, onEnded) {
   source = new EventSource(`/api/v1/alerts/stream/live?watch=${encodeURIComponent(watch.id)}`);
   source.onopen = () => statusListener("live");
   source.onerror = () => {
-    statusListener(source && source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
-    if (source && source.readyState === EventSource.CLOSED) { closeFeed(); onEnded("closed"); }
+    const closed = source && source.readyState === EventSource.CLOSED;
+    statusListener(closed ? "closed" : "reconnecting");
+    // The browser gives up only when the server refused (the watch or the sign-in ended), or
+    // the page is going away; a moment later the watch is checked (the page is gone by then).
+    if (closed) {
+      const w = watch;
+      closeFeed();
+      setTimeout(async () => {
+        try {
+          await api(`/alerts/watch/${encodeURIComponent(w.id)}`);
+          openFeed(w, onEnded);
+        } catch (e) {
+          if (e.code !== "watch_closed") return;
+          onEnded("closed");
+        }
+      }, 2000);
+    }
   };
   for (const topic of TOPICS) {
     source.addEventListener(topic, (e) => {

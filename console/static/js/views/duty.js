@@ -67,7 +67,8 @@ export async function render(main, _params, ctx) {
   onFeedStatus((s) => { status.textContent = t(`duty.${s}`); status.className = `feed-status ${s}`; });
   state.unsub = onFeed(onEvent);
   openFeed(watch, (why) => {
-    if (why === "closed") { forgetWatch(); toast(t("duty.closed"), "error"); }
+    // The watch ended (its sign-in did): ask for the purpose again by opening the view anew.
+    if (why === "closed") { forgetWatch(); toast(t("duty.closed"), "error"); destroy(); render(clear(main), [], ctx); }
   });
   await Promise.all([loadMap(), loadQueue()]);
   state.timer = setInterval(() => loadMap().catch(() => {}), MAP_REFRESH_MS);
@@ -79,7 +80,7 @@ async function loadMap() {
   try {
     data = await api("/duty", { query: { watch: state.watch.id } });
   } catch (e) {
-    if (e.status === 401) { forgetWatch(); closeFeed(); }
+    if (e.code === "watch_closed") { forgetWatch(); closeFeed(); }
     throw e;
   }
   if (!state) return;

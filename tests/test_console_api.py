@@ -1,0 +1,204 @@
+"""The console's server side without a browser: cookie sign-in and CSRF, the page's security
+headers, and the live feed (heartbeats, resumption with Last-Event-ID, one audit row a watch)."""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+
+import httpx
+import orjson
+import psycopg
+import pytest
+import redis
+
+from alerts.worker import feed_key
+from store.settings import Settings
+from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org
+from tests.services import api_server
+
+CSRF = {"X-Requested-With": "ccs-console"}
+
+
+def _console(base: str, username: str) -> httpx.Client:
+    c = httpx.Client(base_url=base, timeout=10)
+    r = c.post("/api/v1/auth/console", data={"username": username, "password": PASSWORD},
+               headers=CSRF)
+    assert r.status_code == 200, r.text
+    return c
+
+
+def _sse(client: httpx.Client, url: str, headers: dict[str, str], out: queue.Queue,
+         stop: threading.Event) -> None:
+    """Every SSE line as it arrives, then ("closed", why)."""
+    try:
+        with client.stream("GET", url, headers=headers, timeout=None) as r:
+            out.put(("status", r.status_code))
+            for line in r.iter_lines():
+                if stop.is_set():
+                    return
+                out.put(("line", line))
+        out.put(("closed", "server ended the stream"))
+    except httpx.HTTPError as e:
+        out.put(("closed", repr(e)))
+
+
+def _publish(r: redis.Redis, settings: Settings, office_id: int, alert_id: int,
+             topic: str = "alert.opened") -> str:
+    """An entry as the alert worker's relay writes it (alerts/worker.py)."""
+    payload = {"alert_id": alert_id, "office_id": office_id, "kind": "area_exit",
+               "severity": "high", "status": "open", "supervisee_id": 1}
+    return r.xadd(feed_key(settings), {"outbox_id": alert_id, "topic": topic,
+                                      "payload": orjson.dumps(payload)}).decode()
+
+
+def _events(out: queue.Queue, n: int, timeout: float = 10) -> list[dict[str, str]]:
+    """The next n events (id, event, data), skipping comments."""
+    got: list[dict[str, str]] = []
+    ev: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        kind, value = out.get(timeout=max(0.1, deadline - time.monotonic()))
+        assert kind == "line", (kind, value)
+        if value == "":
+            if "data" in ev:
+                got.append(ev)
+            ev = {}
+        elif not value.startswith(":"):
+            k, _, v = value.partition(": ")
+            ev[k] = v
+    return got
+
+
+def _open(base: str, client: httpx.Client, watch: str, last_id: str | None = None
+          ) -> tuple[queue.Queue, threading.Event]:
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    threading.Thread(target=_sse, daemon=True, args=(
+        client, f"/api/v1/alerts/stream/live?watch={watch}", headers, out, stop)).start()
+    assert out.get(timeout=10) == ("status", 200)
+    return out, stop
+
+
+def test_console_session_is_an_httponly_strict_cookie_and_writes_need_the_csrf_header(
+        settings: Settings, org: Org):
+    with api_server(settings) as base:
+        c = httpx.Client(base_url=base)
+        # A cross-site form post (no console header) cannot sign anyone in.
+        assert c.post("/api/v1/auth/console",
+                      data={"username": "jiangan-officer", "password": PASSWORD}).status_code == 403
+        r = c.post("/api/v1/auth/console", data={"username": "jiangan-officer",
+                                                 "password": PASSWORD}, headers=CSRF)
+        assert r.status_code == 200 and r.json()["username"] == "jiangan-officer"
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        assert "access_token" not in r.text  # nothing a script could steal is in the body
+        assert c.get("/api/v1/auth/me").json()["username"] == "jiangan-officer"
+        body = {"purpose": "duty"}
+        # Without the header, or from another origin, a write with the cookie is refused.
+        assert c.post("/api/v1/alerts/watch", json=body).status_code == 403
+        assert c.post("/api/v1/alerts/watch", json=body,
+                      headers={**CSRF, "Origin": "https://evil.example"}).status_code == 403
+        assert c.post("/api/v1/alerts/watch", json=body,
+                      headers={**CSRF, "Origin": base}).status_code == 200
+        # Signing out ends the cookie's session on the server, not only in the browser.
+        stolen = dict(c.cookies)
+        assert c.post("/api/v1/auth/logout", headers=CSRF).status_code == 204
+        assert httpx.get(f"{base}/api/v1/auth/me", cookies=stolen).status_code == 401
+
+
+def test_console_page_runs_under_a_strict_policy_with_no_inline_code(settings: Settings):
+    with api_server(settings) as base:
+        r = httpx.get(f"{base}/")
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+        csp = dict((d.split()[0], d.split()[1:]) for d in r.headers["content-security-policy"].split("; "))
+        assert csp["script-src"] == ["'self'"] and csp["style-src"] == ["'self'"]
+        assert csp["frame-ancestors"] == ["'none'"] and csp["connect-src"] == ["'self'"]
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", r.text)  # every script is a file
+        assert " style=" not in r.text and "http" not in r.text.split("<body>")[0].replace(
+            'http-equiv', '')  # nothing loaded from another origin
+        for src in re.findall(r'(?:src|href)="(/static/[^"]+)"', r.text):
+            assert httpx.get(f"{base}{src}").status_code == 200, src
+        # The vendored map library carries its licence.
+        assert "BSD" in httpx.get(f"{base}/static/vendor/leaflet/LICENSE").text or \
+            "Redistribution" in httpx.get(f"{base}/static/vendor/leaflet/LICENSE").text
+        assert httpx.get(f"{base}/api/v1/healthz").headers["content-security-policy"].startswith(
+            "default-src 'none'; frame-ancestors")
+
+
+def test_idle_feed_stays_open_with_heartbeats_past_the_redis_socket_timeout(
+        settings: Settings, org: Org, monkeypatch: pytest.MonkeyPatch):
+    import api.routes.alerts as alerts_route
+
+    monkeypatch.setattr(alerts_route, "HEARTBEAT_S", 1.0)
+    with api_server(settings) as base:
+        c = _console(base, "jiangan-officer")
+        watch = c.post("/api/v1/alerts/watch", json={"purpose": "duty"}, headers=CSRF).json()["watch"]
+        out, stop = _open(base, c, watch)
+        lines: list[tuple[str, str]] = []
+        deadline = time.monotonic() + 9  # the old feed closed after about 5 s
+        while time.monotonic() < deadline:
+            try:
+                lines.append(out.get(timeout=0.5))
+            except queue.Empty:
+                pass
+        stop.set()
+        assert not [x for x in lines if x[0] == "closed"], lines
+        assert sum(1 for x in lines if x == ("line", ": keepalive")) >= 6
+
+
+def test_a_reconnect_resumes_after_last_event_id_with_nothing_lost_and_no_new_audit_row(
+        settings: Settings, org: Org, rds: redis.Redis, db: psycopg.Connection):
+    mine, theirs = org.office_ids[JIANGAN], org.office_ids[JIANGHAN]
+    with api_server(settings) as base:
+        c = _console(base, "jiangan-officer")
+        watch = c.post("/api/v1/alerts/watch", json={"purpose": "duty"}, headers=CSRF).json()["watch"]
+        out, stop = _open(base, c, watch)
+        first = _publish(rds, settings, mine, 101)
+        (ev,) = _events(out, 1)
+        assert (ev["id"], ev["event"], orjson.loads(ev["data"])["alert_id"]) == (first, "alert.opened", 101)
+        stop.set()
+        # While the console is away: two of its office's events and one of another district's.
+        _publish(rds, settings, mine, 102, "alert.acknowledged")
+        _publish(rds, settings, theirs, 900)
+        _publish(rds, settings, mine, 103)
+        out2, stop2 = _open(base, c, watch, last_id=first)
+        got = _events(out2, 2)
+        _publish(rds, settings, mine, 104)
+        got += _events(out2, 1)
+        stop2.set()
+        assert [(e["event"], orjson.loads(e["data"])["alert_id"]) for e in got] == [
+            ("alert.acknowledged", 102), ("alert.opened", 103), ("alert.opened", 104)]
+        (n,) = db.execute("SELECT count(*) FROM audit_log WHERE action = 'alert.stream_subscribe'"
+                          ).fetchone()
+        assert n == 1  # one watch opened, two connections
+
+
+def test_a_feed_resumed_after_trimmed_events_says_so(settings: Settings, org: Org,
+                                                     rds: redis.Redis):
+    with api_server(settings) as base:
+        c = _console(base, "jiangan-officer")
+        watch = c.post("/api/v1/alerts/watch", json={"purpose": "duty"}, headers=CSRF).json()["watch"]
+        seen = _publish(rds, settings, org.office_ids[JIANGAN], 1)
+        _publish(rds, settings, org.office_ids[JIANGAN], 2)
+        _publish(rds, settings, org.office_ids[JIANGAN], 3)
+        # The stream keeps only its newest entry: the one after `seen` was trimmed away.
+        rds.xtrim(feed_key(settings), maxlen=1)
+        out, stop = _open(base, c, watch, last_id=seen)
+        (ev,) = _events(out, 1)
+        stop.set()
+        assert ev["event"] == "feed.reset"
+
+
+def test_a_watch_belongs_to_its_sign_in(settings: Settings, org: Org):
+    with api_server(settings) as base:
+        a, b = _console(base, "jiangan-officer"), _console(base, "jiangan-officer")
+        watch = a.post("/api/v1/alerts/watch", json={"purpose": "duty"}, headers=CSRF).json()["watch"]
+        assert a.get(f"/api/v1/alerts/watch/{watch}").status_code == 200
+        r = b.get(f"/api/v1/alerts/watch/{watch}")
+        assert (r.status_code, r.json()["error"]) == (404, "watch_closed")
+        assert b.get(f"/api/v1/duty?watch={watch}").status_code == 404
+        assert b.get(f"/api/v1/alerts/stream/live?watch={watch}").status_code == 404
