@@ -3,6 +3,7 @@ headers, and the live feed (heartbeats, resumption with Last-Event-ID, one audit
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import threading
@@ -141,10 +142,8 @@ def test_idle_feed_stays_open_with_heartbeats_past_the_redis_socket_timeout(
         lines: list[tuple[str, str]] = []
         deadline = time.monotonic() + 9  # the old feed closed after about 5 s
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(queue.Empty):
                 lines.append(out.get(timeout=0.5))
-            except queue.Empty:
-                pass
         stop.set()
         assert not [x for x in lines if x[0] == "closed"], lines
         assert sum(1 for x in lines if x == ("line", ": keepalive")) >= 6
