@@ -82,6 +82,8 @@ def test_an_alert_reaches_open_consoles_live_and_its_handling_is_seen_by_colleag
             assert kind == "area_exit"
             colleague.page.locator(f"#alert-queue li[data-alert-id='{alert_id}']").wait_for(
                 timeout=10_000)
+            # A high-severity alert sounds its tone (Web Audio; the page notes when it played).
+            assert me.page.evaluate("() => document.body.dataset.lastCue || ''").startswith("high@")
             # On the map: the person turns "outside" once the map refreshes after the event.
             me.page.locator("path.person.state-outside").first.wait_for(timeout=15_000)
             item.click()
@@ -137,3 +139,29 @@ def test_the_auditor_has_no_duty_view_and_no_positions(settings: Settings, org: 
         # The only error the page saw is the refusal the test provoked.
         assert [p for p in c.problems if "status of 403" not in p] == []
         c.context.close()
+
+
+def test_the_maps_gcj02_conversion_is_the_engines(settings: Settings, browser: Browser):
+    """Overlays on GCJ-02 tiles are converted in the browser by the same formula as the engine's
+    (geofence/crs.py), both ways, so a zone drawn on AMap tiles lands where it was drawn."""
+    import numpy as np
+
+    from geofence.crs import gcj02_to_wgs84, wgs84_to_gcj02
+
+    rng = np.random.default_rng(3)
+    lon, lat = rng.uniform(73.5, 134.5, 200), rng.uniform(18.5, 53.0, 200)
+    with api_server(settings) as base:
+        c = open_console(browser, base)
+        c.page.goto(f"{base}/static/index.html")
+        got = c.page.evaluate("""async ([lon, lat]) => {
+            const m = await import('/static/js/map.js');
+            return lon.map((x, i) => [...m.wgsToGcj(x, lat[i]), ...m.gcjToWgs(x, lat[i])]);
+        }""", [lon.tolist(), lat.tolist()])
+        c.context.close()
+    got_a = np.array(got)
+    glon, glat = wgs84_to_gcj02(lon, lat)
+    wlon, wlat = gcj02_to_wgs84(lon, lat)
+    assert np.abs(got_a[:, 0] - glon).max() < 1e-9 and np.abs(got_a[:, 1] - glat).max() < 1e-9
+    assert np.abs(got_a[:, 2] - wlon).max() < 1e-7 and np.abs(got_a[:, 3] - wlat).max() < 1e-7
+    # And the conversion is not the identity: inside China GCJ-02 is hundreds of metres off.
+    assert np.abs(got_a[:, 0] - lon).min() > 1e-4

@@ -73,6 +73,8 @@ export function toast(message, kind = "info") {
   }
   const el = h("div", { class: `toast toast-${kind}`, text: message });
   toastBox.append(el);
+  // Never a wall of messages over the work: the three newest stay.
+  while (toastBox.children.length > 3) toastBox.firstChild.remove();
   setTimeout(() => el.remove(), kind === "error" ? 9000 : 4000);
 }
 
