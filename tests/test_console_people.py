@@ -117,8 +117,17 @@ def test_track_playback_slider_stops_and_gpx_download(settings: Settings, org: O
     with api_server(settings) as base:
         c = signed_in(browser, base, "jiangan-officer")
         device, secret = enrol_in_console(c, org.supervisee_id)
-        n = report_walk(base, secret, device, time.time() - 3600)
+        t0 = time.time() - 3600
+        n = report_walk(base, secret, device, t0)
         assert db.execute("SELECT count(*) FROM positions").fetchone() == (n,)
+        # An alert opened during the walk (seeded as in tests/test_api.py: the rule engine is not
+        # what this test is about), at the 9th fix's time and place.
+        lon, lat, fix_time = db.execute(
+            "SELECT lon, lat, fix_time FROM positions ORDER BY fix_time OFFSET 8 LIMIT 1").fetchone()
+        db.execute("""INSERT INTO alerts (kind, severity, supervisee_id, office_id, opened_at, lon, lat)
+                      VALUES ('area_exit', 'high', %s, %s, %s, %s, %s)""",
+                   (org.supervisee_id, org.office_ids[JIANGAN], fix_time, lon, lat))
+        db.commit()
 
         c.page.click("#open-track")
         c.page.wait_for_selector("#track-form")
@@ -140,6 +149,15 @@ def test_track_playback_slider_stops_and_gpx_download(settings: Settings, org: O
         assert "±31 m" in c.page.inner_text("#fix-info")
         c.page.click("#prev")
         assert c.page.input_value("#track-slider") == str(n - 2)
+        # The alert's moment: a tick on the slider and a row; either takes the slider there.
+        assert c.page.locator(".slider-box .tick").count() == 1
+        assert c.page.locator("#track-map path.track-alert").count() == 1
+        c.page.click("#track-alerts tbody tr.clickable")
+        assert c.page.input_value("#track-slider") == "8"
+        c.page.click("#stops tbody tr.clickable")
+        assert c.page.input_value("#track-slider") == "0"
+        c.page.click(".slider-box .tick")
+        assert c.page.input_value("#track-slider") == "8"
         c.shot("track")
 
         with c.page.expect_download() as dl:
@@ -187,7 +205,7 @@ def test_officer_of_another_district_cannot_open_the_supervisee(settings: Settin
         assert c.page.locator("#enrol").count() == 0
         c.shot("supervisee-other-district")
         c.page.goto(f"{base}/#/supervisees/{org.supervisee_id}/track")
-        c.page.wait_for_selector("main .notice.error")
+        c.page.wait_for_selector("#not-found")
         assert c.page.locator("#track-form").count() == 0
         # The console's failed reads are logged by the browser as 404s: those are expected here.
         assert [p for p in c.problems if "404" not in p] == []

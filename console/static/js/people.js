@@ -12,6 +12,7 @@ register({
     "pp.active": "在矫", "pp.inactive": "已解矫", "pp.case": "案号", "pp.name": "姓名", "pp.type": "矫正类别",
     "pp.level": "监管等级", "pp.flags": "重点标记", "pp.office": "司法所", "pp.state": "状态",
     "pp.track": "轨迹回放", "pp.back": "返回对象列表", "pp.page": "对象详情",
+    "pp.notfound": "未找到该矫正对象，或其不在您的辖区内。", "pp.why": "原因",
     "st.requested": "待审批", "st.approved": "已批准", "st.rejected": "已驳回", "st.revoked": "已撤销",
     "st.returned": "已返回", "st.expired": "已过期", "st.scheduled": "待发送", "st.sent": "已发送",
     "st.answered": "已应答", "st.missed": "未应答", "st.throttled": "未发送（限流）",
@@ -24,6 +25,7 @@ register({
     "pp.active": "Under supervision", "pp.inactive": "Released", "pp.case": "Case no.", "pp.name": "Name",
     "pp.type": "Type", "pp.level": "Level", "pp.flags": "Key flags", "pp.office": "Office", "pp.state": "Status",
     "pp.track": "Track playback", "pp.back": "Back to the list", "pp.page": "Supervisee",
+    "pp.notfound": "No such supervisee in your jurisdiction.", "pp.why": "Reason",
     "st.requested": "Requested", "st.approved": "Approved", "st.rejected": "Rejected", "st.revoked": "Revoked",
     "st.returned": "Returned", "st.expired": "Expired", "st.scheduled": "Scheduled", "st.sent": "Sent",
     "st.answered": "Answered", "st.missed": "Missed", "st.throttled": "Not sent (throttled)",
@@ -58,9 +60,26 @@ export function statusBadge(v) {
 export function personHead(p, ...links) {
   return h("div", { class: "person-head" },
     h("h1", {}, h("span", { class: "pname", text: p.full_name }), h("span", { class: "pcase", text: p.case_number })),
-    levelBadge(p.level), flagBadges(p.key_flags),
+    levelBadge(p.level), (p.key_flags || []).length ? flagBadges(p.key_flags) : null,
     p.active ? null : badge("muted", t("pp.inactive")),
     h("span", { class: "spacer" }), ...links);
+}
+
+// A person the caller may not see is "not found" (the API answers 404 outside the jurisdiction).
+export function notFound(main) {
+  main.append(h("p", { class: "notice error", id: "not-found", text: t("pp.notfound") }),
+    h("a", { href: "#/supervisees", text: `← ${t("pp.back")}` }));
+}
+
+// The person, or null (and the page says so) when the caller may not see them.
+export async function personOr404(api, main, id) {
+  try {
+    return await api(`/supervisees/${id}`);
+  } catch (e) {
+    if (e.status !== 404) throw e;
+    notFound(main);
+    return null;
+  }
 }
 
 export async function officeNames(api) {

@@ -6,16 +6,16 @@ import { api } from "../api.js";
 import { h, clear, section, table, fmtTime, ago, dialog, toast, errorText, badge, metres } from "../ui.js";
 import { t, register } from "../i18n.js";
 import { makeMap, geoLayer, zoneStyle, legend, ZONE_STYLES } from "../map.js";
-import { word, levelBadge, flagBadges, statusBadge, personHead, officeNames } from "../people.js";
+import { word, levelBadge, flagBadges, statusBadge, personHead, officeNames, personOr404 } from "../people.js";
 
 register({
   zh: {
     "sp.profile": "基本信息", "sp.basis": "监管方式", "sp.home": "执行地", "sp.nohome": "未设置执行地",
-    "sp.levelcard": "监管等级与重点标记", "sp.change": "调整等级/标记", "sp.reason": "调整原因（必填）",
+    "sp.levelcard": "监管等级与重点标记", "sp.change": "调整等级/标记", "sp.reason": "原因（必填）",
     "sp.flagsin": "重点标记（以逗号分隔）", "sp.changes": "调整记录", "sp.field": "项目", "sp.from": "原值",
     "sp.to": "新值", "sp.when": "时间", "sp.changed": "已调整，手机将按新的等级上报",
     "sp.devices": "定位设备", "sp.enrol": "登记新设备", "sp.label": "设备名称（如：本人手机）",
-    "sp.device": "设备编号", "sp.enrolled": "登记时间", "sp.revoke": "停用", "sp.revoked": "已停用",
+    "sp.device": "设备编号", "sp.name": "设备名称", "sp.akind": "告警类型", "sp.enrolled": "登记时间", "sp.revoke": "停用", "sp.revoked": "已停用",
     "sp.revokeq": "停用设备 {id}？停用后该设备上报的位置将被拒收。", "sp.inuse": "使用中",
     "sp.once": "以下配置只显示这一次：设备密钥无法再次查看。请当面让矫正对象扫码完成配置，关闭后如需重新配置只能重新签发密钥。",
     "sp.owntracks": "OwnTracks：用手机相机或 OwnTracks 扫描二维码", "sp.traccar": "Traccar Client：服务器地址",
@@ -25,6 +25,7 @@ register({
     "sp.role.curfew": "宵禁", "sp.zone": "区域", "sp.buffer": "预警缓冲（米）", "sp.cstart": "宵禁开始（hh:mm）",
     "sp.cend": "宵禁结束（hh:mm）", "sp.lift": "解除", "sp.liftq": "解除该区域/宵禁？", "sp.lifted": "已解除",
     "sp.permits": "外出审批", "sp.period": "期间", "sp.dest": "目的地", "sp.preason": "事由",
+    "origin.officer": "工作人员", "origin.random": "随机抽查",
     "sp.rollcalls": "点名", "sp.rollnow": "立即点名", "sp.rollreason": "点名原因", "sp.rolldefault": "工作人员临时点名",
     "sp.rollsent": "点名已发出，应答将显示在下方", "sp.origin": "发起", "sp.answered": "应答",
     "sp.deadline": "应答期限", "sp.requests": "定位请求", "sp.rule": "规则", "sp.requested": "请求时间",
@@ -35,7 +36,7 @@ register({
     "sp.personmade": "由工作人员决定，系统不会自动处罚。",
     "sp.suspensions": "暂停通知", "sp.suspend": "暂停通知", "sp.hours": "时长（小时）", "sp.kind": "告警类型（留空为全部）",
     "sp.allkinds": "全部类型", "sp.cancelsus": "取消", "sp.cancelled": "已取消", "sp.until": "至",
-    "sp.map": "执行地与区域", "sp.notfound": "未找到该矫正对象，或其不在您的辖区内。",
+    "sp.map": "执行地与区域",
     "sp.ok": "已保存",
   },
   en: {
@@ -44,7 +45,7 @@ register({
     "sp.flagsin": "Key flags (comma separated)", "sp.changes": "Changes", "sp.field": "Field", "sp.from": "From",
     "sp.to": "To", "sp.when": "When", "sp.changed": "Changed; the phone reports at the new level's interval",
     "sp.devices": "Phones", "sp.enrol": "Enrol a phone", "sp.label": "Label (e.g. own phone)",
-    "sp.device": "Device", "sp.enrolled": "Enrolled", "sp.revoke": "Revoke", "sp.revoked": "Revoked",
+    "sp.device": "Device", "sp.name": "Label", "sp.akind": "Alert kind", "sp.enrolled": "Enrolled", "sp.revoke": "Revoke", "sp.revoked": "Revoked",
     "sp.revokeq": "Revoke device {id}? Its reports will be refused.", "sp.inuse": "In use",
     "sp.once": "Shown once: the secret cannot be retrieved again. Have the supervisee scan the code now; after closing, a new secret must be issued to configure again.",
     "sp.owntracks": "OwnTracks: scan the code with the phone's camera or OwnTracks", "sp.traccar": "Traccar Client: server URL",
@@ -54,6 +55,7 @@ register({
     "sp.role.curfew": "Curfew", "sp.zone": "Zone", "sp.buffer": "Warning buffer (m)", "sp.cstart": "Curfew from (hh:mm)",
     "sp.cend": "Curfew until (hh:mm)", "sp.lift": "Lift", "sp.liftq": "Lift this zone/curfew?", "sp.lifted": "Lifted",
     "sp.permits": "Travel permits", "sp.period": "Period", "sp.dest": "Destination", "sp.preason": "Reason",
+    "origin.officer": "Officer", "origin.random": "Random",
     "sp.rollcalls": "Roll-calls", "sp.rollnow": "Roll-call now", "sp.rollreason": "Reason", "sp.rolldefault": "Officer's roll-call",
     "sp.rollsent": "Roll-call sent; the answer appears below", "sp.origin": "Origin", "sp.answered": "Answered",
     "sp.deadline": "Answer by", "sp.requests": "Location requests", "sp.rule": "Rule", "sp.requested": "Requested",
@@ -64,7 +66,7 @@ register({
     "sp.personmade": "A person decides; nothing is applied automatically.",
     "sp.suspensions": "Suspended notifications", "sp.suspend": "Suspend notifications", "sp.hours": "For (hours)",
     "sp.kind": "Alert kind (empty: all)", "sp.allkinds": "All kinds", "sp.cancelsus": "Cancel", "sp.cancelled": "Cancelled",
-    "sp.until": "until", "sp.map": "Home area and zones", "sp.notfound": "No such supervisee in your jurisdiction.",
+    "sp.until": "until", "sp.map": "Home area and zones",
     "sp.ok": "Saved",
   },
 });
@@ -87,17 +89,8 @@ async function act(fn, done, redraw) {
 function slot(id) { return h("div", { class: "slot", id }); }
 
 export async function render(main, [id]) {
-  let p;
-  try {
-    p = await api(`/supervisees/${id}`);
-  } catch (e) {
-    if (e.status === 404) {
-      main.append(h("p", { class: "notice error", id: "not-found", text: t("sp.notfound") }),
-        h("a", { href: "#/supervisees", text: `← ${t("pp.back")}` }));
-      return;
-    }
-    throw e;
-  }
+  let p = await personOr404(api, main, id);
+  if (!p) return;
   const offices = await officeNames(api);
   const base = `/supervisees/${id}`;
   const head = h("div");
@@ -116,8 +109,8 @@ export async function render(main, [id]) {
     permits: slot("sp-permits"),
   };
   const mapEl = h("div", { id: "person-map", class: "person-map" });
-  left.append(parts.profile, parts.level, parts.enrolment, parts.devices, parts.alerts, parts.rollcalls, parts.requests);
-  right.append(section(t("sp.map"), mapEl), parts.zones, parts.permits, parts.sanctions, parts.suspensions);
+  left.append(parts.profile, parts.enrolment, parts.level, parts.devices, parts.rollcalls, parts.requests);
+  right.append(section(t("sp.map"), mapEl), parts.alerts, parts.zones, parts.permits, parts.sanctions, parts.suspensions);
 
   // --- profile and level ---
   const drawProfile = () => clear(parts.profile).append(section(t("sp.profile"), h("dl", { class: "facts" },
@@ -139,7 +132,7 @@ export async function render(main, [id]) {
         { label: t("sp.field"), render: (c) => (c.field === "level" ? t("pp.level") : t("pp.flags")) },
         { label: t("sp.from"), render: (c) => show(c.field, c.old) },
         { label: t("sp.to"), render: (c) => show(c.field, c.new) },
-        { label: t("sp.reason"), render: (c) => h("span", { class: "reason", text: c.reason }) },
+        { label: t("pp.why"), render: (c) => h("span", { class: "reason", text: c.reason }) },
       ], [...changes].reverse())));
   };
   async function changeLevel() {
@@ -164,7 +157,7 @@ export async function render(main, [id]) {
     clear(parts.devices).append(section(t("sp.devices"),
       table([
         { label: t("sp.device"), render: (d) => h("span", { class: "mono", text: d.id }) },
-        { label: t("sp.label"), render: (d) => d.label || "—" },
+        { label: t("sp.name"), render: (d) => d.label || "—" },
         { label: t("sp.enrolled"), render: (d) => fmtTime(d.created_at) },
         { label: t("pp.state"), render: (d) => (d.active ? badge("st-resolved", t("sp.inuse"))
           : badge("muted", `${t("sp.revoked")} ${fmtTime(d.revoked_at)}`)) },
@@ -194,13 +187,12 @@ export async function render(main, [id]) {
       h("p", { class: "notice once", role: "alert", text: t("sp.once") }),
       h("div", { class: "enrol-grid" },
         h("figure", { class: "qr" },
-          h("img", { id: "owntracks-qr", src: e.owntracks_qr_svg, alt: "OwnTracks QR", width: 240, height: 240 }),
+          h("img", { id: "owntracks-qr", src: e.owntracks_qr_svg, alt: "OwnTracks QR", width: 280, height: 280 }),
           h("figcaption", { text: `${t("sp.owntracks")}（${t(`sp.mode.${e.owntracks_mode}`)}）` })),
         h("dl", { class: "facts enrol-facts" },
           h("dt", { text: t("sp.traccar") }),
           h("dd", {}, h("code", { id: "traccar-url", class: "wrap", text: e.traccar_client_url }), copy(e.traccar_client_url)),
           h("dt", { text: t("sp.traccarid") }), h("dd", {}, h("code", { text: e.traccar_client_device_identifier })),
-          h("dt", { text: t("sp.device") }), h("dd", {}, h("code", { text: cred.device_id })),
           h("dt", { text: t("sp.secret") }), h("dd", {}, h("code", { id: "device-secret", class: "wrap", text: cred.secret })),
           h("dt", { text: t("sp.link") }),
           h("dd", {}, h("a", { href: e.owntracks_link, class: "wrap small", text: e.owntracks_link.slice(0, 64) + "…" }),
@@ -213,6 +205,7 @@ export async function render(main, [id]) {
 
   // --- zones, with the map ---
   map = makeMap(mapEl);
+  map.options.zoomSnap = 0.25;  // a small map: fit the area closely
   legend(map, [[ZONE_STYLES.home_area.color, t("sp.home")], [ZONE_STYLES.exclusion.color, t("sp.role.exclusion")],
     [ZONE_STYLES.curfew.color, t("sp.role.curfew")]]);
   let zoneLayer = null;
@@ -287,7 +280,7 @@ export async function render(main, [id]) {
     const rows = await api(`${base}/rollcalls`);
     clear(parts.rollcalls).append(section(t("sp.rollcalls"), table([
       { label: t("sp.when"), render: (r) => fmtTime(r.sent_at || r.scheduled_at) },
-      { label: t("sp.origin"), render: (r) => r.origin },
+      { label: t("sp.origin"), render: (r) => word("origin", r.origin) },
       { label: t("pp.state"), render: (r) => statusBadge(r.status) },
       { label: t("sp.answered"), render: (r) => (r.answered_at ? `${fmtTime(r.answered_at)}` : r.deadline ? `${t("sp.deadline")} ${fmtTime(r.deadline)}` : "—") },
       { label: t("sp.rollreason"), key: "reason" },
@@ -316,7 +309,7 @@ export async function render(main, [id]) {
       h("dl", { class: "facts" },
         h("dt", { text: t("sp.suggest") }),
         h("dd", {}, h("strong", { id: "suggestion", text: s.suggestion ? t(`sp.sk.${s.suggestion}`) : t("sp.sk.none") }),
-          s.reason ? h("span", { class: "muted", text: ` — ${s.reason}` }) : null),
+          s.suggestion && s.reason ? h("span", { class: "muted", text: ` — ${s.reason}` }) : null),
         h("dt", { text: t("sp.outdays") }), h("dd", { text: s.out_of_contact_days ?? "—" }),
         h("dt", { text: t("sp.reprimands") }), h("dd", { text: String(s.recent_reprimands) })),
       h("p", { class: "fine", text: t("sp.personmade") }),
@@ -339,8 +332,8 @@ export async function render(main, [id]) {
     const now = Date.now();
     clear(parts.suspensions).append(section(t("sp.suspensions"), table([
       { label: t("sp.period"), render: (s) => `${fmtTime(s.starts_at)} ${t("sp.until")} ${fmtTime(s.ends_at)}` },
-      { label: t("sp.kind"), render: (s) => (s.kind ? t(`kind.${s.kind}`) : t("sp.allkinds")) },
-      { label: t("sp.reason"), key: "reason" },
+      { label: t("sp.akind"), render: (s) => (s.kind ? t(`kind.${s.kind}`) : t("sp.allkinds")) },
+      { label: t("pp.why"), key: "reason" },
       { label: "", render: (s) => (s.cancelled_at ? badge("muted", t("sp.cancelled"))
         : new Date(s.ends_at).getTime() > now ? h("button", { class: "link danger-link", text: t("sp.cancelsus"),
           onclick: () => act(() => api(`${base}/suspensions/${s.id}`, { method: "DELETE" }), t("sp.cancelled"), drawSuspensions) })

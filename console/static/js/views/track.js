@@ -8,7 +8,7 @@ import { h, clear, section, table, fmtTime, toast, errorText, metres, localInput
 import { t, register } from "../i18n.js";
 import { makeMap, toMap, fixMarker, legend } from "../map.js";
 import { currentWatch } from "../watch.js";
-import { personHead } from "../people.js";
+import { personHead, personOr404 } from "../people.js";
 
 register({
   zh: { "tr.title": "轨迹回放", "tr.from": "开始时间", "tr.to": "结束时间", "tr.purpose": "查看目的（记入审计日志）",
@@ -83,7 +83,8 @@ function indexAt(points, iso) {
 }
 
 export async function render(main, [id]) {
-  const person = await api(`/supervisees/${id}`);
+  const person = await personOr404(api, main, id);
+  if (!person) return;
   const now = new Date();
   const from = h("input", { type: "datetime-local", id: "tr-from", required: true, value: localInput(new Date(now.getTime() - 86400000)) });
   const to = h("input", { type: "datetime-local", id: "tr-to", required: true, value: localInput(new Date(now.getTime() + 60000)) });
@@ -140,7 +141,7 @@ function show(s, id, period, points, alerts, side, player) {
   clear(player);
   const exports = h("div", { class: "exports", id: "exports" }, h("strong", { text: t("tr.export") }),
     ["gpx", "csv", "geojson"].map((f) => h("a", { class: "button secondary", id: `export-${f}`, download: "",
-      href: downloadUrl(`/supervisees/${id}/track`, { ...period, format: f, limit: 100000 }), text: f.toUpperCase() })),
+      href: downloadUrl(`/supervisees/${id}/track`, { ...period, format: f, limit: 100000 }), text: { gpx: "GPX", csv: "CSV", geojson: "GeoJSON" }[f] })),
     h("span", { class: "fine", text: t("tr.exportnote") }));
   if (!points.length) {
     player.hidden = true;
@@ -193,12 +194,13 @@ function show(s, id, period, points, alerts, side, player) {
     const p = points[i];
     s.marker.clearLayers();
     fixMarker(p, COLOURS.current, { radius: 8, className: "track-current" }).addTo(s.marker);
-    clear(info).append(
+    clear(info).append(...[
       h("span", { class: "fi-index", text: `${i + 1} / ${points.length}` }),
       h("span", {}, h("b", { text: `${t("tr.time")} ` }), h("time", { id: "fix-time", text: fmtTime(p.fix_time) })),
       h("span", {}, h("b", { text: `${t("tr.acc")} ` }), `±${metres(p.accuracy)}`),
       h("span", {}, h("b", { text: `${t("tr.provider")} ` }), p.provider || p.source || "—"),
-      p.speed !== null && p.speed !== undefined ? h("span", {}, h("b", { text: `${t("tr.speed")} ` }), `${(p.speed * 3.6).toFixed(1)} km/h`) : null);
+      p.speed !== null && p.speed !== undefined ? h("span", {}, h("b", { text: `${t("tr.speed")} ` }), `${(p.speed * 3.6).toFixed(1)} km/h`) : null,
+    ].filter(Boolean));
     if (!s.map.getBounds().contains(toMap(p.lon, p.lat))) s.map.panTo(toMap(p.lon, p.lat));
   };
   slider.addEventListener("input", () => go(Number(slider.value)));
