@@ -32,6 +32,11 @@ def signed_in(browser: Browser, base: str, username: str) -> Console:
     return c
 
 
+def open_list(c: Console) -> None:
+    c.page.goto(f"{c.base}/#/supervisees")
+    c.page.wait_for_selector(".sl-table tbody tr")
+
+
 def enrol_in_console(c: Console, supervisee_id: int) -> tuple[str, str]:
     """Opens the person's page, enrols a phone; returns (device id, secret) as shown once."""
     c.page.goto(f"{c.base}/#/supervisees/{supervisee_id}")
@@ -65,8 +70,7 @@ def test_officer_enrols_a_phone_and_sees_the_qr_code_once(settings: Settings, or
                                                            browser: Browser):
     with api_server(settings) as base:
         c = signed_in(browser, base, "jiangan-officer")
-        c.page.goto(f"{base}/#/supervisees")
-        c.page.wait_for_selector(".sl-table tbody tr.clickable")
+        open_list(c)
         assert c.page.locator(".sl-table tbody tr.clickable").count() == 1  # only their district
         c.page.fill("#sl-search", "no such person")
         assert c.page.inner_text(".sl-table td.empty") == "没有符合条件的矫正对象"
@@ -197,8 +201,7 @@ def test_officer_of_another_district_cannot_open_the_supervisee(settings: Settin
                                                                   browser: Browser):
     with api_server(settings) as base:
         c = signed_in(browser, base, "jianghan-officer")
-        c.page.goto(f"{base}/#/supervisees")
-        c.page.wait_for_selector(".sl-table tbody tr")
+        open_list(c)
         assert "Test jiangan" not in c.page.inner_text(".sl-table")
         c.page.goto(f"{base}/#/supervisees/{org.supervisee_id}")
         c.page.wait_for_selector("#not-found")

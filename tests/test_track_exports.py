@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
@@ -91,6 +92,24 @@ def test_track_exports_gpx_csv_geojson_audited_with_purpose_and_format(
                       ).fetchone() == (3,)
 
 
+def svg_modules(svg: ET.Element, border: int) -> set[tuple[int, int]]:
+    """The dark modules drawn by segno's SVG path (absolute M, relative m, horizontal runs h)."""
+    [path] = [e for e in svg.iter() if e.tag.endswith("path")]
+    x = y = 0.0
+    dark: set[tuple[int, int]] = set()
+    for cmd, args in re.findall(r"([MmHh])([-\d. ]+)", path.get("d") or ""):
+        nums = [float(v) for v in args.split()]
+        if cmd == "M":
+            x, y = nums
+        elif cmd == "m":
+            x, y = x + nums[0], y + nums[1]
+        else:
+            run = int(nums[0])
+            dark |= {(int(x) + i - border, int(y) - border) for i in range(run)}
+            x += run
+    return dark
+
+
 def _inline(link: str) -> dict:
     parts = urlsplit(link)
     assert (parts.scheme, parts.path) == ("owntracks", "/config")
@@ -121,6 +140,9 @@ def test_enrolment_gives_an_owntracks_link_its_qr_and_the_traccar_url(
     expected = segno.make(e["owntracks_link"], error="m", micro=False)
     side = len(list(expected.matrix)) + 8  # 4-module quiet zone each side, scale 4
     assert float(svg.get("width") or 0) == side * 4
+    # The modules drawn are exactly those of a QR code of the link.
+    want = {(c, r) for r, row in enumerate(expected.matrix) for c, v in enumerate(row) if v}
+    assert svg_modules(svg, 4) == want
     assert bytes(expected.matrix[0][:7]) == b"\x01" * 7  # a finder pattern: a real QR matrix
 
     assert e["traccar_client_url"] == cred["http"]["traccar_client_url"]
