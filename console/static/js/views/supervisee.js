@@ -270,7 +270,7 @@ export async function render(main, [id]) {
     const grid = table([
       { label: t("sp.when"), render: (a) => fmtTime(a.opened_at) },
       { label: "", render: (a) => badge(`sev-${a.severity}`, t(`sev.${a.severity}`)) },
-      { label: t("sp.alerts"), render: (a) => h("a", { href: `#/alerts/${a.id}`, text: t(`kind.${a.kind}`) }) },
+      { label: t("sp.akind"), render: (a) => h("a", { href: `#/alerts/${a.id}`, text: t(`kind.${a.kind}`) }) },
       { label: t("pp.state"), render: (a) => badge(`st-${a.status}`, t(`status.${a.status}`)) },
     ], page.items, (a) => { location.hash = `#/alerts/${a.id}`; });
     if (!page.items.length) grid.querySelector("td.empty").textContent = t("sp.noalerts");
