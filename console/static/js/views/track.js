@@ -130,8 +130,9 @@ export async function render(main, [id]) {
       show(s, id, period, points, inPeriod, side, player);
     } catch (err) { toast(errorText(err), "error"); }
   });
-  if (purpose.value) form.requestSubmit();
-  else purpose.focus();
+  // Nothing is read until the officer confirms the period and the purpose (the duty watch's
+  // purpose is offered, not assumed).
+  purpose.focus();
 }
 
 function show(s, id, period, points, alerts, side, player) {
