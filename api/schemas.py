@@ -169,6 +169,10 @@ class DeviceCredentials(BaseModel):
     secret: str
     mqtt: dict[str, Any]
     http: dict[str, Any]
+    enrolment: dict[str, Any] = Field(description=(
+        "owntracks_link: the OwnTracks app's remote configuration (owntracks:///config?inline="
+        "base64 JSON, MQTT or HTTP mode per CCS_OWNTRACKS_MODE); owntracks_qr_svg: a QR code of "
+        "it (SVG data URI); traccar_client_url: the Traccar Client server URL"))
 
 
 class ZoneIn(InputModel):

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # store/broker_sync.py writes the password and ACL files (empty: no sync), the broker's pid
     # file (it is sent SIGHUP after each change) and the period of the full safety resync.
     mqtt_device_port: int | None = None
+    # The OwnTracks enrolment link (QR code in the console) configures the app for MQTT (the
+    # device listener above; tls when that listener has TLS) or for HTTP (CCS_PUBLIC_BASE_URL).
+    owntracks_mode: Literal["mqtt", "http"] = "mqtt"
+    mqtt_device_tls: bool = False
     mqtt_auth_dir: str = ""
     mqtt_broker_pid_file: str = ""
     broker_resync_s: float = 300.0

@@ -29,6 +29,7 @@ from api.deps import (
     commit_config_change,
     device_in_jurisdiction,
 )
+from api.enrolment import enrolment, owntracks_topic, owntracks_url, traccar_client_url
 from api.errors import Conflict, NotFound, Unauthorized
 from api.schemas import DeviceCredentials
 from api.security import hash_device_secret, new_device_secret, secret_matches
@@ -42,7 +43,6 @@ router = APIRouter(tags=["broker"])
 def device_credentials(settings: Settings, device_id: str, secret: str) -> DeviceCredentials:
     """What a phone is told: the same shape as the enrolment answer, with the device port."""
     p = settings.mqtt_topic_prefix
-    base = settings.public_base_url.rstrip("/")
     return DeviceCredentials(
         device_id=device_id,
         secret=secret,
@@ -50,15 +50,16 @@ def device_credentials(settings: Settings, device_id: str, secret: str) -> Devic
             "host": settings.mqtt_host, "port": settings.mqtt_device_port or settings.mqtt_port,
             "client_id": device_id, "username": device_id, "password": secret,
             "location_topic": f"{p}devices/{device_id}/location",
-            "owntracks_topic": f"{p}owntracks/{device_id}/{device_id}",
+            "owntracks_topic": owntracks_topic(settings, device_id),
             "command_topic": f"{p}devices/{device_id}/cmd",
         },
         http={
-            "owntracks_url": f"{base}/api/v1/ingest/owntracks",
+            "owntracks_url": owntracks_url(settings),
             "owntracks_auth": {"username": device_id, "password": secret},
-            "traccar_client_url": f"{base}/api/v1/ingest/osmand/{secret}",
+            "traccar_client_url": traccar_client_url(settings, secret),
             "traccar_client_device_identifier": device_id,
         },
+        enrolment=enrolment(settings, device_id, secret),
     )
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select, text
 
 from api.authz import EVERYONE, SUPERVISORS, access
@@ -21,6 +24,7 @@ from api.deps import (
     supervisee_in_jurisdiction,
 )
 from api.errors import Conflict, Invalid, NotFound
+from api.exports import MEDIA_TYPES, ExportFormat, chunks, point_feature
 from api.routes.broker import device_credentials
 from api.routes.zones import visible_zone
 from api.schemas import (
@@ -186,14 +190,18 @@ def latest_position(
     }
 
 
-@router.get("/supervisees/{supervisee_id}/track", **access(SUPERVISORS))
+@router.get("/supervisees/{supervisee_id}/track", response_model=None, **access(SUPERVISORS))
 def track(
     supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep, request: Request,
     start: datetime = Query(..., alias="from"), end: datetime = Query(..., alias="to"),
     purpose: str = PurposeQ, limit: int = Query(10_000, ge=1, le=100_000),
-) -> dict[str, Any]:
+    export: ExportFormat | None = Query(
+        None, alias="format",
+        description="download the period as a file: geojson, gpx (GPX 1.1; accuracy in the "
+                    "urn:ccs:gpx:1 extensions) or csv (with a header); audited with the format"),
+) -> dict[str, Any] | StreamingResponse:
     """Fixes in [from, to) as a FeatureCollection: the track line first, then each fix."""
-    supervisee_in_jurisdiction(session, ctx, supervisee_id)
+    sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
     if start.tzinfo is None or end.tzinfo is None:
         raise Invalid("from and to need a timezone (e.g. 2026-11-26T08:00:00Z)")
     if not start < end or end - start > MAX_TRACK_SPAN:
@@ -204,8 +212,10 @@ def track(
                   ORDER BY fix_time LIMIT :n"""),
         {"s": supervisee_id, "a": start, "b": end, "n": limit},
     ).all()
-    audit(session, ctx, request, "location.read_track", f"supervisee:{supervisee_id}", purpose,
-          start=start.isoformat(), end=end.isoformat(), fixes=len(rows))
+    extra: dict[str, Any] = {} if export is None else {"format": export}
+    audit(session, ctx, request, "location.export_track" if export else "location.read_track",
+          f"supervisee:{supervisee_id}", purpose,
+          start=start.isoformat(), end=end.isoformat(), fixes=len(rows), **extra)
     session.commit()
     points = [_position_row(r) for r in rows]
     features: list[dict[str, Any]] = []
@@ -216,12 +226,19 @@ def track(
                          "coordinates": [[p["lon"], p["lat"]] for p in points]},
             "properties": {"kind": "track", "supervisee_id": supervisee_id},
         })
-    features += [
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [p["lon"], p["lat"]]},
-         "properties": p}
-        for p in points
-    ]
-    return {"type": "FeatureCollection", "features": features, "crs_note": "WGS-84 (EPSG:4326)"}
+    features += [point_feature(p) for p in points]
+    if export is None:
+        return {"type": "FeatureCollection", "features": features,
+                "crs_note": "WGS-84 (EPSG:4326)"}
+    stamp = f"{start.astimezone(UTC):%Y%m%dT%H%MZ}-{end.astimezone(UTC):%Y%m%dT%H%MZ}"
+    filename = f"track-{sup.case_number}-{stamp}.{export}"
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    return StreamingResponse(
+        (c.encode() for c in chunks(export, features, points, f"{sup.case_number} {stamp}")),
+        media_type=MEDIA_TYPES[export],
+        headers={"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; "
+                                        f"filename*=UTF-8''{quote(filename)}",
+                 "Cache-Control": "no-store"})
 
 
 @router.post("/supervisees/{supervisee_id}/zones", response_model=ZoneAssignmentOut,
