@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services browser install migrate seed bench bench-quick bench-engine bench-quality bench-deadlines lint audit-verify clean-venv
+.PHONY: run test services browser install migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-engine: install services  ## accuracy-aware decisions/s on one core vs a p
 
 bench-deadlines: install services  ## silence deadlines for 700,000 devices: memory, cost, delay
 	$(BIN)/python -m simulators.deadline_bench
+
+bench-console: install services browser  ## the duty view with 1,000 supervisees in Chromium: first paint, usable map, alert to screen
+	$(BIN)/python -m simulators.console_bench
 
 bench-quality: install  ## alert quality on realistic phones (1/5/15-min, profile, today's 60 s), 10,000 person-days
 	$(BIN)/python -m simulators.quality --workers 2

@@ -264,7 +264,7 @@ def report(res: dict[str, Any]) -> None:
     print("\n## Duty view, 1,000 supervisees in view (python -m simulators.console_bench)\n")
     for k, v in machine_facts():
         print(f"- {k}: {v}")
-    print(f"\n| measure | median | worst | runs |\n|---|---:|---:|---:|")
+    print("\n| measure | median | worst | runs |\n|---|---:|---:|---:|")
     print(f"| first contentful paint | {np.median(fcp):.0f} ms | {fcp.max():.0f} ms | {len(fcp)} |")
     print(f"| usable map ({', '.join(map(str, sorted(people)))} people drawn) | {np.median(ready):.0f} ms "
           f"| {ready.max():.0f} ms | {len(ready)} |")
