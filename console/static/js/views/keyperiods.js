@@ -22,7 +22,7 @@ const LEVELS = ["strict", "normal", "lenient"];
 
 export async function render(main, _params, ctx) {
   const list = h("div", { id: "kp-list" });
-  main.append(pageHead(t("kp.title")), h("div", { class: "split" }, section(t("kp.title"), list),
+  main.append(pageHead(t("kp.title")), h("div", { class: "split kp-split" }, section(t("kp.title"), list),
     ctx.me.role === "city_admin" ? section(t("kp.new"), form(() => load(list))) : h("p", { class: "notice", text: t("kp.onlycity") })));
   await load(list);
 }
@@ -51,7 +51,7 @@ function form(onDone) {
   const to = h("input", { name: "to", id: "kp-to", type: "date", required: true, value: today });
   const levels = LEVELS.map((l) => h("label", { class: "check" }, h("input", { type: "checkbox", value: l }), h("span", { text: t(`lv.${l}`) })));
   const flags = h("input", { name: "flags", placeholder: t("kp.flagshint") });
-  const factor = h("input", { name: "factor", type: "number", min: 0.01, max: 1, step: 0.05, value: "0.5", required: true });
+  const factor = h("input", { name: "factor", type: "number", min: 0.01, max: 1, step: 0.01, value: "0.5", required: true });
   const extra = h("input", { name: "extra", type: "number", min: 0, max: 10, step: 1, value: "1", required: true });
   const msg = h("p", { class: "form-error", role: "alert" });
   const f = h("form", { class: "form", id: "kp-form" },

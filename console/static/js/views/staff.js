@@ -34,7 +34,7 @@ export async function render(main, _params, ctx) {
   const units = await api("/org/units");
   const list = h("div", { id: "staff-list" });
   main.append(pageHead(t("st.title")), h("div", { class: "split staff-split" },
-    section(t("st.new"), createForm(ctx, units, () => load(list, ctx, units))), section(t("st.title"), list)));
+    section(t("st.title"), list), section(t("st.new"), createForm(ctx, units, () => load(list, ctx, units)))));
   await load(list, ctx, units);
 }
 

@@ -296,7 +296,7 @@ function showError(box, ex, geom, crs) {
     const place = S.mode === "polygon" ? namePlace(lon, lat, geom) : null;
     lines.push(h("p", { class: "where", id: "zone-error-where" },
       t("zn.err.at"), place || t("zn.err.point", { lon: lon.toFixed(6), lat: lat.toFixed(6) })));
-    S.map.panTo(ll);
+    if (!S.map.getBounds().contains(ll)) S.map.panTo(ll);
   }
   const where = detail.match(/polygon (\d+) ring (\d+)/);
   if (where && S.mode === "upload") {
