@@ -71,7 +71,7 @@ function form(onDone) {
         flags: flags.value.split(/[,，、]/).map((s) => s.trim()).filter(Boolean),
         interval_factor: Number(factor.value), extra_rollcalls: Number(extra.value) } });
       toast(t("kp.done"));
-      f.reset();
+      name.value = "";  // the rest stays as a start for the next one
       onDone();
     } catch (err) { msg.textContent = errorText(err); }
   });

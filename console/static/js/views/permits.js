@@ -57,8 +57,9 @@ export function destroy() { S = null; }
 
 export async function render(main, _params, ctx) {
   const tier = TIER[ctx.me.role];
-  const [people, zones] = await Promise.all([api("/supervisees", { query: { limit: 1000 } }), api("/zones")]);
-  S = { ctx, tier, people: new Map(people.map((p) => [p.id, p])), zones: new Map(zones.features.map((z) => [z.id, z])),
+  const [people, zones, staff] = await Promise.all([api("/supervisees", { query: { limit: 1000 } }), api("/zones"),
+    api("/staff").catch(() => [])]);
+  S = { ctx, tier, staff: new Map(staff.map((s) => [s.id, `${s.full_name}（${t(`role.${s.role}`)}）`])), people: new Map(people.map((p) => [p.id, p])), zones: new Map(zones.features.map((z) => [z.id, z])),
     filter: "inbox", permits: [], selected: null };
   const listBox = h("div", { id: "permit-list" });
   const detail = h("div", { id: "permit-detail", class: "card permit-detail" }, h("p", { class: "empty-state", text: t("pm.pick") }));
@@ -156,16 +157,26 @@ async function select(id) {
       h("dt", { text: t("pm.dest") }), h("dd", { text: dest ? dest.properties.name : `#${p.destination_zone_id}` }),
       h("dt", { text: t("pm.span") }), h("dd", { text: `${fmtDay(p.start_at)} → ${fmtDay(p.end_at)}` }),
       h("dt", { text: t("pm.tier") }), h("dd", { text: t(`pm.tier.${p.required_tier}`) }),
-      h("dt", { text: t("pm.opinion") }), h("dd", { id: "permit-opinion-text", text: p.office_opinion || "—" }),
+      h("dt", { text: t("pm.opinion") }), h("dd", { id: "permit-opinion-text", text: opinionText(p.office_opinion) }),
       p.details ? [h("dt", { text: t("pm.details") }), h("dd", { text: p.details })] : null),
     box,
     h("h3", { text: t("pm.history") }),
     h("ol", { class: "history permit-history" }, p.history.map((e) =>
       h("li", {}, h("time", { text: fmtDay(e.at) }), " ",
         h("strong", { text: t(`pm.a.${e.action}`) }), " · ",
-        h("span", { text: e.staff_id ? t("pm.by.staff", { id: e.staff_id }) : e.device_id ? t("pm.by.device", { id: e.device_id }) : "" }),
+        h("span", { text: actor(e) }),
         e.detail && e.detail.note ? h("q", { text: e.detail.note }) : null))));
 }
+
+// The server records "recommend: …" / "do not recommend: …"; shown in the console's language.
+function opinionText(o) {
+  if (!o) return "—";
+  const m = o.match(/^(do not recommend|recommend): ([\s\S]*)$/);
+  return m ? `${t(m[1] === "recommend" ? "pm.yes" : "pm.no")}：${m[2]}` : o;
+}
+
+const actor = (e) => e.staff_id ? S.staff.get(e.staff_id) || t("pm.by.staff", { id: e.staff_id })
+  : e.device_id ? t("pm.by.device", { id: e.device_id }) : "";
 
 async function run(p, path, body) {
   try {

@@ -28,7 +28,7 @@ register({
         "zn.err.size": "面积或半径不合理", "zn.err.file": "文件不是可读的 GeoJSON：",
         "zn.err.where": "文件中第 {p} 个多边形第 {r} 个环",
         "zn.noedit": "区域保存后不能修改（接口没有修改功能）。需要调整时，请新建区域并重新指定；原区域仍保留，原有指定需在对象页面解除。",
-        "zn.none": "尚无区域。", "zn.active": "启用", "zn.inactive": "停用", "zn.needshape": "请先在地图上画出区域" },
+        "zn.none": "尚无区域。", "zn.above": "上级单位", "zn.active": "启用", "zn.inactive": "停用", "zn.needshape": "请先在地图上画出区域" },
   en: { "zn.title": "Zones", "zn.list": "Zones you can use", "zn.new": "New zone", "zn.poly": "Draw a polygon",
         "zn.circle": "Draw a circle", "zn.upload": "Upload GeoJSON", "zn.finish": "Finish", "zn.undo": "Undo last point",
         "zn.cancel": "Cancel", "zn.hint.poly": "Click the vertices on the map (at least 3), then Finish. {n} so far.",
@@ -46,7 +46,7 @@ register({
         "zn.err.size": "Unreasonable area or radius", "zn.err.file": "The file is not readable GeoJSON: ",
         "zn.err.where": "polygon {p}, ring {r} of the file",
         "zn.noedit": "A saved zone cannot be changed (the API has no update). To adjust one, draw a new zone and assign it; the old zone stays, and its assignments are lifted on the supervisee's page.",
-        "zn.none": "No zones yet.", "zn.active": "active", "zn.inactive": "inactive", "zn.needshape": "Draw the zone on the map first" },
+        "zn.none": "No zones yet.", "zn.above": "a unit above yours", "zn.active": "active", "zn.inactive": "inactive", "zn.needshape": "Draw the zone on the map first" },
 });
 
 const KINDS = ["exclusion", "destination", "home_area"];
@@ -97,7 +97,7 @@ function showZones(fc, fit) {
   clear(S.listBox).append(rows.length ? table([
     { label: t("zn.name"), render: (r) => h("span", {}, r.name, r.active ? null : badge("muted", t("zn.inactive"))) },
     { label: t("zn.kind"), render: (r) => h("span", { class: `kind-tag kind-${r.kind}`, text: t(`zn.k.${r.kind}`) }) },
-    { label: t("zn.owner"), render: (r) => S.names.get(r.owner_unit_id) || `#${r.owner_unit_id}` },
+    { label: t("zn.owner"), render: (r) => S.names.get(r.owner_unit_id) || t("zn.above") },
     { label: t("zn.crs"), render: (r) => r.drawn_crs.toUpperCase() },
     { label: "", render: (r) => h("span", { class: "row-actions" },
       h("button", { class: "link", text: t("zn.show"), onclick: (e) => { e.stopPropagation(); focusZone(r.id); } }),
@@ -110,7 +110,7 @@ function showZones(fc, fit) {
 
 function focusZone(id) {
   S.layer.eachLayer((l) => {
-    if (l.feature && l.feature.id === id) S.map.fitBounds(l.getBounds(), { padding: [40, 40], maxZoom: 16 });
+    if (l.feature && l.feature.id === id) S.map.fitBounds(l.getBounds(), { padding: [80, 80], maxZoom: 15 });
   });
 }
 
@@ -296,7 +296,10 @@ function showError(box, ex, geom, crs) {
     const place = S.mode === "polygon" ? namePlace(lon, lat, geom) : null;
     lines.push(h("p", { class: "where", id: "zone-error-where" },
       t("zn.err.at"), place || t("zn.err.point", { lon: lon.toFixed(6), lat: lat.toFixed(6) })));
-    if (!S.map.getBounds().contains(ll)) S.map.panTo(ll);
+    // Close enough to see the vertices apart from the mark.
+    const shape = L.featureGroup(S.draft.getLayers()).getBounds();
+    if (shape.isValid()) S.map.fitBounds(shape.extend(ll), { padding: [80, 80], maxZoom: 17, animate: false });
+    else if (!S.map.getBounds().contains(ll)) S.map.panTo(ll);
   }
   const where = detail.match(/polygon (\d+) ring (\d+)/);
   if (where && S.mode === "upload") {
