@@ -169,7 +169,8 @@ def test_a_bow_tie_is_refused_and_the_crossing_is_marked_where_it_is(
         lon, lat = _home_point()
         d = 0.006
         # A B C D with A→B and C→D the two diagonals: they cross at the centre.
-        clicked = _draw(c, px, [(lon - d, lat - d), (lon + d, lat + d), (lon + d, lat - d), (lon - d, lat + d)])
+        clicked = _draw(c, px, [(lon - d, lat - d), (lon + d, lat + d), (lon + d, lat - d),
+                                (lon - d, lat + d)])
         c.page.fill("#zone-name", "蝴蝶结")
         c.page.click("#zone-save")
         err = c.page.locator("#zone-error")
@@ -181,7 +182,8 @@ def test_a_bow_tie_is_refused_and_the_crossing_is_marked_where_it_is(
         c.page.wait_for_timeout(300)
         mark = c.page.locator("#zones-map .error-mark").bounding_box()
         assert mark is not None
-        vertices = [b for b in (v.bounding_box() for v in c.page.locator("#zones-map .draft-vertex").all()) if b]
+        drawn = c.page.locator("#zones-map .draft-vertex").all()
+        vertices = [b for b in (v.bounding_box() for v in drawn) if b]
         assert len(vertices) == 4
         spread = max(v["x"] for v in vertices) - min(v["x"] for v in vertices)
         assert spread > 4 * (max(x for x, _ in clicked) - min(x for x, _ in clicked)) / 2
@@ -240,8 +242,9 @@ def test_district_supervisor_approves_a_ten_day_permit_after_the_office_opinion(
         assert (status, tier, decided_by, note) == ("approved", "district",
                                                     org.staff["jiangan-supervisor"], "同意，按期销假")
         assert opinion == "recommend: 病情属实，同意外出就医"
-        assert [a for (a,) in db.execute("SELECT action FROM permit_events WHERE permit_id = %s "
-                                         "ORDER BY id", (pid,))] == ["requested", "office_opinion", "approved"]
+        actions = db.execute("SELECT action FROM permit_events WHERE permit_id = %s ORDER BY id",
+                             (pid,)).fetchall()
+        assert actions == [("requested",), ("office_opinion",), ("approved",)]
         assert sup.problems == []
 
 
@@ -322,8 +325,8 @@ def test_city_admin_screens_staff_key_periods_notifications_overview(
         c.page.fill("#staff-password", "a long initial password")
         c.page.click("#staff-form button[type=submit]")
         c.page.wait_for_selector("#staff-table td:has-text('王所长')")
-        assert db.execute("SELECT role, org_unit_id FROM staff WHERE username = 'jiangan-head'").fetchone() == (
-            "office_head", org.office_ids[JIANGAN])
+        assert db.execute("SELECT role, org_unit_id FROM staff WHERE username = 'jiangan-head'"
+                          ).fetchone() == ("office_head", org.office_ids[JIANGAN])
         c.shot("staff")
 
         c.page.goto(f"{base}/#/key-periods")

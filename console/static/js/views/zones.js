@@ -53,7 +53,7 @@ const KINDS = ["exclusion", "destination", "home_area"];
 let S = null;
 
 export function destroy() {
-  if (S) S.map.remove();
+  if (S) { S.map.stop(); S.map.remove(); }
   S = null;
 }
 
@@ -91,7 +91,8 @@ function showZones(fc, fit) {
   S.features = fc.features;
   if (fit) {
     const b = S.layer.getBounds();
-    if (b.isValid()) map.fitBounds(b, { padding: [20, 20] });
+    // Not animated: leaving the screen during a zoom animation breaks Leaflet (_leaflet_pos).
+    if (b.isValid()) map.fitBounds(b, { padding: [20, 20], animate: false });
   }
   const rows = fc.features.map((f) => ({ id: f.id, ...f.properties }));
   clear(S.listBox).append(rows.length ? table([
@@ -110,7 +111,7 @@ function showZones(fc, fit) {
 
 function focusZone(id) {
   S.layer.eachLayer((l) => {
-    if (l.feature && l.feature.id === id) S.map.fitBounds(l.getBounds(), { padding: [80, 80], maxZoom: 15 });
+    if (l.feature && l.feature.id === id) S.map.fitBounds(l.getBounds(), { padding: [80, 80], maxZoom: 15, animate: false });
   });
 }
 
@@ -237,7 +238,7 @@ async function readFile(file) {
     L.geoJSON(geom, { coordsToLatLng: (c) => crsToMap(c[0], c[1], crs.value),
       style: () => ({ ...ZONE_STYLES.exclusion, className: "draft-shape" }) }).addTo(S.draft);
     const b = L.featureGroup(S.draft.getLayers()).getBounds();
-    if (b.isValid()) S.map.fitBounds(b, { padding: [30, 30] });
+    if (b.isValid()) S.map.fitBounds(b, { padding: [30, 30], animate: false });
   };
   crs.addEventListener("change", show);
   show();
@@ -299,7 +300,7 @@ function showError(box, ex, geom, crs) {
     // Close enough to see the vertices apart from the mark.
     const shape = L.featureGroup(S.draft.getLayers()).getBounds();
     if (shape.isValid()) S.map.fitBounds(shape.extend(ll), { padding: [80, 80], maxZoom: 17, animate: false });
-    else if (!S.map.getBounds().contains(ll)) S.map.panTo(ll);
+    else if (!S.map.getBounds().contains(ll)) S.map.panTo(ll, { animate: false });
   }
   const where = detail.match(/polygon (\d+) ring (\d+)/);
   if (where && S.mode === "upload") {
