@@ -270,11 +270,10 @@ function zoneForm(geometry, crs, radius) {
     const body = { name: name.value, kind: kind.value, owner_unit_id: Number(owner.value), crs: drawnCrs, geometry: geom };
     if (radius) body.radius_m = radius();
     try {
-      const f = await api("/zones", { method: "POST", body });
+      await api("/zones", { method: "POST", body });
       toast(t("zn.saved"));
       showZones(await api("/zones"), false);
-      drawIdle();
-      focusZone(f.id);
+      drawIdle();  // the map stays where the officer drew it
     } catch (ex) {
       showError(err, ex, geom, drawnCrs);
     }
