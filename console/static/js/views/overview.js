@@ -1,0 +1,65 @@
+// The morning's numbers per office: open and overdue alerts, silent phones, roll-call answers in
+// the last 7 days, permits waiting. Totals on top; the cells that need attention stand out.
+import { api } from "../api.js";
+import { h, clear } from "../ui.js";
+import { t, register } from "../i18n.js";
+import { pageHead } from "../office.js";
+
+register({
+  zh: { "ov.title": "概览", "ov.office": "司法所", "ov.people": "在矫人数", "ov.open": "未办结告警",
+        "ov.overdue": "超时未签收", "ov.silent": "失联手机", "ov.rate": "点名应答率（7天）",
+        "ov.pending": "待审批外出", "ov.total": "合计", "ov.refresh": "刷新", "ov.asof": "统计时间 {t}",
+        "ov.noroll": "无点名", "ov.none": "您的辖区内没有司法所。", "ov.answered": "{a}/{s} 次" },
+  en: { "ov.title": "Overview", "ov.office": "Office", "ov.people": "Supervised", "ov.open": "Open alerts",
+        "ov.overdue": "Overdue acks", "ov.silent": "Silent phones", "ov.rate": "Roll-call answers (7 d)",
+        "ov.pending": "Permits pending", "ov.total": "Total", "ov.refresh": "Refresh", "ov.asof": "As of {t}",
+        "ov.noroll": "no roll-calls", "ov.none": "No offices in your jurisdiction.", "ov.answered": "{a}/{s}" },
+});
+
+const COLS = [
+  ["open_alerts", "ov.open", "warn"], ["overdue_alerts", "ov.overdue", "bad"], ["silent_phones", "ov.silent", "warn"],
+  ["permits_pending", "ov.pending", "info"],
+];
+
+export async function render(main) {
+  const body = h("div", { id: "overview" });
+  main.append(pageHead(t("ov.title"), h("button", { class: "secondary", text: t("ov.refresh"), onclick: () => fill(body) })), body);
+  await fill(body);
+}
+
+function rate(r, sent, answered) {
+  if (r === null || r === undefined) return h("span", { class: "muted", text: t("ov.noroll") });
+  const pct = Math.round(r * 100);
+  return h("span", { class: `rate ${pct < 80 ? "bad" : pct < 95 ? "warn" : "good"}` },
+    h("strong", { text: `${pct}%` }), h("small", { text: ` ${t("ov.answered", { a: answered, s: sent })}` }));
+}
+
+function cell(n, tone) {
+  return h("td", { class: `num${n > 0 ? ` attn ${tone}` : " zero"}`, text: String(n) });
+}
+
+async function fill(body) {
+  const data = await api("/duty/overview");
+  const tot = data.totals;
+  const tiles = h("div", { class: "tiles", id: "overview-totals" },
+    h("div", { class: "tile" }, h("span", { class: "tile-n", text: String(tot.supervisees) }), h("span", { text: t("ov.people") })),
+    COLS.map(([k, label, tone]) => h("div", { class: `tile${tot[k] > 0 ? ` attn ${tone}` : ""}`, dataset: { key: k } },
+      h("span", { class: "tile-n", text: String(tot[k]) }), h("span", { text: t(label) }))),
+    h("div", { class: "tile" }, h("span", { class: "tile-n" }, rate(tot.rollcall_answer_rate, tot.rollcalls_sent_7d, tot.rollcalls_answered_7d)),
+      h("span", { text: t("ov.rate") })));
+  const rows = data.offices;
+  const tbl = h("table", { class: "grid overview-table", id: "overview-table" },
+    h("thead", {}, h("tr", {}, h("th", { text: t("ov.office") }), h("th", { class: "num", text: t("ov.people") }),
+      COLS.map(([, label]) => h("th", { class: "num", text: t(label) })), h("th", { class: "num", text: t("ov.rate") }))),
+    h("tbody", {}, rows.length ? rows.map((o) => h("tr", { dataset: { office: o.office_id } },
+      h("th", { scope: "row", text: o.name }), h("td", { class: "num", text: String(o.supervisees) }),
+      COLS.map(([k, , tone]) => cell(o[k], tone)),
+      h("td", { class: "num" }, rate(o.rollcall_answer_rate, o.rollcalls_sent_7d, o.rollcalls_answered_7d))))
+      : h("tr", {}, h("td", { colspan: 7, class: "empty", text: t("ov.none") }))),
+    rows.length > 1 ? h("tfoot", {}, h("tr", {}, h("th", { text: t("ov.total") }), h("td", { class: "num", text: String(tot.supervisees) }),
+      COLS.map(([k, , tone]) => cell(tot[k], tone)),
+      h("td", { class: "num" }, rate(tot.rollcall_answer_rate, tot.rollcalls_sent_7d, tot.rollcalls_answered_7d)))) : null);
+  const now = new Date();
+  clear(body).append(tiles, h("section", { class: "card" }, tbl),
+    h("p", { class: "fine", text: t("ov.asof", { t: now.toLocaleString(document.documentElement.lang) }) }));
+}

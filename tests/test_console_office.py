@@ -1,0 +1,349 @@
+"""The office screens of the console (zones, permits, key periods, staff, notifications, audit,
+overview) in a real browser against the real API, database, Redis and broker."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+from playwright.sync_api import Browser
+from sqlalchemy.orm import Session
+
+from alerts.worker import AlertWorker
+from geofence.crs import point_to_wgs84
+from geofence.model import CRS
+from ingest.mqtt_worker import MqttIngestWorker
+from store.settings import Settings
+from tests.browser import Console, open_console
+from tests.conftest import JIANGAN, PASSWORD, Org
+from tests.geo import deep_inside
+from tests.services import Phone, api_server, forget_session, in_thread
+
+API = "/api/v1"
+# Chromium logs every refused fetch; the one a test provokes on purpose is expected.
+REFUSED_ZONE = "Failed to load resource: the server responded with a status of 422"
+
+
+def _headers(base: str, username: str) -> dict[str, str]:
+    r = httpx.post(f"{base}{API}/auth/token", data={"username": username, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _console(browser: Browser, base: str, username: str, route: str) -> Console:
+    c = open_console(browser, base)
+    # Signed in on the screen's own address (the home screen would ask for a duty watch first).
+    c.page.goto(f"{base}/#/{route}")
+    c.page.fill("#username", username)
+    c.page.fill("#password", PASSWORD)
+    c.page.click("#signin")
+    c.page.wait_for_selector("header.top")
+    return c
+
+
+def _merc(lat: float) -> float:
+    return math.log(math.tan(math.pi / 4 + math.radians(lat) / 2))
+
+
+class MapPixels:
+    """Screen pixels of WGS-84 positions on a console map without tiles (drawn in WGS-84):
+    from a zone whose extent is known (the database) and whose outline is on the screen."""
+
+    def __init__(self, c: Console, db: psycopg.Connection, zone_id: int) -> None:
+        path = c.page.locator(f"path.zone-id-{zone_id}")
+        path.wait_for()
+        c.page.wait_for_timeout(400)  # fitBounds has settled
+        box = path.bounding_box()
+        assert box is not None
+        self.box = box
+        self.w, self.s, self.e, self.n = db.execute(
+            "SELECT ST_XMin(geom), ST_YMin(geom), ST_XMax(geom), ST_YMax(geom) FROM zones "
+            "WHERE id = %s", (zone_id,)).fetchone()
+
+    def __call__(self, lon: float, lat: float) -> tuple[float, float]:
+        b = self.box
+        x = b["x"] + (lon - self.w) / (self.e - self.w) * b["width"]
+        y = b["y"] + (_merc(self.n) - _merc(lat)) / (_merc(self.n) - _merc(self.s)) * b["height"]
+        return x, y
+
+
+def _home_point() -> tuple[float, float]:
+    """WGS-84 of a point deep inside Jiang'an (the supervisee's home area)."""
+    return point_to_wgs84(*deep_inside(JIANGAN), CRS.GCJ02)
+
+
+def _draw(c: Console, px: MapPixels, corners: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    c.page.click("#draw-poly")
+    clicked = []
+    for lon, lat in corners:
+        x, y = px(lon, lat)
+        c.page.mouse.click(x, y)
+        clicked.append((x, y))
+    c.page.locator("#zones-map .draft-vertex").nth(len(corners) - 1).wait_for()
+    assert c.page.locator("#zones-map .draft-vertex").count() == len(corners)
+    c.page.click("#draw-finish")
+    return clicked
+
+
+def _fill_dialog(c: Console, values: dict[str, str]) -> None:
+    c.page.wait_for_selector("dialog.dialog[open]")
+    for name, value in values.items():
+        field = c.page.locator(f"dialog.dialog [name={name}]")
+        if field.evaluate("e => e.tagName") == "SELECT":
+            field.select_option(value)
+        else:
+            field.fill(value)
+    c.page.click("dialog.dialog button[type=submit]")
+    c.page.wait_for_selector("dialog.dialog", state="detached")
+
+
+def test_officer_draws_an_exclusion_zone_assigns_it_and_a_fix_inside_raises_the_alert(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    client_id = f"{settings.mqtt_client_id}-office"
+    ingest = MqttIngestWorker(settings, client_id=client_id)
+    try:
+        with api_server(settings) as base, in_thread(ingest), in_thread(AlertWorker(settings)):
+            assert ingest.connected.wait(10), "ingest worker did not connect to the broker"
+            c = _console(browser, base, "jiangan-officer", "zones")
+            px = MapPixels(c, db, org.zone_ids[JIANGAN])
+            lon, lat = _home_point()
+            dx, dy = 0.006, 0.005  # about 1.1 km × 1.1 km around the supervisee's home
+            corners = [(lon - dx, lat - dy), (lon + dx, lat - dy), (lon + dx, lat + dy), (lon - dx, lat + dy)]
+            _draw(c, px, corners)
+            c.page.fill("#zone-name", "禁止区域：某小学周边")
+            assert c.page.locator("#zone-kind").input_value() == "exclusion"
+            c.page.click("#zone-save")
+            c.page.wait_for_selector("#zone-list td:has-text('禁止区域：某小学周边')")
+            zone_id, kind, owner, crs, w, s, e, n = db.execute(
+                "SELECT id, kind, owner_unit_id, crs, ST_XMin(geom), ST_YMin(geom), ST_XMax(geom), "
+                "ST_YMax(geom) FROM zones WHERE name = '禁止区域：某小学周边'").fetchone()
+            assert (kind, owner, crs) == ("exclusion", org.office_ids[JIANGAN], "wgs84")
+            # Where the officer clicked, within two pixels (≈ 60 m at this zoom).
+            tol = 2.5 * (px.e - px.w) / px.box["width"]
+            for got, want in ((w, lon - dx), (e, lon + dx), (s, lat - dy), (n, lat + dy)):
+                assert abs(got - want) < tol, (got, want, tol)
+            c.page.wait_for_selector(f"path.zone-id-{zone_id}")
+            c.shot("zones")
+
+            c.page.click(f"button.assign[data-zone='{zone_id}']")
+            _fill_dialog(c, {"supervisee": str(org.supervisee_id), "role": "exclusion", "buffer_m": "100"})
+            c.page.wait_for_selector(".toast:has-text('已指定')")
+            assert db.execute("SELECT role, buffer_m, active FROM supervisee_zones WHERE zone_id = %s "
+                              "AND supervisee_id = %s", (zone_id, org.supervisee_id)).fetchall() == [
+                ("exclusion", 100.0, True)]
+
+            h = _headers(base, "jiangan-officer")
+            cred = httpx.post(f"{base}{API}/supervisees/{org.supervisee_id}/devices", json={},
+                              headers=h).json()
+            phone = Phone(settings, cred["device_id"])
+            now = time.time()
+            for k in range(3):
+                phone.report(lon, lat, now - 240 + k * 60, accuracy=15, crs="wgs84").wait_for_publish(5)
+            alert = None
+            deadline = time.monotonic() + 25
+            while alert is None and time.monotonic() < deadline:
+                alert = db.execute("SELECT id, severity, reason->>'zone_id' FROM alerts WHERE kind = "
+                                   "'exclusion_entry' AND supervisee_id = %s",
+                                   (org.supervisee_id,)).fetchone()
+                time.sleep(0.3)
+            phone.close()
+            assert alert is not None, "no exclusion_entry alert"
+            assert alert[1:] == ("critical", str(zone_id))
+            c.open_duty()
+            item = c.page.locator(f"#alert-queue li[data-alert-id='{alert[0]}']")
+            item.wait_for(timeout=15_000)
+            assert "进入禁止区域" in item.inner_text()
+            assert c.problems == []
+    finally:
+        forget_session(settings, client_id)
+
+
+def test_a_bow_tie_is_refused_and_the_crossing_is_marked_where_it_is(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    with api_server(settings) as base:
+        c = _console(browser, base, "jiangan-officer", "zones")
+        px = MapPixels(c, db, org.zone_ids[JIANGAN])
+        lon, lat = _home_point()
+        d = 0.006
+        # A B C D with A→B and C→D the two diagonals: they cross at the centre.
+        clicked = _draw(c, px, [(lon - d, lat - d), (lon + d, lat + d), (lon + d, lat - d),
+                                (lon - d, lat + d)])
+        c.page.fill("#zone-name", "蝴蝶结")
+        c.page.click("#zone-save")
+        err = c.page.locator("#zone-error")
+        err.wait_for()
+        assert "Self-intersection" in err.inner_text()
+        assert c.page.locator("#zone-error-where").inner_text().endswith("第 1–2 边与第 3–4 边相交")
+        # The cross on the map sits where the diagonals meet: the centre of the drawn vertices
+        # (the map zoomed in on them to show it).
+        c.page.wait_for_timeout(300)
+        mark = c.page.locator("#zones-map .error-mark").bounding_box()
+        assert mark is not None
+        drawn = c.page.locator("#zones-map .draft-vertex").all()
+        vertices = [b for b in (v.bounding_box() for v in drawn) if b]
+        assert len(vertices) == 4
+        spread = max(v["x"] for v in vertices) - min(v["x"] for v in vertices)
+        assert spread > 4 * (max(x for x, _ in clicked) - min(x for x, _ in clicked)) / 2
+        cx = sum(v["x"] + v["width"] / 2 for v in vertices) / 4
+        cy = sum(v["y"] + v["height"] / 2 for v in vertices) / 4
+        assert abs(mark["x"] + mark["width"] / 2 - cx) < 3 and abs(mark["y"] + mark["height"] / 2 - cy) < 3
+        assert db.execute("SELECT count(*) FROM zones WHERE name = '蝴蝶结'").fetchone() == (0,)
+        c.shot("zones-invalid")
+        assert [p for p in c.problems if REFUSED_ZONE not in p] == []
+        assert len(c.problems) == 1  # the one refusal, nothing else
+
+
+def _destination_and_permit(base: str, org: Org, days: int) -> int:
+    admin = _headers(base, "admin")
+    dest = httpx.post(f"{base}{API}/zones", headers=admin, json={
+        "name": "汉阳医院片区", "kind": "destination", "crs": "gcj02", "owner_unit_id": org.city_id,
+        "geometry": {"type": "Polygon", "coordinates": [[
+            [114.20, 30.53], [114.24, 30.53], [114.24, 30.56], [114.20, 30.56], [114.20, 30.53]]]}})
+    assert dest.status_code == 201, dest.text
+    start = datetime.now(UTC) + timedelta(days=1)
+    r = httpx.post(f"{base}{API}/supervisees/{org.supervisee_id}/permits",
+                   headers=_headers(base, "jiangan-officer"), json={
+                       "reason": "medical", "destination_zone_id": dest.json()["id"],
+                       "start_at": start.isoformat(), "end_at": (start + timedelta(days=days)).isoformat(),
+                       "details": "膝关节手术"})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def test_district_supervisor_approves_a_ten_day_permit_after_the_office_opinion(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    with api_server(settings) as base:
+        pid = _destination_and_permit(base, org, 10)
+        officer = _console(browser, base, "jiangan-officer", "permits")
+        row = officer.page.locator(f"#permit-table tr[data-permit-id='{pid}']")
+        row.click()
+        officer.page.wait_for_selector("#permit-opinion")
+        assert officer.page.locator("#permit-approve").count() == 0  # the district decides
+        officer.page.click("#permit-opinion")
+        _fill_dialog(officer, {"recommend": "yes", "note": "病情属实，同意外出就医"})
+        officer.page.wait_for_selector("#permit-opinion-text:has-text('同意外出：病情属实')")
+        assert officer.problems == []
+
+        sup = _console(browser, base, "jiangan-supervisor", "permits")
+        sup.page.locator(f"#permit-table tr[data-permit-id='{pid}']").click()
+        sup.page.click("#permit-approve")
+        _fill_dialog(sup, {"note": "同意，按期销假"})
+        sup.page.wait_for_selector(".permit-history li:has-text('批准')")
+        sup.page.click("#permit-filter [data-value=all]")
+        sup.page.locator(f"#permit-table tr[data-permit-id='{pid}']").click()
+        sup.page.wait_for_selector(".permit-history li:has-text('批准')")
+        sup.shot("permits")
+        status, tier, decided_by, opinion, note = db.execute(
+            "SELECT status, required_tier, decided_by, office_opinion, decision_note FROM travel_permits "
+            "WHERE id = %s", (pid,)).fetchone()
+        assert (status, tier, decided_by, note) == ("approved", "district",
+                                                    org.staff["jiangan-supervisor"], "同意，按期销假")
+        assert opinion == "recommend: 病情属实，同意外出就医"
+        actions = db.execute("SELECT action FROM permit_events WHERE permit_id = %s ORDER BY id",
+                             (pid,)).fetchall()
+        assert actions == [("requested",), ("office_opinion",), ("approved",)]
+        assert sup.problems == []
+
+
+def test_an_officer_of_another_district_sees_none_of_jiangans_zones_or_permits(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    with api_server(settings) as base:
+        _destination_and_permit(base, org, 3)
+        h = _headers(base, "jiangan-officer")
+        lon, lat = _home_point()
+        r = httpx.post(f"{base}{API}/zones", headers=h, json={
+            "name": "江岸禁止区域", "kind": "exclusion", "owner_unit_id": org.office_ids[JIANGAN],
+            "radius_m": 300, "geometry": {"type": "Point", "coordinates": [lon, lat]}})
+        assert r.status_code == 201, r.text
+        c = _console(browser, base, "jianghan-officer", "zones")
+        c.page.wait_for_selector("#zone-list td:has-text('江汉区')")
+        text = c.page.locator("main").inner_text()
+        assert "江岸" not in text and "江岸禁止区域" not in text
+        names = set(c.page.locator("#zone-list tbody tr td:first-child").all_inner_texts())
+        assert names == {"江汉区", "汉阳医院片区"}  # their district and the city's destination
+        c.page.goto(f"{base}/#/permits")
+        c.page.click("#permit-filter [data-value=all]")
+        c.page.wait_for_selector("#permit-table td.empty")
+        assert c.page.locator("#permit-table tr[data-permit-id]").count() == 0
+        assert c.problems == []
+
+
+def test_an_auditor_reads_the_audit_log_and_its_chain_check_but_no_positions(
+        settings: Settings, org: Org, session: Session, browser: Browser):
+    from store.demo import create_staff
+    from store.enums import Role
+    from store.models import OrgUnit
+
+    city = session.get(OrgUnit, org.city_id)
+    assert city is not None
+    create_staff(session, city, "auditor", Role.AUDITOR, PASSWORD, full_name="审计员甲")
+    session.commit()
+    with api_server(settings) as base:
+        _destination_and_permit(base, org, 2)  # something in the log
+        c = open_console(browser, base)
+        c.sign_in("auditor", PASSWORD)
+        c.page.wait_for_selector("#audit-verify.ok")
+        assert "哈希链完整" in c.page.locator("#audit-verify").inner_text()
+        c.page.wait_for_selector("#audit-rows td:has-text('permit.request')")
+        assert c.page.locator(".nav a[data-route=duty]").count() == 0
+        assert c.page.locator(".nav a[data-route=supervisees]").count() == 0
+        # The cookie session itself is refused the positions.
+        r = c.page.request.get(f"{base}{API}/duty?purpose=audit+check")
+        assert r.status == 403
+        c.page.fill("#audit-action", "permit.request")
+        c.page.click("#audit-filters button[type=submit]")
+        rows = c.page.locator("#audit-rows tbody tr")
+        deadline = time.monotonic() + 10
+        while not all("permit.request" in r for r in rows.all_inner_texts()):
+            assert time.monotonic() < deadline, rows.all_inner_texts()
+            c.page.wait_for_timeout(100)
+        assert rows.count() >= 1
+        c.shot("audit")
+        assert c.problems == []
+
+
+def test_city_admin_screens_staff_key_periods_notifications_overview(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    with api_server(settings) as base:
+        _destination_and_permit(base, org, 3)  # one permit waiting in Jiang'an
+        c = _console(browser, base, "admin", "overview")
+        c.page.wait_for_selector("#overview-table tbody tr")
+        pending = c.page.locator("#overview-totals .tile[data-key=permits_pending] .tile-n").inner_text()
+        assert pending == "1"
+        assert c.page.locator("#overview-table tbody tr").count() == 2  # the two offices
+        c.shot("overview")
+
+        c.page.goto(f"{base}/#/staff")
+        c.page.wait_for_selector("#staff-table")
+        c.page.select_option("#staff-role", "office_head")
+        c.page.select_option("#staff-unit", str(org.office_ids[JIANGAN]))
+        c.page.fill("#staff-username", "jiangan-head")
+        c.page.fill("#staff-name", "王所长")
+        c.page.fill("#staff-password", "a long initial password")
+        c.page.click("#staff-form button[type=submit]")
+        c.page.wait_for_selector("#staff-table td:has-text('王所长')")
+        assert db.execute("SELECT role, org_unit_id FROM staff WHERE username = 'jiangan-head'"
+                          ).fetchone() == ("office_head", org.office_ids[JIANGAN])
+        c.shot("staff")
+
+        c.page.goto(f"{base}/#/key-periods")
+        c.page.fill("#kp-name", "春节重点时段")
+        c.page.fill("#kp-from", "2027-02-05")
+        c.page.fill("#kp-to", "2027-02-12")
+        c.page.check("#kp-form input[value=strict]")
+        c.page.click("#kp-form button[type=submit]")
+        c.page.wait_for_selector("#kp-list td:has-text('春节重点时段')")
+        assert db.execute("SELECT levels, interval_factor FROM key_periods").fetchall() == [(["strict"], 0.5)]
+        c.shot("keyperiods")
+
+        c.page.goto(f"{base}/#/notifications")
+        c.page.click("#channel-add")
+        _fill_dialog(c, {"channel": "email", "address": "admin@sfj.wuhan.example", "min_severity": "high"})
+        c.page.wait_for_selector("#channel-list td:has-text('admin@sfj.wuhan.example')")
+        assert db.execute("SELECT channel, min_severity, active FROM staff_channels").fetchall() == [
+            ("email", "high", True)]
+        c.shot("notifications")
+        assert c.problems == []
