@@ -196,8 +196,8 @@ def test_a_watch_belongs_to_its_sign_in(settings: Settings, org: Org):
     with api_server(settings) as base:
         a, b = _console(base, "jiangan-officer"), _console(base, "jiangan-officer")
         watch = a.post("/api/v1/alerts/watch", json={"purpose": "duty"}, headers=CSRF).json()["watch"]
-        assert a.get(f"/api/v1/alerts/watch/{watch}").status_code == 200
-        r = b.get(f"/api/v1/alerts/watch/{watch}")
-        assert (r.status_code, r.json()["error"]) == (404, "watch_closed")
+        assert a.get(f"/api/v1/alerts/watch/{watch}").json()["open"] is True
+        assert b.get(f"/api/v1/alerts/watch/{watch}").json() == {
+            "watch": watch, "open": False, "expires_in": 0}
         assert b.get(f"/api/v1/duty?watch={watch}").status_code == 404
         assert b.get(f"/api/v1/alerts/stream/live?watch={watch}").status_code == 404

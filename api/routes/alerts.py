@@ -239,13 +239,21 @@ def open_watch(body: WatchIn, ctx: CurrentStaff, session: SessionDep, r: RedisDe
     return WatchOut(watch=watch, expires_in=ttl)
 
 
-@router.get("/watch/{watch}", response_model=WatchOut, **access(SUPERVISORS))
+class WatchState(WatchOut):
+    open: bool
+
+
+@router.get("/watch/{watch}", response_model=WatchState, **access(SUPERVISORS, "self"))
 def check_watch(watch: Annotated[str, Path(min_length=10, max_length=100)], ctx: CurrentStaff,
-                r: RedisDep, settings: SettingsDep) -> WatchOut:
+                r: RedisDep, settings: SettingsDep) -> WatchState:
     """Whether a duty watch is still open for this sign-in (the console asks after its feed was
     refused, to tell an ended watch from a dropped connection)."""
-    watch_info(r, settings, ctx, watch)
-    return WatchOut(watch=watch, expires_in=max(0, int(r.ttl(_watch_key(settings, watch)))))
+    try:
+        watch_info(r, settings, ctx, watch)
+    except NotFound:
+        return WatchState(watch=watch, expires_in=0, open=False)
+    return WatchState(watch=watch, open=True,
+                      expires_in=max(0, int(r.ttl(_watch_key(settings, watch)))))
 
 
 def watch_info(r: redis.Redis, settings: Settings, ctx: StaffContext, watch: str) -> str:

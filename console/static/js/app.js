@@ -98,6 +98,8 @@ async function route() {
   if (!main) return;
   if (current && current.destroy) current.destroy();
   current = null;
+  // A question the last screen asked (the duty watch's purpose) does not follow the officer.
+  document.querySelectorAll("dialog[open]").forEach((d) => d.close());
   for (const [name, pattern, module, roles] of ROUTES) {
     const m = path.match(pattern);
     if (!m) continue;

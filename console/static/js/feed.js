@@ -27,13 +27,10 @@ export function openFeed(watch, onEnded) {
       const w = watch;
       closeFeed();
       setTimeout(async () => {
-        try {
-          await api(`/alerts/watch/${encodeURIComponent(w.id)}`);
-          openFeed(w, onEnded);
-        } catch (e) {
-          if (e.code !== "watch_closed") return;
-          onEnded("closed");
-        }
+        let state;
+        try { state = await api(`/alerts/watch/${encodeURIComponent(w.id)}`); } catch { return; }
+        if (state.open) openFeed(w, onEnded);
+        else onEnded("closed");
       }, 2000);
     }
   };

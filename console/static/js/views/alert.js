@@ -14,7 +14,7 @@ export function destroy() { if (map) map.remove(); map = null; }
 
 export async function render(main, [id]) {
   const watch = await ensureWatch();
-  if (!watch) return;
+  if (!watch || main.className !== "view-alert") return;
   const alert = await api(`/alerts/${id}`);
   let person = null;
   try { person = await api(`/supervisees/${alert.supervisee_id}`); } catch { /* shown as an id */ }

@@ -40,6 +40,7 @@ export function destroy() {
 
 export async function render(main, _params, ctx) {
   const watch = await ensureWatch();
+  if (main.className !== "view-duty") return;  // the officer went elsewhere meanwhile
   if (!watch) {
     main.append(h("p", { class: "notice", text: t("duty.needwatch") }),
       h("button", { class: "primary", text: t("duty.start"), onclick: () => { location.reload(); } }));
