@@ -96,7 +96,8 @@ def world(client, org: Org, db, session, settings: Settings) -> dict[str, Any]: 
                          (org.staff["jiangan-officer"],)).fetchone()[0]
     return {
         "ids": {"supervisee_id": sup, "device_id": device, "permit_id": permit.json()["id"],
-                "alert_id": alert, "watch": "w" * 43, "zone_id": org.zone_ids[JIANGAN], "assignment_id": assignment,
+                "alert_id": alert, "watch": "w" * 43, "zone_id": org.zone_ids[JIANGAN],
+                "assignment_id": assignment,
                 "suspension_id": suspension, "webhook_id": webhook, "channel_id": channel,
                 "unit_id": org.office_ids[JIANGAN], "staff_id": org.staff["jiangan-officer"],
                 "secret": "not-a-real-secret"},
