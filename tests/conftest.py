@@ -192,9 +192,11 @@ def login(client: TestClient, username: str, password: str = PASSWORD) -> dict[s
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """Debian's Chromium under Playwright, one per test session (tests/browser.py)."""
+    """Debian's Chromium under Playwright, one per test module (tests/browser.py). Not one per
+    session: Playwright's synchronous API runs an event loop in the main thread while it is
+    open, and later tests that call asyncio.run() would find it running."""
     from tests.browser import chromium
 
     with chromium() as b:

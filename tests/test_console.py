@@ -165,3 +165,29 @@ def test_the_maps_gcj02_conversion_is_the_engines(settings: Settings, browser: B
     assert np.abs(got_a[:, 2] - wlon).max() < 1e-7 and np.abs(got_a[:, 3] - wlat).max() < 1e-7
     # And the conversion is not the identity: inside China GCJ-02 is hundreds of metres off.
     assert np.abs(got_a[:, 0] - lon).min() > 1e-4
+
+
+def test_the_console_speaks_english_when_asked(settings: Settings, org: Org, browser: Browser):
+    """Chinese first, English available: the switch in the header changes every label, and the
+    choice survives a reload."""
+    with api_server(settings) as base:
+        c = open_console(browser, base)
+        c.sign_in("jiangan-officer", PASSWORD)
+        c.open_duty()
+        assert c.page.inner_text(".nav a[data-route=duty]") == "值班监控"
+        c.page.click("header .who button.link:not(#logout)")
+        c.page.wait_for_selector(".nav a[data-route=duty]:text('Duty view')")
+        c.page.wait_for_selector("#feed-status.live")
+        assert c.page.inner_text("#feed-status") == "live"
+        c.page.reload()
+        c.page.wait_for_selector("#feed-status.live")
+        nav = c.page.inner_text("nav.nav")
+        assert "Supervisees" in nav and "Travel permits" in nav and "矫正对象" not in nav
+        c.shot("duty-english")
+        for route, name in (("supervisees", "supervisees-english"), ("permits", "permits-english")):
+            c.page.goto(f"{base}/#/{route}")
+            c.page.wait_for_selector("main h1")
+            assert not any("\u4e00" <= ch <= "\u9fff" for ch in c.page.inner_text("main h1"))
+            c.shot(name)
+        assert c.problems == []
+        c.context.close()
