@@ -199,3 +199,21 @@ def test_a_zone_of_a_unit_above_is_403_for_an_officer(client, org: Org, db):
     assert client.get(f"{API}/zones/{city_zone['id']}", headers=h).status_code == 200  # still read
     assert db.execute("SELECT version FROM zones WHERE id = %s",
                       (city_zone["id"],)).fetchone() == (1,)
+
+
+def test_a_precise_boundary_may_be_as_large_on_put_as_on_post(client, org: Org, settings):
+    """Past the API's general body limit (CCS_MAX_BODY_BYTES) but within the zone upload's."""
+    import math
+
+    h = login(client, "jiangan-officer")
+    zone = create(client, h, org.office_ids[JIANGAN], square(away_from_home(), 0.002))
+    x, y = away_from_home()
+    n = 12_000
+    ring = [[round(x + 0.01 * math.cos(2 * math.pi * k / n), 7),
+             round(y + 0.01 * math.sin(2 * math.pi * k / n), 7)] for k in range(n)]
+    body = {"name": "精确边界", "crs": "gcj02", "geometry": {"type": "Polygon",
+                                                          "coordinates": [[*ring, ring[0]]]}}
+    assert settings.max_body_bytes < len(str(body)) < settings.max_zone_body_bytes
+    r = client.put(f"{API}/zones/{zone['id']}", headers=h, json=body)
+    assert r.status_code == 200, r.text[:200]
+    assert r.json()["properties"]["version"] == 2
