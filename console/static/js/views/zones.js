@@ -37,7 +37,7 @@ register({
         "zn.cantedit": "此区域由多个多边形或带孔的多边形组成，不能在地图上逐点修改。",
         "zn.toomany": "此区域有 {n} 个顶点，太多，不能在地图上逐点修改。",
         "zn.reason": "停用原因", "zn.retired": "区域已停用", "zn.inuse": "区域仍在使用，未停用：",
-        "zn.none": "尚无区域。", "zn.above": "上级单位", "zn.active": "启用", "zn.inactive": "停用", "zn.needshape": "请先在地图上画出区域" },
+        "zn.none": "尚无区域。", "zn.above": "上级单位", "zn.active": "启用", "zn.inactive": "已停用", "zn.needshape": "请先在地图上画出区域" },
   en: { "zn.title": "Zones", "zn.list": "Zones you can use", "zn.new": "New zone", "zn.poly": "Draw a polygon",
         "zn.circle": "Draw a circle", "zn.upload": "Upload GeoJSON", "zn.finish": "Finish", "zn.undo": "Undo last point",
         "zn.cancel": "Cancel", "zn.hint.poly": "Click the vertices on the map (at least 3), then Finish. {n} so far.",
@@ -62,7 +62,7 @@ register({
         "zn.cantedit": "This zone has several polygons or holes: it cannot be edited vertex by vertex on the map.",
         "zn.toomany": "This zone has {n} vertices, too many to edit one by one on the map.",
         "zn.reason": "Reason for retiring", "zn.retired": "Zone retired", "zn.inuse": "The zone is still in use, not retired: ",
-        "zn.none": "No zones yet.", "zn.above": "a unit above yours", "zn.active": "active", "zn.inactive": "inactive", "zn.needshape": "Draw the zone on the map first" },
+        "zn.none": "No zones yet.", "zn.above": "a unit above yours", "zn.active": "active", "zn.inactive": "retired", "zn.needshape": "Draw the zone on the map first" },
 });
 
 const KINDS = ["exclusion", "destination", "home_area"];
