@@ -252,6 +252,13 @@ def test_an_officer_edits_an_exclusion_zone_by_dragging_a_vertex(
                                 "action = 'zone.update' AND target = %s", (f"zone:{zone_id}",)
                                 ).fetchone()
         assert previous["coordinates"] == [square]
+        # Retired with a reason: marked 已停用, no longer editable or assignable.
+        c.page.click(f"button.retire[data-zone='{zone_id}']")
+        _fill_dialog(c, {"reason": "场所已关闭"})
+        c.page.wait_for_selector("#zone-list td:has-text('已停用')")
+        assert c.page.locator(f"button.edit[data-zone='{zone_id}'], button.assign[data-zone='{zone_id}']"
+                              ).count() == 0
+        assert db.execute("SELECT active FROM zones WHERE id = %s", (zone_id,)).fetchone() == (False,)
         assert c.problems == []
 
 

@@ -251,7 +251,8 @@ function startCircle(edit) {
   }
   clear(S.drawBox).append(h("p", { class: "hint", text: t(edit ? "zn.hint.editcircle" : "zn.hint.circle") }),
     h("label", { class: "inline" }, h("span", { text: t("zn.radius") }), radius),
-    edit ? null : h("div", { class: "actions" }, h("button", { class: "secondary", id: "draw-cancel", text: t("zn.cancel"), onclick: drawIdle })),
+    // (an edit's Cancel is beside its Save)
+    ...(edit ? [] : [h("div", { class: "actions" }, h("button", { class: "secondary", id: "draw-cancel", text: t("zn.cancel"), onclick: drawIdle }))]),
     zoneForm(() => S.circle && { type: "Point", coordinates: [round(S.circle.lng), round(S.circle.lat)] }, mapCrs(),
       () => Number(radius.value), edit && edit.feature));
   drawCircle();
