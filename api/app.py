@@ -61,7 +61,8 @@ def _add_hardening(app: FastAPI) -> None:
     s = get_settings()
     app.add_middleware(RejectNulInUrl, exempt_prefixes=["/api/v1/ingest/"])
     app.add_middleware(BodySizeLimit, limit=s.max_body_bytes,
-                       overrides=[("POST", "/api/v1/zones", s.max_zone_body_bytes)])
+                       overrides=[("POST", "/api/v1/zones", s.max_zone_body_bytes),
+                                  ("PUT", "/api/v1/zones/{zone_id}", s.max_zone_body_bytes)])
     # No credentials mode (the console is same-origin; integrators use bearer tokens). No origin
     # configured: no CORS headers, and a browser on another origin can neither read a response
     # nor pass a preflight (which the console's CSRF header would need).

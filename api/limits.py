@@ -7,10 +7,16 @@ holds more than the limit in memory. Zone uploads (GeoJSON boundaries) get a lar
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+def _route(path: str) -> re.Pattern[str]:
+    """A route path as a pattern: `{name}` matches one segment."""
+    return re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(path.rstrip("/"))))
 
 
 class _BodyTooLarge(Exception):
@@ -20,19 +26,21 @@ class _BodyTooLarge(Exception):
 class BodySizeLimit:
     """Reject request bodies larger than `limit` bytes (or a per-route `overrides` limit) with 413.
 
-    `overrides` maps (method, path) to a limit, for the few routes that take large documents.
+    `overrides` maps (method, path) to a limit, for the few routes that take large documents; a
+    path segment `{name}` matches any one segment (`/api/v1/zones/{zone_id}`).
     """
 
     def __init__(self, app: ASGIApp, limit: int,
                  overrides: Iterable[tuple[str, str, int]] = ()) -> None:
         self.app = app
         self.limit = limit
-        self.overrides = {(m.upper(), p.rstrip("/")): n for m, p, n in overrides}
+        self.overrides = [(m.upper(), _route(p), n) for m, p, n in overrides]
 
     def limit_for(self, scope: Scope) -> int:
         """The limit for this request's route."""
-        key = (scope.get("method", "").upper(), scope.get("path", "").rstrip("/"))
-        return self.overrides.get(key, self.limit)
+        method, path = scope.get("method", "").upper(), scope.get("path", "").rstrip("/")
+        return next((n for m, p, n in self.overrides if m == method and p.fullmatch(path)),
+                    self.limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -175,18 +175,30 @@ class DeviceCredentials(BaseModel):
         "it (SVG data URI); traccar_client_url: the Traccar Client server URL"))
 
 
-class ZoneIn(InputModel):
-    """A GeoJSON Polygon/MultiPolygon, or a circle: a GeoJSON Point with `radius_m`."""
+class ZoneShapeIn(InputModel):
+    """A zone's name and shape: a GeoJSON Polygon/MultiPolygon, or a circle (a Point with
+    `radius_m`), drawn in `crs`. The body of `PUT /zones/{id}` (kind and owner stay)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
-    kind: ZoneKind
     crs: CRS = CRS.WGS84
-    owner_unit_id: DbId
     geometry: dict[str, Any]
     radius_m: float | None = Field(default=None, description="for a circle around a Point")
     # geometry: any GeoJSON object, bounded by the zone upload's body limit (CCS_MAX_ZONE_BODY_BYTES)
     # and checked by geofence.zones (shape, number of points, size)
+
+
+class ZoneIn(ZoneShapeIn):
+    """A new zone: its shape, kind and owning unit."""
+
+    kind: ZoneKind
+    owner_unit_id: DbId
+
+
+class ZoneRetireIn(InputModel):
+    """Why a zone is retired (kept, marked inactive; the audit log records the reason)."""
+
+    reason: str = Field(min_length=2, max_length=1000)  # "合并" is a reason
 
 
 class ZoneAssignmentIn(InputModel):

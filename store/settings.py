@@ -96,7 +96,7 @@ class Settings(BaseSettings):
 
     # HTTP API hardening (api/limits.py, api/headers.py, store/ratelimit.py)
     max_body_bytes: int = 256 * 1024  # any request body; the phone endpoints keep max_payload_bytes
-    max_zone_body_bytes: int = 8 * 1024 * 1024  # POST /zones: a precise boundary can be megabytes
+    max_zone_body_bytes: int = 8 * 1024 * 1024  # POST and PUT /zones: a precise boundary can be megabytes
     ingest_rate_per_min: int = 120  # HTTP ingest requests per device per minute, on average ...
     ingest_rate_burst: int = 60  # ... and back to back (a phone uploading its offline buffer)
     # Origins allowed to call the API from a browser (CORS), comma-separated or a JSON list;

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
+import pytest
 from playwright.sync_api import Browser
 from sqlalchemy.orm import Session
 
@@ -194,6 +195,71 @@ def test_a_bow_tie_is_refused_and_the_crossing_is_marked_where_it_is(
         c.shot("zones-invalid")
         assert [p for p in c.problems if REFUSED_ZONE not in p] == []
         assert len(c.problems) == 1  # the one refusal, nothing else
+
+
+def test_an_officer_edits_an_exclusion_zone_by_dragging_a_vertex(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    with api_server(settings) as base:
+        lon, lat = _home_point()
+        d = 0.004
+        square = [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d],
+                  [lon - d, lat - d]]
+        r = httpx.post(f"{base}{API}/zones", headers=_headers(base, "jiangan-officer"), json={
+            "name": "禁止区域：网吧", "kind": "exclusion", "owner_unit_id": org.office_ids[JIANGAN],
+            "crs": "wgs84", "geometry": {"type": "Polygon", "coordinates": [square]}})
+        assert r.status_code == 201, r.text
+        zone_id = r.json()["id"]
+        c = _console(browser, base, "jiangan-officer", "zones")
+        c.page.wait_for_selector(f"button.edit[data-zone='{zone_id}']")
+        # The district's home area (a unit above the office) is read-only here.
+        home_row = c.page.locator(
+            f"#zone-list tr:has(button.assign[data-zone='{org.zone_ids[JIANGAN]}'])")
+        assert home_row.locator("button.edit, button.retire").count() == 0
+        assert "只读" in home_row.inner_text()
+        c.page.click(f"button.edit[data-zone='{zone_id}']")
+        vertices = c.page.locator("#zones-map .edit-vertex")
+        vertices.nth(3).wait_for()
+        assert vertices.count() == 4
+        assert c.page.locator("#zone-name").input_value() == "禁止区域：网吧"
+        px = MapPixels(c, db, zone_id)
+        # Vertex 1 is on the screen where the zone has it; dragged 200 m west and 110 m south.
+        box = vertices.nth(0).bounding_box()
+        assert box is not None
+        x0, y0 = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        ex, ey = px(lon - d, lat - d)
+        assert abs(x0 - ex) < 2 and abs(y0 - ey) < 2
+        target = (lon - d - 0.002, lat - d - 0.001)
+        tx, ty = px(*target)
+        c.page.mouse.move(x0, y0)
+        c.page.mouse.down()
+        c.page.mouse.move(tx, ty, steps=10)
+        c.page.mouse.up()
+        c.page.fill("#zone-name", "禁止区域：网吧（扩大）")
+        c.page.wait_for_timeout(200)
+        c.shot("zones-edit")
+        c.page.click("#zone-save")
+        c.page.wait_for_selector(f"#zone-list tr:has(button.edit[data-zone='{zone_id}']) td:has-text('v2')")
+        version, name, crs, drawn = db.execute(
+            "SELECT version, name, crs, source_geojson FROM zones WHERE id = %s", (zone_id,)).fetchone()
+        assert (version, name, crs) == (2, "禁止区域：网吧（扩大）", "wgs84")
+        ring = drawn["coordinates"][0]
+        assert len(ring) == 5 and ring[0] == ring[-1]
+        per_px = (px.e - px.w) / px.box["width"]  # degrees of longitude (and about of latitude)
+        assert abs(ring[0][0] - target[0]) < 2 * per_px and abs(ring[0][1] - target[1]) < 2 * per_px
+        for got, was in zip(ring[1:4], square[1:4], strict=True):  # the others stayed
+            assert got == pytest.approx(was, abs=2e-7)
+        [previous] = db.execute("SELECT detail->'previous_geojson' FROM audit_log WHERE "
+                                "action = 'zone.update' AND target = %s", (f"zone:{zone_id}",)
+                                ).fetchone()
+        assert previous["coordinates"] == [square]
+        # Retired with a reason: marked 已停用, no longer editable or assignable.
+        c.page.click(f"button.retire[data-zone='{zone_id}']")
+        _fill_dialog(c, {"reason": "场所已关闭"})
+        c.page.wait_for_selector("#zone-list td:has-text('已停用')")
+        assert c.page.locator(f"button.edit[data-zone='{zone_id}'], button.assign[data-zone='{zone_id}']"
+                              ).count() == 0
+        assert db.execute("SELECT active FROM zones WHERE id = %s", (zone_id,)).fetchone() == (False,)
+        assert c.problems == []
 
 
 def _destination_and_permit(base: str, org: Org, days: int) -> int:

@@ -60,7 +60,7 @@ _POSITION_COLS = """device_id, fix_time, received_at, lon, lat, raw_lon, raw_lat
 
 
 def _check_home_zone(session: Any, ctx: Any, zone_id: int) -> None:
-    zone = visible_zone(session, ctx, zone_id)
+    zone = visible_zone(session, ctx, zone_id, active=True)
     if zone.kind != "home_area":
         raise Invalid(f"zone {zone_id} is a {zone.kind}, not a home area")
 
@@ -249,7 +249,7 @@ def assign_zone(
 ) -> SuperviseeZone:
     """Apply a prohibition-order zone or a curfew to one person."""
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
-    zone = visible_zone(session, ctx, body.zone_id)
+    zone = visible_zone(session, ctx, body.zone_id, active=True)
     if body.role == "exclusion" and zone.kind != "exclusion":
         raise Invalid(f"zone {zone.id} is a {zone.kind}; a prohibition order needs an exclusion zone")
     if body.role == "curfew" and (body.curfew_start is None or body.curfew_end is None):

@@ -1,5 +1,7 @@
 // Zones: the ones the caller may use, on a map and in a list; drawing a new one (polygon by
-// clicking its vertices, circle by centre + radius, or a GeoJSON file); assigning a zone to a
+// clicking its vertices, circle by centre + radius, or a GeoJSON file); editing one the caller's
+// units own (dragging its vertices, adding one at an edge's midpoint, removing one by
+// double-click; a circle's centre and radius) and retiring it with a reason; assigning a zone to a
 // supervisee as a prohibition order (with an early-warning buffer) or a curfew. The engine's
 // refusal (geofence/zones.py, via the API's 422) is shown where it happened: the place it names is
 // marked on the map and the vertices or edges there are named.
@@ -27,8 +29,15 @@ register({
         "zn.err.point": "经度 {lon}，纬度 {lat}", "zn.err.few": "顶点太少：多边形至少需要 3 个不同的顶点",
         "zn.err.size": "面积或半径不合理", "zn.err.file": "文件不是可读的 GeoJSON：",
         "zn.err.where": "文件中第 {p} 个多边形第 {r} 个环",
-        "zn.noedit": "区域保存后不能修改（接口没有修改功能）。需要调整时，请新建区域并重新指定；原区域仍保留，原有指定需在对象页面解除。",
-        "zn.none": "尚无区域。", "zn.above": "上级单位", "zn.active": "启用", "zn.inactive": "停用", "zn.needshape": "请先在地图上画出区域" },
+        "zn.noedit": "修改后生效；原形状保存在审计日志中。",
+        "zn.edit": "编辑", "zn.retire": "停用", "zn.readonly": "只读", "zn.editing": "修改区域：{name}",
+        "zn.hint.edit": "拖动红色顶点修改形状；点击边上的小圆点增加顶点，双击顶点删除。灰色虚线是原形状。",
+        "zn.hint.editcircle": "拖动圆心或在地图上点击新的圆心，修改半径（米）。灰色虚线是原形状。",
+        "zn.update": "保存修改", "zn.updated": "修改已保存（第 {v} 版）", "zn.version": "版本",
+        "zn.cantedit": "此区域由多个多边形或带孔的多边形组成，不能在地图上逐点修改。",
+        "zn.toomany": "此区域有 {n} 个顶点，太多，不能在地图上逐点修改。",
+        "zn.reason": "停用原因", "zn.retired": "区域已停用", "zn.inuse": "区域仍在使用，未停用：",
+        "zn.none": "尚无区域。", "zn.above": "上级单位", "zn.active": "启用", "zn.inactive": "已停用", "zn.needshape": "请先在地图上画出区域" },
   en: { "zn.title": "Zones", "zn.list": "Zones you can use", "zn.new": "New zone", "zn.poly": "Draw a polygon",
         "zn.circle": "Draw a circle", "zn.upload": "Upload GeoJSON", "zn.finish": "Finish", "zn.undo": "Undo last point",
         "zn.cancel": "Cancel", "zn.hint.poly": "Click the vertices on the map (at least 3), then Finish. {n} so far.",
@@ -45,8 +54,15 @@ register({
         "zn.err.point": "lon {lon}, lat {lat}", "zn.err.few": "Too few vertices: a polygon needs at least 3 distinct ones",
         "zn.err.size": "Unreasonable area or radius", "zn.err.file": "The file is not readable GeoJSON: ",
         "zn.err.where": "polygon {p}, ring {r} of the file",
-        "zn.noedit": "A saved zone cannot be changed (the API has no update). To adjust one, draw a new zone and assign it; the old zone stays, and its assignments are lifted on the supervisee's page.",
-        "zn.none": "No zones yet.", "zn.above": "a unit above yours", "zn.active": "active", "zn.inactive": "inactive", "zn.needshape": "Draw the zone on the map first" },
+        "zn.noedit": "Changes take effect at once; the previous shape is kept in the audit log.",
+        "zn.edit": "Edit", "zn.retire": "Retire", "zn.readonly": "read-only", "zn.editing": "Editing: {name}",
+        "zn.hint.edit": "Drag the red vertices; click a small dot on an edge to add a vertex, double-click a vertex to remove it. The grey dashes are the previous shape.",
+        "zn.hint.editcircle": "Drag the centre or click a new one on the map; change the radius (metres). The grey dashes are the previous shape.",
+        "zn.update": "Save changes", "zn.updated": "Changes saved (version {v})", "zn.version": "Version",
+        "zn.cantedit": "This zone has several polygons or holes: it cannot be edited vertex by vertex on the map.",
+        "zn.toomany": "This zone has {n} vertices, too many to edit one by one on the map.",
+        "zn.reason": "Reason for retiring", "zn.retired": "Zone retired", "zn.inuse": "The zone is still in use, not retired: ",
+        "zn.none": "No zones yet.", "zn.above": "a unit above yours", "zn.active": "active", "zn.inactive": "retired", "zn.needshape": "Draw the zone on the map first" },
 });
 
 const KINDS = ["exclusion", "destination", "home_area"];
@@ -76,7 +92,8 @@ export async function render(main, _params, ctx) {
       h("div", {}, section(t("zn.new"), drawBox), section(t("zn.list"), listBox)), mapEl));
   const map = makeMap(mapEl);
   S = { map, ctx, units, names, layer: null, draft: L.layerGroup().addTo(map), marks: L.layerGroup().addTo(map),
-    mode: null, vertices: [], circle: null, upload: null, drawBox, listBox };
+    handles: L.layerGroup().addTo(map), mode: null, vertices: [], circle: null, upload: null, editing: null,
+    drawBox, listBox, drawTitle: drawBox.parentElement.querySelector("h2") };
   showZones(fc, true);
   drawIdle();
 }
@@ -100,13 +117,27 @@ function showZones(fc, fit) {
     { label: t("zn.kind"), render: (r) => h("span", { class: `kind-tag kind-${r.kind}`, text: t(`zn.k.${r.kind}`) }) },
     { label: t("zn.owner"), render: (r) => S.names.get(r.owner_unit_id) || t("zn.above") },
     { label: t("zn.crs"), render: (r) => r.drawn_crs.toUpperCase() },
+    { label: t("zn.version"), render: (r) => `v${r.version}` },
     { label: "", render: (r) => h("span", { class: "row-actions" },
       h("button", { class: "link", text: t("zn.show"), onclick: (e) => { e.stopPropagation(); focusZone(r.id); } }),
-      r.kind === "exclusion" || r.kind === "home_area"
+      r.active && (r.kind === "exclusion" || r.kind === "home_area")
         ? h("button", { class: "link assign", dataset: { zone: r.id }, text: t("zn.assign"),
-          onclick: (e) => { e.stopPropagation(); assign(r); } }) : null) },
+          onclick: (e) => { e.stopPropagation(); assign(r); } }) : null,
+      ...rowEdits(r)) },
   ], rows, (r) => focusZone(r.id)) : h("p", { class: "empty-state", text: t("zn.none") }),
   h("p", { class: "fine", text: t("zn.noedit") }));
+}
+
+// Edit and retire for an active zone of the caller's own units; a unit above's is read-only.
+function rowEdits(r) {
+  if (!r.active) return [];
+  if (!S.names.has(r.owner_unit_id)) return [h("span", { class: "muted readonly", text: t("zn.readonly") })];
+  return [
+    h("button", { class: "link edit", dataset: { zone: r.id }, text: t("zn.edit"),
+      onclick: (e) => { e.stopPropagation(); startEdit(r.id); } }),
+    h("button", { class: "link retire danger-link", dataset: { zone: r.id }, text: t("zn.retire"),
+      onclick: (e) => { e.stopPropagation(); retire(r); } }),
+  ];
 }
 
 function focusZone(id) {
@@ -120,6 +151,11 @@ function focusZone(id) {
 function resetDraft() {
   S.draft.clearLayers();
   S.marks.clearLayers();
+  S.handles.clearLayers();
+  S.centre = null;
+  if (S.editing) S.layer.resetStyle();  // the zone's outline as it was before editing
+  S.editing = null;
+  S.drawTitle.textContent = t("zn.new");
   S.vertices = [];
   S.circle = null;
   S.upload = null;
@@ -196,25 +232,113 @@ function redrawPolygon(closed) {
   });
 }
 
-function startCircle() {
+// A new circle, or `edit` = { feature, centre (LatLng), radius (m) }: the centre is a draggable
+// marker, and a click on the map moves it too.
+function startCircle(edit) {
   resetDraft();
   S.mode = "circle";
   S.map.on("click", onMapClick);
   S.map.getContainer().classList.add("drawing");
-  const radius = h("input", { type: "number", id: "circle-radius", min: 10, max: 50000, step: 10, value: "300",
-    oninput: () => drawCircle() });
+  const radius = h("input", { type: "number", id: "circle-radius", min: 10, max: 50000, step: 10,
+    value: String(edit ? edit.radius : 300), oninput: () => drawCircle() });
   S.radius = radius;
-  clear(S.drawBox).append(h("p", { class: "hint", text: t("zn.hint.circle") }),
+  if (edit) {
+    beginEdit(edit.feature);
+    S.circle = edit.centre;
+    S.centre = L.marker(edit.centre, { draggable: true, keyboard: false,
+      icon: L.divIcon({ className: "edit-vertex edit-centre", iconSize: [16, 16] }) }).addTo(S.handles);
+    S.centre.on("drag", () => { S.circle = S.centre.getLatLng(); drawCircle(); });
+  }
+  clear(S.drawBox).append(h("p", { class: "hint", text: t(edit ? "zn.hint.editcircle" : "zn.hint.circle") }),
     h("label", { class: "inline" }, h("span", { text: t("zn.radius") }), radius),
-    h("div", { class: "actions" }, h("button", { class: "secondary", id: "draw-cancel", text: t("zn.cancel"), onclick: drawIdle })),
+    // (an edit's Cancel is beside its Save)
+    ...(edit ? [] : [h("div", { class: "actions" }, h("button", { class: "secondary", id: "draw-cancel", text: t("zn.cancel"), onclick: drawIdle }))]),
     zoneForm(() => S.circle && { type: "Point", coordinates: [round(S.circle.lng), round(S.circle.lat)] }, mapCrs(),
-      () => Number(radius.value)));
+      () => Number(radius.value), edit && edit.feature));
+  drawCircle();
 }
 
 function drawCircle() {
   S.draft.clearLayers();
   if (!S.circle) return;
+  if (S.centre) S.centre.setLatLng(S.circle);
   L.circle(S.circle, { ...ZONE_STYLES.exclusion, radius: Number(S.radius.value) || 0, className: "draft-shape" }).addTo(S.draft);
+}
+
+// --- editing ---------------------------------------------------------------------------------
+
+const MAX_EDIT_VERTICES = 400;  // more is a surveyed boundary: replace it by a file, not by hand
+
+function startEdit(id) {
+  const f = S.features.find((x) => x.id === id);
+  if (!f) return;
+  const drawn = f.properties.drawn_geometry || {};
+  if (drawn.type === "Point" && drawn.radius_m) {
+    const [lon, lat] = drawn.coordinates;
+    startCircle({ feature: f, centre: crsToMap(lon, lat, f.properties.drawn_crs), radius: drawn.radius_m });
+    return;
+  }
+  const polys = f.geometry.coordinates;  // the stored MultiPolygon, WGS-84
+  if (polys.length !== 1 || polys[0].length !== 1) { toast(t("zn.cantedit"), "error"); return; }
+  const ring = polys[0][0].slice(0, -1);
+  if (ring.length > MAX_EDIT_VERTICES) { toast(t("zn.toomany", { n: ring.length }), "error"); return; }
+  resetDraft();
+  S.mode = "edit";
+  S.map.doubleClickZoom.disable();
+  beginEdit(f);
+  S.vertices = ring.map(([lon, lat]) => toMap(lon, lat));
+  drawEditable();
+  clear(S.drawBox).append(h("p", { class: "hint", id: "edit-hint", text: t("zn.hint.edit") }),
+    zoneForm(() => ({ type: "Polygon", coordinates: [closedRing()] }), mapCrs(), null, f));
+}
+
+// The zone being edited: its saved outline turns grey (the previous shape) and comes into view.
+function beginEdit(f) {
+  S.editing = f;
+  S.drawTitle.textContent = t("zn.editing", { name: f.properties.name });
+  S.layer.eachLayer((l) => {
+    if (l.feature && l.feature.id === f.id) {
+      l.setStyle({ color: "#5f6368", weight: 2, dashArray: "5 5", fillColor: "#9e9e9e", fillOpacity: 0.06 });
+      S.map.fitBounds(l.getBounds(), { padding: [100, 100], maxZoom: 17, animate: false });
+    }
+  });
+}
+
+// The polygon with a draggable marker on each vertex (numbered as in error messages) and a small
+// handle on each edge's midpoint that adds a vertex there; a double-click removes a vertex.
+function drawEditable() {
+  S.draft.clearLayers();
+  S.handles.clearLayers();
+  const poly = L.polygon(S.vertices, { ...ZONE_STYLES.exclusion, className: "draft-shape" }).addTo(S.draft);
+  const mids = S.vertices.map((_, i) => {
+    const mid = L.marker(midpoint(i), { keyboard: false,
+      icon: L.divIcon({ className: "edit-mid", iconSize: [12, 12] }) }).addTo(S.handles);
+    mid.on("click", (e) => { L.DomEvent.stop(e); S.vertices.splice(i + 1, 0, mid.getLatLng()); drawEditable(); });
+    return mid;
+  });
+  S.vertices.forEach((ll, i) => {
+    const m = L.marker(ll, { draggable: true, keyboard: false, zIndexOffset: 1000,
+      icon: L.divIcon({ className: "edit-vertex", iconSize: [16, 16] }) })
+      .bindTooltip(String(i + 1), { permanent: true, direction: "top", className: "vertex-label", offset: [0, -8] })
+      .addTo(S.handles);
+    m.on("drag", () => {
+      S.vertices[i] = m.getLatLng();
+      poly.setLatLngs(S.vertices);
+      mids.forEach((mid, j) => mid.setLatLng(midpoint(j)));
+    });
+    m.on("dragend", drawEditable);
+    m.on("dblclick", (e) => {
+      L.DomEvent.stop(e);
+      if (S.vertices.length <= 3) { toast(t("zn.err.few"), "error"); return; }
+      S.vertices.splice(i, 1);
+      drawEditable();
+    });
+  });
+}
+
+function midpoint(i) {
+  const a = S.vertices[i], b = S.vertices[(i + 1) % S.vertices.length];
+  return L.latLng((a.lat + b.lat) / 2, (a.lng + b.lng) / 2);
 }
 
 async function readFile(file) {
@@ -247,19 +371,29 @@ async function readFile(file) {
 
 // --- saving ----------------------------------------------------------------------------------
 
-function zoneForm(geometry, crs, radius) {
-  const name = h("input", { name: "name", id: "zone-name", required: true, maxlength: 200 });
+// The name, kind and owner of a new zone; of an edited one (`edit`: its feature) the name, with
+// kind and owner shown but fixed. Saved by POST, or by PUT for an edit.
+function zoneForm(geometry, crs, radius, edit) {
+  const name = h("input", { name: "name", id: "zone-name", required: true, maxlength: 200,
+    value: edit ? edit.properties.name : undefined });
   const kind = h("select", { name: "kind", id: "zone-kind" }, KINDS.map((k) => h("option", { value: k, text: t(`zn.k.${k}`) })));
   const owner = h("select", { name: "owner", id: "zone-owner" },
     S.units.map((u) => h("option", { value: u.id, text: u.name })));
   // An officer's zones belong to their office; the default is the most local unit.
   owner.value = String((S.units.find((u) => u.id === S.ctx.me.org_unit_id) || S.units[S.units.length - 1] || {}).id);
+  if (edit) {
+    kind.value = edit.properties.kind;
+    owner.value = String(edit.properties.owner_unit_id);
+    kind.disabled = owner.disabled = true;
+  }
   const err = h("div", { class: "zone-error", id: "zone-error", role: "alert", hidden: true });
   const form = h("form", { class: "form zone-form" },
     h("label", {}, h("span", { text: t("zn.name") }), name),
     h("div", { class: "two" }, h("label", {}, h("span", { text: t("zn.kind") }), kind),
       h("label", {}, h("span", { text: t("zn.owner") }), owner)),
-    err, h("div", { class: "actions" }, h("button", { class: "primary", type: "submit", id: "zone-save", text: t("zn.save") })));
+    err, h("div", { class: "actions" }, h("button", { class: "primary", type: "submit", id: "zone-save",
+      text: t(edit ? "zn.update" : "zn.save") }),
+    edit ? h("button", { class: "secondary", type: "button", id: "draw-cancel", text: t("zn.cancel"), onclick: drawIdle }) : null));
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const geom = geometry();
@@ -267,11 +401,12 @@ function zoneForm(geometry, crs, radius) {
     const drawnCrs = typeof crs === "function" ? crs() : crs;
     S.marks.clearLayers();
     err.hidden = true;
-    const body = { name: name.value, kind: kind.value, owner_unit_id: Number(owner.value), crs: drawnCrs, geometry: geom };
+    const body = edit ? { name: name.value, crs: drawnCrs, geometry: geom }
+      : { name: name.value, kind: kind.value, owner_unit_id: Number(owner.value), crs: drawnCrs, geometry: geom };
     if (radius) body.radius_m = radius();
     try {
-      await api("/zones", { method: "POST", body });
-      toast(t("zn.saved"));
+      const saved = await api(edit ? `/zones/${edit.id}` : "/zones", { method: edit ? "PUT" : "POST", body });
+      toast(edit ? t("zn.updated", { v: saved.properties.version }) : t("zn.saved"));
       showZones(await api("/zones"), false);
       drawIdle();  // the map stays where the officer drew it
     } catch (ex) {
@@ -293,7 +428,7 @@ function showError(box, ex, geom, crs) {
     L.marker(ll, { icon: L.divIcon({ className: "error-mark", html: "", iconSize: [26, 26] }), keyboard: false })
       .bindTooltip(detail, { permanent: false }).addTo(S.marks);
     L.circleMarker(ll, { radius: 16, color: "#b3261e", weight: 3, fill: false, className: "error-ring" }).addTo(S.marks);
-    const place = S.mode === "polygon" ? namePlace(lon, lat, geom) : null;
+    const place = S.mode === "polygon" || S.mode === "edit" ? namePlace(lon, lat, geom) : null;
     lines.push(h("p", { class: "where", id: "zone-error-where" },
       t("zn.err.at"), place || t("zn.err.point", { lon: lon.toFixed(6), lat: lat.toFixed(6) })));
     // Close enough to see the vertices apart from the mark.
@@ -338,6 +473,21 @@ function crossing(p, p2, q, q2) {
   const w = ((q[0] - p[0]) * r[1] - (q[1] - p[1]) * r[0]) / d;
   if (u < 0 || u > 1 || w < 0 || w > 1) return null;
   return [p[0] + u * r[0], p[1] + u * r[1]];
+}
+
+// --- retiring --------------------------------------------------------------------------------
+
+async function retire(zone) {
+  const v = await dialog(`${t("zn.retire")}：${zone.name}`, [
+    { name: "reason", label: t("zn.reason"), type: "textarea", required: true, minlength: 2 },
+  ], t("zn.retire"));
+  if (!v) return;
+  try {
+    await api(`/zones/${zone.id}/retire`, { method: "POST", body: { reason: v.reason } });
+    toast(t("zn.retired"));
+    if (S.editing && S.editing.id === zone.id) drawIdle();
+    showZones(await api("/zones"), false);
+  } catch (e) { toast((e.code === "zone_in_use" ? t("zn.inuse") : "") + errorText(e), "error"); }
 }
 
 // --- assigning -------------------------------------------------------------------------------
