@@ -21,6 +21,7 @@ from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org
 from tests.services import api_server
 
 CSRF = {"X-Requested-With": "ccs-console"}
+BASE = 9_000_000  # alert ids of this module's feed entries
 
 
 def _console(base: str, username: str) -> httpx.Client:
@@ -49,14 +50,15 @@ def _sse(client: httpx.Client, url: str, headers: dict[str, str], out: queue.Que
 def _publish(r: redis.Redis, settings: Settings, office_id: int, alert_id: int,
              topic: str = "alert.opened") -> str:
     """An entry as the alert worker's relay writes it (alerts/worker.py)."""
-    payload = {"alert_id": alert_id, "office_id": office_id, "kind": "area_exit",
+    payload = {"alert_id": BASE + alert_id, "office_id": office_id, "kind": "area_exit",
                "severity": "high", "status": "open", "supervisee_id": 1}
     return r.xadd(feed_key(settings), {"outbox_id": alert_id, "topic": topic,
                                       "payload": orjson.dumps(payload)}).decode()
 
 
 def _events(out: queue.Queue, n: int, timeout: float = 10) -> list[dict[str, str]]:
-    """The next n events (id, event, data), skipping comments."""
+    """The next n events (id, event, data) of this module's alerts (ids from 9,000,000: other
+    tests' workers share the session's stream), skipping comments."""
     got: list[dict[str, str]] = []
     ev: dict[str, str] = {}
     deadline = time.monotonic() + timeout
@@ -64,7 +66,7 @@ def _events(out: queue.Queue, n: int, timeout: float = 10) -> list[dict[str, str
         kind, value = out.get(timeout=max(0.1, deadline - time.monotonic()))
         assert kind == "line", (kind, value)
         if value == "":
-            if "data" in ev:
+            if "data" in ev and orjson.loads(ev["data"]).get("alert_id", BASE) >= BASE:
                 got.append(ev)
             ev = {}
         elif not value.startswith(":"):
@@ -158,7 +160,8 @@ def test_a_reconnect_resumes_after_last_event_id_with_nothing_lost_and_no_new_au
         out, stop = _open(base, c, watch)
         first = _publish(rds, settings, mine, 101)
         (ev,) = _events(out, 1)
-        assert (ev["id"], ev["event"], orjson.loads(ev["data"])["alert_id"]) == (first, "alert.opened", 101)
+        assert (ev["id"], ev["event"], orjson.loads(ev["data"])["alert_id"]) == (
+            first, "alert.opened", BASE + 101)
         stop.set()
         # While the console is away: two of its office's events and one of another district's.
         _publish(rds, settings, mine, 102, "alert.acknowledged")
@@ -169,7 +172,7 @@ def test_a_reconnect_resumes_after_last_event_id_with_nothing_lost_and_no_new_au
         _publish(rds, settings, mine, 104)
         got += _events(out2, 1)
         stop2.set()
-        assert [(e["event"], orjson.loads(e["data"])["alert_id"]) for e in got] == [
+        assert [(e["event"], orjson.loads(e["data"])["alert_id"] - BASE) for e in got] == [
             ("alert.acknowledged", 102), ("alert.opened", 103), ("alert.opened", 104)]
         (n,) = db.execute("SELECT count(*) FROM audit_log WHERE action = 'alert.stream_subscribe'"
                           ).fetchone()

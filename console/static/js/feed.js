@@ -13,7 +13,11 @@ export function onFeed(fn) { listeners.add(fn); return () => listeners.delete(fn
 export function onFeedStatus(fn) { statusListener = fn; }
 
 export function openFeed(watch, onEnded) {
-  if (source && watchId === watch.id) return;
+  if (source && watchId === watch.id) {
+    // Already open (the officer came back to the view, or switched language): say so again.
+    statusListener(source.readyState === EventSource.OPEN ? "live" : "reconnecting");
+    return;
+  }
   closeFeed();
   watchId = watch.id;
   source = new EventSource(`/api/v1/alerts/stream/live?watch=${encodeURIComponent(watch.id)}`);

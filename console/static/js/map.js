@@ -59,8 +59,11 @@ export const ZONE_STYLES = {
 };
 
 export function makeMap(el) {
+  // No zoom animation: a view that is left mid-animation (the officer clicks on) would make
+  // Leaflet touch removed elements ("_leaflet_pos" errors); instant zooms are also calmer.
   const map = L.map(el, { zoomControl: true, attributionControl: !!config.tile_url, minZoom: 3,
-    maxZoom: 19, worldCopyJump: false, preferCanvas: false });
+    maxZoom: 19, worldCopyJump: false, preferCanvas: false, zoomAnimation: false,
+    fadeAnimation: false, markerZoomAnimation: false });
   el.classList.add("map", config.tile_url ? "map-tiles" : "map-plain");
   if (config.tile_url) {
     L.tileLayer(config.tile_url, { attribution: config.tile_attribution, maxZoom: 19,
