@@ -258,11 +258,9 @@ class CpuMeter:
 # ------------------------------------------------------------------------------------------
 
 
-def fresh_database(env: BenchEnv, phones: int, hook_url: str) -> None:
-    """Drop and create ccs_bench, migrate, seed the demo organisation and the fleet."""
-    from simulators.fleet import provision_fleet
-    from store.db import migrate, reset_engine, session_factory
-    from store.demo import seed_demo
+def recreate_database(env: BenchEnv) -> None:
+    """Drop and create ccs_bench with PostGIS, point the settings at it and migrate."""
+    from store.db import migrate, reset_engine
     from store.settings import Settings, set_settings
 
     with psycopg.connect(env.admin_dsn, autocommit=True) as conn:
@@ -273,6 +271,15 @@ def fresh_database(env: BenchEnv, phones: int, hook_url: str) -> None:
     set_settings(Settings(database_url=env.url, redis_prefix=BENCH_PREFIX))
     reset_engine()
     migrate(env.url)
+
+
+def fresh_database(env: BenchEnv, phones: int, hook_url: str) -> None:
+    """Drop and create ccs_bench, migrate, seed the demo organisation and the fleet."""
+    from simulators.fleet import provision_fleet
+    from store.db import reset_engine, session_factory
+    from store.demo import seed_demo
+
+    recreate_database(env)
     with session_factory()() as session:
         seed_demo(session, supervisees_per_office=0)
         session.commit()

@@ -35,13 +35,13 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.bench import (
-    BENCH_DB,
     BENCH_PREFIX,
     ROOT,
     BenchEnv,
     bench_env,
     clear_redis,
     machine_facts,
+    recreate_database,
     start_worker,
     stop_workers,
     wait_ingest_ready,
@@ -55,18 +55,10 @@ def fresh_world(env: BenchEnv, people: int) -> None:
     """Drop and create ccs_bench, migrate, seed Wuhan's organisation and `people` phones."""
     from api.security import hash_password
     from simulators.fleet import provision_fleet
-    from store.db import migrate, reset_engine, session_factory
+    from store.db import reset_engine, session_factory
     from store.demo import seed_demo
-    from store.settings import Settings, set_settings
 
-    with psycopg.connect(env.admin_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    with psycopg.connect(env.dsn, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-    set_settings(Settings(database_url=env.url, redis_prefix=BENCH_PREFIX))
-    reset_engine()
-    migrate(env.url)
+    recreate_database(env)
     with session_factory()() as session:
         seed_demo(session, supervisees_per_office=0)
         session.commit()
