@@ -25,7 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from alerts import confirm, rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
-from alerts.escalation import escalate_overdue
+from alerts.service import escalate_overdue
 from alerts.silences import check_silences
 from store.registry import load_profile
 from store.settings import Settings

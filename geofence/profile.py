@@ -116,6 +116,35 @@ class SanctionLadder:
     reprimand_window_days: int = 365
 
 
+@dataclass(frozen=True, slots=True)
+class AckRules:
+    """Time to acknowledge an alert, by severity; an unacknowledged alert climbs a level
+    (office → district bureau → city bureau) and the new level gets the same time again."""
+
+    critical_min: float = 5.0
+    high_min: float = 15.0
+    medium_min: float = 60.0
+    low_min: float = 240.0
+
+    def minutes(self, severity: str) -> float:
+        """Minutes to acknowledge an alert of this severity (an unknown one gets the longest)."""
+        return {"critical": self.critical_min, "high": self.high_min,
+                "medium": self.medium_min}.get(severity, self.low_min)
+
+    def by_severity(self) -> dict[str, float]:
+        return {s: self.minutes(s) for s in ("critical", "high", "medium", "low")}
+
+
+def _ack_from(d: Mapping[str, Any] | None) -> AckRules:
+    """Profiles stored before acknowledgement times were part of them take the defaults."""
+    if not d:
+        return AckRules()
+    unknown = set(d) - {f.name for f in fields(AckRules)}
+    if unknown:
+        raise ValueError(f"unknown acknowledgement rules {sorted(unknown)}")
+    return AckRules(**{k: float(v) for k, v in d.items()})
+
+
 def _checkin_from(d: Mapping[str, Any] | None) -> CheckinRules:
     if not d:
         return CheckinRules()
@@ -145,6 +174,7 @@ class RuleProfile:
     travel: TravelRules = field(default_factory=TravelRules)
     checkin: CheckinRules = field(default_factory=CheckinRules)
     sanctions: SanctionLadder = field(default_factory=SanctionLadder)
+    ack: AckRules = field(default_factory=AckRules)
 
     @property
     def label(self) -> str:
@@ -163,7 +193,7 @@ class RuleProfile:
         return {"name": self.name, "version": self.version,
                 "levels": {k: asdict(v) for k, v in self.levels.items()},
                 "travel": asdict(self.travel), "checkin": asdict(self.checkin),
-                "sanctions": asdict(self.sanctions)}
+                "sanctions": asdict(self.sanctions), "ack": asdict(self.ack)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleProfile:
@@ -171,7 +201,7 @@ class RuleProfile:
         return cls(str(d["name"]), int(d["version"]),
                    {k: Rules(**validate_overrides(_current(v))) for k, v in d["levels"].items()},
                    _travel_from(d.get("travel")), _checkin_from(d.get("checkin")),
-                   SanctionLadder(**(d.get("sanctions") or {})))
+                   SanctionLadder(**(d.get("sanctions") or {})), _ack_from(d.get("ack")))
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Rules)}
