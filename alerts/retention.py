@@ -98,6 +98,20 @@ def _batches(conn: psycopg.Connection, sql: str, params: dict[str, object], batc
     return deleted
 
 
+_FOLD = """
+WITH d AS (DELETE FROM metric_counts RETURNING name, label, label2, n)
+INSERT INTO metric_counts (name, label, label2, n)
+SELECT name, label, label2, sum(n) FROM d GROUP BY 1, 2, 3
+"""
+
+
+def fold_metric_counts(conn: psycopg.Connection) -> int:
+    """Fold the triggers' metric deltas (migration 0015) into one row per metric and label, so
+    a scrape reads a few rows; returns how many rows remain."""
+    with conn.transaction():
+        return max(conn.execute(_FOLD).rowcount, 0)
+
+
 def prune(conn: psycopg.Connection, settings: Settings, now: float | None = None) -> dict[str, int]:
     """Delete rows past their retention; returns how many went per table."""
     now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
@@ -116,6 +130,7 @@ def prune(conn: psycopg.Connection, settings: Settings, now: float | None = None
     if years > 0:
         out["alert_events"] = _batches(conn, _ALERT_EVENTS, {
             "batch": batch, "cutoff": now_dt - timedelta(days=365.25 * years)}, batch, max_batches)
+    fold_metric_counts(conn)
     if any(out.values()):
         log.info("retention: deleted %s", {k: v for k, v in out.items() if v})
     return out

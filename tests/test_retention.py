@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from alerts.retention import prune
+from api.metrics import DatabaseCollector
 from store.settings import Settings
 from tests.conftest import JIANGAN, JIANGHAN, Org
 from tests.test_delivery import add_channel, raise_alert
@@ -88,6 +89,11 @@ def test_rows_older_than_the_retention_go_and_newer_or_unfinished_ones_stay(
                           "RETURNING id", a) for a in (old_alert, new_alert)}
     go["alert_events"], keep["alert_events"] = {events[new_alert]}, {events[old_alert]}
 
+    before = _metrics(settings)
+    assert before[("ccs_alerts_opened_total", ("curfew_breach",))] == 1.0
+    assert before[("ccs_notifications", ("email", "delivered"))] == 2.0
+    deltas = _one(db, "SELECT count(*) FROM metric_counts")
+
     deleted = prune(db, s)
 
     for table in go:
@@ -97,3 +103,19 @@ def test_rows_older_than_the_retention_go_and_newer_or_unfinished_ones_stay(
         assert deleted[table] == len(go[table]), table
     # A later run finds nothing more to do.
     assert not any(prune(db, s).values())
+    # The metrics do not count the tables: what retention deleted is still counted, and the
+    # triggers' deltas were folded into one row per metric and label.
+    assert _metrics(settings) == before
+    folded = _one(db, "SELECT count(*) FROM metric_counts")
+    assert folded < deltas
+    assert folded == _one(db, "SELECT count(DISTINCT (name, label, label2)) FROM metric_counts")
+
+
+def _metrics(settings: Settings) -> dict[tuple[str, tuple[str, ...]], float]:
+    out = {}
+    for family in DatabaseCollector(settings.psycopg_dsn).collect():
+        if family.name == "ccs_table_rows":  # type: ignore[attr-defined]
+            continue
+        for sample in family.samples:  # type: ignore[attr-defined]
+            out[(sample.name, tuple(sample.labels.values()))] = sample.value
+    return out
