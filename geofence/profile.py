@@ -135,33 +135,15 @@ class AckRules:
         return {s: self.minutes(s) for s in ("critical", "high", "medium", "low")}
 
 
-def _ack_from(d: Mapping[str, Any] | None) -> AckRules:
-    """Profiles stored before acknowledgement times were part of them take the defaults."""
+def _section(cls: Any, d: Mapping[str, Any] | None, what: str) -> Any:
+    """One section of a stored profile; a section missing (a profile stored before it existed)
+    takes the defaults, an unknown key is refused."""
     if not d:
-        return AckRules()
-    unknown = set(d) - {f.name for f in fields(AckRules)}
+        return cls()
+    unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
-        raise ValueError(f"unknown acknowledgement rules {sorted(unknown)}")
-    return AckRules(**{k: float(v) for k, v in d.items()})
-
-
-def _checkin_from(d: Mapping[str, Any] | None) -> CheckinRules:
-    if not d:
-        return CheckinRules()
-    unknown = set(d) - {f.name for f in fields(CheckinRules)}
-    if unknown:
-        raise ValueError(f"unknown check-in rules {sorted(unknown)}")
-    return CheckinRules(**d)
-
-
-def _travel_from(d: Mapping[str, Any] | None) -> TravelRules:
-    if not d:
-        return TravelRules()
-    names = {f.name for f in fields(TravelRules)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown travel rules {sorted(unknown)}")
-    return TravelRules(**d)
+        raise ValueError(f"unknown {what} rules {sorted(unknown)}")
+    return cls(**d)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +182,10 @@ class RuleProfile:
         """Inverse of `to_dict`; missing thresholds take the defaults."""
         return cls(str(d["name"]), int(d["version"]),
                    {k: Rules(**validate_overrides(_current(v))) for k, v in d["levels"].items()},
-                   _travel_from(d.get("travel")), _checkin_from(d.get("checkin")),
-                   SanctionLadder(**(d.get("sanctions") or {})), _ack_from(d.get("ack")))
+                   _section(TravelRules, d.get("travel"), "travel"),
+                   _section(CheckinRules, d.get("checkin"), "check-in"),
+                   SanctionLadder(**(d.get("sanctions") or {})),
+                   _section(AckRules, d.get("ack"), "acknowledgement"))
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Rules)}

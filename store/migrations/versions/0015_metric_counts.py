@@ -26,15 +26,22 @@ CREATE TABLE metric_counts (
     n      double precision NOT NULL
 );
 
--- Alerts opened, by kind (an upsert that updates an open alert inserts nothing).
-CREATE FUNCTION metric_alerts_opened() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Rows inserted, by one column: TG_ARGV = (metric name, column). Alerts opened by kind (an
+-- upsert that updates an open alert inserts nothing), workflow steps by action, dead letters by
+-- reason.
+CREATE FUNCTION metric_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO metric_counts (name, label, n)
-    SELECT 'alerts_opened', kind, count(*) FROM new_rows GROUP BY kind;
+    EXECUTE format('INSERT INTO metric_counts (name, label, n)
+                    SELECT %L, %I, count(*) FROM new_rows GROUP BY %I',
+                   TG_ARGV[0], TG_ARGV[1], TG_ARGV[1]);
     RETURN NULL;
 END $$;
-CREATE TRIGGER alerts_metric_opened AFTER INSERT ON alerts
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION metric_alerts_opened();
+CREATE TRIGGER alerts_metric_opened AFTER INSERT ON alerts REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION metric_count_inserted('alerts_opened', 'kind');
+CREATE TRIGGER alert_events_metric AFTER INSERT ON alert_events REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION metric_count_inserted('alert_events', 'action');
+CREATE TRIGGER dead_letters_metric AFTER INSERT ON dead_letters REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION metric_count_inserted('dead_letters', 'reason');
 
 -- Time to acknowledge, when acknowledged_at is first set: a histogram as counts per bucket
 -- (label: the bucket's upper bound in seconds, api/metrics.py ACK_BUCKETS_S), count and sum.
@@ -59,16 +66,6 @@ END $$;
 CREATE TRIGGER alerts_metric_acknowledged AFTER UPDATE ON alerts
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION metric_alerts_acknowledged();
-
--- Workflow steps (acknowledged, escalated, resolved), by action.
-CREATE FUNCTION metric_alert_events() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO metric_counts (name, label, n)
-    SELECT 'alert_events', action, count(*) FROM new_rows GROUP BY action;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER alert_events_metric AFTER INSERT ON alert_events
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION metric_alert_events();
 
 -- Notifications by channel and state: +1 into a state, -1 out of it.
 CREATE FUNCTION metric_notifications_new() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -110,16 +107,6 @@ CREATE TRIGGER notification_attempts_metric AFTER UPDATE ON notification_attempt
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION metric_attempts_failed();
 
--- Dead letters, by reason.
-CREATE FUNCTION metric_dead_letters() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO metric_counts (name, label, n)
-    SELECT 'dead_letters', reason, count(*) FROM new_rows GROUP BY reason;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER dead_letters_metric AFTER INSERT ON dead_letters
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION metric_dead_letters();
-
 -- What the tables hold now.
 INSERT INTO metric_counts (name, label, n) SELECT 'alerts_opened', kind, count(*) FROM alerts GROUP BY kind;
 INSERT INTO metric_counts (name, label, n)
@@ -145,9 +132,8 @@ DROP TRIGGER notifications_metric_new ON notifications;
 DROP TRIGGER notifications_metric_moved ON notifications;
 DROP TRIGGER notification_attempts_metric ON notification_attempts;
 DROP TRIGGER dead_letters_metric ON dead_letters;
-DROP FUNCTION metric_alerts_opened(), metric_alerts_acknowledged(), metric_alert_events(),
-    metric_notifications_new(), metric_notifications_moved(), metric_attempts_failed(),
-    metric_dead_letters(), metric_ack_observe(double precision);
+DROP FUNCTION metric_count_inserted(), metric_alerts_acknowledged(), metric_notifications_new(),
+    metric_notifications_moved(), metric_attempts_failed(), metric_ack_observe(double precision);
 DROP TABLE metric_counts;
 """
 
