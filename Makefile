@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services browser install migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv
+.PHONY: run test services browser install lock upgrade migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,7 +30,7 @@ run: seed
 browser:  ## Debian's Chromium and CJK fonts for the console's browser tests
 	bash deploy/ensure-browser.sh
 
-test: install services browser
+test: install services browser lint
 	$(BIN)/python -m pytest -q
 
 bench: install services  ## sustained load: 5,000 reports/s for 60 s on a fresh ccs_bench database
@@ -51,7 +51,7 @@ bench-console: install services browser  ## the duty view with 1,000 supervisees
 bench-quality: install  ## alert quality on realistic phones (1/5/15-min, profile, today's 60 s), 10,000 person-days
 	$(BIN)/python -m simulators.quality --workers 2
 
-lint: install
+lint: install  ## ruff and mypy; part of `make test`, so CI runs them too
 	$(BIN)/ruff check .
 	$(BIN)/mypy geofence ingest alerts api console store simulators
 
@@ -60,3 +60,16 @@ audit-verify: install  ## recompute the audit log's hash chain; exits 1 on tampe
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The hashed lock, from pyproject.toml: `make lock` after changing the dependencies (keeps the
+# other pins), `make upgrade` to move every package to its newest allowed version.
+PIP_COMPILE := $(BIN)/python -m piptools compile --quiet --generate-hashes --allow-unsafe --extra dev \
+	--strip-extras --no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml
+
+lock: install
+	$(BIN)/pip install -q 'pip-tools>=7.4'
+	$(PIP_COMPILE)
+
+upgrade: install
+	$(BIN)/pip install -q 'pip-tools>=7.4'
+	$(PIP_COMPILE) --upgrade

@@ -8,7 +8,7 @@ import time
 import psycopg
 import redis
 
-from alerts.outbox import queue_raised
+from alerts import service
 from alerts.service import AlertTarget, record_events
 from geofence.engine import BatchResult, mark_follow_up, pending_exit, tick
 from geofence.model import DeviceState, EventKind
@@ -98,22 +98,9 @@ WITH due AS (
        AND p.returned_at IS NULL AND p.overdue_alerted_at IS NULL
        AND p.approved_end_at + make_interval(secs => %(grace_s)s) < %(now)s
      FOR UPDATE SKIP LOCKED
-), marked AS (
-    UPDATE travel_permits t SET overdue_alerted_at = %(now)s, updated_at = now()
-      FROM due WHERE t.id = due.id RETURNING due.*
 )
-INSERT INTO alerts AS a (kind, severity, supervisee_id, office_id, first_fix_time, last_fix_time,
-                         reason, detected_at)
-SELECT DISTINCT ON (supervisee_id) 'overdue_return', 'high', supervisee_id, office_id,
-       end_at, end_at,
-       jsonb_build_object('rule', 'overdue_return.no_check_in', 'permit_id', id,
-                          'permit_end', end_at, 'grace_hours', %(grace_h)s::float8,
-                          'profile', %(profile)s::text),
-       %(now)s
-  FROM marked ORDER BY supervisee_id, end_at
-ON CONFLICT (supervisee_id, kind) WHERE status <> 'resolved' DO UPDATE
-   SET count = a.count + 1, reason = excluded.reason, updated_at = now()
-RETURNING id, supervisee_id, office_id, count, (xmax = 0) AS inserted, reason
+UPDATE travel_permits t SET overdue_alerted_at = %(now)s, updated_at = now()
+  FROM due WHERE t.id = due.id RETURNING due.*
 """
 
 
@@ -127,7 +114,14 @@ def check_overdue_returns(conn: psycopg.Connection, now: float | None = None) ->
     profile = load_profile(conn)
     grace_h = profile.travel.return_grace_hours
     with conn.transaction():
-        rows = conn.execute(_OVERDUE, {"grace_s": grace_h * 3600, "now": now_dt,
-                                       "grace_h": grace_h, "profile": profile.label}).fetchall()
-        queue_raised(conn, "overdue_return", "high", rows)
-    return len(rows)
+        first: dict[int, tuple] = {}  # one alert per person, for the earliest end
+        for row in conn.execute(_OVERDUE, {"grace_s": grace_h * 3600, "now": now_dt}).fetchall():
+            if row[1] not in first or row[3] < first[row[1]][3]:
+                first[row[1]] = row
+        return service.open_alerts(conn, "overdue_return", "high", [
+            {"supervisee_id": sid, "office_id": office, "first_fix_time": end_at,
+             "last_fix_time": end_at, "detected_at": now_dt,
+             "reason": {"rule": "overdue_return.no_check_in", "permit_id": pid,
+                        "permit_end": end_at.isoformat(), "grace_hours": float(grace_h),
+                        "profile": profile.label}}
+            for pid, sid, office, end_at in first.values()], "repeat_keep_times")

@@ -16,13 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import orjson
 import psycopg
 import redis
 
-from alerts.outbox import OUTBOX_CHANNEL
+from alerts import service
 from geofence.model import Event
 from store.settings import get_settings
 
@@ -93,14 +93,10 @@ def request_location(conn: psycopg.Connection, ev: Event, supervisee_id: int, of
     request_id = int(rid[0])
     if throttled:
         return Requested(request_id, "throttled", throttled)
-    payload: dict[str, Any] = {"device_ids": [ev.device_id], "owntracks": True, "command": {
+    oid = service.command(conn, [ev.device_id], {
         "type": "report_location", "request_id": request_id,
-        "deadline": (at + window).isoformat()}}
-    oid = conn.execute("INSERT INTO outbox (topic, payload) VALUES ('device.command', %s) "
-                       "RETURNING id", (orjson.dumps(payload).decode(),)).fetchone()
-    assert oid is not None
-    conn.execute("UPDATE location_requests SET outbox_id = %s WHERE id = %s", (oid[0], request_id))
-    conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+        "deadline": (at + window).isoformat()}, owntracks=True)
+    conn.execute("UPDATE location_requests SET outbox_id = %s WHERE id = %s", (oid, request_id))
     if r is not None:
         # Before the commit, so no answer can slip past; a rollback leaves a harmless member
         # (the next fix finds nothing pending and removes it), and `expire` re-adds any device

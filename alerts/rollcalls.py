@@ -9,11 +9,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import orjson
 import psycopg
 import redis
 
-from alerts.outbox import queue_raised
+from alerts import service
 from geofence.profile import RuleProfile
 
 PENDING = "rollcall:pending"  # Redis set of devices with a roll-call awaiting a fresh fix
@@ -86,16 +85,9 @@ def send_due(conn: psycopg.Connection, r: redis.Redis, prefix: str, profile: Rul
                     "SELECT supervisee_id, id FROM devices WHERE active AND supervisee_id = ANY(%s)",
                     ([r[1] for r in rows],)):
                 devices_of.setdefault(sid, []).append(dev)
-        for rid, sid, deadline in rows:
-            devs = devices_of.get(sid, [])
-            if not devs:
-                continue
-            payload = {"device_ids": devs, "owntracks": True, "command": {
-                "type": "rollcall", "rollcall_id": rid, "deadline": deadline.isoformat()}}
-            conn.execute("INSERT INTO outbox (topic, payload) VALUES ('device.command', %s)",
-                         (orjson.dumps(payload).decode(),))
-        if rows:
-            conn.execute("NOTIFY ccs_outbox")
+        service.commands(conn, [
+            (devices_of[sid], {"type": "rollcall", "rollcall_id": rid, "deadline": deadline.isoformat()})
+            for rid, sid, deadline in rows if devices_of.get(sid)], owntracks=True)
     pending = [d for devs in devices_of.values() for d in devs]
     if pending:
         r.sadd(prefix + PENDING, *pending)
@@ -133,31 +125,26 @@ def answer(conn: psycopg.Connection, r: redis.Redis, prefix: str,
 
 
 _MISS = """
-WITH missed AS (
-    UPDATE roll_calls SET status = 'missed'
-     WHERE id IN (SELECT id FROM roll_calls WHERE status = 'sent' AND deadline < %(now)s
-                  FOR UPDATE SKIP LOCKED)
- RETURNING id, supervisee_id, office_id, sent_at, deadline, origin
-)
-INSERT INTO alerts AS a (kind, severity, supervisee_id, office_id, first_fix_time, last_fix_time,
-                         reason, detected_at)
-SELECT DISTINCT ON (supervisee_id) 'missed_roll_call', 'medium', supervisee_id, office_id,
-       sent_at, deadline,
-       jsonb_build_object('rule', 'missed_roll_call.no_fresh_fix_in_window', 'roll_call_id', id,
-                          'origin', origin, 'sent_at', sent_at, 'deadline', deadline),
-       %(now)s
-  FROM missed ORDER BY supervisee_id, deadline DESC
-ON CONFLICT (supervisee_id, kind) WHERE status <> 'resolved' DO UPDATE
-   SET count = a.count + 1, reason = excluded.reason, last_fix_time = excluded.last_fix_time,
-       updated_at = now()
-RETURNING id, supervisee_id, office_id, count, (xmax = 0), reason
+UPDATE roll_calls SET status = 'missed'
+ WHERE id IN (SELECT id FROM roll_calls WHERE status = 'sent' AND deadline < %(now)s
+              FOR UPDATE SKIP LOCKED)
+RETURNING id, supervisee_id, office_id, sent_at, deadline, origin
 """
 
 
 def close_missed(conn: psycopg.Connection, now: float | None = None) -> int:
-    """Roll-calls past their deadline without a fresh fix: missed, and an alert."""
+    """Roll-calls past their deadline without a fresh fix: missed, and an alert (one per person,
+    for the latest missed roll-call)."""
     now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     with conn.transaction():
-        rows = conn.execute(_MISS, {"now": now_dt}).fetchall()
-        queue_raised(conn, "missed_roll_call", "medium", rows)
-    return len(rows)
+        latest: dict[int, tuple] = {}
+        for row in conn.execute(_MISS, {"now": now_dt}).fetchall():
+            if row[1] not in latest or row[4] > latest[row[1]][4]:
+                latest[row[1]] = row
+        return service.open_alerts(conn, "missed_roll_call", "medium", [
+            {"supervisee_id": sid, "office_id": office, "first_fix_time": sent_at,
+             "last_fix_time": deadline, "detected_at": now_dt,
+             "reason": {"rule": "missed_roll_call.no_fresh_fix_in_window", "roll_call_id": rid,
+                        "origin": origin, "sent_at": sent_at.isoformat(),
+                        "deadline": deadline.isoformat()}}
+            for rid, sid, office, sent_at, deadline, origin in latest.values()], "repeat")

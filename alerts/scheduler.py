@@ -23,9 +23,9 @@ import psycopg
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from alerts import confirm, rollcalls
+from alerts import confirm, retention, rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
-from alerts.escalation import escalate_overdue
+from alerts.service import escalate_overdue
 from alerts.silences import check_silences
 from store.registry import load_profile
 from store.settings import Settings
@@ -161,6 +161,9 @@ class Scheduler:
                          "interval", seconds=10, id="confirm_expire")
         self.aps.add_job(self._guard("escalation", escalate_overdue), "interval", seconds=10,
                          id="escalation")
+        # Old rows of the operational tables, a few small batches per table each run.
+        self.aps.add_job(self._guard("retention", lambda c: retention.prune(c, self.settings)),
+                         "interval", minutes=5, id="retention")
         self.aps.start()
 
     def stop(self) -> None:

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import orjson
 import psycopg
 import redis
 
+from alerts import service
 from store.enums import AlertKind
 
 COMM, LOC, OFF = "dl:comm", "dl:loc", "dl:off"
@@ -91,29 +91,7 @@ def record_activity(
 
 def clear_silence_alerts(conn: psycopg.Connection, ended: Iterable[tuple[str, str]]) -> int:
     """Mark the open silence alerts that just ended as cleared: (device, alert kind) pairs."""
-    pairs = list(ended)
-    cur = conn.execute(
-        """UPDATE alerts a SET cleared_at = now(), updated_at = now()
-             FROM unnest(%s::text[], %s::text[]) AS e(dev, kind)
-            WHERE a.device_id = e.dev AND a.kind = e.kind AND a.status <> 'resolved'
-              AND a.cleared_at IS NULL""",
-        ([d for d, _ in pairs], [k for _, k in pairs]))
-    return cur.rowcount
-
-
-_RAISE = """
-INSERT INTO alerts AS a (kind, severity, supervisee_id, office_id, device_id, first_fix_time,
-                         last_fix_time, reason, detected_at)
-SELECT %(kind)s, %(severity)s, s.id, s.office_id, d.id, %(deadline)s, %(deadline)s,
-       %(reason)s::jsonb, %(now)s
-  FROM devices d JOIN supervisees s ON s.id = d.supervisee_id
- WHERE d.id = %(device)s AND d.active AND s.active
-ON CONFLICT (supervisee_id, kind) WHERE status <> 'resolved' DO UPDATE
-   SET count = a.count + 1, cleared_at = NULL, reason = excluded.reason,
-       device_id = excluded.device_id, updated_at = now()
- WHERE a.cleared_at IS NOT NULL
-RETURNING id, supervisee_id, office_id, count, (xmax = 0) AS inserted
-"""
+    return service.clear_device_alerts(conn, ended)
 
 
 def check_silences(conn: psycopg.Connection, r: redis.Redis, prefix: str,
@@ -142,27 +120,14 @@ def check_silences(conn: psycopg.Connection, r: redis.Redis, prefix: str,
             due = [d for d, t in zip(due, talking, strict=True) if t]
             if not due:
                 continue
+        now_dt = datetime.fromtimestamp(now, UTC)
+        items = []
+        for member, deadline in due:
+            device = member.decode() if isinstance(member, bytes) else str(member)
+            reason = {"rule": RULES[key], "deadline": datetime.fromtimestamp(deadline, UTC).isoformat(),
+                      "checked_at": now_dt.isoformat()}
+            items.append((device, datetime.fromtimestamp(deadline, UTC), reason))
         with conn.transaction():
-            for member, deadline in due:
-                device = member.decode() if isinstance(member, bytes) else str(member)
-                reason = {"rule": RULES[key], "deadline": datetime.fromtimestamp(deadline, UTC).isoformat(),
-                          "checked_at": datetime.fromtimestamp(now, UTC).isoformat()}
-                row = conn.execute(_RAISE, {
-                    "kind": KINDS[key].value, "severity": SEVERITY[key], "device": device,
-                    "deadline": datetime.fromtimestamp(deadline, UTC),
-                    "now": datetime.fromtimestamp(now, UTC),
-                    "reason": orjson.dumps(reason).decode()}).fetchone()
-                if row is None:
-                    continue
-                raised += 1
-                payload = {"alert_id": row[0], "kind": KINDS[key].value, "severity": SEVERITY[key],
-                           "status": "open", "supervisee_id": row[1], "office_id": row[2],
-                           "device_id": device, "count": row[3], "new": bool(row[4]),
-                           "reason": reason}
-                conn.execute("INSERT INTO outbox (topic, payload) VALUES (%s, %s)",
-                             ("alert.opened" if row[4] else "alert.updated",
-                              orjson.dumps(payload).decode()))
-            if raised:
-                conn.execute("NOTIFY ccs_outbox")
+            raised += service.raise_for_devices(conn, KINDS[key].value, SEVERITY[key], items, now_dt)
         take(keys=[prefix + key, prefix + SILENT[key]], args=[now, *[m for m, _ in due]])
     return raised

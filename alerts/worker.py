@@ -18,8 +18,8 @@ import psycopg
 import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
-from alerts.outbox import OUTBOX_CHANNEL
 from alerts.scheduler import Scheduler
+from alerts.service import OUTBOX_CHANNEL
 from store.settings import Settings, get_settings
 
 log = logging.getLogger("alerts.worker")

@@ -1,8 +1,16 @@
-"""Prometheus metrics, read from the database at scrape time.
+"""Prometheus metrics, read from the database at scrape time, without scanning history.
 
 Alerts are opened by the ingest worker, acknowledged through the API and escalated by the
 scheduler, in different processes: counting in the database keeps every figure exact whatever
-process did the work, and a restart loses nothing.
+process did the work, and a restart loses nothing. The sources are cheap whatever the tables
+hold (and whatever retention deleted):
+
+- counters and the notification states come from `metric_counts`, kept by statement-level
+  triggers in the writers' own transactions (migration 0015) and folded by the retention job:
+  a scrape reads one row per metric and label plus the deltas of the last few minutes;
+- open alerts and pending outbox rows are counted over their partial indexes (status <>
+  'resolved', published_at IS NULL): what is still open, never history;
+- table sizes (`ccs_table_rows`) are PostgreSQL's own estimates (pg_class.reltuples).
 """
 
 from __future__ import annotations
@@ -17,11 +25,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+# The same bounds as metric_ack_observe() in migration 0015.
 ACK_BUCKETS_S = (60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+ESTIMATED = ("outbox", "notifications", "notification_attempts", "alert_events",
+             "alerts", "device_messages", "roll_calls", "location_requests", "dead_letters")
 
 
 class DatabaseCollector(Collector):
-    """Alert and delivery figures straight from PostgreSQL."""
+    """Alert and delivery figures from PostgreSQL (see the module's note on their sources)."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -29,9 +40,13 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[object]:  # type: ignore[override]
         """One short read-only transaction per scrape."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
+            counts: dict[str, list[tuple[str, str, float]]] = {}
+            for name, label, label2, n in conn.execute(
+                    """SELECT name, label, label2, sum(n) FROM metric_counts GROUP BY 1, 2, 3"""):
+                counts.setdefault(name, []).append((label, label2, float(n)))
             opened = CounterMetricFamily("ccs_alerts_opened", "Alerts opened, by kind",
                                          labels=["kind"])
-            for kind, n in conn.execute("SELECT kind, count(*) FROM alerts GROUP BY kind"):
+            for kind, _, n in counts.get("alerts_opened", []):
                 opened.add_metric([kind], n)
             yield opened
             open_now = GaugeMetricFamily("ccs_alerts_open", "Alerts not yet resolved, by status",
@@ -40,13 +55,12 @@ class DatabaseCollector(Collector):
                     "SELECT status, count(*) FROM alerts WHERE status <> 'resolved' GROUP BY 1"):
                 open_now.add_metric([status], n)
             yield open_now
+            steps = {action: n for action, _, n in counts.get("alert_events", [])}
             for action, name, doc in (
                     ("acknowledged", "ccs_alerts_acknowledged", "Acknowledgements"),
                     ("escalated", "ccs_alerts_escalated", "Escalation steps")):
                 c = CounterMetricFamily(name, doc)
-                row = conn.execute("SELECT count(*) FROM alert_events WHERE action = %s",
-                                   (action,)).fetchone()
-                c.add_metric([], row[0] if row else 0)
+                c.add_metric([], steps.get(action, 0.0))
                 yield c
             pending = GaugeMetricFamily("ccs_outbox_pending",
                                         "Notifications not yet delivered (outbox rows)",
@@ -57,35 +71,34 @@ class DatabaseCollector(Collector):
             yield pending
             h = HistogramMetricFamily("ccs_alert_time_to_acknowledge_seconds",
                                       "From opening to acknowledgement")
-            rows = conn.execute(
-                f"""SELECT {", ".join(f"count(*) FILTER (WHERE d <= {b})" for b in ACK_BUCKETS_S)},
-                           count(*), coalesce(sum(d), 0)
-                      FROM (SELECT extract(epoch FROM acknowledged_at - opened_at) AS d
-                              FROM alerts WHERE acknowledged_at IS NOT NULL) x""").fetchone()
-            assert rows is not None
-            *cum, total, s = rows
-            h.add_metric([], [(str(b), c) for b, c in zip(ACK_BUCKETS_S, cum, strict=True)]
-                         + [("+Inf", total)], float(s))
+            le = {float(b): n for b, _, n in counts.get("ack_le", [])}
+            total = sum(n for _, _, n in counts.get("ack_count", []))
+            h.add_metric([], [(str(b), le.get(b, 0.0)) for b in ACK_BUCKETS_S] + [("+Inf", total)],
+                         sum(n for _, _, n in counts.get("ack_sum", [])))
             yield h
             failed = CounterMetricFamily("ccs_notification_attempts_failed",
                                          "Delivery attempts that failed (retried), by channel",
                                          labels=["channel"])
-            for channel, n in conn.execute(
-                    """SELECT n.channel, count(*) FROM notification_attempts a
-                         JOIN notifications n ON n.id = a.notification_id
-                        WHERE a.outcome = 'failed' GROUP BY 1"""):
+            for channel, _, n in counts.get("attempts_failed", []):
                 failed.add_metric([channel], n)
             yield failed
             notes = GaugeMetricFamily("ccs_notifications",
                                       "Notifications by channel and state (pending, delivered, "
                                       "expired: given up after the expiry time)",
                                       labels=["channel", "status"])
-            for channel, status, n in conn.execute(
-                    "SELECT channel, status, count(*) FROM notifications GROUP BY 1, 2"):
+            for channel, status, n in counts.get("notifications", []):
                 notes.add_metric([channel, status], n)
             yield notes
             dead = CounterMetricFamily("ccs_dead_letters", "Rejected messages, by reason",
                                        labels=["reason"])
-            for reason, n in conn.execute("SELECT reason, count(*) FROM dead_letters GROUP BY 1"):
+            for reason, _, n in counts.get("dead_letters", []):
                 dead.add_metric([reason], n)
             yield dead
+            rows = GaugeMetricFamily("ccs_table_rows", "Rows per operational table (PostgreSQL's "
+                                     "estimate, pg_class.reltuples)", labels=["table"])
+            for table, n in conn.execute(
+                    """SELECT relname, greatest(reltuples, 0) FROM pg_class
+                        WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace
+                          AND relname = ANY(%s)""", (list(ESTIMATED),)):
+                rows.add_metric([table], float(n))
+            yield rows

@@ -116,23 +116,34 @@ class SanctionLadder:
     reprimand_window_days: int = 365
 
 
-def _checkin_from(d: Mapping[str, Any] | None) -> CheckinRules:
-    if not d:
-        return CheckinRules()
-    unknown = set(d) - {f.name for f in fields(CheckinRules)}
-    if unknown:
-        raise ValueError(f"unknown check-in rules {sorted(unknown)}")
-    return CheckinRules(**d)
+@dataclass(frozen=True, slots=True)
+class AckRules:
+    """Time to acknowledge an alert, by severity; an unacknowledged alert climbs a level
+    (office → district bureau → city bureau) and the new level gets the same time again."""
+
+    critical_min: float = 5.0
+    high_min: float = 15.0
+    medium_min: float = 60.0
+    low_min: float = 240.0
+
+    def minutes(self, severity: str) -> float:
+        """Minutes to acknowledge an alert of this severity (an unknown one gets the longest)."""
+        return {"critical": self.critical_min, "high": self.high_min,
+                "medium": self.medium_min}.get(severity, self.low_min)
+
+    def by_severity(self) -> dict[str, float]:
+        return {s: self.minutes(s) for s in ("critical", "high", "medium", "low")}
 
 
-def _travel_from(d: Mapping[str, Any] | None) -> TravelRules:
+def _section(cls: Any, d: Mapping[str, Any] | None, what: str) -> Any:
+    """One section of a stored profile; a section missing (a profile stored before it existed)
+    takes the defaults, an unknown key is refused."""
     if not d:
-        return TravelRules()
-    names = {f.name for f in fields(TravelRules)}
-    unknown = set(d) - names
+        return cls()
+    unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
-        raise ValueError(f"unknown travel rules {sorted(unknown)}")
-    return TravelRules(**d)
+        raise ValueError(f"unknown {what} rules {sorted(unknown)}")
+    return cls(**d)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,7 @@ class RuleProfile:
     travel: TravelRules = field(default_factory=TravelRules)
     checkin: CheckinRules = field(default_factory=CheckinRules)
     sanctions: SanctionLadder = field(default_factory=SanctionLadder)
+    ack: AckRules = field(default_factory=AckRules)
 
     @property
     def label(self) -> str:
@@ -163,15 +175,17 @@ class RuleProfile:
         return {"name": self.name, "version": self.version,
                 "levels": {k: asdict(v) for k, v in self.levels.items()},
                 "travel": asdict(self.travel), "checkin": asdict(self.checkin),
-                "sanctions": asdict(self.sanctions)}
+                "sanctions": asdict(self.sanctions), "ack": asdict(self.ack)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleProfile:
         """Inverse of `to_dict`; missing thresholds take the defaults."""
         return cls(str(d["name"]), int(d["version"]),
                    {k: Rules(**validate_overrides(_current(v))) for k, v in d["levels"].items()},
-                   _travel_from(d.get("travel")), _checkin_from(d.get("checkin")),
-                   SanctionLadder(**(d.get("sanctions") or {})))
+                   _section(TravelRules, d.get("travel"), "travel"),
+                   _section(CheckinRules, d.get("checkin"), "check-in"),
+                   SanctionLadder(**(d.get("sanctions") or {})),
+                   _section(AckRules, d.get("ack"), "acknowledgement"))
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Rules)}

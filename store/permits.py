@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from geofence.profile import DEFAULT_PROFILE, RuleProfile
 from geofence.travel import TIER_ORDER, PermitRefused, Span, Tier, check_request
 from store.enums import Role
-from store.models import Device, PermitEvent, RuleProfileRow, Supervisee, TravelPermit
+from store.models import PermitEvent, RuleProfileRow, Supervisee, TravelPermit
 
 ROLE_TIER = {
     Role.OFFICER: Tier.OFFICE,
@@ -65,21 +65,6 @@ def record(session: Session, permit: TravelPermit, action: str, staff_id: int | 
     """Append to the permit's history."""
     session.add(PermitEvent(permit_id=permit.id, staff_id=staff_id, device_id=device_id,
                             action=action, detail=orjson.loads(orjson.dumps(detail, default=str))))
-
-
-def tell_phone(session: Session, permit: TravelPermit) -> None:
-    """Queue the permit's state for the supervisee's phones (`devices/{id}/cmd`, QoS 1)."""
-    devices = session.scalars(select(Device.id).where(Device.supervisee_id == permit.supervisee_id,
-                                                      Device.active)).all()
-    if not devices:
-        return
-    payload = {"device_ids": list(devices), "command": {
-        "type": "permit", "permit_id": permit.id, "status": permit.status,
-        "start": permit.start_at.isoformat(), "end": permit.end_at.isoformat(),
-        "note": permit.decision_note or ""}}
-    session.execute(text("INSERT INTO outbox (topic, payload) VALUES ('device.command', :p)"),
-                    {"p": orjson.dumps(payload).decode()})
-    session.execute(text("NOTIFY ccs_outbox"))
 
 
 def request(session: Session, supervisee: Supervisee, reason: str, destination_zone_id: int,
@@ -146,7 +131,6 @@ def decide(session: Session, permit: TravelPermit, staff_id: int, role: str, app
     permit.decided_by, permit.decision_note = staff_id, note
     permit.decided_at = datetime.now(UTC)
     record(session, permit, "approved" if approve else "rejected", staff_id, note=note)
-    tell_phone(session, permit)
 
 
 def revoke(session: Session, permit: TravelPermit, staff_id: int, role: str, note: str) -> None:
@@ -159,7 +143,6 @@ def revoke(session: Session, permit: TravelPermit, staff_id: int, role: str, not
     permit.status, permit.decision_note = "revoked", note
     permit.decided_by, permit.decided_at = staff_id, datetime.now(UTC)
     record(session, permit, "revoked", staff_id, note=note)
-    tell_phone(session, permit)
 
 
 def amend(session: Session, permit: TravelPermit, staff_id: int | None, device_id: str | None,
@@ -184,12 +167,12 @@ def amend(session: Session, permit: TravelPermit, staff_id: int | None, device_i
         permit.office_opinion = permit.office_opinion_by = None
     record(session, permit, "amended", staff_id, device_id, old_end=old, new_end=end,
            tier=tier.value, note=note)
-    tell_phone(session, permit)
 
 
 def check_in(session: Session, permit: TravelPermit, at: datetime, staff_id: int | None = None,
              device_id: str | None = None, **detail: Any) -> None:
-    """销假: the return is recorded; an overdue-return alert, if any, is closed."""
+    """销假: the return is recorded (the caller closes the overdue-return alert, if any, through
+    `alerts.service.close_overdue_return`)."""
     # An amended trip waiting for its decision is still under way on its approved span.
     under_way = permit.status == "approved" or (
         permit.status == "requested" and permit.approved_end_at is not None)
@@ -197,13 +180,6 @@ def check_in(session: Session, permit: TravelPermit, at: datetime, staff_id: int
         raise PermitError("not_approved", f"permit is {permit.status}")
     permit.status, permit.returned_at = "returned", at
     record(session, permit, "returned", staff_id, device_id, **detail)
-    session.execute(text(
-        """UPDATE alerts SET status = 'resolved', resolved_at = now(), cleared_at = now(),
-                  resolution_note = 'closed by the return check-in (销假) of permit ' || :pid,
-                  updated_at = now()
-            WHERE supervisee_id = :sid AND kind = 'overdue_return' AND status <> 'resolved'"""),
-        {"pid": str(permit.id), "sid": permit.supervisee_id})
-    tell_phone(session, permit)
 
 
 def grace(profile: RuleProfile) -> timedelta:

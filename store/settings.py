@@ -132,6 +132,23 @@ class Settings(BaseSettings):
     # refused unless allowed here, so alert details cannot be aimed at internal services.
     webhook_allow_private: bool = False
 
+    # Retention of operational tables (alerts/retention.py), enforced by the leader-elected
+    # scheduler in small batches; 0 keeps a table's rows for ever. Only finished rows go:
+    # unpublished outbox rows, pending notifications, open roll-calls and location requests stay.
+    retention_outbox_days: float = 7.0  # published rows: the live feed and fan-out are done
+    retention_notifications_days: float = 180.0  # delivered or expired, with their attempts
+    retention_notification_attempts_days: float = 180.0
+    # Alert history is evidence: kept while the person is supervised, and after the supervision
+    # ends for this many years (a new offence within 5 years of the sentence makes a recidivist,
+    # Criminal Law art. 65, so the record may matter that long).
+    retention_alert_events_years: float = 5.0
+    retention_device_messages_days: float = 30.0  # raw non-location messages (status, events)
+    retention_roll_calls_days: float = 400.0  # answered, missed or cancelled: a year's review
+    retention_location_requests_days: float = 90.0  # answered, expired or throttled
+    retention_dead_letters_days: float = 30.0  # rejected input, kept to diagnose phones
+    retention_batch: int = 2000  # rows per delete statement (each its own short transaction)
+    retention_max_batches: int = 20  # per table and run; the rest waits for the next run
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

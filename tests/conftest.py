@@ -91,7 +91,7 @@ TABLES = ("notification_attempts, notifications, staff_channels, webhook_endpoin
           "audit_log, device_messages, dead_letters, outbox, alert_events, alert_suspensions, "
           "alerts, positions, devices, permit_events, travel_permits, key_periods, "
           "supervisee_changes, roll_calls, sanctions, supervisee_zones, rule_profiles, "
-          "supervisees, zones, staff, org_units")
+          "supervisees, zones, staff, org_units, metric_counts")
 
 
 @pytest.fixture()

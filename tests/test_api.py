@@ -291,7 +291,7 @@ def test_alert_lifecycle_through_the_api(client, org: Org, db):
 
 
 def test_unacknowledged_alert_escalates_office_district_city_on_time(client, org: Org, db):
-    from alerts.escalation import escalate_overdue
+    from alerts.service import escalate_overdue
 
     db.execute("""INSERT INTO alerts (kind, severity, supervisee_id, office_id, opened_at)
                   VALUES ('area_exit', 'high', %s, %s, now())""",

@@ -18,8 +18,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from alerts.delivery import DeliveryWorker, new_webhook_secret, sign_webhook
-from alerts.escalation import escalate_overdue
-from alerts.outbox import queue_raised
+from alerts.service import escalate_overdue, queue_raised
 from alerts.worker import AlertWorker
 from ingest.mqtt_worker import MqttIngestWorker
 from store.settings import Settings

@@ -11,8 +11,9 @@ import psycopg
 import pytest
 
 from alerts.delivery import claim, new_webhook_secret, refuse_webhook_target
-from alerts.escalation import _ESCALATE
+from alerts.service import _ESCALATE, escalation_params
 from api.security import issue_access_token, session_key, staff_sessions_key
+from geofence.profile import AckRules
 from store.settings import Environment, Settings, set_settings
 from tests.conftest import PASSWORD, Org, login
 from tests.test_delivery import add_channel, add_webhook, notifications, raise_alert
@@ -83,7 +84,7 @@ def test_f3_racing_escalations_make_one_step_and_one_notification(client, org: O
                (alert,))
     officer = login(client, "jiangan-officer")
     with psycopg.connect(settings.psycopg_dsn) as sched:
-        sched.execute(_ESCALATE, {"now": datetime.now(UTC)})
+        sched.execute(_ESCALATE, escalation_params(AckRules(), datetime.now(UTC)))
         out: dict[str, int] = {}
         t = threading.Thread(target=lambda: out.update(
             code=client.post(f"{API}/alerts/{alert}/escalate", headers=officer).status_code))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -11,11 +11,9 @@ import redis
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
-from alerts.escalation import ACK_MINUTES
-from alerts.outbox import OUTBOX_CHANNEL
+from alerts import service
 from alerts.worker import feed_key
 from api.authz import SUPERVISORS, access, require_role
 from api.deps import (
@@ -27,7 +25,6 @@ from api.deps import (
     audit,
     current_staff,
     oauth2_scheme,
-    pg_now,
 )
 from api.errors import Conflict, Invalid, NotFound
 from api.feed import FeedHub, Subscriber, stream_id
@@ -48,18 +45,6 @@ from store.settings import Settings
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
 HEARTBEAT_S = 15.0  # a comment line this often when idle; also how soon a feed notices a logout
-
-
-def announce(session: Session, alert: Alert, topic: str, staff_id: int, **extra: Any) -> None:
-    """Put an alert's change on the live feed (through the outbox, committed with the change),
-    so every open console of the jurisdiction sees it at once."""
-    session.execute(text("INSERT INTO outbox (topic, payload) VALUES (:t, :p)"), {
-        "t": topic,
-        "p": orjson.dumps({"alert_id": alert.id, "office_id": alert.office_id,
-                           "supervisee_id": alert.supervisee_id, "kind": alert.kind,
-                           "severity": alert.severity, "status": alert.status, "by": staff_id,
-                           **extra}).decode()})
-    session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
 
 
 def _alert(session: SessionDep, ctx: StaffContext, alert_id: int) -> Alert:
@@ -119,11 +104,7 @@ def acknowledge(alert_id: DbId, ctx: CurrentStaff, session: SessionDep, request:
     alert = _alert(session, ctx, alert_id)
     if alert.status != AlertStatus.OPEN:
         raise Conflict(f"alert {alert_id} is {alert.status}, not open")
-    alert.status = AlertStatus.ACKNOWLEDGED.value
-    alert.acknowledged_by = ctx.id
-    alert.acknowledged_at = pg_now(session)
-    session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="acknowledged"))
-    announce(session, alert, "alert.acknowledged", ctx.id)
+    service.acknowledge(session, alert, ctx.id)
     audit(session, ctx, request, "alert.acknowledge", f"alert:{alert_id}")
     session.commit()
     return alert
@@ -137,14 +118,7 @@ def resolve(
     alert = _alert(session, ctx, alert_id)
     if alert.status == AlertStatus.RESOLVED:
         raise Conflict(f"alert {alert_id} is already resolved")
-    alert.status = AlertStatus.RESOLVED.value
-    alert.resolved_by = ctx.id
-    alert.resolved_at = pg_now(session)
-    alert.resolution_note = body.note
-    alert.disposition = body.disposition
-    session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="resolved",
-                           detail={"disposition": body.disposition, "note": body.note}))
-    announce(session, alert, "alert.resolved", ctx.id, disposition=body.disposition)
+    service.resolve(session, alert, ctx.id, body.disposition, body.note)
     audit(session, ctx, request, "alert.resolve", f"alert:{alert_id}")
     session.commit()
     return alert
@@ -187,11 +161,7 @@ def escalate_by_hand(alert_id: DbId, ctx: CurrentStaff, session: SessionDep,
         raise Conflict(f"alert {alert_id} is resolved")
     if alert.escalation_level >= 2:
         raise Conflict(f"alert {alert_id} is already with the city bureau")
-    alert.escalation_level += 1
-    alert.ack_deadline = pg_now(session) + timedelta(minutes=ACK_MINUTES[alert.severity])
-    session.add(AlertEvent(alert_id=alert.id, staff_id=ctx.id, action="escalated",
-                           detail={"to_level": alert.escalation_level, "by_hand": True}))
-    announce(session, alert, "alert.escalated", ctx.id, escalation_level=alert.escalation_level)
+    service.escalate(session, alert, ctx.id)
     audit(session, ctx, request, "alert.escalate", f"alert:{alert_id}")
     session.commit()
     return alert

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, text
 
+from alerts import service
 from api.authz import HEAD, OFFICER, SUPERVISORS, access, declared
 from api.deps import (
     CurrentDevice,
@@ -26,7 +27,7 @@ from api.errors import DomainError, Invalid, NotFound
 from api.routes.zones import visible_zone
 from api.schemas import DbId, InputModel
 from store import permits as flow
-from store.models import OrgUnit, PermitEvent, Supervisee, TravelPermit, Zone
+from store.models import Device, OrgUnit, PermitEvent, Supervisee, TravelPermit, Zone
 from store.registry import bump_config_version
 from store.state import StateStore
 
@@ -130,6 +131,23 @@ def _destination(session: SessionDep, zone_id: int) -> Zone:
     return zone
 
 
+def _tell_phone(session: SessionDep, permit: TravelPermit) -> None:
+    """Queue the permit's new state for the supervisee's phones (`devices/{id}/cmd`, QoS 1)."""
+    devices = session.scalars(select(Device.id).where(Device.supervisee_id == permit.supervisee_id,
+                                                      Device.active)).all()
+    if devices:
+        service.command(session, devices, {
+            "type": "permit", "permit_id": permit.id, "status": permit.status,
+            "start": permit.start_at.isoformat(), "end": permit.end_at.isoformat(),
+            "note": permit.decision_note or ""})
+
+
+def _returned(session: SessionDep, permit: TravelPermit) -> None:
+    """After the return check-in: the overdue-return alert closes, and the phones are told."""
+    service.close_overdue_return(session, permit.supervisee_id, permit.id)
+    _tell_phone(session, permit)
+
+
 def _done(session: SessionDep, r: RedisDep, settings: SettingsDep) -> None:
     session.commit()
     bump_config_version(r, settings.redis_prefix)  # the engine's allowed areas change
@@ -228,6 +246,7 @@ def _decide(permit_id: int, approve: bool, note: str | None, ctx: StaffContext,
         flow.decide(session, p, ctx.id, ctx.staff.role, approve, note)
     except flow.PermitError as e:
         _raise(e)
+    _tell_phone(session, p)
     audit(session, ctx, request, "permit.approve" if approve else "permit.reject", f"permit:{p.id}")
     _done(session, r, settings)
     return p
@@ -256,6 +275,7 @@ def revoke(permit_id: DbId, body: NoteIn, ctx: CurrentStaff, session: SessionDep
         flow.revoke(session, p, ctx.id, ctx.staff.role, body.note)
     except flow.PermitError as e:
         _raise(e)
+    _tell_phone(session, p)
     audit(session, ctx, request, "permit.revoke", f"permit:{p.id}")
     _done(session, r, settings)
     return p
@@ -271,6 +291,7 @@ def amend(permit_id: DbId, body: AmendIn, ctx: CurrentStaff, session: SessionDep
         flow.amend(session, p, ctx.id, None, body.end_at, body.note, time.time())
     except flow.PermitError as e:
         _raise(e)
+    _tell_phone(session, p)
     audit(session, ctx, request, "permit.amend", f"permit:{p.id}")
     _done(session, r, settings)
     return p
@@ -285,6 +306,7 @@ def record_return(permit_id: DbId, body: NoteIn, ctx: CurrentStaff, session: Ses
         flow.check_in(session, p, datetime.now(UTC), staff_id=ctx.id, note=body.note)
     except flow.PermitError as e:
         _raise(e)
+    _returned(session, p)
     audit(session, ctx, request, "permit.return", f"permit:{p.id}")
     _done(session, r, settings)
     return p
@@ -323,5 +345,6 @@ def phone_return(permit_id: DbId, device: CurrentDevice, session: SessionDep,
                       inside_home_area=True)  # no coordinates: the permit's history is not audited
     except flow.PermitError as e:
         _raise(e)
+    _returned(session, p)
     _done(session, r, settings)
     return p

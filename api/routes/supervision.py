@@ -6,12 +6,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, text
 
-from alerts import rollcalls
+from alerts import rollcalls, service
 from alerts.sanctions import suggest
 from api.authz import CITY, SUPERVISORS, access
 from api.deps import (
@@ -144,11 +143,7 @@ def tell_interval(session: SessionDep, sup: Supervisee, interval_s: float) -> No
     devices = session.scalars(select(Device.id).where(Device.supervisee_id == sup.id,
                                                       Device.active)).all()
     if devices:
-        payload = {"device_ids": list(devices),
-                   "command": {"type": "config", "report_interval_s": interval_s}}
-        session.execute(text("INSERT INTO outbox (topic, payload) VALUES ('device.command', :p)"),
-                        {"p": orjson.dumps(payload).decode()})
-        session.execute(text("NOTIFY ccs_outbox"))
+        service.command(session, devices, {"type": "config", "report_interval_s": interval_s})
 
 
 @router.put("/supervisees/{supervisee_id}/level", response_model=SuperviseeOut, **access(SUPERVISORS))
