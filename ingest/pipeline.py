@@ -23,7 +23,7 @@ from alerts.service import AlertTarget, record_events
 from alerts.silences import clear_silence_alerts, record_activity
 from geofence.engine import evaluate
 from geofence.model import Decision, Fix, Source
-from ingest.decoders import (
+from ingest.protocols import (
     Decoded,
     DecodeError,
     Limits,
@@ -168,7 +168,7 @@ class Pipeline:
                 msg.device_id or "", msg.payload, now, self.limits, Source.OWNTRACKS_HTTP
             )
         if msg.channel == Channel.OSMAND_QUERY:
-            return decode_osmand_query(msg.params or {}, now, self.limits)
+            return decode_osmand_query(msg.params or {}, now, self.limits, msg.received_at)
         return decode_osmand_json(msg.payload, now, self.limits)
 
     def process(self, messages: Sequence[RawMessage], now: float | None = None) -> list[MessageResult]:
