@@ -60,6 +60,7 @@ class RawMessage:
     received_at: float = field(default_factory=time.time)
     remote: str | None = None
     params: Mapping[str, str] | None = None  # OsmAnd query parameters
+    size: int | None = None  # bytes received, when `payload` keeps only the first of them
 
 
 @dataclass(slots=True)
@@ -317,7 +318,7 @@ class Pipeline:
                 raw = orjson.dumps(dict(m.params))
             rows.append((
                 _ts(m.received_at), m.channel.value, m.topic, m.device_id, reason, detail,
-                raw[: self.limits.max_bytes], len(raw), m.remote,
+                raw[: self.limits.max_bytes], m.size or len(raw), m.remote,
             ))
         # COPY here too: a flood of junk must not slow the pipeline more than good fixes do.
         with self.conn.cursor() as cur, cur.copy(
