@@ -1,8 +1,6 @@
 """Topics map to protocols and devices; anything else is kept as unroutable, never dropped."""
 
 import time
-from collections.abc import Callable
-from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -18,6 +16,7 @@ from store.settings import Settings
 from tests.conftest import JIANGAN, Org, login
 from tests.geo import deep_inside
 from tests.services import forget_session, in_thread
+from tests.test_delivery import _until
 
 
 def test_native_and_owntracks_topics_name_the_device():
@@ -61,16 +60,6 @@ def test_every_subscription_is_granted_by_both_broker_acls():
     assert "ccs/owntracks/+/+/event" in [t for t, _ in subscriptions("ccs/")]
 
 
-def _until(pred: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_owntracks_transition_and_waypoints_over_mqtt_are_stored_not_lost(
         settings: Settings, org: Org, client: TestClient, db: psycopg.Connection):
     h = login(client, "jiangan-officer")
@@ -98,7 +87,7 @@ def test_owntracks_transition_and_waypoints_over_mqtt_are_stored_not_lost(
             rows = _until(lambda: db.execute(
                 "SELECT msg_type, source, payload FROM device_messages WHERE device_id = %s"
                 " ORDER BY id", (dev,)).fetchall() if worker.processed >= 3 else None,
-                "three OwnTracks messages processed")
+                20.0, "three OwnTracks messages processed")
     finally:
         phone.disconnect()
         phone.loop_stop()
