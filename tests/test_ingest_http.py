@@ -179,3 +179,19 @@ def test_owntracks_http_transition_and_waypoint_are_recorded(
         ("transition", "owntracks_http"), ("waypoint", "owntracks_http")]
     assert db.execute("SELECT accuracy, source FROM positions").fetchall() == [
         (25.0, "owntracks_http")]
+
+
+def test_oversized_bodies_keep_their_full_size_whoever_sends_them(
+        client: TestClient, org: Org, db: psycopg.Connection, settings: Settings) -> None:
+    cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
+    form = b"id=" + cred["device_id"].encode() + b"&pad=" + b"x" * (80 * 1024)
+    r = client.post(f"{API}/ingest/osmand/{cred['secret']}", content=form,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (r.status_code, r.json()["dead_letter"]["reason"]) == (200, "oversized")
+    r = client.post(f"{API}/ingest/owntracks", content=form, headers=basic("nobody", "guess"))
+    assert r.status_code == 401
+    rows = db.execute("SELECT reason, source, raw, raw_size FROM dead_letters ORDER BY id").fetchall()
+    limit, sample = settings.max_payload_bytes, settings.ingest_unknown_sample_bytes
+    assert [(reason, source, bytes(raw), size) for reason, source, raw, size in rows] == [
+        ("oversized", "osmand_query", form[:limit], len(form)),  # the body, not the parameters
+        ("unknown_device", "owntracks_http", form[:sample], len(form))]

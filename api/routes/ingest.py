@@ -93,6 +93,11 @@ class _Body:
     oversized: bool
     counted: bool  # `size` was counted, not declared
 
+    @property
+    def stored_size(self) -> int | None:
+        """The size a dead letter of this body records, when `data` is not all of it."""
+        return self.size if self.oversized else None
+
 
 async def _body(request: Request) -> _Body:
     """Read at most one byte past the limit: an oversized body is kept truncated (like an
@@ -184,7 +189,7 @@ def _record(p: Pipeline, msg: RawMessage, body: _Body, unauthorized: str) -> Mes
     if body.oversized:
         detail = (f"{'more than ' if body.counted else ''}{body.size} bytes > limit "
                   f"{s.max_payload_bytes}; the first {s.max_payload_bytes} bytes are kept")
-        p.reject(replace(msg, params=None, size=body.size), "oversized", detail)
+        p.reject(msg, "oversized", detail)
         return MessageResult(ok=False, reason="oversized", detail=detail)
     try:
         return p.process([msg])[0]
@@ -229,7 +234,7 @@ async def owntracks_http(
         with pool.acquire() as p:
             device = _device_by_basic(p, authorization)
             msg = RawMessage(Channel.OWNTRACKS_HTTP, body.data, device, request.url.path,
-                             time.time(), _remote(request))
+                             time.time(), _remote(request), size=body.stored_size)
             return _record(p, msg, body,
                            "device credentials are missing or wrong (Basic device_id:secret)")
 
@@ -255,8 +260,9 @@ async def _osmand(request: Request, secret: str, response: Response) -> dict[str
     def work() -> MessageResult:
         with pool.acquire() as p:
             device = _device_by_secret(p, secret)
+            # An oversized body is kept as its first bytes, not as the query parameters.
             msg = RawMessage(channel, body.data, device, where, time.time(), _remote(request),
-                             params)
+                             None if body.oversized else params, size=body.stored_size)
             return _record(p, msg, body, "unknown or revoked device secret")
 
     res = await _in_thread(work)
