@@ -46,6 +46,11 @@ class TooManyRequests(DomainError):
     code = "too_many_requests"
 
 
+class Unavailable(DomainError):
+    status_code = 503
+    code = "unavailable"
+
+
 class Invalid(DomainError):
     status_code = 422
     code = "invalid"

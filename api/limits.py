@@ -7,6 +7,7 @@ holds more than the limit in memory. Zone uploads (GeoJSON boundaries) get a lar
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 
@@ -27,14 +28,17 @@ class BodySizeLimit:
     """Reject request bodies larger than `limit` bytes (or a per-route `overrides` limit) with 413.
 
     `overrides` maps (method, path) to a limit, for the few routes that take large documents; a
-    path segment `{name}` matches any one segment (`/api/v1/zones/{zone_id}`).
+    path segment `{name}` matches any one segment (`/api/v1/zones/{zone_id}`). Paths under
+    `exempt_prefixes` are left to routes that read a bounded body themselves.
     """
 
     def __init__(self, app: ASGIApp, limit: int,
-                 overrides: Iterable[tuple[str, str, int]] = ()) -> None:
+                 overrides: Iterable[tuple[str, str, int]] = (),
+                 exempt_prefixes: Iterable[str] = ()) -> None:
         self.app = app
         self.limit = limit
         self.overrides = [(m.upper(), _route(p), n) for m, p, n in overrides]
+        self.exempt = tuple(exempt_prefixes)
 
     def limit_for(self, scope: Scope) -> int:
         """The limit for this request's route."""
@@ -43,7 +47,7 @@ class BodySizeLimit:
                     self.limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path", "").startswith(self.exempt):
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope)
@@ -53,29 +57,32 @@ class BodySizeLimit:
             return
 
         received = 0
-        started = False
+        started = rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, rejected
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    # Answer now: a framework parsing the body turns any error raised here
+                    # into its own 400 (FastAPI: "There was an error parsing the body").
+                    if not started and not rejected:
+                        rejected = True
+                        await _reject(send, limit, f"body exceeds the limit of {limit} bytes")
                     raise _BodyTooLarge
             return message
 
         async def watching_send(message: Message) -> None:
             nonlocal started
+            if rejected:  # the 413 is the answer; what the handler says after it is dropped
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
+        with contextlib.suppress(_BodyTooLarge):  # answered 413 already, or mid-response
             await self.app(scope, counting_receive, watching_send)
-        except _BodyTooLarge:
-            if started:  # the handler answered before reading it all: nothing more to say
-                return
-            await _reject(send, limit, f"body exceeds the limit of {limit} bytes")
 
 
 def _content_length(scope: Scope) -> int | None:

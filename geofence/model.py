@@ -25,6 +25,7 @@ class Source(StrEnum):
     OWNTRACKS_MQTT = "owntracks_mqtt"
     OWNTRACKS_HTTP = "owntracks_http"
     OSMAND_HTTP = "osmand_http"
+    OSMAND_HTTP_RECEIVED_TIME = "osmand_http_received_time"  # no time sent: the receive time
 
 
 class ZoneKind(StrEnum):

@@ -23,14 +23,15 @@ from paho.mqtt.properties import Properties
 
 from ingest.pipeline import Channel, Pipeline, RawMessage
 from store.settings import Settings, get_settings
+from store.topics import OWNTRACKS_SUBTOPICS, ingest_filters
 
 log = logging.getLogger("ingest.mqtt")
 
 
 
 def subscriptions(prefix: str) -> list[tuple[str, int]]:
-    """Topic filters of the ingest worker (QoS 1)."""
-    return [(f"{prefix}devices/+/location", 1), (f"{prefix}owntracks/+/+", 1)]
+    """Topic filters of the ingest worker (QoS 1): store/topics.py."""
+    return [(f, 1) for f in ingest_filters(prefix)]
 
 
 @dataclass(slots=True)
@@ -47,7 +48,8 @@ def route(topic: str, payload: bytes, received_at: float, prefix: str = "") -> R
     parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
     if len(parts) == 3 and parts[0] == "devices" and parts[2] == "location" and parts[1]:
         return RawMessage(Channel.NATIVE_MQTT, payload, parts[1], topic, received_at)
-    if len(parts) == 3 and parts[0] == "owntracks" and parts[2]:
+    if parts[:1] == ["owntracks"] and len(parts) in (3, 4) and parts[2] and (
+            len(parts) == 3 or parts[3] in OWNTRACKS_SUBTOPICS):  # location / event, waypoint(s)
         return RawMessage(Channel.OWNTRACKS_MQTT, payload, parts[2], topic, received_at)
     return RawMessage(Channel.NATIVE_MQTT, payload, None, topic, received_at)
 

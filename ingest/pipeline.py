@@ -23,7 +23,7 @@ from alerts.service import AlertTarget, record_events
 from alerts.silences import clear_silence_alerts, record_activity
 from geofence.engine import evaluate
 from geofence.model import Decision, Fix, Source
-from ingest.decoders import (
+from ingest.protocols import (
     Decoded,
     DecodeError,
     Limits,
@@ -60,6 +60,7 @@ class RawMessage:
     received_at: float = field(default_factory=time.time)
     remote: str | None = None
     params: Mapping[str, str] | None = None  # OsmAnd query parameters
+    size: int | None = None  # bytes received, when `payload` keeps only the first of them
 
 
 @dataclass(slots=True)
@@ -168,7 +169,7 @@ class Pipeline:
                 msg.device_id or "", msg.payload, now, self.limits, Source.OWNTRACKS_HTTP
             )
         if msg.channel == Channel.OSMAND_QUERY:
-            return decode_osmand_query(msg.params or {}, now, self.limits)
+            return decode_osmand_query(msg.params or {}, now, self.limits, msg.received_at)
         return decode_osmand_json(msg.payload, now, self.limits)
 
     def process(self, messages: Sequence[RawMessage], now: float | None = None) -> list[MessageResult]:
@@ -317,7 +318,7 @@ class Pipeline:
                 raw = orjson.dumps(dict(m.params))
             rows.append((
                 _ts(m.received_at), m.channel.value, m.topic, m.device_id, reason, detail,
-                raw[: self.limits.max_bytes], len(raw), m.remote,
+                raw[: self.limits.max_bytes], m.size or len(raw), m.remote,
             ))
         # COPY here too: a flood of junk must not slow the pipeline more than good fixes do.
         with self.conn.cursor() as cur, cur.copy(

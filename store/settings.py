@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     max_zone_body_bytes: int = 8 * 1024 * 1024  # POST and PUT /zones: a precise boundary can be megabytes
     ingest_rate_per_min: int = 120  # HTTP ingest requests per device per minute, on average ...
     ingest_rate_burst: int = 60  # ... and back to back (a phone uploading its offline buffer)
+    # HTTP ingest requests with unknown credentials, per source address: this many a minute on
+    # average (and back to back) are kept as dead letters, each cut to the sample size; beyond
+    # that they are answered 429 and only counted.
+    ingest_unknown_rate_per_min: int = 6
+    ingest_unknown_rate_burst: int = 10
+    ingest_unknown_sample_bytes: int = 1024
     # Origins allowed to call the API from a browser (CORS), comma-separated or a JSON list;
     # empty: no cross-origin access at all.
     cors_origins: Annotated[list[str], NoDecode] = []

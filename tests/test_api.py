@@ -208,17 +208,28 @@ def test_a_phone_cannot_speak_for_another_device(client, org: Org, db):
     r = client.post(f"{API}/ingest/osmand/{mine['secret']}",
                     params={"id": other["device_id"], "lat": lat, "lon": lon,
                             "timestamp": int(time.time())})
-    assert (r.status_code, r.json()["error"]) == (400, "rejected.device_mismatch")
+    # Recorded (as a dead letter): answered 200 so that the app's queue moves on.
+    assert (r.status_code, r.json()["dead_letter"]["reason"]) == (200, "device_mismatch")
+    assert r.headers["x-ccs-dead-letter"] == "device_mismatch"
     assert db.execute("SELECT reason FROM dead_letters").fetchall() == [("device_mismatch",)]
     bad = client.post(f"{API}/ingest/osmand/not-a-secret", params={"id": "x", "lat": 1, "lon": 1})
     assert bad.status_code == 401
 
 
-def test_oversized_http_body_is_refused(client, org: Org):
+def test_oversized_http_body_is_kept_truncated_as_a_dead_letter(client, org: Org, db):
     cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
+    body = b"[" + b" " * (100 * 1024) + b"]"
     r = client.post(f"{API}/ingest/owntracks", headers=basic(cred["device_id"], cred["secret"]),
-                    content=b"[" + b" " * (70 * 1024) + b"]")
-    assert (r.status_code, r.json()["error"]) == (413, "oversized")
+                    content=body)
+    # Like an oversized MQTT payload: the first max_payload_bytes kept with the full size, and
+    # answered 200 (recorded) so that the app does not send it again and again.
+    assert (r.status_code, r.json(), r.headers["x-ccs-dead-letter"]) == (200, [], "oversized")
+    [(reason, device, raw, size, detail)] = db.execute(
+        "SELECT reason, device_id, raw, raw_size, detail FROM dead_letters").fetchall()
+    assert (reason, device, bytes(raw), size) == ("oversized", cred["device_id"],
+                                                  body[:64 * 1024], len(body))
+    assert f"{len(body)} bytes > limit 65536" in detail
+    assert db.execute("SELECT count(*) FROM positions").fetchone() == (0,)
 
 
 def test_location_reads_are_audited_with_purpose(client, org: Org, db: psycopg.Connection):

@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geofence.model import CRS, Fix
-from ingest.decoders import (
+from ingest.pipeline import Channel, Pipeline, RawMessage
+from ingest.protocols import (
     REASONS,
     Decoded,
     DecodeError,
@@ -41,7 +42,6 @@ from ingest.decoders import (
     decode_osmand_query,
     decode_owntracks,
 )
-from ingest.pipeline import Channel, Pipeline, RawMessage
 from store.settings import Settings
 from tests.conftest import Org
 

@@ -154,8 +154,9 @@ def test_chunked_body_over_the_limit_is_413(settings: Settings, org: Org) -> Non
             for _ in range(10):
                 yield b"x" * 300
 
-        r = c.post(f"{API}/ingest/owntracks", content=chunks(),
-                   headers={"Content-Type": "application/json"})
+        h = login(c, "admin")
+        r = c.post(f"{API}/supervisees", content=chunks(),
+                   headers={**h, "Content-Type": "application/json"})
         assert r.status_code == 413
 
 

@@ -1,7 +1,22 @@
 """Topics map to protocols and devices; anything else is kept as unroutable, never dropped."""
 
-from ingest.mqtt_worker import route, subscriptions
+import time
+
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
+
+from api.routes.broker import service_may
+from ingest.mqtt_worker import MqttIngestWorker, route, subscriptions
 from ingest.pipeline import Channel
+from store.broker_sync import service_acl
+from store.settings import Settings
+from tests.conftest import JIANGAN, Org, login
+from tests.geo import deep_inside
+from tests.services import forget_session, in_thread
+from tests.test_delivery import _until
 
 
 def test_native_and_owntracks_topics_name_the_device():
@@ -13,7 +28,9 @@ def test_native_and_owntracks_topics_name_the_device():
 
 
 def test_topic_prefix_namespaces_the_system_on_a_shared_broker():
-    assert subscriptions("ccs/") == [("ccs/devices/+/location", 1), ("ccs/owntracks/+/+", 1)]
+    assert subscriptions("ccs/") == [("ccs/devices/+/location", 1), ("ccs/owntracks/+/+", 1),
+                                     ("ccs/owntracks/+/+/event", 1), ("ccs/owntracks/+/+/waypoint", 1),
+                                     ("ccs/owntracks/+/+/waypoints", 1)]
     assert route("ccs/devices/d1/location", b"", 0.0, "ccs/").device_id == "d1"
     assert route("devices/d1/location", b"", 0.0, "ccs/").device_id is None
 
@@ -21,3 +38,66 @@ def test_topic_prefix_namespaces_the_system_on_a_shared_broker():
 def test_unroutable_topic_has_no_device_and_is_dead_lettered_later():
     for topic in ("devices//location", "devices/d1/status", "owntracks/a/", "x/y/z"):
         assert route(topic, b"{}", 0.0).device_id is None, topic
+
+
+def test_owntracks_event_and_waypoint_topics_name_the_device():
+    for sub in ("event", "waypoint", "waypoints"):
+        msg = route(f"ccs/owntracks/alice/d2/{sub}", b"{}", 0.0, "ccs/")
+        assert (msg.channel, msg.device_id) == (Channel.OWNTRACKS_MQTT, "d2"), sub
+    # Other OwnTracks subtopics are not subscribed; would one arrive, it is not read as a report.
+    for topic in ("owntracks/alice/d2/cmd", "owntracks/alice/d2/info", "owntracks/alice//event",
+                  "owntracks/alice/d2/event/x"):
+        assert route(topic, b"{}", 0.0).device_id is None, topic
+
+
+def test_every_subscription_is_granted_by_both_broker_acls():
+    s = Settings(mqtt_topic_prefix="ccs/", mqtt_username="ingest", mqtt_password="pw")
+    acl = service_acl(s).splitlines()
+    for topic, qos in subscriptions("ccs/"):
+        assert qos == 1
+        assert f"topic read {topic}" in acl, topic
+        assert service_may(s, "ingest", "subscribe", topic), topic
+    assert "ccs/owntracks/+/+/event" in [t for t, _ in subscriptions("ccs/")]
+
+
+def test_owntracks_transition_and_waypoints_over_mqtt_are_stored_not_lost(
+        settings: Settings, org: Org, client: TestClient, db: psycopg.Connection):
+    h = login(client, "jiangan-officer")
+    dev = client.post(f"/api/v1/supervisees/{org.supervisee_id}/devices", json={},
+                      headers=h).json()["device_id"]
+    base = f"{settings.mqtt_topic_prefix}owntracks/{dev}/{dev}"
+    lon, lat = deep_inside(JIANGAN)  # GCJ-02; OwnTracks speaks WGS-84, near enough here
+    tst = int(time.time()) - 60
+    transition = {"_type": "transition", "wtst": tst - 86400, "lat": lat, "lon": lon, "tst": tst,
+                  "acc": 20, "tid": "JA", "event": "leave", "desc": "Home", "t": "c"}
+    waypoint = {"_type": "waypoint", "desc": "Home", "lat": lat, "lon": lon, "rad": 100,
+                "tst": tst - 86400}
+    waypoints = {"_type": "waypoints", "waypoints": [waypoint]}
+    worker = MqttIngestWorker(settings, client_id=f"{settings.mqtt_client_id}-ot-topics")
+    phone = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                        client_id=f"phone-ot-{dev}", protocol=mqtt.MQTTv5)
+    try:
+        with in_thread(worker):
+            assert worker.connected.wait(10), "ingest worker did not connect to the broker"
+            phone.connect(settings.mqtt_host, settings.mqtt_port)
+            phone.loop_start()
+            for sub, body in (("event", transition), ("waypoint", waypoint),
+                              ("waypoints", waypoints)):
+                phone.publish(f"{base}/{sub}", orjson.dumps(body), qos=1).wait_for_publish(5)
+            rows = _until(lambda: db.execute(
+                "SELECT msg_type, source, payload FROM device_messages WHERE device_id = %s"
+                " ORDER BY id", (dev,)).fetchall() if worker.processed >= 3 else None,
+                20.0, "three OwnTracks messages processed")
+    finally:
+        phone.disconnect()
+        phone.loop_stop()
+        forget_session(settings, f"{settings.mqtt_client_id}-ot-topics")
+    assert [(r[0], r[1]) for r in rows] == [("transition", "owntracks_mqtt"),
+                                           ("waypoint", "owntracks_mqtt"),
+                                           ("waypoints", "owntracks_mqtt")]
+    assert rows[0][2] == transition and rows[2][2] == waypoints
+    pos = db.execute("SELECT fix_time, raw_lon, raw_lat, accuracy, source FROM positions"
+                     " WHERE device_id = %s", (dev,)).fetchall()
+    assert [(p[0].timestamp(), p[1], p[2], p[3], p[4]) for p in pos] == [
+        (tst, lon, lat, 20.0, "owntracks_mqtt")]
+    assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)

@@ -19,7 +19,7 @@ from pyproj import Geod
 from geofence.crs import CRS_CODE, gcj02_to_wgs84
 from geofence.model import CRS, Membership, ZoneKind
 from geofence.zones import PreparedZone
-from ingest.decoders import decode_native
+from ingest.protocols import decode_native
 from simulators.fleet import district_adcodes
 from simulators.phone import (
     District,

@@ -36,6 +36,7 @@ from api.security import hash_device_secret, new_device_secret, secret_matches
 from store.broker_sync import broker_hash, service_accounts
 from store.models import Device
 from store.settings import Settings
+from store.topics import ingest_filters
 
 router = APIRouter(tags=["broker"])
 
@@ -136,8 +137,7 @@ def service_may(settings: Settings, username: str, action: str, topic: str) -> b
     p = re.escape(settings.mqtt_topic_prefix)
     commands = settings.mqtt_commands_credentials[0] or settings.mqtt_username
     if action == "subscribe" and username == settings.mqtt_username:
-        return topic in {f"{settings.mqtt_topic_prefix}devices/+/location",
-                         f"{settings.mqtt_topic_prefix}owntracks/+/+"}
+        return topic in ingest_filters(settings.mqtt_topic_prefix)
     if action == "publish" and username == commands:
         return bool(re.fullmatch(rf"{p}devices/{_SEGMENT}/cmd|{p}owntracks/{_SEGMENT}/{_SEGMENT}/cmd",
                                  topic))

@@ -1,0 +1,123 @@
+"""OwnTracks JSON, over MQTT (`owntracks/{user}/{device}[/event|/waypoint|/waypoints]`) or HTTP.
+
+Message types from the booklet (https://owntracks.org/booklet/tech/json/):
+
+* `location` becomes a fix.
+* `transition` (published on `.../event` when the phone enters or leaves one of its own regions)
+  is recorded as a device message, and the position it carries (`lat`, `lon`, `tst`, `acc`: where
+  the phone was when it crossed) becomes a fix too; a transition without coordinates is only
+  recorded.
+* every other type (`waypoint`, `waypoints`, `lwt`, `card`, `status`, `cmd`, `steps`, `beacon`,
+  `encrypted` ...) is recorded as a device message and produces no fix: the phone's own regions
+  are not the supervision zones, which are defined on the server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from geofence.model import Fix, Source
+from ingest.protocols.common import (
+    KMH_MS,
+    STRICT,
+    Candidate,
+    Decoded,
+    DecodeError,
+    Limits,
+    check_depth,
+    each,
+    elements,
+    load_json,
+    short,
+    time_value,
+    validate,
+    validate_model,
+)
+
+
+class _OwnTracksLocation(BaseModel):
+    """`_type=location`; always WGS-84."""
+
+    model_config = STRICT
+
+    lat: float
+    lon: float
+    tst: float  # epoch seconds
+    acc: float | None = None  # metres
+    alt: float | None = None  # metres
+    vel: float | None = None  # km/h
+    cog: float | None = None  # degrees
+    batt: float | None = None  # percent
+
+
+class _OwnTracksTransition(BaseModel):
+    """The position part of `_type=transition`: where the phone was at the crossing."""
+
+    model_config = STRICT
+
+    lat: float
+    lon: float
+    tst: float  # epoch seconds of the transition (`wtst` is when the region was created)
+    acc: float | None = None  # metres
+
+
+def _location_fix(device_id: str, obj: dict[str, Any], source: Source, now: float,
+                  limits: Limits) -> Fix:
+    m = validate_model(_OwnTracksLocation, obj)
+    cand = Candidate(
+        time=time_value(m.tst, "tst"),
+        lat=m.lat,
+        lon=m.lon,
+        accuracy=m.acc,
+        altitude=m.alt,
+        speed=None if m.vel is None else m.vel * KMH_MS,
+        heading=m.cog,
+        battery=m.batt,
+    )
+    return validate(device_id, cand, source, now, limits)
+
+
+def _transition_fix(device_id: str, obj: dict[str, Any], source: Source, now: float,
+                    limits: Limits) -> Fix | None:
+    if "lat" not in obj and "lon" not in obj:
+        return None
+    m = validate_model(_OwnTracksTransition, obj)
+    cand = Candidate(time=time_value(m.tst, "tst"), lat=m.lat, lon=m.lon, accuracy=m.acc)
+    return validate(device_id, cand, source, now, limits)
+
+
+def decode_owntracks(
+    device_id: str,
+    payload: bytes,
+    now: float,
+    limits: Limits = Limits(),
+    source: Source = Source.OWNTRACKS_MQTT,
+) -> Decoded:
+    """OwnTracks JSON (one object, or an array in HTTP mode); non-location types go to `other`.
+
+    A transition is both: recorded in `other`, and its position (if any) a fix.
+    """
+    items, as_array = elements(load_json(payload, limits), limits)
+    fixes: list[Fix] = []
+    other: list[dict[str, Any]] = []
+
+    def one(obj: dict[str, Any]) -> None:
+        if "_type" not in obj:
+            raise DecodeError("missing_field", "_type")
+        kind = obj["_type"]
+        if not isinstance(kind, str):
+            raise DecodeError("bad_type", f"_type: expected a string, got {short(kind)}")
+        if kind == "location":
+            fixes.append(_location_fix(device_id, obj, source, now, limits))
+            return
+        if kind == "transition":
+            fix = _transition_fix(device_id, obj, source, now, limits)
+            if fix is not None:
+                fixes.append(fix)
+        check_depth(obj)
+        other.append(obj)
+
+    each(items, as_array, one)
+    return Decoded(fixes=fixes, other=other)

@@ -1,0 +1,184 @@
+"""OwnTracks JSON (booklet: https://owntracks.org/booklet/tech/json/), over MQTT and HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from geofence.model import CRS, Fix, Source
+from ingest.protocols import (
+    KMH_MS,
+    Decoded,
+)
+from tests.protocol_cases import (
+    DEVICE,
+    NOW,
+    REMOVE,
+    T,
+    override,
+    owntracks,
+    owntracks_error,
+    run_owntracks,
+)
+
+
+def test_owntracks_location_maps_every_field_into_the_fix() -> None:
+    decoded = run_owntracks(owntracks())
+    assert decoded == Decoded(
+        fixes=[
+            Fix(
+                device_id=DEVICE,
+                time=T,
+                lon=2.3522,
+                lat=48.8566,
+                crs=CRS.WGS84,
+                accuracy=15.0,
+                altitude=35.0,
+                speed=36 * KMH_MS,  # 36 km/h; the unit test below pins the factor
+                heading=90.0,
+                battery=77.0,
+                provider=None,
+                mock=False,
+                seq=None,
+                source=Source.OWNTRACKS_MQTT,
+            )
+        ],
+        other=[],
+    )
+
+
+def test_owntracks_velocity_is_converted_from_kmh() -> None:
+    (fix,) = run_owntracks(owntracks(vel=90)).fixes
+    assert fix.speed == pytest.approx(25.0)
+    assert pytest.approx(1 / 3.6) == KMH_MS
+
+
+def test_owntracks_minimal_location_needs_only_lat_lon_tst() -> None:
+    (fix,) = run_owntracks({"_type": "location", "lat": 1.25, "lon": 2.5, "tst": int(T)}).fixes
+    assert (fix.lat, fix.lon, fix.time, fix.speed, fix.accuracy) == (1.25, 2.5, T, None, None)
+
+
+def test_owntracks_coordinates_are_always_wgs84() -> None:
+    (fix,) = run_owntracks(owntracks(crs="gcj02")).fixes
+    assert fix.crs is CRS.WGS84
+
+
+def test_owntracks_http_source_is_recorded() -> None:
+    (fix,) = run_owntracks(owntracks(), Source.OWNTRACKS_HTTP).fixes
+    assert fix.source is Source.OWNTRACKS_HTTP
+
+
+@pytest.mark.parametrize(
+    "kind", ["transition", "waypoint", "lwt", "card", "status", "cmd", "encrypted", "steps"]
+)
+def test_owntracks_non_location_types_go_to_other(kind: str) -> None:
+    message = {"_type": kind, "tst": int(T), "data": "x"}
+    assert run_owntracks(message) == Decoded(fixes=[], other=[message])
+
+
+# The booklet's transition, published on owntracks/{user}/{device}/event: lat/lon/acc are where
+# the phone was when it crossed, tst when, wtst when the region was created.
+TRANSITION: dict[str, Any] = {
+    "_type": "transition", "wtst": int(T) - 86400, "lat": 48.8566, "lon": 2.3522, "tst": int(T),
+    "acc": 130, "tid": "JP", "event": "enter", "desc": "my Indian restaurant", "t": "c",
+}
+WAYPOINT: dict[str, Any] = {  # published on .../waypoint when a region is set up on the phone
+    "_type": "waypoint", "desc": "Home", "lat": 48.8566, "lon": 2.3522, "rad": 50,
+    "tst": int(T) - 86400,
+}
+
+
+def test_owntracks_transition_is_recorded_and_its_position_is_a_fix() -> None:
+    decoded = run_owntracks(TRANSITION)
+    assert decoded.other == [TRANSITION]
+    (fix,) = decoded.fixes
+    assert (fix.time, fix.lat, fix.lon, fix.accuracy, fix.source) == (
+        T, 48.8566, 2.3522, 130.0, Source.OWNTRACKS_MQTT)
+    assert (fix.speed, fix.heading, fix.battery, fix.altitude) == (None,) * 4
+
+
+def test_owntracks_transition_without_coordinates_is_only_recorded() -> None:
+    message = override(TRANSITION, {"lat": REMOVE, "lon": REMOVE})
+    assert run_owntracks(message) == Decoded(fixes=[], other=[message])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [({"lat": 95.0}, "impossible_coordinates"), ({"lon": REMOVE}, "missing_field"),
+     ({"tst": REMOVE}, "missing_field"), ({"acc": -1}, "bad_value"),
+     ({"tst": int(NOW) + 3600}, "future_time")],
+)
+def test_owntracks_transition_with_a_bad_position_is_rejected_whole(
+        overrides: dict[str, Any], reason: str) -> None:
+    assert owntracks_error(override(TRANSITION, overrides)).reason == reason
+
+
+def test_owntracks_waypoint_and_waypoints_are_recorded_never_fixes() -> None:
+    # The phone's own regions are not the supervision zones: kept as device messages only.
+    waypoints = {"_type": "waypoints", "waypoints": [WAYPOINT, override(WAYPOINT, {"desc": "Work"})]}
+    assert run_owntracks(WAYPOINT) == Decoded(fixes=[], other=[WAYPOINT])
+    assert run_owntracks(waypoints) == Decoded(fixes=[], other=[waypoints])
+
+
+def test_owntracks_http_queue_flush_mixes_locations_and_transitions() -> None:
+    lwt = {"_type": "lwt", "tst": int(T) - 600}
+    decoded = run_owntracks([owntracks(), TRANSITION, lwt], Source.OWNTRACKS_HTTP)
+    assert [f.lat for f in decoded.fixes] == [48.8566, 48.8566]
+    assert {f.source for f in decoded.fixes} == {Source.OWNTRACKS_HTTP}
+    assert decoded.other == [TRANSITION, lwt]
+
+
+def test_owntracks_rejects_message_without_type() -> None:
+    e = owntracks_error(owntracks(_type=REMOVE))
+    assert (e.reason, e.detail) == ("missing_field", "_type")
+
+
+def test_owntracks_rejects_non_string_type() -> None:
+    assert owntracks_error(owntracks(_type=1)).reason == "bad_type"
+
+
+def test_owntracks_http_array_splits_fixes_and_other() -> None:
+    lwt = {"_type": "lwt", "tst": int(T)}
+    decoded = run_owntracks([owntracks(tst=int(T) - 5), lwt, owntracks()], Source.OWNTRACKS_HTTP)
+    assert [f.time for f in decoded.fixes] == [T - 5, T]
+    assert decoded.other == [lwt]
+
+
+def test_owntracks_one_bad_element_rejects_the_whole_array_naming_its_index() -> None:
+    e = owntracks_error([owntracks(), {"_type": "lwt"}, owntracks(lon=200)])
+    assert e.reason == "impossible_coordinates" and e.detail.startswith("element 2: ")
+
+
+@pytest.mark.parametrize("field", ["lat", "lon", "tst"])
+def test_owntracks_location_requires_lat_lon_tst(field: str) -> None:
+    e = owntracks_error(owntracks(**{field: REMOVE}))
+    assert (e.reason, e.detail) == ("missing_field", field)
+
+
+def test_owntracks_rejects_timestamp_as_string() -> None:
+    e = owntracks_error(owntracks(tst=str(int(T))))
+    assert e.reason == "bad_type" and e.detail.startswith("tst")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("vel", -5, "speed"),
+        ("acc", -1, "accuracy"),
+        ("batt", 101, "battery"),
+        ("cog", 400, "heading"),
+    ],
+)
+def test_owntracks_rejects_impossible_values(field: str, value: float, named: str) -> None:
+    e = owntracks_error(owntracks(**{field: value}))
+    assert e.reason == "bad_value" and e.detail.startswith(named)
+
+
+def test_owntracks_applies_the_shared_time_window() -> None:
+    assert owntracks_error(owntracks(tst=int(NOW) + 3600)).reason == "future_time"
+    assert owntracks_error(owntracks(tst=int(NOW) - 40 * 86400)).reason == "too_old"
+
+
+def test_owntracks_payload_must_be_object_or_array() -> None:
+    assert owntracks_error("location").reason == "not_object"
