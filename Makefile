@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services browser install migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv
+.PHONY: run test services browser install migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv chaos
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -60,3 +60,6 @@ audit-verify: install  ## recompute the audit log's hash chain; exits 1 on tampe
 
 clean-venv:
 	rm -rf $(VENV)
+
+chaos: install  ## fault injection: 2,000 reports/s for 5 min, SIGKILLs every 10 s, Redis/PostgreSQL/Mosquitto restarts (own instances)
+	$(BIN)/python -m simulators.chaos --markdown .run/chaos-result.md
