@@ -593,8 +593,8 @@ def measure(a: argparse.Namespace, env: BenchEnv, logs: list[Any], silent: dict[
             """SELECT o.id, extract(epoch FROM o.created_at)::float8 FROM outbox o
                  LEFT JOIN alerts a ON a.id = (o.payload->>'alert_id')::bigint
                 WHERE o.topic LIKE 'alert.%' AND NOT coalesce(a.suppressed, false)""").fetchall()
-        kinds = dict(conn.execute("SELECT kind, count(*) FROM alerts GROUP BY kind ORDER BY 2 DESC"
-                                  ).fetchall())
+        kinds: dict[str, int] = dict(conn.execute(
+            "SELECT kind, count(*) FROM alerts GROUP BY kind ORDER BY 2 DESC").fetchall())
         note_events = conn.execute(
             "SELECT n.idempotency_key, extract(epoch FROM o.created_at)::float8 "
             "FROM notifications n JOIN outbox o ON o.id = n.outbox_id").fetchall()
