@@ -409,6 +409,20 @@ def stop_workers(workers: list[Worker], timeout: float = 20.0) -> None:
             w.proc.wait(5)
 
 
+def stop_helpers(stop: Any, procs: list[Any], threads: list[Any]) -> None:
+    """Signal the publisher processes to stop and wait for them; stop the reader threads."""
+    stop.set()
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.terminate()
+            p.join(5)
+    for th in threads:
+        if th is not None:
+            th.stopping.set()
+            th.join(timeout=5)
+
+
 def wait_ingest_ready(env: BenchEnv, ingest: Worker, timeout: float = 60.0) -> None:
     """Publish a probe from an unknown device until its dead letter shows up in the database."""
     from simulators.publisher import MqttTarget, connect
@@ -776,16 +790,7 @@ def run(args: argparse.Namespace) -> int:
         print("\ninterrupted: stopping publishers and workers", file=sys.stderr)
         return 130
     finally:
-        stop.set()
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-        for th in (reader, probe):
-            if th is not None:
-                th.stopping.set()
-                th.join(timeout=5)
+        stop_helpers(stop, procs, [reader, probe])
         stop_workers(workers)
         receivers.close()
         with contextlib.suppress(OSError):

@@ -71,6 +71,7 @@ from simulators.bench import (
     fresh_database,
     machine_facts,
     start_worker,
+    stop_helpers,
     stop_workers,
     wait_ingest_ready,
 )
@@ -535,15 +536,7 @@ def run(a: argparse.Namespace) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
-        stop.set()
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-        for th in (reader, probe):
-            if th is not None:
-                th.stopping.set()
-                th.join(timeout=5)
+        stop_helpers(stop, procs, [reader, probe])
         if chaos is not None:
             stop_workers(chaos.workers())
         if receivers is not None:
