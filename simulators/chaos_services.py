@@ -19,7 +19,15 @@ from pathlib import Path
 
 from simulators.bench import ROOT, _die_with_parent
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def _pg_bin() -> Path:
+    """The newest Debian PostgreSQL binaries (the machine's cluster is 15), or the PATH's."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else Path(shutil.which("initdb") or "initdb").parent
+
+
+PG_BIN = _pg_bin()
 
 
 def free_port() -> int:
