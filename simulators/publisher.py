@@ -153,7 +153,11 @@ def publish_fleet(
                     t_ms = max(round(time.time() * 1000), int(last_ms[j]) + 1)
                     last_ms[j] = ms[k] = t_ms
                     payload = orjson.dumps(fix_payload(batch, k, t_ms / 1000))
-                    in_flight[client.publish(topics[j], payload, qos=1).mid] = sent + k
+                    info = client.publish(topics[j], payload, qos=1)
+                    # paho refuses (MQTT_ERR_QUEUE_SIZE) a message whose id is still in flight
+                    # (ids wrap at 65,535): it is never sent, so it stays unacknowledged.
+                    if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE:
+                        in_flight[info.mid] = sent + k
                 phones.append(fleet.phone[due])
                 times.append(ms)
                 sent += due.size
