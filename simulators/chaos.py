@@ -267,12 +267,14 @@ class Probe(threading.Thread):
                 conn.close()
 
     def recovery(self, at: float) -> float | None:
-        """Seconds from `at` until the first probe fix published at or after it was committed."""
+        """Seconds from `at` until the first probe fix published at or after it was committed
+        (inf: none was by the end of the run; None: none was published after `at`)."""
         i = bisect.bisect_left(self.sent, at)
         if i == len(self.sent):
             return None
         target = self.sent[i] - 0.0005
-        return next((t - at for t, newest in self.seen if t >= at and newest >= target), None)
+        return next((t - at for t, newest in self.seen if t >= at and newest >= target),
+                    float("inf"))  # never, within the run
 
 
 # ------------------------------------------------------------------------------------------
