@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services browser install lock upgrade migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv
+.PHONY: run test services browser install lock upgrade migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv chaos
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -73,3 +73,6 @@ lock: install
 upgrade: install
 	$(BIN)/pip install -q 'pip-tools>=7.4'
 	$(PIP_COMPILE) --upgrade
+
+chaos: install  ## fault injection: 2,000 reports/s for 5 min, SIGKILLs every 10 s, Redis/PostgreSQL/Mosquitto restarts (own instances)
+	$(BIN)/python -m simulators.chaos --markdown .run/chaos-result.md

@@ -416,6 +416,20 @@ def stop_workers(workers: list[Worker], timeout: float = 20.0) -> None:
             w.proc.wait(5)
 
 
+def stop_helpers(stop: Any, procs: list[Any], threads: list[Any]) -> None:
+    """Signal the publisher processes to stop and wait for them; stop the reader threads."""
+    stop.set()
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.terminate()
+            p.join(5)
+    for th in threads:
+        if th is not None:
+            th.stopping.set()
+            th.join(timeout=5)
+
+
 def wait_ingest_ready(env: BenchEnv, ingest: Worker, timeout: float = 60.0) -> None:
     """Publish a probe from an unknown device until its dead letter shows up in the database."""
     from simulators.publisher import MqttTarget, connect
@@ -501,12 +515,16 @@ class Receivers:
 
 
 class FeedReader(threading.Thread):
-    """Reads the alert feed stream with blocking XREAD; records when each entry arrived."""
+    """Reads the alert feed stream with blocking XREAD; records when each entry arrived.
 
-    def __init__(self, redis_url: str, key: str) -> None:
+    retry: keep reading through a Redis outage (the fault-injection run restarts Redis).
+    """
+
+    def __init__(self, redis_url: str, key: str, retry: bool = False) -> None:
         super().__init__(name="feed-reader", daemon=True)
         self.r = redis.Redis.from_url(redis_url)
         self.key = key
+        self.retry = retry
         self.entries: list[tuple[float, dict[bytes, bytes]]] = []
         self.stopping = threading.Event()
         self.error: BaseException | None = None
@@ -515,7 +533,13 @@ class FeedReader(threading.Thread):
         last = "0-0"
         try:
             while not self.stopping.is_set():
-                resp: Any = self.r.xread({self.key: last}, count=1000, block=200)
+                try:
+                    resp: Any = self.r.xread({self.key: last}, count=1000, block=200)
+                except redis.ConnectionError:
+                    if not self.retry:
+                        raise
+                    self.stopping.wait(0.1)
+                    continue
                 now = time.time()
                 for _key, items in resp or []:
                     for entry_id, fields in items:
@@ -586,7 +610,10 @@ def _publisher_main(
     k: int, n_procs: int, args: dict[str, Any], env: BenchEnv, shared: PubShared,
     ready: Any, go: Any, t0: Any, stop: Any, out_path: str,
 ) -> None:
-    """One publisher process: build its share of the fleet, then publish in real time."""
+    """One publisher process: build its share of the fleet, then publish in real time.
+
+    args["silent"] (optional): {phone: seconds after the start} when that phone stops reporting.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bench decides when to stop
     from simulators.phone import PhoneFleet, districts_from_geojson
     from simulators.publisher import MqttTarget, publish_fleet
@@ -594,7 +621,8 @@ def _publisher_main(
 
     phones = np.arange(k, args["phones"], n_procs)
     districts = districts_from_geojson(load_regions())
-    cfg = bench_phone_config(args["wander"], args["duration"])
+    # args["wander_over"] (optional): spread departures over longer than the bench's run.
+    cfg = bench_phone_config(args["wander"], args.get("wander_over", args["duration"]))
     # Phones are built for start time 0 and shifted once t0 is known (it is set after all
     # publishers are ready, so the start is simultaneous).
     fleet = PhoneFleet(districts, args["phones"], args["seed"], cfg, 0.0, phones)
@@ -609,11 +637,15 @@ def _publisher_main(
 
     target = MqttTarget(env.mqtt_host, env.mqtt_port, f"ccs-bench-pub-{k}", env.mqtt_username,
                         env.mqtt_password, env.topic_prefix)
+    silent_at = np.full(fleet.n, np.inf)
+    for phone, after_s in (args.get("silent") or {}).items():
+        if phone % n_procs == k:
+            silent_at[fleet.local_index([phone])] = start + after_s
     cpu0 = time.process_time()
     log = publish_fleet(fleet, args["phones"], args["interval"], start,
                         start + args["duration"], target, progress, stop,
-                        ack_wait_s=args["ack_wait"])
-    np.savez(out_path, phone=log.phone, time_ms=log.time_ms,
+                        ack_wait_s=args["ack_wait"], silent_at=silent_at)
+    np.savez(out_path, phone=log.phone, time_ms=log.time_ms, acked=log.acked_mask,
              meta=np.array([log.acked, log.started, log.finished, time.process_time() - cpu0]))
 
 
@@ -765,16 +797,7 @@ def run(args: argparse.Namespace) -> int:
         print("\ninterrupted: stopping publishers and workers", file=sys.stderr)
         return 130
     finally:
-        stop.set()
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-        for th in (reader, probe):
-            if th is not None:
-                th.stopping.set()
-                th.join(timeout=5)
+        stop_helpers(stop, procs, [reader, probe])
         stop_workers(workers)
         receivers.close()
         with contextlib.suppress(OSError):
@@ -828,8 +851,10 @@ def _drain(env: BenchEnv, published: int, reader: FeedReader, receivers: Receive
         while time.monotonic() < deadline:
             stored = conn.execute(
                 "SELECT count(*) FROM positions WHERE device_id LIKE 'sim%'").fetchone()[0]  # type: ignore[index]
+            # Device commands go to the phones, not to the feed.
             pending, total = conn.execute(
-                "SELECT count(*) FILTER (WHERE published_at IS NULL), count(*) FROM outbox"
+                "SELECT count(*) FILTER (WHERE published_at IS NULL), "
+                "count(*) FILTER (WHERE topic <> 'device.command') FROM outbox"
             ).fetchone()  # type: ignore[misc]
             undelivered, notes = conn.execute(
                 "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FROM notifications"

@@ -59,6 +59,8 @@ class PublishLog:
     acked: int
     started: float
     finished: float
+    # Which publishes the broker acknowledged (PUBACK), in the order of `phone`/`time_ms`.
+    acked_mask: npt.NDArray[np.bool_]
 
     @property
     def sent(self) -> int:
@@ -105,18 +107,27 @@ def publish_fleet(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     ack_wait_s: float = ACK_WAIT_S,
+    silent_at: npt.NDArray[np.float64] | None = None,
 ) -> PublishLog:
     """Publish the fleet's fixes from t0 until stop_at (or `stop`), then wait for PUBACKs.
 
     The wait for PUBACKs ends after `ack_wait_s` without any new acknowledgement.
+    `silent_at`: per phone of the fleet, the wall-clock time after which it stops reporting
+    (inf: never). A lost connection to the broker is re-established; paho sends the
+    unacknowledged messages again.
     """
     if interval_s <= 0.001:
         raise ValueError("interval_s must exceed 1 ms (fix times have ms resolution)")
     acked = 0
+    in_flight: dict[int, int] = {}  # mid -> index of the publish
+    acked_idx: list[int] = []
 
     def on_publish(client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         nonlocal acked
         acked += 1  # called from client.loop() in this thread
+        k = in_flight.pop(mid, None)
+        if k is not None:
+            acked_idx.append(k)
 
     client = connect(target, threaded=False)
     client.on_publish = on_publish
@@ -128,6 +139,7 @@ def publish_fleet(
     times: list[npt.NDArray[np.int64]] = []
     sent = 0
     started = time.time()
+    reconnect_at = 0.0
     try:
         while True:
             now = time.time()
@@ -141,21 +153,28 @@ def publish_fleet(
                     t_ms = max(round(time.time() * 1000), int(last_ms[j]) + 1)
                     last_ms[j] = ms[k] = t_ms
                     payload = orjson.dumps(fix_payload(batch, k, t_ms / 1000))
-                    client.publish(topics[j], payload, qos=1)
+                    info = client.publish(topics[j], payload, qos=1)
+                    # paho refuses (MQTT_ERR_QUEUE_SIZE) a message whose id is still in flight
+                    # (ids wrap at 65,535): it is never sent, so it stays unacknowledged.
+                    if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE:
+                        in_flight[info.mid] = sent + k
                 phones.append(fleet.phone[due])
                 times.append(ms)
                 sent += due.size
                 next_due[due] += interval_s
+                if silent_at is not None:
+                    next_due[due] = np.where(next_due[due] > silent_at[due], np.inf, next_due[due])
                 if progress is not None:
                     progress(sent, acked, fleet.wanderers_out())
             # Ticks of at least TICK_S: one model step per tick for all phones then due keeps
             # the per-call numpy overhead small (fix times are still taken per publish).
             wait = max(float(next_due.min()), now + TICK_S) - time.time()
-            client.loop(timeout=min(max(wait, 0.0), 0.05))  # PUBACKs, keep-alive, writes
+            rc = client.loop(timeout=min(max(wait, 0.0), 0.05))  # PUBACKs, keep-alive, writes
+            reconnect_at = _reconnect(client, rc, reconnect_at)
         finished = time.time()
         last_ack, last_change = acked, time.monotonic()
         while acked < sent and time.monotonic() - last_change < ack_wait_s:
-            client.loop(timeout=0.05)
+            reconnect_at = _reconnect(client, client.loop(timeout=0.05), reconnect_at)
             if acked != last_ack:
                 last_ack, last_change = acked, time.monotonic()
                 if progress is not None:
@@ -167,8 +186,22 @@ def publish_fleet(
         client.loop(timeout=0.1)
     if acked < sent:
         log.warning("%d of %d publishes were not acknowledged by the broker", sent - acked, sent)
+    mask = np.zeros(sent, dtype=np.bool_)
+    mask[np.array(acked_idx, dtype=np.int64)] = True
     return PublishLog(
         np.concatenate(phones) if phones else np.empty(0, dtype=np.int64),
         np.concatenate(times) if times else np.empty(0, dtype=np.int64),
-        acked, started, finished,
+        acked, started, finished, mask,
     )
+
+
+def _reconnect(client: mqtt.Client, rc: mqtt.MQTTErrorCode, due_at: float) -> float:
+    """After a lost connection, try to reconnect at most every 0.5 s; returns the next try."""
+    if rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN) or time.monotonic() < due_at:
+        return due_at
+    try:
+        client.reconnect()
+        log.info("reconnected to the broker")
+    except OSError as e:
+        log.info("broker not reachable (%s); retrying", e)
+    return time.monotonic() + 0.5
