@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import queue
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from api.authz import declared
 from api.errors import DomainError, TooManyRequests, Unauthorized
 from api.security import hash_device_secret, secret_matches
-from ingest.pipeline import Channel, MessageResult, Pipeline, RawMessage
+from ingest.pipeline import Channel, DevicesBusy, MessageResult, Pipeline, RawMessage
 from store.ratelimit import allow
 from store.settings import get_settings
 
@@ -41,6 +42,13 @@ class PayloadTooLarge(DomainError):
     code = "oversized"
 
 
+class Busy(DomainError):
+    """Transient: nothing was recorded, the phone keeps the fix and sends it again."""
+
+    status_code = 503
+    code = "busy"
+
+
 @dataclass(frozen=True, slots=True)
 class _Limited:
     """A request refused by the device's rate limit (already dead-lettered)."""
@@ -50,24 +58,44 @@ class _Limited:
 
 
 class _Pool:
-    """A few pipelines (each with its own connections) shared by the request threads."""
+    """At most `http_ingest_pipelines` pipelines (each with its own connections) shared by the
+    request threads; a request waits a while for one, then is told to come back (503)."""
+
+    WAIT_S = 10.0
 
     def __init__(self) -> None:
         self._idle: queue.LifoQueue[Pipeline] = queue.LifoQueue()
+        self._slots: threading.BoundedSemaphore | None = None
+        self._lock = threading.Lock()
+
+    def _semaphore(self) -> threading.BoundedSemaphore:
+        with self._lock:
+            if self._slots is None:
+                self._slots = threading.BoundedSemaphore(get_settings().http_ingest_pipelines)
+            return self._slots
 
     @contextmanager
     def acquire(self) -> Iterator[Pipeline]:
+        slots = self._semaphore()
+        if not slots.acquire(timeout=self.WAIT_S):
+            raise Busy("every ingest pipeline is busy; retry", headers={"Retry-After": "5"})
         try:
-            p = self._idle.get_nowait()
-        except queue.Empty:
-            p = Pipeline.connect(get_settings())
-        try:
-            yield p
-        except (psycopg.Error, OSError):
-            p.close()  # broken connection: do not return it to the pool
-            raise
-        else:
-            self._idle.put(p)
+            try:
+                p = self._idle.get_nowait()
+            except queue.Empty:
+                p = Pipeline.connect(get_settings())
+            try:
+                yield p
+            except (psycopg.Error, OSError):
+                p.close()  # broken connection: do not return it to the pool
+                raise
+            except DevicesBusy as e:
+                self._idle.put(p)
+                raise Busy(str(e), headers={"Retry-After": "5"}) from e
+            else:
+                self._idle.put(p)
+        finally:
+            slots.release()
 
     def close(self) -> None:
         while not self._idle.empty():
