@@ -215,7 +215,7 @@ class MqttIngestWorker:
                     one_by_one = True
                     continue
                 RETRIES.labels(reason or "unexpected").inc()
-                log.warning("batch of %d failed (%s: %s); retrying in %.1f s", len(batch),
+                log.warning("batch of %d failed (%s: %s); retrying in %.2f s", len(batch),
                             reason or "unexpected", e, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.settings.ingest_retry_max_s)
