@@ -50,7 +50,7 @@ psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB_NAME" -qc "CREATE EXTENSION 
 # if its AOF is off and its data directory is writable, AOF is switched on at runtime
 # (CONFIG SET appendonly yes: Redis writes the file in the background and keeps serving). That
 # setting lasts until that Redis restarts: make it permanent in its own configuration.
-redis_cfg() { redis-cli -p "$REDIS_PORT" --no-raw config get "$1" 2>/dev/null | sed -n '2p' | tr -d '"'; }
+redis_cfg() { redis-cli -p "$REDIS_PORT" config get "$1" 2>/dev/null | sed -n '2p' | tr -d '"'; }
 if ! port_open "$REDIS_PORT"; then
   command -v redis-server >/dev/null || { say "installing Redis"; apt_install redis-server; }
   say "starting Redis (AOF, fsync every second)"
