@@ -219,8 +219,8 @@ def reseed(conn: psycopg.Connection, r: redis.Redis, prefix: str, window_s: floa
     active device's clocks restart from its last message (positions, other messages, dead
     letters, at most `window_s` back; its enrolment at the earliest). A deadline already
     reported by an alert is not set again; an open silence alert puts its device back in the
-    SILENT set. Deadlines the pipeline moved meanwhile are kept (ZADD GT). Returns how many
-    devices were seeded."""
+    SILENT set. A deadline present is kept (ZADD NX): whoever wrote it since knew more.
+    Returns how many devices were seeded."""
     from store.registry import Registry
 
     now = time.time() if now is None else now
@@ -248,7 +248,7 @@ def reseed(conn: psycopg.Connection, r: redis.Redis, prefix: str, window_s: floa
     pipe = r.pipeline(transaction=False)
     for key in (COMM, LOC, OFF):
         if due[key]:
-            pipe.zadd(prefix + key, due[key], gt=True)
+            pipe.zadd(prefix + key, due[key], nx=True)
         if silent[key]:
             pipe.sadd(prefix + SILENT[key], *silent[key])
     pipe.set(prefix + SEEDED, str(now))

@@ -139,12 +139,50 @@ def test_killed_scheduler_leader_is_replaced_within_seconds_and_nothing_fires_tw
         rows = db.execute("""SELECT device_id, count FROM alerts
                              WHERE kind = 'communication_failure' ORDER BY id""").fetchall()
         assert rows == [("dsil1", 1), ("dsil2", 1)]
+        # Jobs are idempotent, so the alerts alone would not show a second leader: the log does.
+        # Exactly one process led at a time: the first, then (after the kill) the other.
+        leads = [line.split()[-2] for line in (tmp_path / "alerts.log").read_text().splitlines()
+                 if line.endswith(" leads")]
+        assert [int(t.split(":")[1]) for t in leads] == [
+            lead.pid, next(p.pid for p in procs if p is not lead)]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(15)
         log.close()
+
+
+def test_two_leaders_checking_the_same_deadlines_at_once_raise_each_alert_once(
+        settings: Settings, db, rds, org: Org):
+    """Should the lease ever fail (a paused leader waking after its successor took over), two
+    checks run at once on the same due deadlines: each silence still opens one alert with one
+    outbox row."""
+    import threading
+
+    devices = [f"dtwo{k}" for k in range(2)]
+    for d, sup in zip(devices, (org.supervisee_id, org.other_supervisee_id), strict=True):
+        db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES (%s, %s, %s)",
+                   (d, sup, d))
+    rds.zadd(settings.redis_prefix + COMM, dict.fromkeys(devices, time.time() - 1))
+    start, raised = threading.Barrier(2), []
+
+    def leader() -> None:
+        with psycopg.connect(settings.psycopg_dsn, autocommit=True) as conn, \
+                redis.Redis.from_url(settings.redis_url) as r:
+            start.wait()
+            raised.append(check_silences(conn, r, settings.redis_prefix))
+
+    threads = [threading.Thread(target=leader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(raised) in ([0, 2], [1, 1])  # between them, each alert once
+    assert db.execute("""SELECT device_id, count FROM alerts ORDER BY device_id""").fetchall() \
+        == [("dtwo0", 1), ("dtwo1", 1)]
+    assert db.execute("SELECT topic, count(*) FROM outbox GROUP BY 1").fetchall() == [
+        ("alert.opened", 2)]
 
 
 def test_location_failure_ends_with_a_usable_fix_not_with_any_message(
