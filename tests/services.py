@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -19,6 +19,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from store.settings import Settings
+
+
+def until(pred: Callable[[], object], timeout: float) -> bool:
+    """Poll `pred` until it holds or `timeout` seconds passed; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return bool(pred())
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ from store.settings import Settings
 from store.state import StateStore
 from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org, login
 from tests.geo import deep_inside, near_border
-from tests.services import Phone, api_server, forget_session, in_thread
+from tests.services import Phone, api_server, forget_session, in_thread, until
 
 HOME = deep_inside(JIANGAN)
 SILENCE_S = 1800.0
@@ -63,15 +63,6 @@ def _exit_alerts(db: psycopg.Connection, device: str | None = None) -> list[tupl
     return db.execute("""SELECT device_id, count FROM alerts WHERE kind = 'area_exit'
                           AND (%s::text IS NULL OR device_id = %s) ORDER BY id""",
                       (device, device)).fetchall()
-
-
-def _until(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return bool(pred())
 
 
 def _assert_state_is_the_fold_of_its_positions(db: psycopg.Connection, rds: redis.Redis,
@@ -216,7 +207,7 @@ def _subscribed(settings: Settings, db: psycopg.Connection, device: str) -> Phon
     t = time.time() - 8 * 3600  # older than what the tests send next
     for k in range(40):
         phone.report(*HOME, t + k).wait_for_publish(5)
-        if _until(lambda: db.execute("SELECT count(*) FROM positions").fetchone()[0] > 0, 0.5):
+        if until(lambda: db.execute("SELECT count(*) FROM positions").fetchone()[0] > 0, 0.5):
             return phone
     raise AssertionError("the ingest worker never subscribed")
 
@@ -254,12 +245,12 @@ def test_a_message_that_breaks_the_pipeline_is_dead_lettered_alone_and_the_batch
             sent = [good.report(*HOME, t), bad.report(*HOME, t + 1), good.report(*HOME, t + 2)]
             for info in sent:
                 info.wait_for_publish(5)
-            assert _until(lambda: db.execute(
+            assert until(lambda: db.execute(
                 "SELECT count(*) FROM dead_letters").fetchone()[0] == 1, 30)
             assert db.execute("SELECT device_id, reason, detail FROM dead_letters").fetchall() == [
                 ("dpoison", "processing_error", "ValueError: the engine chokes on dpoison")]
             good.report(*HOME, t + 3).wait_for_publish(5)  # and the worker goes on
-            assert _until(lambda: db.execute("""SELECT count(*) FROM positions
+            assert until(lambda: db.execute("""SELECT count(*) FROM positions
                 WHERE device_id = 'dgood' AND fix_time >= to_timestamp(%s)""",
                 (t,)).fetchone()[0] == 3, 30)
             good.close()
@@ -285,7 +276,7 @@ def test_an_unreachable_database_is_retried_with_backoff_and_counted(
             phone = Phone(settings, "ddown")
             for k in range(40):  # until the subscription is in place and the batch fails
                 phone.report(*HOME, time.time() - 60 + k).wait_for_publish(5)
-                if _until(lambda: _metric("ccs_ingest_batch_retries_total",
+                if until(lambda: _metric("ccs_ingest_batch_retries_total",
                                           reason="database") >= before + 4, 0.5):
                     break
             phone.close()
@@ -316,7 +307,7 @@ def test_two_ingest_workers_and_http_posts_of_one_phone_keep_its_state(
             phone = _subscribed(settings, db, device)
             t0 = float(int(time.time()) - 4 * 3600)
             phone.report(*HOME, t0).wait_for_publish(5)
-            assert _until(lambda: _stored(db, device, t0), 30)
+            assert until(lambda: _stored(db, device, t0), 30)
             with httpx.Client(base_url=base) as http:
                 for k in range(6):  # MQTT has fix 2k+1, HTTP fix 2k+2, sent together
                     t = t0 + STEP_S * (2 * k + 1)
@@ -329,7 +320,7 @@ def test_two_ingest_workers_and_http_posts_of_one_phone_keep_its_state(
                     assert r.status_code == 200, r.text
                     info.wait_for_publish(5)
                     # The next pair goes out once both are in: order within a pair only.
-                    assert _until(lambda t=t: _stored(db, device, t, t + STEP_S), 30)
+                    assert until(lambda t=t: _stored(db, device, t, t + STEP_S), 30)
             phone.close()
         assert all(w.processed > 0 for w in workers)  # the load was shared
         assert db.execute("""SELECT count(*) FROM positions WHERE device_id = %s

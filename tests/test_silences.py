@@ -17,7 +17,7 @@ from ingest.pipeline import Channel, Pipeline, RawMessage
 from store.settings import Settings
 from tests.conftest import JIANGAN, Org
 from tests.geo import deep_inside
-from tests.services import worker_env
+from tests.services import until, worker_env
 
 SILENCE_S = 1800.0  # normal level: 15 min interval + 15 min buffer
 OFF_S = 3 * 3600.0
@@ -102,15 +102,6 @@ def _leader(rds: redis.Redis, settings: Settings) -> str | None:
     return None if v is None else v.decode()
 
 
-def _wait(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_killed_scheduler_leader_is_replaced_within_seconds_and_nothing_fires_twice(
         settings: Settings, db, rds, org: Org, tmp_path):
     for d in ("dsil1", "dsil2"):
@@ -121,16 +112,16 @@ def test_killed_scheduler_leader_is_replaced_within_seconds_and_nothing_fires_tw
     procs = [subprocess.Popen([sys.executable, "-m", "alerts"], env=env, stdout=log,
                               stderr=subprocess.STDOUT) for _ in range(2)]
     try:
-        assert _wait(lambda: _leader(rds, settings) is not None, 20), "no scheduler took the lease"
+        assert until(lambda: _leader(rds, settings) is not None, 20), "no scheduler took the lease"
         leader = _leader(rds, settings)
         lead = next(p for p in procs if f":{p.pid}:" in leader)
         rds.zadd(settings.redis_prefix + COMM, {"dsil1": time.time() - 1})
-        assert _wait(lambda: len(silence_alerts(db)) == 1, 15), (tmp_path / "alerts.log").read_text()
+        assert until(lambda: len(silence_alerts(db)) == 1, 15), (tmp_path / "alerts.log").read_text()
         lead.send_signal(signal.SIGKILL)
         lead.wait(10)
         killed_at = time.monotonic()
         rds.zadd(settings.redis_prefix + COMM, {"dsil2": time.time() - 1})
-        assert _wait(lambda: len(silence_alerts(db)) == 2, 20)
+        assert until(lambda: len(silence_alerts(db)) == 2, 20)
         takeover = time.monotonic() - killed_at
         assert takeover < 10  # the lease is 5 s long
         new_leader = _leader(rds, settings)
