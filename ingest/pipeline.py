@@ -253,7 +253,7 @@ class Pipeline:
         devices = sorted({f.device_id for f in fixes})
         subjects = self.registry.subjects(infos)
         states, versions = self.states.load_versioned(devices)
-        lost = [d for d in devices if versions[d] == 0]
+        lost = [d for d in devices if d not in states]
         rebuilt = {}
         if lost:  # never stored, or Redis lost it: fold the device's recent positions again
             rebuilt = self.states.rebuild(self.conn, lost, subjects, self.registry.zones,
