@@ -44,8 +44,16 @@ class CurfewChecker:
         devices = sorted(set(devices) | set(pending))
         if not devices:
             return 0
+        # A device an ingest pipeline holds right now is judged at the next round.
+        owned = self.store.own(devices)
+        try:
+            return self._run(sorted(owned), [d for d in pending if d in owned], now)
+        finally:
+            self.store.release(owned)
+
+    def _run(self, devices: list[str], pending: list[str], now: float) -> int:
         infos = self.registry.lookup(self.conn, devices)
-        states = self.store.load(infos)
+        states, versions = self.store.load_versioned(infos)
         # A device whose streak ended (or that left the registry) leaves the follow-up set.
         done = [d for d in pending if d not in states  # (states are loaded for `infos` only)
                 or not _still_followed(states[d], infos[d].subject.rules.follow_up_until_s, now)]
@@ -56,32 +64,34 @@ class CurfewChecker:
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}
             with self.conn.transaction():
                 record_events(self.conn, result.events, targets, self.redis, self.prefix)
-        self._save(result, now)
+        self._save(result, versions, now)
         if result.events:
             log.info("clock check raised %d event(s)", len(result.events))
         return len(result.events)
 
-    def _save(self, result: BatchResult, now: float) -> None:
-        """Store what the round changed, compare-and-set on the fix time the round read.
+    def _save(self, result: BatchResult, versions: dict[str, int], now: float) -> None:
+        """Store what the round changed, compare-and-set on the version the round read.
 
-        Curfew windows are marked as reported; a device that sent a newer fix meanwhile keeps its
-        state and is judged again (flag unset) on the next round, never twice for one window. A
+        The round owns its devices, so the write only fails when its lease ran out. Curfew
+        windows are marked as reported; a device that stored a newer state meanwhile keeps it
+        and is judged again (flag unset) on the next round, never twice for one window. A
         follow-up request that went out is recorded on the newer state too, while it holds the
         same exit streak, so that the phone's answer is known as one.
         """
-        saved = self.store.save(result.states, same_time=True)
+        saved = self.store.save(result.states, versions)
         asked = {e.device_id for e in result.events if e.kind == EventKind.LOCATION_REQUEST}
         lost = [d for (d, _), ok in zip(result.states.items(), saved, strict=True)
                 if not ok and d in asked]
         if not lost:
             return
         merged: dict[str, DeviceState] = {}
-        for d, st in self.store.load(lost).items():
+        now_states, now_versions = self.store.load_versioned(lost)
+        for d, st in now_states.items():
             if pending_exit(st) and st.area.pending_since == result.states[d].area.pending_since:
                 st = st.copy()
                 mark_follow_up(st, now)
                 merged[d] = st
-        self.store.save(merged, same_time=True)
+        self.store.save(merged, now_versions)
 
 
 def _still_followed(st: DeviceState, until_s: float, now: float) -> bool:

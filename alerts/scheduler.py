@@ -26,7 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from alerts import confirm, retention, rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
 from alerts.service import escalate_overdue
-from alerts.silences import check_silences
+from alerts.silences import check_silences, reseed_if_lost
 from store.registry import load_profile
 from store.settings import Settings
 
@@ -138,8 +138,14 @@ class Scheduler:
 
         renew()
         self.aps.add_job(renew, "interval", seconds=1, id="lease")
-        self.aps.add_job(self._guard("silences", lambda c: check_silences(c, self.redis, prefix)),
-                         "interval", seconds=1, id="silences")
+        # Deadlines Redis lost come back from PostgreSQL before the next check reads them.
+        window_s = self.settings.state_rebuild_window_s
+
+        def silences(conn: psycopg.Connection) -> None:
+            reseed_if_lost(conn, self.redis, prefix, window_s)
+            check_silences(conn, self.redis, prefix)
+
+        self.aps.add_job(self._guard("silences", silences), "interval", seconds=1, id="silences")
         self.aps.add_job(self._guard("curfews", curfews), "interval", seconds=10, id="curfews")
         self.aps.add_job(self._guard("overdue", check_overdue_returns), "interval", seconds=30,
                          id="overdue")

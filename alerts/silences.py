@@ -131,3 +131,99 @@ def check_silences(conn: psycopg.Connection, r: redis.Redis, prefix: str,
             raised += service.raise_for_devices(conn, KINDS[key].value, SEVERITY[key], items, now_dt)
         take(keys=[prefix + key, prefix + SILENT[key]], args=[now, *[m for m, _ in due]])
     return raised
+
+
+SEEDED = "dl:seeded"  # set last by `reseed`: the deadline sets hold every active device
+
+_ACTIVITY = """
+SELECT d.id,
+       extract(epoch FROM greatest(d.created_at, p.last_message, m.last_message,
+                                   x.last_message))::float8,
+       extract(epoch FROM greatest(d.created_at, p.last_located))::float8
+  FROM devices d JOIN supervisees s ON s.id = d.supervisee_id
+  LEFT JOIN LATERAL (
+      SELECT max(received_at) AS last_message,
+             max(received_at) FILTER (WHERE membership IS DISTINCT FROM 'undecidable')
+                 AS last_located
+        FROM positions WHERE device_id = d.id AND fix_time > %(since)s) p ON true
+  LEFT JOIN LATERAL (
+      SELECT max(received_at) AS last_message FROM device_messages
+       WHERE device_id = d.id AND received_at > %(since)s) m ON true
+  LEFT JOIN LATERAL (
+      SELECT max(received_at) AS last_message FROM dead_letters
+       WHERE device_id = d.id AND received_at > %(since)s) x ON true
+ WHERE d.active AND s.active
+"""
+
+# Silences already reported: an open alert (its device waits in the SILENT set for its next
+# message) or any alert of that kind whose deadline is not older than the recomputed one.
+_REPORTED = """
+SELECT device_id, kind, bool_or(status <> 'resolved' AND cleared_at IS NULL),
+       extract(epoch FROM max(first_fix_time))::float8
+  FROM alerts WHERE device_id = ANY(%s) AND kind = ANY(%s)
+ GROUP BY device_id, kind
+"""
+
+
+def seed_enrolled(r: redis.Redis, prefix: str, silence_s: Mapping[str, float],
+                  phone_off_s: float, now: float | None = None) -> None:
+    """Start the silence clocks of newly enrolled devices: one that never reports still alerts."""
+    if not silence_s:
+        return
+    now = time.time() if now is None else now
+    pipe = r.pipeline(transaction=False)
+    for key in (COMM, LOC):
+        pipe.zadd(prefix + key, {d: now + s for d, s in silence_s.items()}, nx=True)
+    pipe.zadd(prefix + OFF, dict.fromkeys(silence_s, now + phone_off_s), nx=True)
+    pipe.execute()
+
+
+def reseed(conn: psycopg.Connection, r: redis.Redis, prefix: str, window_s: float,
+           now: float | None = None) -> int:
+    """Rebuild the deadline and SILENT sets from PostgreSQL (after Redis lost them): each
+    active device's clocks restart from its last message (positions, other messages, dead
+    letters, at most `window_s` back; its enrolment at the earliest). A deadline already
+    reported by an alert is not set again; an open silence alert puts its device back in the
+    SILENT set. A deadline present is kept (ZADD NX): whoever wrote it since knew more.
+    Returns how many devices were seeded."""
+    from store.registry import Registry
+
+    now = time.time() if now is None else now
+    since = datetime.fromtimestamp(now - window_s, UTC)
+    rows = conn.execute(_ACTIVITY, {"since": since}).fetchall()
+    registry = Registry(r, prefix)
+    infos = registry.lookup(conn, [d for d, _, _ in rows])
+    phone_off_s = registry.phone_off_s()
+    reported: dict[tuple[str, str], tuple[bool, float | None]] = {
+        (d, k): (bool(o), t) for d, k, o, t in conn.execute(
+            _REPORTED, ([d for d, _, _ in rows], [k.value for k in KINDS.values()]))}
+    due: dict[str, dict[str, float]] = {COMM: {}, LOC: {}, OFF: {}}
+    silent: dict[str, list[str]] = {COMM: [], LOC: [], OFF: []}
+    for dev, messaged, located in rows:
+        if dev not in infos:
+            continue
+        s = infos[dev].silence_s
+        for key, deadline in ((COMM, messaged + s), (LOC, located + s),
+                              (OFF, messaged + phone_off_s)):
+            is_open, last = reported.get((dev, KINDS[key].value), (False, None))
+            if is_open:
+                silent[key].append(dev)
+            elif last is None or last < deadline - 1e-3:
+                due[key][dev] = deadline
+    pipe = r.pipeline(transaction=False)
+    for key in (COMM, LOC, OFF):
+        if due[key]:
+            pipe.zadd(prefix + key, due[key], nx=True)
+        if silent[key]:
+            pipe.sadd(prefix + SILENT[key], *silent[key])
+    pipe.set(prefix + SEEDED, str(now))
+    pipe.execute()
+    return len(infos)
+
+
+def reseed_if_lost(conn: psycopg.Connection, r: redis.Redis, prefix: str,
+                   window_s: float) -> int:
+    """`reseed` when the marker is gone (first start, or Redis lost its data); else nothing."""
+    if r.exists(prefix + SEEDED):
+        return 0
+    return reseed(conn, r, prefix, window_s)

@@ -14,6 +14,8 @@ import base64
 import json
 from typing import Any
 
+import psycopg
+import redis
 import segno
 
 from store.settings import Settings
@@ -68,3 +70,15 @@ def enrolment(settings: Settings, device_id: str, secret: str) -> dict[str, Any]
             "owntracks_qr_svg": qr_svg(link),
             "traccar_client_url": traccar_client_url(settings, secret),
             "traccar_client_device_identifier": device_id}
+
+
+def seed_device_clocks(settings: Settings, r: redis.Redis, device_id: str) -> None:
+    """Start a newly enrolled phone's silence clocks: one that never reports still alerts."""
+    from alerts.silences import seed_enrolled
+    from store.registry import Registry
+
+    registry = Registry(r, settings.redis_prefix)
+    with psycopg.connect(settings.psycopg_dsn, autocommit=True) as conn:
+        infos = registry.lookup(conn, [device_id])
+        seed_enrolled(r, settings.redis_prefix, {d: i.silence_s for d, i in infos.items()},
+                      registry.phone_off_s())

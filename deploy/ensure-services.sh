@@ -44,14 +44,30 @@ if [ -z "$(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -Atc \
 fi
 psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$DB_NAME" -qc "CREATE EXTENSION IF NOT EXISTS postgis" >/dev/null
 
-# Redis
+# Redis, with an append-only file (fsync every second) as the second line of defence: the
+# engine states and silence deadlines it holds are rebuilt from PostgreSQL when lost, but a
+# restart that keeps them recovers at once. A Redis this machine started before is left running;
+# if its AOF is off and its data directory is writable, AOF is switched on at runtime
+# (CONFIG SET appendonly yes: Redis writes the file in the background and keeps serving). That
+# setting lasts until that Redis restarts: make it permanent in its own configuration.
+redis_cfg() { redis-cli -p "$REDIS_PORT" config get "$1" 2>/dev/null | sed -n '2p' | tr -d '"'; }
 if ! port_open "$REDIS_PORT"; then
   command -v redis-server >/dev/null || { say "installing Redis"; apt_install redis-server; }
-  say "starting Redis"
+  say "starting Redis (AOF, fsync every second)"
   mkdir -p /var/lib/redis /var/log/redis
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" \
-    --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ccs.log
+    --appendonly yes --appendfsync everysec --dir /var/lib/redis --logfile /var/log/redis/ccs.log
   wait_port "$REDIS_PORT" Redis
+elif command -v redis-cli >/dev/null && [ "$(redis_cfg appendonly)" != yes ]; then
+  dir=$(redis_cfg dir)
+  if [ -n "$dir" ] && [ -w "$dir" ] \
+      && redis-cli -p "$REDIS_PORT" config set appendfsync everysec >/dev/null \
+      && redis-cli -p "$REDIS_PORT" config set appendonly yes | grep -q OK; then
+    say "Redis was running without AOF: switched on at runtime (dir $dir, until it restarts)"
+  else
+    say "WARNING: Redis on :$REDIS_PORT runs without AOF and it could not be switched on" \
+        "(dir '${dir:-?}'); state is rebuilt from PostgreSQL after a restart, more slowly"
+  fi
 fi
 
 # Mosquitto: the project's own instance with deploy/mosquitto/mosquitto.conf (see that file for

@@ -3,6 +3,17 @@
 paho's network thread only queues messages; the main thread drains them in batches through the
 pipeline and acknowledges each message after its batch committed. If this process dies, the
 broker redelivers everything unacknowledged; duplicates are recognised by (device, fix time).
+
+Several workers share the load through an MQTT 5 shared subscription (`$share/ccs-ingest/...`),
+each with its own client id and persistent session. Mosquitto 2 hands a shared message to the
+group's members in turn, offline persistent sessions included: their share is queued for them,
+and what a worker received but had not acknowledged goes back to that same session only. So a
+worker's client id must survive its restarts (a worker id or the hostname, never the pid), or
+its share waits in an orphaned session until that expires.
+
+A batch that fails because a service is unreachable is retried whole, with backoff; a message
+that fails for any other reason is dead-lettered alone with the exception as its reason, and
+the rest of the batch goes on: no worker ever spins on one batch.
 """
 
 from __future__ import annotations
@@ -11,21 +22,53 @@ import contextlib
 import logging
 import queue
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import psycopg
+import redis
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prometheus_client import Counter, start_http_server
 
-from ingest.pipeline import Channel, Pipeline, RawMessage
+from ingest.pipeline import Channel, DevicesBusy, Pipeline, RawMessage
 from store.settings import Settings, get_settings
 from store.topics import OWNTRACKS_SUBTOPICS, ingest_filters
 
 log = logging.getLogger("ingest.mqtt")
+
+RETRIES = Counter("ccs_ingest_batch_retries", "Batches retried after a transient failure",
+                  ["reason"])
+POISONED = Counter("ccs_ingest_messages_dead_lettered_on_error",
+                   "Messages dead-lettered alone because processing them raised")
+
+def transient_reason(e: BaseException) -> str | None:
+    """The retry reason of a transient failure (its label in the metric), None otherwise: a
+    service that does not answer, or devices other writers hold too long. Anything else is a
+    property of the message."""
+    if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return "database"
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
+        return "redis"
+    if isinstance(e, DevicesBusy):
+        return "devices_busy"
+    if isinstance(e, OSError):
+        return "network"
+    return None
+
+
+def worker_client_id(settings: Settings) -> str:
+    """This worker's MQTT client id: stable across restarts, distinct between workers."""
+    return f"{settings.mqtt_client_id}-{settings.ingest_worker_id or socket.gethostname()}"
+
+
+def shared(subs: list[tuple[str, int]], group: str) -> list[tuple[str, int]]:
+    """The filters as an MQTT 5 shared subscription of `group` (none: plain filters)."""
+    return [(f"$share/{group}/{t}", q) for t, q in subs] if group else subs
 
 
 
@@ -59,7 +102,7 @@ class MqttIngestWorker:
 
     def __init__(self, settings: Settings | None = None, client_id: str | None = None) -> None:
         self.settings = settings or get_settings()
-        self.client_id = client_id or self.settings.mqtt_client_id
+        self.client_id = client_id or worker_client_id(self.settings)
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self._stop = threading.Event()
         self.connected = threading.Event()
@@ -80,7 +123,8 @@ class MqttIngestWorker:
         if reason_code.is_failure:
             log.error("MQTT connect refused: %s", reason_code)
             return
-        client.subscribe(subscriptions(self.settings.mqtt_topic_prefix))
+        client.subscribe(shared(subscriptions(self.settings.mqtt_topic_prefix),
+                                self.settings.mqtt_share_group))
         log.info("MQTT connected (session present: %s)", flags.session_present)
         self.connected.set()
 
@@ -127,7 +171,7 @@ class MqttIngestWorker:
 
     def run(self) -> None:
         """Process until `stop()`; database or Redis outages are retried, never acked early."""
-        pipeline: Pipeline | None = None
+        self._pipeline: Pipeline | None = None
         self._connect()
         self.client.loop_start()
         try:
@@ -135,28 +179,7 @@ class MqttIngestWorker:
                 batch = self._next_batch()
                 if not batch:
                     continue
-                failures = 0
-                while not self._stop.is_set():
-                    try:
-                        if pipeline is None:
-                            pipeline = Pipeline.connect(self.settings)
-                        if failures >= 2:
-                            # The batch keeps failing while the services answer: find the
-                            # message that cannot be stored and dead-letter it alone, so one
-                            # poison message never holds up the city.
-                            self._one_by_one(pipeline, batch)
-                        else:
-                            pipeline.process([b.raw for b in batch])
-                        break
-                    except Exception:
-                        # Never ack what is not committed: drop the connections and retry.
-                        failures += 1
-                        log.exception("batch of %d failed (%d); retrying", len(batch), failures)
-                        if pipeline is not None:
-                            _close_quietly(pipeline)
-                            pipeline = None
-                        self._stop.wait(1)
-                else:
+                if not self._handle(batch):
                     break  # stopping with an uncommitted batch: the broker will redeliver it
                 for b in batch:
                     if b.qos > 0:
@@ -165,20 +188,58 @@ class MqttIngestWorker:
         finally:
             self.client.disconnect()
             self.client.loop_stop()
-            if pipeline is not None:
-                _close_quietly(pipeline)
+            if self._pipeline is not None:
+                _close_quietly(self._pipeline)
+
+    def _handle(self, batch: list[Inbound]) -> bool:
+        """Commit or dead-letter every message of the batch; False if stopped before that."""
+        delay = self.settings.ingest_retry_min_s
+        one_by_one = False
+        while not self._stop.is_set():
+            try:
+                if self._pipeline is None:
+                    self._pipeline = Pipeline.connect(self.settings)
+                if one_by_one:
+                    self._one_by_one(self._pipeline, batch)
+                else:
+                    self._pipeline.process([b.raw for b in batch])
+                return True
+            except Exception as e:
+                reason = transient_reason(e)
+                if self._pipeline is not None:
+                    # Never ack what is not committed: drop the connections, start clean.
+                    _close_quietly(self._pipeline)
+                    self._pipeline = None
+                if reason is None and not one_by_one:
+                    # Something in the batch breaks the pipeline: find it, message by message.
+                    log.warning("batch of %d failed (%r); processing it message by message",
+                                len(batch), e)
+                    one_by_one = True
+                    continue
+                RETRIES.labels(reason or "unexpected").inc()
+                log.warning("batch of %d failed (%s: %s); retrying in %.2f s", len(batch),
+                            reason or "unexpected", e, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.settings.ingest_retry_max_s)
+        return False
 
     @staticmethod
     def _one_by_one(pipeline: Pipeline, batch: list[Inbound]) -> None:
+        """Each message in its own transaction; one that raises anything but a transient
+        failure is dead-lettered with the exception as its reason (transient ones propagate:
+        the whole batch is retried)."""
         for b in batch:
             try:
                 pipeline.process([b.raw])
-            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
-                # The data itself is refused by the database (a service outage raises other
-                # errors and is retried whole): keep the message with the reason.
-                log.error("message on %s cannot be stored: %s", b.raw.topic, e)
-                pipeline.conn.rollback()
-                pipeline.reject(b.raw, "storage_error", str(e))
+            except Exception as e:
+                if transient_reason(e) is not None:
+                    raise
+                log.exception("message on %s cannot be processed; dead-lettered", b.raw.topic)
+                if not pipeline.conn.closed:
+                    pipeline.conn.rollback()
+                reason = ("storage_error" if isinstance(e, psycopg.Error) else "processing_error")
+                pipeline.reject(b.raw, reason, f"{type(e).__name__}: {e}")
+                POISONED.inc()
 
     def stop(self) -> None:
         """Ask `run()` to finish after the current batch."""
@@ -194,7 +255,10 @@ def _close_quietly(p: Pipeline) -> None:
 def main() -> None:
     """Entry point: `python -m ingest.mqtt_worker`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    worker = MqttIngestWorker()
+    settings = get_settings()
+    if settings.ingest_metrics_port:
+        start_http_server(settings.ingest_metrics_port)
+    worker = MqttIngestWorker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run()

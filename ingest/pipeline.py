@@ -2,7 +2,11 @@
 
 One call handles a batch of raw messages in one database transaction: positions go in with COPY,
 dead letters and alerts in the same commit; per-device engine state is written to Redis after
-the commit with compare-and-set on fix time. Callers acknowledge only after `process` returns.
+the commit. Callers acknowledge only after `process` returns.
+
+Any number of pipelines (ingest workers, HTTP requests) may hold fixes of one device at once:
+each folds only the devices whose owner lease it holds (`store.state`), the others wait for
+their turn within the same call, so a device's state is never folded twice from one version.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ from store.settings import Settings
 from store.state import StateStore
 
 log = logging.getLogger(__name__)
+
+
+class DevicesBusy(Exception):
+    """Other writers held some of the batch's devices for longer than the wait allows (a
+    transient failure: the caller retries, the fixes are not acknowledged)."""
 
 
 class Channel(StrEnum):
@@ -123,7 +132,7 @@ class Pipeline:
             max_future_s=settings.max_future_s,
             max_age_s=settings.max_age_s,
         )
-        self.states = StateStore(r, self.prefix)
+        self.states = StateStore(r, self.prefix, settings.device_owner_ttl_s)
         self._partitions: set[date] = set()
         if not conn.autocommit:
             raise ValueError("the pipeline needs an autocommit connection")
@@ -173,8 +182,39 @@ class Pipeline:
         return decode_osmand_json(msg.payload, now, self.limits)
 
     def process(self, messages: Sequence[RawMessage], now: float | None = None) -> list[MessageResult]:
-        """Handle a batch end to end; returns one result per message, in order."""
+        """Handle a batch end to end; returns one result per message, in order.
+
+        The messages of the devices this pipeline can own now go first; those of devices
+        another writer holds follow as soon as it lets go (each device's messages stay together
+        and in arrival order). Raises DevicesBusy after `device_owner_wait_s`.
+        """
         now = time.time() if now is None else now
+        results: list[MessageResult | None] = [None] * len(messages)
+        todo = list(range(len(messages)))
+        deadline = time.monotonic() + self.settings.device_owner_wait_s
+        pause = 0.002
+        while todo:
+            owned = self.states.own({d for i in todo if (d := messages[i].device_id) is not None})
+            turn = [i for i in todo if messages[i].device_id is None
+                    or messages[i].device_id in owned]
+            if turn:
+                try:
+                    for i, res in zip(turn, self._process_owned([messages[i] for i in turn], now),
+                                      strict=True):
+                        results[i] = res
+                finally:
+                    self.states.release(owned)
+                todo = [i for i in todo if results[i] is None]
+                pause = 0.002
+                continue
+            if time.monotonic() > deadline:
+                raise DevicesBusy(f"{len(todo)} message(s) wait for devices other writers hold")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return [r for r in results if r is not None]
+
+    def _process_owned(self, messages: Sequence[RawMessage], now: float) -> list[MessageResult]:
+        """Handle messages of devices this pipeline owns (or of no device)."""
         self.registry.refresh_if_changed()
         self._ensure_partitions(now)
         results = [MessageResult(ok=True) for _ in messages]
@@ -212,8 +252,16 @@ class Pipeline:
             others.extend((i, o) for o in d.other)
 
         devices = sorted({f.device_id for f in fixes})
-        states = self.states.load(devices)
-        result = evaluate(fixes, self.registry.subjects(infos), self.registry.zones, states, now)
+        subjects = self.registry.subjects(infos)
+        states, versions = self.states.load_versioned(devices)
+        lost = [d for d in devices if d not in states]
+        rebuilt = {}
+        if lost:  # never stored, or Redis lost it: fold the device's recent positions again
+            rebuilt = self.states.rebuild(self.conn, lost, subjects, self.registry.zones,
+                                          self.settings.state_rebuild_window_s)
+            states.update(rebuilt)
+        result = evaluate(fixes, subjects, self.registry.zones, states, now)
+        result.states = {**rebuilt, **result.states}  # a rebuilt state is kept even if unchanged
 
         with self.conn.transaction():
             inserted = self._write_positions(result.decisions, infos, messages, owner)
@@ -226,7 +274,12 @@ class Pipeline:
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}
             record_events(self.conn, result.events, targets, self.redis, self.prefix)
 
-        saved = self.states.save(result.states)
+        saved = self.states.save(result.states, versions)
+        if not all(saved):
+            # Only when a lease ran out mid-batch (a stalled writer): the newer state stays, and
+            # a redelivery is late against it. Say so: it should never happen.
+            log.warning("engine state of %s changed under this batch (owner lease expired)",
+                        [d for d, ok in zip(result.states, saved, strict=True) if not ok])
         # Only states that won the compare-and-set speak for the device's streak.
         self.states.track_pending_exits(
             states, {d: st for (d, st), ok in zip(result.states.items(), saved, strict=True) if ok})

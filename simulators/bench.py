@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_DB = "ccs_bench"
 BENCH_PREFIX = "ccs-bench:"
 INGEST_CLIENT_ID = "ccs-bench-ingest"
+INGEST_WORKER_ID = "1"  # the worker's session: INGEST_CLIENT_ID-INGEST_WORKER_ID
 BENCH_TOPIC_PREFIX = "ccs-bench/"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PROBE_DEVICE = "bench-probe"
@@ -387,6 +388,7 @@ def start_worker(name: str, module: str, env: BenchEnv, logdir: Path,
         "CCS_MQTT_HOST": env.mqtt_host,
         "CCS_MQTT_PORT": str(env.mqtt_port),
         "CCS_MQTT_CLIENT_ID": INGEST_CLIENT_ID,
+        "CCS_INGEST_WORKER_ID": INGEST_WORKER_ID,
         "CCS_MQTT_TOPIC_PREFIX": env.topic_prefix,
         "PYTHONUNBUFFERED": "1",
         **(extra or {}),
@@ -715,7 +717,7 @@ def run(args: argparse.Namespace) -> int:
     clear_redis(env)
     receivers = Receivers()
     fresh_database(env, args.phones, receivers.hook_url)
-    clear_mqtt_session(env, INGEST_CLIENT_ID)
+    clear_mqtt_session(env, f"{INGEST_CLIENT_ID}-{INGEST_WORKER_ID}")
     print(f"setup done in {time.monotonic() - t:.1f} s; starting workers (logs in {logdir})",
           flush=True)
 
@@ -801,7 +803,7 @@ def run(args: argparse.Namespace) -> int:
         stop_workers(workers)
         receivers.close()
         with contextlib.suppress(OSError):
-            clear_mqtt_session(env, INGEST_CLIENT_ID)
+            clear_mqtt_session(env, f"{INGEST_CLIENT_ID}-{INGEST_WORKER_ID}")
         for w in workers:
             print(f"  {w.name} worker exited with {w.proc.returncode}; last log line: "
                   f"{w.log_tail(1)}")

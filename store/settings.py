@@ -93,6 +93,23 @@ class Settings(BaseSettings):
     max_fixes_per_message: int = 1000
     max_future_s: int = 600
     max_age_s: int = 30 * 86400
+    # Concurrent writers (store/state.py): a device's owner lease, how long a writer waits for
+    # devices another one holds before the batch counts as a transient failure, and how far
+    # back a state Redis lost is folded again from positions.
+    device_owner_ttl_s: float = 10.0
+    device_owner_wait_s: float = 15.0
+    state_rebuild_window_s: float = 2 * 86400.0
+    # Ingest workers: several share the load through an MQTT 5 shared subscription, each with
+    # its own client id and persistent session (mqtt_client_id + "-" + worker id; empty: the
+    # hostname and process id); HTTP ingest runs at most this many pipelines at once.
+    ingest_worker_id: str = ""
+    mqtt_share_group: str = "ccs-ingest"
+    http_ingest_pipelines: int = 8
+    # Transient failures (database or Redis unreachable) are retried with this backoff.
+    ingest_retry_min_s: float = 0.5
+    ingest_retry_max_s: float = 30.0
+    # The ingest worker's own Prometheus endpoint (0: none).
+    ingest_metrics_port: int = 0
 
     # HTTP API hardening (api/limits.py, api/headers.py, store/ratelimit.py)
     max_body_bytes: int = 256 * 1024  # any request body; the phone endpoints keep max_payload_bytes

@@ -1,41 +1,69 @@
-"""Per-device engine state in Redis, written with compare-and-set on fix time.
+"""Per-device engine state in Redis: versioned compare-and-set, one owner per device at a time.
 
-One string key per device, `{prefix}st:{device_id}` = "<fix time> <state JSON>": a batch reads
-all its devices with one MGET, and a Lua script writes them only if still newer.
+One string key per device, `{prefix}st:{device_id}` = "<fix time> <version> <state JSON>": a
+batch reads all its devices with one MGET and writes each back only if its version is still the
+one it read. Every writer (the ingest pipeline of any worker or HTTP request, the clock's
+`tick`) first takes the device's owner lease `{prefix}own:{device_id}` (SET NX PX with a token),
+so two writers never fold the same device from the same state; the version check fences a
+writer whose lease ran out. A state Redis lost is folded again from the device's recent
+positions in PostgreSQL (`rebuild`): the engine is pure, the same fixes give the same state.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
+import psycopg
 import redis
 
-from geofence.model import DeviceState
+from geofence.model import CRS, DeviceState, Fix, Source
 
-# Write a state only if it is newer than the stored one (fixes), or, for time-driven updates
-# that do not move the fix time (curfew ticks), only if nobody stored a newer fix meanwhile.
+# Write each state only if its stored version is still the one read (0: no state stored); the
+# fix time stays the value's first field, so readers that only want it need not parse JSON.
 _CAS = """
-local mode = ARGV[1]
-local written = {}
+local out = {}
 for i, key in ipairs(KEYS) do
-  local t = tonumber(ARGV[2 * i])
+  local want = tonumber(ARGV[3 * i - 2])
   local cur = redis.call('GET', key)
-  local old = nil
-  if cur then old = tonumber(string.match(cur, '^(%S+)')) end
-  local ok
-  if mode == 'newer' then ok = (old == nil or t > old) else ok = (old == nil or t == old) end
-  if ok then
-    redis.call('SET', key, ARGV[2 * i] .. ' ' .. ARGV[2 * i + 1])
-    written[i] = 1
+  local v = 0
+  if cur then v = tonumber(string.match(cur, '^%S+ (%d+) ')) or 0 end
+  if v == want then
+    redis.call('SET', key, ARGV[3 * i - 1] .. ' ' .. (v + 1) .. ' ' .. ARGV[3 * i])
+    out[i] = v + 1
   else
-    written[i] = 0
+    out[i] = 0
   end
 end
-return written
+return out
 """
 
+# Owner leases: take every free one (or renew one already ours); returns 1/0 per key.
+_TAKE = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = 1
+  elseif redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+_GIVE = """
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
+"""
 
 PENDING_EXITS = "exit:pending"  # devices with an undecided exit streak: the clock follows them up
 
@@ -56,40 +84,107 @@ return dropped
 
 
 class StateStore:
-    """Loads and saves DeviceState per device."""
+    """Loads and saves DeviceState per device; owns devices while it folds their fixes."""
 
-    def __init__(self, r: redis.Redis, prefix: str) -> None:
+    def __init__(self, r: redis.Redis, prefix: str, owner_ttl_s: float = 10.0) -> None:
         self.redis = r
         self.prefix = prefix
+        self.token = uuid.uuid4().hex
+        self.owner_ttl_ms = int(owner_ttl_s * 1000)
         self._cas = r.register_script(_CAS)
+        self._take = r.register_script(_TAKE)
+        self._give = r.register_script(_GIVE)
         self._drop = r.register_script(_DROP_PENDING)
 
     def key(self, device_id: str) -> str:
         """Redis key of a device's engine state."""
         return f"{self.prefix}st:{device_id}"
 
+    def _owner_key(self, device_id: str) -> str:
+        return f"{self.prefix}own:{device_id}"
+
+    def own(self, devices: Iterable[str]) -> set[str]:
+        """Take the owner lease of every device no other writer holds now (one round trip);
+        returns the devices now owned by this store. Never waits: the caller handles the others
+        later, so two writers with overlapping devices both make progress."""
+        devices = list(dict.fromkeys(devices))
+        if not devices:
+            return set()
+        got = self._take(keys=[self._owner_key(d) for d in devices],
+                         args=[self.token, self.owner_ttl_ms])
+        return {d for d, ok in zip(devices, got, strict=True) if ok}
+
+    def release(self, devices: Iterable[str]) -> None:
+        """Give the owner leases back (only those still ours)."""
+        keys = [self._owner_key(d) for d in devices]
+        if keys:
+            self._give(keys=keys, args=[self.token])
+
     def load(self, devices: Iterable[str]) -> dict[str, DeviceState]:
         """States of the given devices (absent ones are left out), in one round trip."""
+        return self.load_versioned(devices)[0]
+
+    def load_versioned(self, devices: Iterable[str]
+                       ) -> tuple[dict[str, DeviceState], dict[str, int]]:
+        """States and their versions (0 for every device without a stored state)."""
         devices = list(devices)
+        states: dict[str, DeviceState] = {}
+        versions = dict.fromkeys(devices, 0)
         if not devices:
-            return {}
-        out = {}
+            return states, versions
         values: list[Any] = cast(Any, self.redis.mget([self.key(d) for d in devices]))
         for d, raw in zip(devices, values, strict=True):
-            if raw is not None:
-                out[d] = DeviceState.from_dict(orjson.loads(raw.split(b" ", 1)[1]))
-        return out
+            if raw is None:
+                continue
+            _, rest = raw.split(b" ", 1)
+            if not rest.startswith(b"{"):  # "<version> <json>" (older values: JSON only)
+                v, rest = rest.split(b" ", 1)
+                versions[d] = int(v)
+            states[d] = DeviceState.from_dict(orjson.loads(rest))
+        return states, versions
 
-    def save(self, states: Mapping[str, DeviceState], *, same_time: bool = False) -> list[bool]:
-        """Compare-and-set: newer fix time wins; `same_time` for updates that keep the fix time."""
+    def save(self, states: Mapping[str, DeviceState], versions: Mapping[str, int]) -> list[bool]:
+        """Compare-and-set on the version read: True where written, False where another writer
+        stored a state since (the caller re-reads and folds again)."""
         if not states:
             return []
-        keys = [self.key(d) for d in states]
-        args: list[str | bytes] = ["same" if same_time else "newer"]
-        for st in states.values():
+        args: list[str | bytes | int] = []
+        for d, st in states.items():
             t = st.last_fix_time
-            args += [repr(t if t != float("-inf") else -1.0), orjson.dumps(st.to_dict())]
-        return [bool(x) for x in self._cas(keys=keys, args=args)]
+            args += [versions.get(d, 0), repr(t if t != float("-inf") else -1.0),
+                     orjson.dumps(st.to_dict())]
+        return [bool(x) for x in self._cas(keys=[self.key(d) for d in states], args=args)]
+
+    def rebuild(self, conn: psycopg.Connection, devices: Iterable[str],
+                subjects: Mapping[str, Any], zones: Mapping[int, Any],
+                window_s: float, limit: int = 200) -> dict[str, DeviceState]:
+        """Engine states Redis lost, folded again from each device's recent positions (at most
+        `limit` fixes of the last `window_s` seconds, in fix-time order; late fixes never moved
+        a state and are left out). The events of that fold were reported the first time."""
+        from geofence.engine import evaluate
+
+        devices = [d for d in devices if d in subjects]
+        if not devices:
+            return {}
+        since = datetime.fromtimestamp(time.time() - window_s, UTC)
+        rows = conn.execute(
+            """SELECT p.device_id, extract(epoch FROM p.fix_time)::float8, p.raw_lon, p.raw_lat,
+                      p.crs, p.accuracy, p.altitude, p.speed, p.heading, p.battery, p.provider,
+                      p.mock, p.seq, p.source, extract(epoch FROM p.received_at)::float8
+                 FROM unnest(%s::text[]) AS d(id)
+                 CROSS JOIN LATERAL (
+                     SELECT * FROM positions p
+                      WHERE p.device_id = d.id AND p.fix_time > %s AND NOT p.late
+                      ORDER BY p.fix_time DESC LIMIT %s) p""",
+            (devices, since, limit)).fetchall()
+        if not rows:
+            return {}
+        fixes = [Fix(dev, t, lon, lat, CRS(crs), acc, alt, speed, heading, battery, provider,
+                     bool(mock), seq, Source(source))
+                 for dev, t, lon, lat, crs, acc, alt, speed, heading, battery, provider, mock,
+                 seq, source, _ in rows]
+        now = max(r[-1] for r in rows)
+        return evaluate(fixes, subjects, zones, {}, now).states
 
     def track_pending_exits(self, before: Mapping[str, DeviceState],
                             after: Mapping[str, DeviceState]) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -19,6 +19,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from store.settings import Settings
+
+
+def until(pred: Callable[[], object], timeout: float) -> bool:
+    """Poll `pred` until it holds or `timeout` seconds passed; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return bool(pred())
 
 
 def free_port() -> int:
@@ -78,10 +88,20 @@ def worker_env(settings: Settings, client_id: str) -> dict[str, str]:
     }
 
 
+INGEST_WORKER_ID = "w1"
+
+
+def ingest_process_client_id(client_id: str) -> str:
+    """The MQTT client id of `start_ingest_process(settings, client_id, ...)`'s worker."""
+    return f"{client_id}-{INGEST_WORKER_ID}"
+
+
 def start_ingest_process(settings: Settings, client_id: str, log_path: str) -> subprocess.Popen[bytes]:
-    """`python -m ingest` as a separate process (so it can be killed for real), logging to a file."""
+    """`python -m ingest` as a separate process (so it can be killed for real), logging to a file;
+    a restarted one resumes the same MQTT session (`ingest_process_client_id`)."""
+    env = {**worker_env(settings, client_id), "CCS_INGEST_WORKER_ID": INGEST_WORKER_ID}
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "ingest"], env=worker_env(settings, client_id),
+        return subprocess.Popen([sys.executable, "-m", "ingest"], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
 
 

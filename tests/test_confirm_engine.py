@@ -106,12 +106,12 @@ def test_a_follow_up_is_recorded_even_when_a_report_lands_while_the_clock_decide
     checker = CurfewChecker(settings, psycopg.connect(settings.psycopg_dsn, autocommit=True), rds)
     try:
         infos = checker.registry.lookup(checker.conn, [device])
-        read = store.load([device])
+        read, versions = store.load_versioned([device])
         result = tick(checker.registry.subjects(infos), checker.registry.zones, read, NOW + 905)
         assert [e.reason.rule for e in result.events] == ["confirm.area_exit_follow_up"]
         # A report of the same streak is stored before the clock saves what it did.
         pipeline.process([native(device, fix(out, NOW + 880))], now=NOW + 906)
-        checker._save(result, NOW + 905)
+        checker._save(result, versions, NOW + 905)
         st = store.load([device])[device]
         assert st.last_fix_time == pytest.approx(NOW + 880)  # the newer report is kept...
         assert st.area.followup == NOW + 905  # ...and knows the phone was asked

@@ -199,14 +199,16 @@ def test_revoked_device_is_refused_at_once(pipeline, device, db, rds, settings):
     assert (res.ok, res.reason) == (False, "unknown_device")
 
 
-def test_device_state_is_compare_and_set_on_fix_time(settings, device, db, rds):
+def test_an_older_fix_never_replaces_the_state_of_a_newer_one(settings, device, db, rds):
     a, b = Pipeline.connect(settings), Pipeline.connect(settings)
     try:
         outside, inside = near_border(JIANGAN, JIANGHAN, 300), deep_inside(JIANGAN)
         # Worker b decides a later fix first; worker a then saves a state for an older fix.
         b.process([native(device, fix(outside, NOW - 10))], now=NOW)
         a.process([native(device, fix(inside, NOW - 50))], now=NOW)
-        state = orjson.loads(rds.get(a.state_key(device)).split(b" ", 1)[1])
+        t, version, body = rds.get(a.state_key(device)).split(b" ", 2)
+        state = orjson.loads(body)
+        assert (float(t), version) == (pytest.approx(NOW - 10), b"1")  # written once
         assert state["t"] == pytest.approx(NOW - 10)
         assert state["area"][:3] == ["unknown", None, 1]  # b's evidence, not a's older fix
     finally:

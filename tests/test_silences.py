@@ -17,7 +17,7 @@ from ingest.pipeline import Channel, Pipeline, RawMessage
 from store.settings import Settings
 from tests.conftest import JIANGAN, Org
 from tests.geo import deep_inside
-from tests.services import worker_env
+from tests.services import until, worker_env
 
 SILENCE_S = 1800.0  # normal level: 15 min interval + 15 min buffer
 OFF_S = 3 * 3600.0
@@ -102,15 +102,6 @@ def _leader(rds: redis.Redis, settings: Settings) -> str | None:
     return None if v is None else v.decode()
 
 
-def _wait(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_killed_scheduler_leader_is_replaced_within_seconds_and_nothing_fires_twice(
         settings: Settings, db, rds, org: Org, tmp_path):
     for d in ("dsil1", "dsil2"):
@@ -121,16 +112,16 @@ def test_killed_scheduler_leader_is_replaced_within_seconds_and_nothing_fires_tw
     procs = [subprocess.Popen([sys.executable, "-m", "alerts"], env=env, stdout=log,
                               stderr=subprocess.STDOUT) for _ in range(2)]
     try:
-        assert _wait(lambda: _leader(rds, settings) is not None, 20), "no scheduler took the lease"
+        assert until(lambda: _leader(rds, settings) is not None, 20), "no scheduler took the lease"
         leader = _leader(rds, settings)
         lead = next(p for p in procs if f":{p.pid}:" in leader)
         rds.zadd(settings.redis_prefix + COMM, {"dsil1": time.time() - 1})
-        assert _wait(lambda: len(silence_alerts(db)) == 1, 15), (tmp_path / "alerts.log").read_text()
+        assert until(lambda: len(silence_alerts(db)) == 1, 15), (tmp_path / "alerts.log").read_text()
         lead.send_signal(signal.SIGKILL)
         lead.wait(10)
         killed_at = time.monotonic()
         rds.zadd(settings.redis_prefix + COMM, {"dsil2": time.time() - 1})
-        assert _wait(lambda: len(silence_alerts(db)) == 2, 20)
+        assert until(lambda: len(silence_alerts(db)) == 2, 20)
         takeover = time.monotonic() - killed_at
         assert takeover < 10  # the lease is 5 s long
         new_leader = _leader(rds, settings)
@@ -139,12 +130,50 @@ def test_killed_scheduler_leader_is_replaced_within_seconds_and_nothing_fires_tw
         rows = db.execute("""SELECT device_id, count FROM alerts
                              WHERE kind = 'communication_failure' ORDER BY id""").fetchall()
         assert rows == [("dsil1", 1), ("dsil2", 1)]
+        # Jobs are idempotent, so the alerts alone would not show a second leader: the log does.
+        # Exactly one process led at a time: the first, then (after the kill) the other.
+        leads = [line.split()[-2] for line in (tmp_path / "alerts.log").read_text().splitlines()
+                 if line.endswith(" leads")]
+        assert [int(t.split(":")[1]) for t in leads] == [
+            lead.pid, next(p.pid for p in procs if p is not lead)]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(15)
         log.close()
+
+
+def test_two_leaders_checking_the_same_deadlines_at_once_raise_each_alert_once(
+        settings: Settings, db, rds, org: Org):
+    """Should the lease ever fail (a paused leader waking after its successor took over), two
+    checks run at once on the same due deadlines: each silence still opens one alert with one
+    outbox row."""
+    import threading
+
+    devices = [f"dtwo{k}" for k in range(2)]
+    for d, sup in zip(devices, (org.supervisee_id, org.other_supervisee_id), strict=True):
+        db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES (%s, %s, %s)",
+                   (d, sup, d))
+    rds.zadd(settings.redis_prefix + COMM, dict.fromkeys(devices, time.time() - 1))
+    start, raised = threading.Barrier(2), []
+
+    def leader() -> None:
+        with psycopg.connect(settings.psycopg_dsn, autocommit=True) as conn, \
+                redis.Redis.from_url(settings.redis_url) as r:
+            start.wait()
+            raised.append(check_silences(conn, r, settings.redis_prefix))
+
+    threads = [threading.Thread(target=leader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(raised) in ([0, 2], [1, 1])  # between them, each alert once
+    assert db.execute("""SELECT device_id, count FROM alerts ORDER BY device_id""").fetchall() \
+        == [("dtwo0", 1), ("dtwo1", 1)]
+    assert db.execute("SELECT topic, count(*) FROM outbox GROUP BY 1").fetchall() == [
+        ("alert.opened", 2)]
 
 
 def test_location_failure_ends_with_a_usable_fix_not_with_any_message(

@@ -20,6 +20,7 @@ import base64
 import binascii
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from api.authz import declared
 from api.errors import DomainError, TooManyRequests, Unauthorized, Unavailable
 from api.security import hash_device_secret, secret_matches
-from ingest.pipeline import Channel, MessageResult, Pipeline, RawMessage
+from ingest.pipeline import Channel, DevicesBusy, MessageResult, Pipeline, RawMessage
 from store.ratelimit import allow
 from store.settings import Settings, get_settings
 
@@ -53,28 +54,53 @@ REFUSED_DATA = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 DEAD_LETTER_HEADER = "X-CCS-Dead-Letter"
 
 
+def _busy(detail: str) -> Unavailable:
+    """Transient: nothing was recorded, the phone keeps the fix and sends it again."""
+    return Unavailable(detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 class _Pool:
-    """A few pipelines (each with its own connections) shared by the request threads."""
+    """At most `http_ingest_pipelines` pipelines (each with its own connections) shared by the
+    request threads; a request waits a while for one, then is told to come back (503)."""
+
+    WAIT_S = 10.0
 
     def __init__(self) -> None:
         self._idle: queue.LifoQueue[Pipeline] = queue.LifoQueue()
+        self._slots: threading.BoundedSemaphore | None = None
+        self._lock = threading.Lock()
+
+    def _semaphore(self) -> threading.BoundedSemaphore:
+        with self._lock:
+            if self._slots is None:
+                self._slots = threading.BoundedSemaphore(get_settings().http_ingest_pipelines)
+            return self._slots
 
     @contextmanager
     def acquire(self) -> Iterator[Pipeline]:
+        slots = self._semaphore()
+        if not slots.acquire(timeout=self.WAIT_S):
+            raise _busy("every ingest pipeline is busy; retry")
         try:
-            p = self._idle.get_nowait()
-        except queue.Empty:
-            p = Pipeline.connect(get_settings())
-        try:
-            yield p
-        except DomainError:  # an answer, not a failure: the connections are fine
-            self._idle.put(p)
-            raise
-        except Exception:
-            p.close()  # possibly broken connections: do not return them to the pool
-            raise
-        else:
-            self._idle.put(p)
+            try:
+                p = self._idle.get_nowait()
+            except queue.Empty:
+                p = Pipeline.connect(get_settings())
+            try:
+                yield p
+            except DevicesBusy as e:  # another writer holds the device: the phone retries
+                self._idle.put(p)
+                raise _busy(str(e)) from e
+            except DomainError:  # an answer, not a failure: the connections are fine
+                self._idle.put(p)
+                raise
+            except Exception:
+                p.close()  # possibly broken connections: do not return them to the pool
+                raise
+            else:
+                self._idle.put(p)
+        finally:
+            slots.release()
 
     def close(self) -> None:
         while not self._idle.empty():

@@ -23,6 +23,7 @@ from api.deps import (
     device_in_jurisdiction,
     supervisee_in_jurisdiction,
 )
+from api.enrolment import seed_device_clocks
 from api.errors import Conflict, Invalid, NotFound
 from api.exports import MEDIA_TYPES, ExportFormat, chunks, point_feature
 from api.routes.broker import device_credentials
@@ -135,6 +136,7 @@ def enrol_device(
                        secret_hash=hash_device_secret(secret), broker_hash=broker_hash(secret)))
     commit_config_change(session, ctx, request, r, settings,
                          "device.enrol", f"device:{device_id}", supervisee_id=sup.id)
+    seed_device_clocks(settings, r, device_id)
     return device_credentials(settings, device_id, secret)
 
 

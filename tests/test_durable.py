@@ -1,0 +1,333 @@
+"""Nothing lost, nothing stuck, nothing twice: concurrent writers of one device, Redis losing its
+data, poison messages and outages, on the real database, Redis and broker."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import psycopg
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from alerts.silences import COMM, SILENT, check_silences, reseed_if_lost
+from geofence.crs import point_to_wgs84
+from geofence.model import CRS
+from ingest.mqtt_worker import MqttIngestWorker
+from ingest.pipeline import Channel, Pipeline, RawMessage
+from store.registry import Registry
+from store.settings import Settings
+from store.state import StateStore
+from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org, login
+from tests.geo import deep_inside, near_border
+from tests.services import Phone, api_server, forget_session, in_thread, until
+
+HOME = deep_inside(JIANGAN)
+SILENCE_S = 1800.0
+STEP_S = 240.0  # a shallow fix this long after the last one is news (not a repeat)
+
+
+def shallow(k: int) -> tuple[float, float]:
+    """Just across the border (GCJ-02): an exit needs three such fixes spanning ten minutes,
+    so a fix whose evidence were lost would delay or cancel the alert."""
+    return near_border(JIANGAN, JIANGHAN, 300 + 100 * (k % 2))
+
+
+def _enrol(db: psycopg.Connection, org: Org, *devices: str) -> None:
+    """The devices of the two supervisees, in turn (an alert is per person and kind)."""
+    for k, d in enumerate(devices):
+        db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES (%s, %s, %s)",
+                   (d, (org.supervisee_id, org.other_supervisee_id)[k % 2], f"h-{d}"))
+
+
+def _native(device: str, lonlat: tuple[float, float], t: float, received_at: float | None = None
+            ) -> RawMessage:
+    body = {"time": t, "lon": lonlat[0], "lat": lonlat[1], "accuracy": 10.0, "crs": "gcj02"}
+    return RawMessage(Channel.NATIVE_MQTT, orjson.dumps(body), device,
+                      f"devices/{device}/location", received_at or time.time())
+
+
+def _flush(r: redis.Redis, settings: Settings) -> int:
+    """What a Redis restart without persistence does to this run's keys."""
+    keys = list(r.scan_iter(match=settings.redis_prefix + "*", count=1000))
+    return int(r.delete(*keys)) if keys else 0
+
+
+def _exit_alerts(db: psycopg.Connection, device: str | None = None) -> list[tuple]:
+    return db.execute("""SELECT device_id, count FROM alerts WHERE kind = 'area_exit'
+                          AND (%s::text IS NULL OR device_id = %s) ORDER BY id""",
+                      (device, device)).fetchall()
+
+
+def _assert_state_is_the_fold_of_its_positions(db: psycopg.Connection, rds: redis.Redis,
+                                               settings: Settings, device: str) -> None:
+    """The engine is pure: the stored state must be what folding every fix that moved it (the
+    positions not marked late) gives again. A lost update leaves a fix marked as folded whose
+    evidence the state does not hold."""
+    store = StateStore(rds, settings.redis_prefix)
+    registry = Registry(rds, settings.redis_prefix)
+    infos = registry.lookup(db, [device])
+    refold = store.rebuild(db, [device], registry.subjects(infos), registry.zones, 86400.0)
+    stored = store.load([device])[device]
+    assert (stored.last_fix_time, stored.area) == (refold[device].last_fix_time,
+                                                   refold[device].area)
+
+
+def test_two_pipelines_folding_one_device_at_once_lose_no_evidence(
+        settings: Settings, db, rds, org: Org):
+    """Two writers (two workers, or a worker and an HTTP request) hold the next two fixes of
+    one phone at the same moment, pair after pair: each fix is folded on the state the other
+    left, or is late against it; the three-fix exit streak alerts exactly once."""
+    _enrol(db, org, "dcas")
+    a, b = Pipeline.connect(settings), Pipeline.connect(settings)
+    try:
+        t0 = float(int(time.time()) - 5 * 3600)  # whole seconds: positions keep microseconds
+        a.process([_native("dcas", HOME, t0)])
+        for k in range(6):  # six pairs: at least one fix of each pair is in order
+            start = threading.Barrier(2)
+            errors: list[BaseException] = []
+
+            def send(p: Pipeline, t: float, start: threading.Barrier = start,
+                     errors: list[BaseException] = errors) -> None:
+                try:
+                    start.wait()
+                    p.process([_native("dcas", shallow(round((t - t0) / STEP_S)), t)])
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+
+            ts = [threading.Thread(target=send, args=(p, t0 + STEP_S * (2 * k + j + 1)))
+                  for j, p in enumerate((a, b))]
+            for th in ts:
+                th.start()
+            for th in ts:
+                th.join(30)
+            assert errors == []
+        assert db.execute("SELECT count(*), count(DISTINCT fix_time) FROM positions").fetchone() \
+            == (13, 13)
+        assert _exit_alerts(db) == [("dcas", 1)]
+        _assert_state_is_the_fold_of_its_positions(db, rds, settings, "dcas")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_exit_streak_goes_on_after_redis_lost_the_engine_state(
+        settings: Settings, db, rds, org: Org):
+    _enrol(db, org, "dflush")
+    p = Pipeline.connect(settings)
+    try:
+        t0 = float(int(time.time()) - 5 * 3600)  # whole seconds: positions keep microseconds
+        p.process([_native("dflush", HOME, t0)])
+        for k in range(1, 4):
+            p.process([_native("dflush", shallow(k), t0 + STEP_S * k)])
+        assert _exit_alerts(db) == []  # three shallow fixes over 8 min: not yet an exit
+        assert _flush(rds, settings) > 0
+        # The fourth makes the streak span ten minutes: folded on the rebuilt streak, it alerts.
+        p.process([_native("dflush", shallow(4), t0 + STEP_S * 4)])
+        assert _exit_alerts(db) == [("dflush", 1)]
+        p.process([_native("dflush", shallow(5), t0 + STEP_S * 5)])
+        assert _exit_alerts(db) == [("dflush", 1)]  # and once only
+        _assert_state_is_the_fold_of_its_positions(db, rds, settings, "dflush")
+    finally:
+        p.close()
+
+
+def _silences(db: psycopg.Connection) -> list[tuple]:
+    return db.execute("""SELECT device_id, kind, count, cleared_at IS NOT NULL FROM alerts
+                          WHERE kind IN ('communication_failure', 'phone_off')
+                          ORDER BY device_id, kind""").fetchall()
+
+
+def test_after_redis_lost_the_deadlines_silent_phones_still_alert_and_only_once(
+        settings: Settings, db, rds, org: Org):
+    _enrol(db, org, "dold", "dnew")
+    db.execute("UPDATE devices SET created_at = now() - interval '1 day'")  # enrolled yesterday
+    prefix = settings.redis_prefix
+    p = Pipeline.connect(settings)
+    try:
+        now = time.time()
+        p.process([_native("dold", HOME, now - 4 * 3600 - 1, now - 4 * 3600)], now=now - 4 * 3600)
+        assert check_silences(db, rds, prefix, now=now - 4 * 3600 + SILENCE_S + 1) == 1
+        # dnew falls silent an hour ago; Redis is lost before anyone checked.
+        p.process([_native("dnew", HOME, now - 3601, now - 3600)], now=now - 3600)
+        assert _silences(db) == [("dold", "communication_failure", 1, False)]
+        _flush(rds, settings)
+        assert check_silences(db, rds, prefix, now=now) == 0  # nothing left to check...
+        assert reseed_if_lost(db, rds, prefix, 2 * 86400.0) == 2  # ...until the scheduler reseeds
+        assert reseed_if_lost(db, rds, prefix, 2 * 86400.0) == 0  # (once)
+        assert rds.sismember(prefix + SILENT[COMM], "dold")  # its open alert waits for a message
+        assert check_silences(db, rds, prefix, now=now) == 2
+        assert _silences(db) == [("dnew", "communication_failure", 1, False),
+                                 ("dold", "communication_failure", 1, False),  # not again
+                                 ("dold", "phone_off", 1, False)]  # off for 4 h (3 h allowed)
+        assert check_silences(db, rds, prefix, now=now + 1) == 0
+        p.process([_native("dold", HOME, time.time())])  # the phone speaks: its silences end
+        assert _silences(db) == [("dnew", "communication_failure", 1, False),
+                                 ("dold", "communication_failure", 1, True),
+                                 ("dold", "phone_off", 1, True)]
+    finally:
+        p.close()
+
+
+def test_a_phone_enrolled_and_never_reporting_alerts(settings: Settings, db, rds, org: Org,
+                                                     client):
+    h = login(client, "jiangan-supervisor")
+    r = client.post(f"/api/v1/supervisees/{org.supervisee_id}/devices", json={}, headers=h)
+    assert r.status_code == 201, r.text
+    device = r.json()["device_id"]
+    deadline = rds.zscore(settings.redis_prefix + COMM, device)
+    assert deadline == pytest.approx(time.time() + SILENCE_S, abs=60)
+    assert check_silences(db, rds, settings.redis_prefix, now=deadline + 1) == 1
+    assert db.execute("SELECT device_id, kind FROM alerts").fetchall() == [
+        (device, "communication_failure")]
+
+
+def test_make_services_leaves_redis_with_an_append_only_file(rds: redis.Redis):
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["bash", str(root / "deploy" / "ensure-services.sh")], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert rds.config_get("appendonly") == {"appendonly": "yes"}, out.stdout
+    assert rds.config_get("appendfsync") == {"appendfsync": "everysec"}
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _subscribed(settings: Settings, db: psycopg.Connection, device: str) -> Phone:
+    """A phone whose probe fix got through: the workers' subscription is in place."""
+    phone = Phone(settings, device)
+    t = time.time() - 8 * 3600  # older than what the tests send next
+    for k in range(40):
+        phone.report(*HOME, t + k).wait_for_publish(5)
+        if until(lambda: db.execute("SELECT count(*) FROM positions").fetchone()[0] > 0, 0.5):
+            return phone
+    raise AssertionError("the ingest worker never subscribed")
+
+
+def _stored(db: psycopg.Connection, device: str, *times: float) -> bool:
+    """Whether every one of these fixes of the device is stored."""
+    return db.execute("""SELECT count(*) FROM positions WHERE device_id = %s
+                          AND fix_time IN (SELECT to_timestamp(unnest(%s::float8[])))""",
+                      (device, list(times))).fetchone()[0] == len(times)
+
+
+def test_a_message_that_breaks_the_pipeline_is_dead_lettered_alone_and_the_batch_goes_on(
+        settings: Settings, db, rds, org: Org, monkeypatch):
+    import ingest.pipeline
+
+    _enrol(db, org, "dgood", "dpoison")  # (dpoison: the other supervisee's)
+    real = ingest.pipeline.evaluate
+
+    def evaluate(fixes, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if any(f.device_id == "dpoison" for f in fixes):
+            raise ValueError("the engine chokes on dpoison")
+        return real(fixes, *args, **kwargs)
+
+    monkeypatch.setattr(ingest.pipeline, "evaluate", evaluate)
+    client_id = f"{settings.mqtt_client_id}-poison"
+    worker = MqttIngestWorker(settings, client_id=client_id)
+    retried = _metric("ccs_ingest_batch_retries_total", reason="unexpected")
+    poisoned = _metric("ccs_ingest_messages_dead_lettered_on_error_total")
+    try:
+        with in_thread(worker):
+            assert worker.connected.wait(10)
+            good = _subscribed(settings, db, "dgood")
+            bad = Phone(settings, "dpoison")
+            t = time.time() - 600
+            sent = [good.report(*HOME, t), bad.report(*HOME, t + 1), good.report(*HOME, t + 2)]
+            for info in sent:
+                info.wait_for_publish(5)
+            assert until(lambda: db.execute(
+                "SELECT count(*) FROM dead_letters").fetchone()[0] == 1, 30)
+            assert db.execute("SELECT device_id, reason, detail FROM dead_letters").fetchall() == [
+                ("dpoison", "processing_error", "ValueError: the engine chokes on dpoison")]
+            good.report(*HOME, t + 3).wait_for_publish(5)  # and the worker goes on
+            assert until(lambda: db.execute("""SELECT count(*) FROM positions
+                WHERE device_id = 'dgood' AND fix_time >= to_timestamp(%s)""",
+                (t,)).fetchone()[0] == 3, 30)
+            good.close()
+            bad.close()
+        assert _metric("ccs_ingest_messages_dead_lettered_on_error_total") == poisoned + 1
+        assert _metric("ccs_ingest_batch_retries_total", reason="unexpected") == retried
+    finally:
+        forget_session(settings, client_id)
+
+
+def test_an_unreachable_database_is_retried_with_backoff_and_counted(
+        settings: Settings, db, org: Org, caplog):
+    down = settings.model_copy(update={
+        "database_url": "postgresql+psycopg://postgres@127.0.0.1:9/nowhere",
+        "ingest_retry_min_s": 0.05, "ingest_retry_max_s": 0.2})
+    client_id = f"{settings.mqtt_client_id}-down"
+    worker = MqttIngestWorker(down, client_id=client_id)
+    before = _metric("ccs_ingest_batch_retries_total", reason="database")
+    caplog.set_level(logging.WARNING, logger="ingest.mqtt")
+    try:
+        with in_thread(worker):
+            assert worker.connected.wait(10)
+            phone = Phone(settings, "ddown")
+            for k in range(40):  # until the subscription is in place and the batch fails
+                phone.report(*HOME, time.time() - 60 + k).wait_for_publish(5)
+                if until(lambda: _metric("ccs_ingest_batch_retries_total",
+                                          reason="database") >= before + 4, 0.5):
+                    break
+            phone.close()
+            assert _metric("ccs_ingest_batch_retries_total", reason="database") >= before + 4
+            assert worker.processed == 0  # nothing acknowledged while nothing is stored
+        delays = [r.getMessage().rsplit("retrying in ", 1)[1] for r in caplog.records
+                  if "(database:" in r.getMessage()]
+        assert delays[:4] == ["0.05 s", "0.10 s", "0.20 s", "0.20 s"]
+    finally:
+        forget_session(settings, client_id)
+
+
+def test_two_ingest_workers_and_http_posts_of_one_phone_keep_its_state(
+        settings: Settings, db, rds, org: Org):
+    """Two MQTT workers share the subscription (each its own session) while the same phone's
+    next fix arrives over HTTP at the same moment: every fix stored once, the exit streak
+    alerts once, and the state is the fold of the positions it took in."""
+    ids = [f"{settings.mqtt_client_id}-share{k}" for k in range(2)]
+    workers = [MqttIngestWorker(settings, client_id=c) for c in ids]
+    try:
+        with api_server(settings) as base, in_thread(workers[0]), in_thread(workers[1]):
+            assert all(w.connected.wait(10) for w in workers)
+            token = httpx.post(f"{base}/api/v1/auth/token", data={
+                "username": "jiangan-supervisor", "password": PASSWORD}).json()["access_token"]
+            cred = httpx.post(f"{base}/api/v1/supervisees/{org.supervisee_id}/devices", json={},
+                              headers={"Authorization": f"Bearer {token}"}).json()
+            device, secret = cred["device_id"], cred["secret"]
+            phone = _subscribed(settings, db, device)
+            t0 = float(int(time.time()) - 4 * 3600)
+            phone.report(*HOME, t0).wait_for_publish(5)
+            assert until(lambda: _stored(db, device, t0), 30)
+            with httpx.Client(base_url=base) as http:
+                for k in range(6):  # MQTT has fix 2k+1, HTTP fix 2k+2, sent together
+                    t = t0 + STEP_S * (2 * k + 1)
+                    info = phone.report(*shallow(2 * k + 1), t)
+                    # Traccar Client sends WGS-84.
+                    lon, lat = point_to_wgs84(*shallow(2 * k + 2), CRS.GCJ02)
+                    r = http.post(f"/api/v1/ingest/osmand/{secret}", params={
+                        "id": device, "lat": lat, "lon": lon, "timestamp": int(t + STEP_S),
+                        "accuracy": 10})
+                    assert r.status_code == 200, r.text
+                    info.wait_for_publish(5)
+                    # The next pair goes out once both are in: order within a pair only.
+                    assert until(lambda t=t: _stored(db, device, t, t + STEP_S), 30)
+            phone.close()
+        assert all(w.processed > 0 for w in workers)  # the load was shared
+        assert db.execute("""SELECT count(*) FROM positions WHERE device_id = %s
+                              AND fix_time >= to_timestamp(%s)""", (device, t0)).fetchone() \
+            == (13,)  # each fix once
+        assert _exit_alerts(db, device) == [(device, 1)]
+        _assert_state_is_the_fold_of_its_positions(db, rds, settings, device)
+    finally:
+        for c in ids:
+            forget_session(settings, c)
