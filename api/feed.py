@@ -86,13 +86,10 @@ class FeedHub:
         self._task: asyncio.Task[None] | None = None
         self.position = "$"
 
-    async def _read(self) -> None:
-        last = "$"
-        # Start from the stream's tip as of now, so a subscriber registered before this read
-        # never misses an entry added between its replay and the first read.
-        with contextlib.suppress(redis.exceptions.RedisError):
-            info: Any = await self.redis.xrevrange(self.key, count=1)
-            last = info[0][0].decode() if info else "0-0"
+    async def _read(self, start: str) -> None:
+        # From the first subscriber's own starting point: an entry added between its replay and
+        # this reader's first read is read here (the subscriber drops what it already has).
+        last = start
         while self.subscribers:
             try:
                 resp: Any = await self.redis.xread({self.key: last}, count=500, block=BLOCK_MS)
@@ -109,10 +106,10 @@ class FeedHub:
             self.position = last
         self._task = None
 
-    def add(self, sub: Subscriber) -> None:
+    def add(self, sub: Subscriber, start: str) -> None:
         self.subscribers.add(sub)
         if self._task is None:
-            self._task = asyncio.create_task(self._read())
+            self._task = asyncio.create_task(self._read(start))
 
     def remove(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
@@ -137,21 +134,21 @@ class FeedHub:
                     out.append(ev)
         return out, complete
 
-    async def follow(self, sub: Subscriber, after: str | None,
+    async def follow(self, sub: Subscriber, after: str,
                      heartbeat_s: float) -> AsyncIterator[FeedEvent | None]:
-        """The subscriber's events in order; None at each heartbeat with nothing to send."""
-        self.add(sub)
+        """The subscriber's events after `after`, in order; None at each heartbeat with nothing
+        to send."""
+        self.add(sub, after)
         try:
             last = after
-            if after is not None:
-                missed, complete = await self.replay(sub, after)
-                if not complete:
-                    yield FeedEvent(after, "feed.reset", None, b'{"reason": "events were trimmed"}')
-                for ev in missed:
-                    last = ev.id
-                    yield ev
+            missed, complete = await self.replay(sub, after)
+            if not complete:
+                yield FeedEvent(after, "feed.reset", None, b'{"reason": "events were trimmed"}')
+            for ev in missed:
+                last = ev.id
+                yield ev
             while True:
-                if sub.overflowed and last is not None:
+                if sub.overflowed:
                     sub.overflowed = False
                     while not sub.queue.empty():
                         sub.queue.get_nowait()
@@ -164,7 +161,7 @@ class FeedHub:
                 except TimeoutError:
                     yield None
                     continue
-                if last is not None and stream_id(ev.id) <= stream_id(last):
+                if stream_id(ev.id) <= stream_id(last):
                     continue  # already sent by the replay
                 last = ev.id
                 yield ev
