@@ -32,11 +32,14 @@ def commands() -> dict[str, list[str]]:
     host = os.environ.get("CCS_API_HOST", "127.0.0.1")
     port = os.environ.get("CCS_API_PORT", "8000")
     sync = {"broker-sync": [PY, "-m", "store.broker_sync", "--watch"]} if secure() else {}
+    workers = int(os.environ.get("CCS_INGEST_WORKERS", "1"))
     return {
         **sync,
         "api": [PY, "-m", "uvicorn", "api.app:app", "--host", host, "--port", port,
                 "--workers", os.environ.get("CCS_API_WORKERS", "1"), "--no-access-log"],
-        "ingest": [PY, "-m", "ingest"],
+        # CCS_INGEST_WORKERS ingest processes, each its partition of the devices (docs/operations.md).
+        **{(f"ingest-{k}" if workers > 1 else "ingest"):
+           ["env", f"CCS_INGEST_WORKER_INDEX={k}", PY, "-m", "ingest"] for k in range(workers)},
         "alerts": [PY, "-m", "alerts"],
         "delivery": [PY, "-m", "alerts.delivery"],
     }

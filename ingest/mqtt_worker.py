@@ -4,12 +4,23 @@ paho's network thread only queues messages; the main thread drains them in batch
 pipeline and acknowledges each message after its batch committed. If this process dies, the
 broker redelivers everything unacknowledged; duplicates are recognised by (device, fix time).
 
-Several workers share the load through an MQTT 5 shared subscription (`$share/ccs-ingest/...`),
-each with its own client id and persistent session. Mosquitto 2 hands a shared message to the
-group's members in turn, offline persistent sessions included: their share is queued for them,
-and what a worker received but had not acknowledged goes back to that same session only. So a
-worker's client id must survive its restarts (a worker id or the hostname, never the pid), or
-its share waits in an orphaned session until that expires.
+Several workers split the load (`ingest_dispatch`, store/settings.py), each with its own client
+id and persistent session:
+- "partition" (the default, for Mosquitto): every worker subscribes to every report with a plain
+  subscription and processes only the devices of its partition (`partition_of`), acknowledging
+  the others unread; one device's reports reach one worker, in order. Mosquitto restores plain
+  subscriptions of persistent sessions after its own restart, so reports published before the
+  workers are back are queued for them. It does not restore shared ones (2.0.11, measured:
+  tests/test_broker_restart.py), which is why this is the default.
+- "share" (for an EMQX cluster, dispatched by client id hash): an MQTT 5 shared subscription
+  `$share/{group}/...`. Mosquitto 2 hands a shared message to the group's members in turn,
+  offline persistent sessions included, and what a worker received but had not acknowledged
+  goes back to that same session only.
+Either way a worker's client id must survive its restarts (a worker id, or the hostname and
+the worker's index; never the pid), or its messages wait in an orphaned session until that
+expires. The worker's owner leases on devices (store/state.py) carry the same id, so a worker
+restarted after a kill takes its predecessor's leases over at once instead of waiting for them
+to run out.
 
 A batch that fails because a service is unreachable is retried whole, with backoff; a message
 that fails for any other reason is dead-lettered alone with the exception as its reason, and
@@ -25,6 +36,7 @@ import signal
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -45,6 +57,8 @@ RETRIES = Counter("ccs_ingest_batch_retries", "Batches retried after a transient
                   ["reason"])
 POISONED = Counter("ccs_ingest_messages_dead_lettered_on_error",
                    "Messages dead-lettered alone because processing them raised")
+OTHERS = Counter("ccs_ingest_messages_other_partition",
+                 "Messages acknowledged unread because another worker's partition holds the device")
 
 def transient_reason(e: BaseException) -> str | None:
     """The retry reason of a transient failure (its label in the metric), None otherwise: a
@@ -63,12 +77,19 @@ def transient_reason(e: BaseException) -> str | None:
 
 def worker_client_id(settings: Settings) -> str:
     """This worker's MQTT client id: stable across restarts, distinct between workers."""
-    return f"{settings.mqtt_client_id}-{settings.ingest_worker_id or socket.gethostname()}"
+    worker = settings.ingest_worker_id or f"{socket.gethostname()}-{settings.ingest_worker_index}"
+    return f"{settings.mqtt_client_id}-{worker}"
 
 
 def shared(subs: list[tuple[str, int]], group: str) -> list[tuple[str, int]]:
     """The filters as an MQTT 5 shared subscription of `group` (none: plain filters)."""
     return [(f"$share/{group}/{t}", q) for t, q in subs] if group else subs
+
+
+def partition_of(device_id: str | None, workers: int) -> int:
+    """The partition (worker index) of a device: the same in every process and release. Reports
+    that name no device go to partition 0, which dead-letters them once."""
+    return zlib.crc32(device_id.encode()) % workers if device_id and workers > 1 else 0
 
 
 
@@ -107,6 +128,12 @@ class MqttIngestWorker:
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.processed = 0
+        share = self.settings.ingest_dispatch == "share"
+        self.group = self.settings.mqtt_share_group if share else ""
+        # Partition mode with several workers: this worker's part of the devices.
+        self.partition: tuple[int, int] | None = None
+        if not share and self.settings.ingest_workers > 1:
+            self.partition = (self.settings.ingest_worker_index, self.settings.ingest_workers)
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -118,15 +145,36 @@ class MqttIngestWorker:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
             log.error("MQTT connect refused: %s", reason_code)
             return
-        client.subscribe(shared(subscriptions(self.settings.mqtt_topic_prefix),
-                                self.settings.mqtt_share_group))
-        log.info("MQTT connected (session present: %s)", flags.session_present)
-        self.connected.set()
+        subs = subscriptions(self.settings.mqtt_topic_prefix)
+        # A session that ran in the other dispatch mode keeps that mode's filters: drop them, or
+        # it would receive every report twice.
+        client.unsubscribe([t for t, _ in (subs if self.group else
+                                           shared(subs, self.settings.mqtt_share_group))])
+        client.subscribe(shared(subs, self.group))
+        log.info("MQTT connected (session present: %s; %s)", flags.session_present,
+                 f"shared subscription, group {self.group}" if self.group else
+                 f"partition {self.partition[0]} of {self.partition[1]}" if self.partition else
+                 "the only worker")
+        if self.partition is not None and not flags.session_present:
+            # The others acknowledged this partition's reports while no session held them.
+            log.warning("this worker's MQTT session is new: reports of partition %d published "
+                        "before now were not kept for it (docs/operations.md, changing the "
+                        "number of ingest workers)", self.partition[0])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("MQTT subscription refused (%s): check the broker's ACL for this worker",
+                      ", ".join(refused))
+            return
+        log.info("MQTT subscribed")
+        self.connected.set()  # reports reach this worker from now on
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self.connected.clear()
@@ -134,8 +182,15 @@ class MqttIngestWorker:
             log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
-        self.inbox.put(Inbound(msg.mid, msg.qos, route(msg.topic, bytes(msg.payload), time.time(),
-                                                   self.settings.mqtt_topic_prefix)))
+        raw = route(msg.topic, bytes(msg.payload), time.time(), self.settings.mqtt_topic_prefix)
+        if self.partition is not None and \
+                partition_of(raw.device_id, self.partition[1]) != self.partition[0]:
+            # Another worker's device: that worker's own session holds this report too.
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            OTHERS.inc()
+            return
+        self.inbox.put(Inbound(msg.mid, msg.qos, raw))
 
     def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
@@ -198,7 +253,8 @@ class MqttIngestWorker:
         while not self._stop.is_set():
             try:
                 if self._pipeline is None:
-                    self._pipeline = Pipeline.connect(self.settings)
+                    self._pipeline = Pipeline.connect(self.settings,
+                                                      owner_token=f"mqtt:{self.client_id}")
                 if one_by_one:
                     self._one_by_one(self._pipeline, batch)
                 else:

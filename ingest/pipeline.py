@@ -120,7 +120,8 @@ def _ts(t: float) -> datetime:
 class Pipeline:
     """Owns a database connection and a Redis client; not thread-safe (one per worker thread)."""
 
-    def __init__(self, settings: Settings, conn: psycopg.Connection, r: redis.Redis) -> None:
+    def __init__(self, settings: Settings, conn: psycopg.Connection, r: redis.Redis,
+                 owner_token: str | None = None) -> None:
         self.settings = settings
         self.conn = conn
         self.redis = r
@@ -132,18 +133,20 @@ class Pipeline:
             max_future_s=settings.max_future_s,
             max_age_s=settings.max_age_s,
         )
-        self.states = StateStore(r, self.prefix, settings.device_owner_ttl_s)
+        self.states = StateStore(r, self.prefix, settings.device_owner_ttl_s, owner_token)
         self._partitions: set[date] = set()
         if not conn.autocommit:
             raise ValueError("the pipeline needs an autocommit connection")
         conn.execute(_TEMP_TABLE)
 
     @classmethod
-    def connect(cls, settings: Settings) -> Pipeline:
-        """A pipeline with its own connections."""
+    def connect(cls, settings: Settings, owner_token: str | None = None) -> Pipeline:
+        """A pipeline with its own connections. `owner_token` names it in device owner leases:
+        give one only to a writer of which one instance runs at a time (an MQTT worker's
+        client id), so that its next instance takes the leases of a killed one over at once."""
         # Autocommit: look-ups run alone, and each batch is one explicit transaction.
         conn = psycopg.connect(settings.psycopg_dsn, autocommit=True)
-        return cls(settings, conn, redis.Redis.from_url(settings.redis_url))
+        return cls(settings, conn, redis.Redis.from_url(settings.redis_url), owner_token)
 
     def close(self) -> None:
         """Release the connections."""

@@ -98,8 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds of load (default 300; --short 60)")
     p.add_argument("--publishers", type=int, default=2)
     p.add_argument("--ingest-workers", type=int, default=2,
-                   help="MQTT ingest workers, each with its own client id (default 2); with a "
-                        "worker that has a shared-subscription setting they share "
+                   help="MQTT ingest workers, each with its own client id (default 2)")
+    p.add_argument("--dispatch", choices=("partition", "share"), default="partition",
+                   help="how the ingest workers split the load (CCS_INGEST_DISPATCH): each its "
+                        "partition of the devices (default), or a shared subscription "
                         f"$share/{SHARE_GROUP}/...")
     p.add_argument("--silent", type=int, help="phones that stop reporting on purpose "
                                               "(default: 2%% of the fleet, at least 10)")
@@ -176,13 +178,6 @@ def chaos_profile() -> Any:
                       interval_normal_s=SILENCE_INTERVAL_S, interval_lenient_s=SILENCE_INTERVAL_S,
                       key_person_factor=1.0, buffer_factor=1.0, min_buffer_s=SILENCE_MIN_BUFFER_S)
     return replace(p, name="chaos-1s", checkin=checkin)
-
-
-def share_setting() -> str | None:
-    """The ingest worker's shared-subscription setting, if this code has one."""
-    from store.settings import Settings
-
-    return next((n for n in Settings.model_fields if n.startswith("mqtt_shar")), None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,15 +349,16 @@ class Chaos:
                  receivers: Receivers) -> None:
         self.a, self.svc, self.env, self.logdir = a, svc, env, logdir
         self.faults: list[Fault] = []
-        share = share_setting()
-        self.share_note = (f"shared subscription: CCS_{share.upper()}={SHARE_GROUP}" if share else
-                           "no shared-subscription setting in this code: each ingest worker "
-                           "subscribes to every message")
+        self.share_note = (
+            f"shared subscription: CCS_INGEST_DISPATCH=share, CCS_MQTT_SHARE_GROUP={SHARE_GROUP}"
+            if a.dispatch == "share" else
+            f"partitioned: CCS_INGEST_DISPATCH=partition, CCS_INGEST_WORKERS={a.ingest_workers}")
         self.slots = []
         for k in range(a.ingest_workers):
-            extra = {"CCS_MQTT_CLIENT_ID": f"ccs-chaos-ingest-{k}"}
-            if share:
-                extra[f"CCS_{share.upper()}"] = SHARE_GROUP
+            extra = {"CCS_MQTT_CLIENT_ID": "ccs-chaos-ingest", "CCS_INGEST_WORKER_ID": str(k),
+                     "CCS_INGEST_DISPATCH": a.dispatch, "CCS_MQTT_SHARE_GROUP": SHARE_GROUP,
+                     "CCS_INGEST_WORKERS": str(a.ingest_workers),
+                     "CCS_INGEST_WORKER_INDEX": str(k)}
             self.slots.append(Slot(f"ingest-{k}", "ingest", extra))
         self.slots += [
             Slot("alerts", "alerts", {}),

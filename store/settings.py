@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret-change-me"}
@@ -99,11 +99,23 @@ class Settings(BaseSettings):
     device_owner_ttl_s: float = 10.0
     device_owner_wait_s: float = 15.0
     state_rebuild_window_s: float = 2 * 86400.0
-    # Ingest workers: several share the load through an MQTT 5 shared subscription, each with
-    # its own client id and persistent session (mqtt_client_id + "-" + worker id; empty: the
-    # hostname and process id); HTTP ingest runs at most this many pipelines at once.
+    # MQTT ingest workers, each with its own client id and persistent session (mqtt_client_id +
+    # "-" + worker id; empty: the hostname and the worker's index). How several split the load:
+    # - "partition" (Mosquitto): each subscribes to every report with a plain subscription and
+    #   processes the devices of its partition, crc32(device id) mod ingest_workers ==
+    #   ingest_worker_index, acknowledging the others unread. Mosquitto keeps plain
+    #   subscriptions of persistent sessions across its own restarts, shared ones it does not
+    #   (2.0: a report published after a broker restart and before the workers subscribed
+    #   again would be acknowledged to the phone and dropped). Every worker must run with the
+    #   same ingest_workers: change it with all of them stopped.
+    # - "share" (an EMQX cluster): an MQTT 5 shared subscription $share/{mqtt_share_group}/...,
+    #   dispatched by client id hash so that one phone's reports reach one worker in order.
+    ingest_dispatch: Literal["partition", "share"] = "partition"
+    ingest_workers: Annotated[int, Field(ge=1)] = 1
+    ingest_worker_index: Annotated[int, Field(ge=0)] = 0
     ingest_worker_id: str = ""
     mqtt_share_group: str = "ccs-ingest"
+    # HTTP ingest runs at most this many pipelines at once.
     http_ingest_pipelines: int = 8
     # Transient failures (database or Redis unreachable) are retried with this backoff.
     ingest_retry_min_s: float = 0.5
@@ -184,6 +196,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
+        if self.ingest_worker_index >= self.ingest_workers:
+            raise ValueError(f"CCS_INGEST_WORKER_INDEX={self.ingest_worker_index} must be below "
+                             f"CCS_INGEST_WORKERS={self.ingest_workers} (indexes count from 0)")
         if self.environment != Environment.DEVELOPMENT and (
             self.secret_key.strip().lower() in PLACEHOLDER_SECRETS or len(self.secret_key) < 32
         ):

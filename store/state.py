@@ -86,10 +86,13 @@ return dropped
 class StateStore:
     """Loads and saves DeviceState per device; owns devices while it folds their fixes."""
 
-    def __init__(self, r: redis.Redis, prefix: str, owner_ttl_s: float = 10.0) -> None:
+    def __init__(self, r: redis.Redis, prefix: str, owner_ttl_s: float = 10.0,
+                 token: str | None = None) -> None:
         self.redis = r
         self.prefix = prefix
-        self.token = uuid.uuid4().hex
+        # A writer's name in its leases: random, or a stable name of a writer of which one
+        # instance runs at a time (its next instance then holds what a killed one held).
+        self.token = token or uuid.uuid4().hex
         self.owner_ttl_ms = int(owner_ttl_s * 1000)
         self._cas = r.register_script(_CAS)
         self._take = r.register_script(_TAKE)

@@ -295,7 +295,9 @@ def test_two_ingest_workers_and_http_posts_of_one_phone_keep_its_state(
     next fix arrives over HTTP at the same moment: every fix stored once, the exit streak
     alerts once, and the state is the fold of the positions it took in."""
     ids = [f"{settings.mqtt_client_id}-share{k}" for k in range(2)]
-    workers = [MqttIngestWorker(settings, client_id=c) for c in ids]
+    # The shared subscription (the EMQX dispatch): both workers get this phone's reports.
+    shared = settings.model_copy(update={"ingest_dispatch": "share"})
+    workers = [MqttIngestWorker(shared, client_id=c) for c in ids]
     try:
         with api_server(settings) as base, in_thread(workers[0]), in_thread(workers[1]):
             assert all(w.connected.wait(10) for w in workers)

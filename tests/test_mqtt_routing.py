@@ -5,6 +5,7 @@ import time
 import orjson
 import paho.mqtt.client as mqtt
 import psycopg
+import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -101,3 +102,18 @@ def test_owntracks_transition_and_waypoints_over_mqtt_are_stored_not_lost(
     assert [(p[0].timestamp(), p[1], p[2], p[3], p[4]) for p in pos] == [
         (tst, lon, lat, 20.0, "owntracks_mqtt")]
     assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
+
+
+def test_partitions_split_devices_evenly_and_every_index_must_exist():
+    from ingest.mqtt_worker import partition_of
+    from store.settings import Settings
+
+    devices = [f"d{k:05d}" for k in range(4000)]
+    counts = [0, 0, 0, 0]
+    for d in devices:
+        counts[partition_of(d, 4)] += 1
+    assert all(900 < c < 1100 for c in counts), counts
+    assert {partition_of(d, 1) for d in devices} == {0}
+    assert partition_of(None, 4) == 0  # reports naming no device: dead-lettered by one worker
+    with pytest.raises(ValueError, match="CCS_INGEST_WORKER_INDEX=2 must be below"):
+        Settings(ingest_workers=2, ingest_worker_index=2)
