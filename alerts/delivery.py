@@ -22,6 +22,7 @@ of location data is audited.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import logging
 import os
@@ -272,10 +273,53 @@ class WebhookSender:
 
 
 class EmailSender:
-    """Plain-text e-mail over SMTP (optionally STARTTLS and login)."""
+    """Plain-text e-mail over SMTP (optionally STARTTLS and login), one connection per sending
+    thread, kept open between messages.
+
+    Keeping it open makes each send one MAIL/RCPT/DATA exchange instead of a connection,
+    greeting, TLS handshake and login, and the outcome is known (and recorded) the moment the
+    server answers the data with 250, not after a QUIT: the window in which a worker killed
+    after the server took a message would send it again (under the same Message-ID) shrinks to
+    the recording itself."""
+
+    IDLE_S = 30.0  # a connection unused this long is closed (servers drop idle ones)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[smtplib.SMTP] = set()
+
+    def _connection(self) -> smtplib.SMTP:
+        s = self.settings
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        if smtp is not None and time.monotonic() - self._local.used > self.IDLE_S:
+            self._drop(smtp, quit_=True)
+            smtp = None
+        if smtp is None:
+            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s)
+            try:
+                if s.smtp_starttls:
+                    smtp.starttls(context=ssl.create_default_context())  # verify the server
+                if s.smtp_username:
+                    smtp.login(s.smtp_username, s.smtp_password or "")
+            except BaseException:
+                smtp.close()
+                raise
+            self._local.smtp = smtp
+            with self._lock:
+                self._open.add(smtp)
+        self._local.used = time.monotonic()
+        return smtp
+
+    def _drop(self, smtp: smtplib.SMTP, quit_: bool = False) -> None:
+        self._local.smtp = None
+        with self._lock:
+            self._open.discard(smtp)
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            if quit_:
+                smtp.quit()
+        smtp.close()
 
     def message(self, o: Outgoing) -> EmailMessage:
         """The e-mail for one notification; its Message-ID is the idempotency key."""
@@ -306,22 +350,35 @@ class EmailSender:
 
     def send(self, o: Outgoing) -> tuple[bool, str]:
         """Hand the message to the SMTP server; a 250 for every recipient is delivered."""
-        s = self.settings
-        try:
-            with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s) as smtp:
-                if s.smtp_starttls:
-                    smtp.starttls(context=ssl.create_default_context())  # verify the server
-                if s.smtp_username:
-                    smtp.login(s.smtp_username, s.smtp_password or "")
-                refused = smtp.send_message(self.message(o))
-        except (smtplib.SMTPException, OSError) as e:
-            return False, f"{type(e).__name__}: {e}"
-        if refused:
-            return False, f"refused: {refused}"
-        return True, "250 accepted"
+        msg = self.message(o)
+        while True:
+            smtp: smtplib.SMTP | None = None
+            kept = getattr(self._local, "smtp", None) is not None
+            try:
+                smtp = self._connection()
+                refused = smtp.send_message(msg)
+            except smtplib.SMTPServerDisconnected as e:
+                if smtp is not None:
+                    self._drop(smtp)
+                if kept:  # a kept connection the server closed meanwhile: once more, anew
+                    continue
+                return False, f"{type(e).__name__}: {e}"
+            except (smtplib.SMTPException, OSError) as e:
+                if smtp is not None:
+                    self._drop(smtp)
+                return False, f"{type(e).__name__}: {e}"
+            if refused:
+                return False, f"refused: {refused}"
+            return True, "250 accepted"
 
     def close(self) -> None:
-        """Nothing pooled."""
+        """QUIT every kept connection."""
+        with self._lock:
+            conns, self._open = list(self._open), set()
+        for smtp in conns:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                smtp.quit()
+            smtp.close()
 
 
 class ChannelRunner(threading.Thread):
@@ -426,6 +483,7 @@ class DeliveryWorker:
             for r in self.runners:
                 r.join()
             self.webhooks.close()
+            self.email.close()
 
 
 def main() -> None:

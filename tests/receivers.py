@@ -98,6 +98,7 @@ class _Collect:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.sink.lock:
             self.sink.messages.append((list(envelope.rcpt_tos), msg))  # type: ignore[arg-type]
+            self.sink.peers.append(session.peer)  # type: ignore[attr-defined]
         return "250 OK"
 
 
@@ -106,6 +107,7 @@ class SmtpSink:
 
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], EmailMessage]] = []
+        self.peers: list[tuple[str, int]] = []  # the connection each message came over
         self.lock = threading.Lock()
         self.port = free_port()
         self.controller = Controller(_Collect(self), hostname="127.0.0.1", port=self.port)

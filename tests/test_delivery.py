@@ -408,3 +408,43 @@ def test_a_violating_fix_reaches_the_officer_on_feed_webhook_and_email_once(
     assert body["recipient"]["address"] == "officer@example.org"
     assert smtp.messages[0][0] == ["officer@example.org"]
     assert db.execute("SELECT count(*) FROM alerts").fetchone() == (1,)
+
+
+def _outgoing(k: int) -> Any:
+    from datetime import UTC, datetime
+
+    from alerts.delivery import Outgoing
+
+    now = datetime.now(UTC)
+    return Outgoing(notification_id=k, attempt_id=k, key=f"key-{k}", topic="alert.opened",
+                    escalation_level=0, attempts=1, created_at=now, address="o@example.org",
+                    url=None, secret=None, staff_id=1, staff_name="Officer",
+                    alert={"id": k, "kind": "area_exit", "severity": "high", "status": "open",
+                           "count": 1, "opened_at": now, "first_fix_time": None, "reason": {},
+                           "supervisee_id": 1, "supervisee_name": "Z", "case_number": "C-1",
+                           "office_id": 1, "office_name": "Office"})
+
+
+def test_e_mail_keeps_its_smtp_connection_and_survives_the_server_closing_it(
+        settings: Settings):
+    """Each sending thread keeps its SMTP connection: the outcome is known at the server's 250,
+    not after a QUIT (the window for a repeat after a kill), and a connection the server
+    dropped meanwhile is replaced without failing the message."""
+    from alerts.delivery import EmailSender
+
+    sink = SmtpSink()
+    s = settings.model_copy(update={"smtp_host": "127.0.0.1", "smtp_port": sink.port})
+    sender = EmailSender(s)
+    try:
+        assert [sender.send(_outgoing(k)) for k in range(3)] == [(True, "250 accepted")] * 3
+        assert len(set(sink.peers)) == 1  # one connection for the three
+        sink.close()  # the server goes away, taking the kept connection with it
+        sink2 = SmtpSink()
+        sender.settings = s.model_copy(update={"smtp_port": sink2.port})
+        try:
+            assert sender.send(_outgoing(3)) == (True, "250 accepted")
+            assert [m["Message-ID"] for _, m in sink2.messages] == ["<key-3@localhost>"]
+        finally:
+            sink2.close()
+    finally:
+        sender.close()
