@@ -143,7 +143,8 @@ class Scheduler:
 
         def silences(conn: psycopg.Connection) -> None:
             reseed_if_lost(conn, self.redis, prefix, window_s)
-            check_silences(conn, self.redis, prefix)
+            check_silences(conn, self.redis, prefix,
+                           max_lag_s=self.settings.ingest_watermark_max_lag_s)
 
         self.aps.add_job(self._guard("silences", silences), "interval", seconds=1, id="silences")
         self.aps.add_job(self._guard("curfews", curfews), "interval", seconds=10, id="curfews")

@@ -8,6 +8,7 @@ passed (ZRANGEBYSCORE), so one check costs what is due, not what is tracked.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ import redis
 
 from alerts import service
 from store.enums import AlertKind
+
+log = logging.getLogger(__name__)
 
 COMM, LOC, OFF = "dl:comm", "dl:loc", "dl:off"
 # Devices with an open silence alert, per kind: a message ends a communication failure or a
@@ -45,6 +48,48 @@ for i, member in ipairs(ARGV) do
 end
 return taken
 """
+
+
+# How far the MQTT ingest has heard (store/watermark logic, written by each worker): a hash
+# of worker -> "<watermark> <written at>". Everything a worker received before its watermark is
+# committed; a deadline later than the lowest watermark waits, because a report that would
+# have moved it may still be in a worker's queue (a killed worker's reports wait at the broker,
+# a busy one's in its inbox). Our own backlog is not a supervisee's silence.
+INGEST_WATERMARKS = "ingest:wm"
+
+
+def write_watermark(r: redis.Redis, prefix: str, worker: str, watermark: float,
+                    now: float | None = None) -> None:
+    """An ingest worker says: everything I received before `watermark` is committed."""
+    now = time.time() if now is None else now
+    r.hset(prefix + INGEST_WATERMARKS, worker, f"{watermark!r} {now!r}")
+
+
+def ingest_watermark(r: redis.Redis, prefix: str, now: float, max_lag_s: float
+                     ) -> tuple[float, list[str]]:
+    """The time up to which silences can be judged: the lowest watermark of the ingest workers
+    that wrote one in the last `max_lag_s` (none: `now`, an HTTP-only system), never after
+    `now`. Returns it with the workers holding it back by more than a minute (logged by the
+    caller). A worker silent for longer is taken as gone (removed, or down for good): its field
+    is dropped, so that silences are judged again."""
+    fields: dict[bytes, bytes] = cast(Any, r.hgetall(prefix + INGEST_WATERMARKS))
+    lowest, behind, gone = now, [], []
+    for worker, value in fields.items():
+        try:
+            wm_s, at_s = value.split()
+            wm, at = float(wm_s), float(at_s)
+        except ValueError:
+            gone.append(worker)
+            continue
+        if now - at > max_lag_s:
+            gone.append(worker)
+            continue
+        lowest = min(lowest, wm)
+        if now - wm > 60:
+            behind.append(worker.decode())
+    if gone:
+        r.hdel(prefix + INGEST_WATERMARKS, *gone)
+    return lowest, behind
 
 
 def record_activity(
@@ -95,13 +140,22 @@ def clear_silence_alerts(conn: psycopg.Connection, ended: Iterable[tuple[str, st
 
 
 def check_silences(conn: psycopg.Connection, r: redis.Redis, prefix: str,
-                   now: float | None = None, limit: int = 5000) -> int:
+                   now: float | None = None, limit: int = 5000,
+                   max_lag_s: float = 300.0) -> int:
     """Raise an alert for every deadline passed; returns how many alerts were raised or renewed.
+
+    A deadline counts as passed once it is before both the clock and the ingest watermark
+    (`ingest_watermark`): while a worker is behind, restarting or cut off from the broker, the
+    phones whose reports it holds are not called silent.
 
     The alert is committed before the deadline is taken off the set, so a crash in between
     repeats the check (which finds the open alert and changes nothing) instead of losing it.
     """
-    now = time.time() if now is None else now
+    clock = time.time() if now is None else now
+    now, behind = ingest_watermark(r, prefix, clock, max_lag_s)
+    if behind:
+        log.warning("silence checks held back %.0f s by ingest worker(s) %s", clock - now,
+                    ", ".join(sorted(behind)))
     take = r.register_script(_TAKE_DUE)
     raised = 0
     for key in (OFF, COMM, LOC):
@@ -120,12 +174,13 @@ def check_silences(conn: psycopg.Connection, r: redis.Redis, prefix: str,
             due = [d for d, t in zip(due, talking, strict=True) if t]
             if not due:
                 continue
-        now_dt = datetime.fromtimestamp(now, UTC)
+        now_dt = datetime.fromtimestamp(clock, UTC)
+        heard = datetime.fromtimestamp(now, UTC).isoformat()
         items = []
         for member, deadline in due:
             device = member.decode() if isinstance(member, bytes) else str(member)
             reason = {"rule": RULES[key], "deadline": datetime.fromtimestamp(deadline, UTC).isoformat(),
-                      "checked_at": now_dt.isoformat()}
+                      "checked_at": now_dt.isoformat(), "ingest_heard_until": heard}
             items.append((device, datetime.fromtimestamp(deadline, UTC), reason))
         with conn.transaction():
             raised += service.raise_for_devices(conn, KINDS[key].value, SEVERITY[key], items, now_dt)

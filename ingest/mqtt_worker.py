@@ -47,6 +47,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import Counter, start_http_server
 
+from alerts.silences import write_watermark
 from ingest.pipeline import Channel, DevicesBusy, Pipeline, RawMessage
 from store.settings import Settings, get_settings
 from store.topics import OWNTRACKS_SUBTOPICS, ingest_filters
@@ -128,6 +129,9 @@ class MqttIngestWorker:
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.processed = 0
+        self._subscribed_at = float("inf")
+        self._watermark_at = 0.0
+        self._redis: redis.Redis | None = None
         share = self.settings.ingest_dispatch == "share"
         self.group = self.settings.mqtt_share_group if share else ""
         # Partition mode with several workers: this worker's part of the devices.
@@ -174,6 +178,7 @@ class MqttIngestWorker:
                       ", ".join(refused))
             return
         log.info("MQTT subscribed")
+        self._subscribed_at = time.time()
         self.connected.set()  # reports reach this worker from now on
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
@@ -196,7 +201,9 @@ class MqttIngestWorker:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
         props.ReceiveMaximum = 65535  # let the broker keep a whole batch in flight
-        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # Back soon after a broker restart: the broker holds reports for this worker's session
+        # meanwhile, and silences wait for the worker's watermark.
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         while not self._stop.is_set():
             try:
                 self.client.connect(
@@ -231,8 +238,13 @@ class MqttIngestWorker:
         self.client.loop_start()
         try:
             while not self._stop.is_set():
+                waiting_since = time.time()
                 batch = self._next_batch()
                 if not batch:
+                    # Nothing came for a while: everything received before the wait began is
+                    # committed, if the broker had a live subscription to give it to us.
+                    if self.connected.is_set() and waiting_since - self._subscribed_at > 1.0:
+                        self._watermark(waiting_since)
                     continue
                 if not self._handle(batch):
                     break  # stopping with an uncommitted batch: the broker will redeliver it
@@ -240,11 +252,29 @@ class MqttIngestWorker:
                     if b.qos > 0:
                         self.client.ack(b.mid, b.qos)
                 self.processed += len(batch)
+                # The inbox is first in, first out: all received up to this batch's last is in.
+                self._watermark(batch[-1].raw.received_at)
         finally:
             self.client.disconnect()
             self.client.loop_stop()
             if self._pipeline is not None:
                 _close_quietly(self._pipeline)
+            if self._redis is not None:
+                self._redis.close()
+
+    def _watermark(self, t: float) -> None:
+        """Tell the silence checks that everything this worker received before `t` is
+        committed (alerts/silences.py, `ingest_watermark`); at most four times a second."""
+        now = time.monotonic()
+        if now - self._watermark_at < 0.25:
+            return
+        self._watermark_at = now
+        try:
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+            write_watermark(self._redis, self.settings.redis_prefix, self.client_id, t)
+        except redis.RedisError as e:  # the next batch retries it; nothing else depends on it
+            log.debug("watermark not written: %s", e)
 
     def _handle(self, batch: list[Inbound]) -> bool:
         """Commit or dead-letter every message of the batch; False if stopped before that."""

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     ingest_worker_index: Annotated[int, Field(ge=0)] = 0
     ingest_worker_id: str = ""
     mqtt_share_group: str = "ccs-ingest"
+    # Silences are judged only up to the lowest MQTT ingest worker's watermark (everything it
+    # received before it is committed); a worker that wrote none for this long counts as gone.
+    ingest_watermark_max_lag_s: float = 300.0
     # HTTP ingest runs at most this many pipelines at once.
     http_ingest_pipelines: int = 8
     # Transient failures (database or Redis unreachable) are retried with this backoff.

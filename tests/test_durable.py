@@ -333,3 +333,34 @@ def test_two_ingest_workers_and_http_posts_of_one_phone_keep_its_state(
     finally:
         for c in ids:
             forget_session(settings, c)
+
+
+def test_an_ingest_worker_s_watermark_follows_what_it_committed_and_stops_while_it_is_away(
+        settings: Settings, db, rds, org: Org):
+    from alerts.silences import INGEST_WATERMARKS
+
+    _enrol(db, org, "dwm")
+    client_id = f"{settings.mqtt_client_id}-wm"
+    worker = MqttIngestWorker(settings, client_id=client_id)
+
+    def watermark() -> float | None:
+        v = rds.hget(settings.redis_prefix + INGEST_WATERMARKS, client_id)
+        return float(v.split()[0]) if v else None
+
+    try:
+        with in_thread(worker):
+            assert worker.connected.wait(10)
+            phone = Phone(settings, "dwm")
+            sent = time.time()
+            phone.report(*HOME, sent - 60).wait_for_publish(5)
+            assert until(lambda: _stored(db, "dwm", sent - 60), 10)
+            # Committed, then idle: the watermark passes the report and keeps up with the clock.
+            assert until(lambda: (watermark() or 0) > sent, 10)
+            assert until(lambda: (watermark() or 0) > time.time() - 2, 10)
+            phone.close()
+        stopped = watermark()
+        assert stopped is not None
+        time.sleep(1.5)
+        assert watermark() == stopped  # away: it no longer claims to have heard anything
+    finally:
+        forget_session(settings, client_id)

@@ -89,6 +89,37 @@ def test_a_silent_phone_is_not_also_a_location_failure(settings: Settings, db, r
         p.close()
 
 
+def test_a_silence_waits_for_the_ingest_workers_watermark(settings: Settings, db, rds, phone):
+    """A deadline passed on the clock but not yet heard up to by every ingest worker waits: the
+    report that would have moved it may sit in a killed or busy worker's queue. A worker gone
+    for longer than the allowed lag holds nothing back."""
+    from alerts.silences import INGEST_WATERMARKS, write_watermark
+
+    p = Pipeline.connect(settings)
+    prefix = settings.redis_prefix
+    try:
+        t0 = time.time() - 4 * 3600
+        report(p, phone, t0)
+        due = t0 + SILENCE_S
+        write_watermark(rds, prefix, "ingest-a", due + 60, now=due + 60)
+        write_watermark(rds, prefix, "ingest-b", due - 30, now=due + 50)  # behind: restarting
+        assert check_silences(db, rds, prefix, now=due + 61) == 0
+        assert silence_alerts(db) == []
+        write_watermark(rds, prefix, "ingest-b", due + 1, now=due + 70)  # caught up
+        assert check_silences(db, rds, prefix, now=due + 71) == 1
+        reason = db.execute("SELECT reason FROM alerts").fetchone()[0]
+        assert reason["ingest_heard_until"].startswith(
+            time.strftime("%Y-%m-%dT%H:%M", time.gmtime(due + 1)))
+        # A worker that wrote nothing for longer than max_lag_s counts as gone, and is dropped.
+        write_watermark(rds, prefix, "ingest-b", due + 2, now=due + 80)
+        report(p, phone, due + 100)  # the silence ends; a new deadline
+        later = due + 100 + SILENCE_S
+        assert check_silences(db, rds, prefix, now=later + 1, max_lag_s=300) == 1
+        assert rds.hkeys(prefix + INGEST_WATERMARKS) == []
+    finally:
+        p.close()
+
+
 def test_the_check_only_touches_what_is_due(settings: Settings, db, rds, org: Org):
     prefix = settings.redis_prefix
     now = time.time()
