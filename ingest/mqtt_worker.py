@@ -48,6 +48,7 @@ from paho.mqtt.properties import Properties
 from prometheus_client import Counter, start_http_server
 
 from alerts.silences import write_watermark
+from ingest.mqtt_client import BatchClient
 from ingest.pipeline import Channel, DevicesBusy, Pipeline, RawMessage
 from store.settings import Settings, get_settings
 from store.topics import OWNTRACKS_SUBTOPICS, ingest_filters
@@ -138,7 +139,7 @@ class MqttIngestWorker:
         self.partition: tuple[int, int] | None = None
         if not share and self.settings.ingest_workers > 1:
             self.partition = (self.settings.ingest_worker_index, self.settings.ingest_workers)
-        self.client = mqtt.Client(
+        self.client = BatchClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
@@ -192,7 +193,7 @@ class MqttIngestWorker:
                 partition_of(raw.device_id, self.partition[1]) != self.partition[0]:
             # Another worker's device: that worker's own session holds this report too.
             if msg.qos > 0:
-                client.ack(msg.mid, msg.qos)
+                client.ack_later(msg.mid)
             OTHERS.inc()
             return
         self.inbox.put(Inbound(msg.mid, msg.qos, raw))
@@ -248,9 +249,7 @@ class MqttIngestWorker:
                     continue
                 if not self._handle(batch):
                     break  # stopping with an uncommitted batch: the broker will redeliver it
-                for b in batch:
-                    if b.qos > 0:
-                        self.client.ack(b.mid, b.qos)
+                self.client.ack_many([b.mid for b in batch if b.qos > 0])
                 self.processed += len(batch)
                 # The inbox is first in, first out: all received up to this batch's last is in.
                 self._watermark(batch[-1].raw.received_at)

@@ -261,7 +261,8 @@ class Pipeline:
         rebuilt = {}
         if lost:  # never stored, or Redis lost it: fold the device's recent positions again
             rebuilt = self.states.rebuild(self.conn, lost, subjects, self.registry.zones,
-                                          self.settings.state_rebuild_window_s)
+                                          self.settings.state_rebuild_window_s,
+                                          self.settings.state_rebuild_max_fixes)
             states.update(rebuilt)
         result = evaluate(fixes, subjects, self.registry.zones, states, now)
         result.states = {**rebuilt, **result.states}  # a rebuilt state is kept even if unchanged

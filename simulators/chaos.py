@@ -76,6 +76,7 @@ from simulators.bench import (
     stop_helpers,
     stop_workers,
     wait_ingest_ready,
+    wait_logged,
 )
 from simulators.chaos_services import OwnServices
 from simulators.fleet import device_id
@@ -472,6 +473,7 @@ def run(a: argparse.Namespace) -> int:
             chaos.start(s)
         for s in chaos.slots[:a.ingest_workers]:
             assert s.worker is not None
+            wait_logged(s.worker, "MQTT subscribed")  # its session exists before the load
             wait_ingest_ready(env, s.worker)
         print(f"setup done in {time.monotonic() - t:.1f} s (logs in {logdir})", flush=True)
         reader = FeedReader(env.redis_url, BENCH_PREFIX + "feed", retry=True)

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     device_owner_ttl_s: float = 10.0
     device_owner_wait_s: float = 15.0
     state_rebuild_window_s: float = 2 * 86400.0
+    # ...and at most this many of its newest fixes: enough for every rule's memory at real
+    # reporting intervals (the frozen-location rule needs 12 fixes over 2 h: 100 fixes cover
+    # it for phones reporting every 72 s or less often), cheap enough that folding every
+    # device again after Redis lost its data takes seconds, not minutes.
+    state_rebuild_max_fixes: int = 100
     # MQTT ingest workers, each with its own client id and persistent session (mqtt_client_id +
     # "-" + worker id; empty: the hostname and the worker's index). How several split the load:
     # - "partition" (Mosquitto): each subscribes to every report with a plain subscription and

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_short_fault_injection_run_loses_no_acknowledged_fix_and_opens_no_alert_twice(
+def test_short_fault_injection_run_loses_nothing_and_alerts_every_silence_once_and_only_those(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "chaos.json"
@@ -31,3 +31,7 @@ def test_short_fault_injection_run_loses_no_acknowledged_fix_and_opens_no_alert_
         "kill:ingest-0", "kill:alerts", "kill:delivery", "redis:keep"], report
     assert res["lost_acked_fixes"] == 0, report
     assert res["alerts_opened_twice"] == 0, report
+    # Every phone told to stop was alerted once; none that kept reporting was called silent
+    # (a killed ingest worker's queued reports hold the silence check back: its watermark).
+    assert res["silences_not_alerted"] == 0 and res["silences_alerted_twice"] == 0, report
+    assert res["false_silence_alerts"] == 0, report

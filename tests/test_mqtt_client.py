@@ -1,0 +1,107 @@
+"""The ingest worker's paho client reads in bulk and acknowledges in bulk without changing what
+MQTT guarantees: every message arrives whole and in order, across read boundaries and with
+payloads larger than one read, and exactly the acknowledged ones are not sent again."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest.mqtt_client import READ_SIZE, BatchClient, puback_packets
+from store.settings import Settings
+from tests.services import forget_session
+
+
+def test_puback_packets_are_mqtt_pubacks():
+    assert puback_packets([1, 258, 65535]) == bytes(
+        [0x40, 2, 0, 1, 0x40, 2, 1, 2, 0x40, 2, 0xFF, 0xFF])
+
+
+class _Sub:
+    """A persistent-session BatchClient that records what it receives."""
+
+    def __init__(self, settings: Settings, client_id: str, topic: str, ack_even_now: bool):
+        self.got: list[tuple[int, bytes, bool]] = []  # (number, payload, dup)
+        self.mids: list[int] = []
+        self.subscribed = threading.Event()
+        self.c = BatchClient(callback_api_version=CallbackAPIVersion.VERSION2,
+                             client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+
+        def on_message(c, u, m):  # type: ignore[no-untyped-def]
+            n = int(m.payload[:8])
+            self.got.append((n, bytes(m.payload), bool(m.dup)))
+            if ack_even_now and n % 2 == 0:
+                c.ack_later(m.mid)
+            else:
+                self.mids.append(m.mid)
+
+        self.c.on_message = on_message
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        props.ReceiveMaximum = 65535
+        self.c.connect(settings.mqtt_host, settings.mqtt_port, clean_start=False,
+                       properties=props)
+        self.c.loop_start()
+        assert self.subscribed.wait(10)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def _wait(cond, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(cond())
+
+
+def test_bulk_reading_and_acknowledging_keep_every_mqtt_guarantee(settings: Settings):
+    topic = f"{settings.mqtt_topic_prefix}bulk/test"
+    client_id = f"{settings.mqtt_client_id}-bulk"
+    n = 3000
+    # Payloads of every size class: tiny, around a read's size, and several reads long.
+    sizes = [20 + (k * 37) % 300 for k in range(n)]
+    sizes[100], sizes[1500], sizes[2999] = READ_SIZE - 3, 3 * READ_SIZE + 17, 200_000
+    bodies = [f"{k:08d}".encode() + bytes([65 + k % 26]) * (sizes[k] - 8) for k in range(n)]
+    sub = _Sub(settings, client_id, topic, ack_even_now=True)
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bulk-pub",
+                      protocol=mqtt.MQTTv5)
+    pub.max_inflight_messages_set(0)
+    pub.max_queued_messages_set(0)
+    pub.connect(settings.mqtt_host, settings.mqtt_port)
+    pub.loop_start()
+    try:
+        infos = [pub.publish(topic, b, qos=1) for b in bodies]
+        for i in infos:
+            i.wait_for_publish(20)
+        assert all(i.is_published() for i in infos)
+        assert _wait(lambda: len(sub.got) >= n)
+        time.sleep(0.3)
+        # Whole, in order, once.
+        assert [k for k, _, _ in sub.got] == list(range(n))
+        assert all(body == bodies[k] for k, body, _ in sub.got)
+        sub.close()  # the odd ones were never acknowledged
+        again = _Sub(settings, client_id, topic, ack_even_now=False)
+        assert _wait(lambda: len(again.got) >= n // 2)
+        time.sleep(0.5)
+        assert [k for k, _, _ in again.got] == list(range(1, n, 2))  # exactly those, again
+        assert all(dup for _, _, dup in again.got)
+        assert again.c.ack_many(again.mids) == mqtt.MQTT_ERR_SUCCESS
+        time.sleep(0.5)
+        again.close()
+        third = _Sub(settings, client_id, topic, ack_even_now=False)
+        time.sleep(1.0)
+        third.close()
+        assert third.got == []  # everything acknowledged in bulk stayed acknowledged
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        forget_session(settings, client_id)
