@@ -813,7 +813,8 @@ def run(args: argparse.Namespace) -> int:
         go.set()
         cpu.start()
         publish_end = t0.value + args.duration
-        _progress_loop(args, env, shared, reader, t0.value, publish_end, procs, workers)
+        marks: dict[str, float] = {}
+        _progress_loop(args, env, shared, reader, t0.value, publish_end, procs, workers, marks)
         for p in procs:
             p.join(timeout=60)
         cpu.stop()
@@ -827,7 +828,6 @@ def run(args: argparse.Namespace) -> int:
         acked = int(sum(g["meta"][0] for g in logs))
         cpu.used["publishers (self-reported)"] = float(sum(g["meta"][3] for g in logs))
 
-        marks: dict[str, float] = {}
         drain_s = _drain(env, pub_phone.size, reader, receivers, args.drain_timeout, workers,
                          marks)
         probe.stopping.set()
@@ -855,13 +855,34 @@ def run(args: argparse.Namespace) -> int:
 def _progress_loop(
     args: argparse.Namespace, env: BenchEnv, shared: list[PubShared], reader: FeedReader,
     t0: float, publish_end: float, procs: list[Any], workers: list[Worker],
+    marks: dict[str, float] | None = None,
 ) -> None:
+    """Print progress while the publishers run. From the end of publishing on, poll every
+    0.25 s for the committed-rate marks (see `_drain`): the publishers' sent counts are final
+    then, though they still wait for their last PUBACKs."""
     tty = sys.stdout.isatty()
     every = 1.0 if tty else 5.0
-    last_t, last_sent = t0, 0
+    last_t, last_sent, last_print = t0, 0, time.time()
+    marks = {} if marks is None else marks
     with psycopg.connect(env.dsn, autocommit=True) as conn:
-        while any(p.is_alive() for p in procs):
-            time.sleep(every)
+        while any(p.is_alive() for p in procs) or (
+                "all_stored_at" not in marks and time.time() < publish_end + args.drain_timeout):
+            now = time.time()
+            time.sleep(0.25 if now >= publish_end + 0.1 else
+                       min(every, max(publish_end + 0.1 - now, 0.05)))
+            for w in workers:
+                if w.proc.poll() is not None:
+                    raise RuntimeError(f"{w.name} worker died:\n{w.log_tail(20)}")
+            if time.time() >= publish_end + 0.1 and "all_stored_at" not in marks:
+                final = sum(s.sent.value for s in shared)
+                done = conn.execute("SELECT count(*) FROM positions WHERE device_id LIKE 'sim%'"
+                                    ).fetchone()[0]  # type: ignore[index]
+                marks.setdefault("backlog", float(max(final - done, 0)))
+                if done >= final:
+                    marks["all_stored_at"] = time.time()
+            if time.time() - last_print < every - 0.01:
+                continue
+            last_print = time.time()
             for w in workers:
                 if w.proc.poll() is not None:
                     raise RuntimeError(f"{w.name} worker died:\n{w.log_tail(20)}")
