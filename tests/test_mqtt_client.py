@@ -72,7 +72,8 @@ def test_bulk_reading_and_acknowledging_keep_every_mqtt_guarantee(settings: Sett
     sizes[100], sizes[1500], sizes[2999] = READ_SIZE - 3, 3 * READ_SIZE + 17, 200_000
     bodies = [f"{k:08d}".encode() + bytes([65 + k % 26]) * (sizes[k] - 8) for k in range(n)]
     sub = _Sub(settings, client_id, topic, ack_even_now=True)
-    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bulk-pub",
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                      client_id=f"{settings.mqtt_client_id}-bulk-pub",
                       protocol=mqtt.MQTTv5)
     pub.max_inflight_messages_set(0)
     pub.max_queued_messages_set(0)
