@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wander", type=float, default=0.1,
                    help="share of phones that leave their district (default 0.1)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--profile-s", type=float, default=20.0,
+                   help="py-spy the workers and a publisher for this long in the middle of the "
+                        "run (default 20; 0: no profile)")
     p.add_argument("--publisher", choices=("raw", "paho"), default="raw",
                    help="load generator: hand-encoded packets on raw sockets (default; "
                         "simulators/rawmqtt.py) or paho-mqtt")
@@ -809,9 +812,18 @@ def run(args: argparse.Namespace) -> int:
             "redis": "redis-server",
             "bench (this)": [os.getpid()],
         })
+        mem_before = _memory(env, ingests)
         t0.value = time.time() + 0.5
         go.set()
         cpu.start()
+        profiler = None
+        if args.profile_s > 0 and not args.quick:
+            from simulators.profile import Profiler
+            length = min(args.profile_s, args.duration * 0.5)
+            pids = {w.name: w.proc.pid for w in [*ingests, alerts, delivery]}
+            pids["publisher-0"] = procs[0].pid
+            profiler = Profiler(pids, t0.value + (args.duration - length) / 2, length, logdir)
+            profiler.start()
         publish_end = t0.value + args.duration
         marks: dict[str, float] = {}
         _progress_loop(args, env, shared, reader, t0.value, publish_end, procs, workers, marks)
@@ -834,6 +846,18 @@ def run(args: argparse.Namespace) -> int:
         probe.join(timeout=5)
         res = _measure(env, args, pub_phone, pub_ms, acked, reader, receivers, probe,
                        n_wanderers, sum(s.out.value for s in shared), drain_s, cpu, marks)
+        mem_after = _memory(env, ingests)
+        redis_b = mem_after["redis"] - mem_before["redis"]
+        rss = [mem_after[w.name] for w in ingests]
+        rss_b = sum(mem_after[w.name] - mem_before[w.name] for w in ingests)
+        res.add("memory per device (after the run)",
+                f"Redis {redis_b / args.phones:,.0f} B ({redis_b / 2**20:,.1f} MiB for "
+                f"{args.phones:,} phones, used_memory growth); ingest worker"
+                f"{'s' if len(ingests) > 1 else ''} {rss_b / args.phones:,.0f} B (RSS growth; RSS "
+                f"now {', '.join(f'{v / 2**20:,.0f} MiB' for v in rss)})")
+        if profiler is not None:
+            profiler.join(timeout=120)
+            _add_profiles(res, profiler)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping publishers and workers", file=sys.stderr)
         return 130
@@ -1092,6 +1116,39 @@ def _measure(
         res.add("CPU while publishing+draining", f"{busy} (of one core; wall {cpu.wall:.1f} s)")
     res.ok = published > 0 and published == len(st_keys) and missing == 0 and not_delivered == 0
     return res
+
+
+def _memory(env: BenchEnv, workers: list[Worker]) -> dict[str, float]:
+    """Redis used_memory and each worker's resident set, in bytes."""
+    r = redis.Redis.from_url(env.redis_url)
+    try:
+        out = {"redis": float(r.info("memory")["used_memory"])}
+    finally:
+        r.close()
+    for w in workers:
+        try:
+            status = Path(f"/proc/{w.proc.pid}/status").read_text()
+            kb = next(int(line.split()[1]) for line in status.splitlines()
+                      if line.startswith("VmRSS:"))
+            out[w.name] = kb * 1024.0
+        except (OSError, StopIteration, ValueError):
+            out[w.name] = float("nan")
+    return out
+
+
+def _add_profiles(res: Results, profiler: Any) -> None:
+    """One row per profiled process: where its busy time went (py-spy, non-blocking)."""
+    from simulators.profile import summarise
+
+    if profiler.error:
+        res.add("profile", f"incomplete: {profiler.error}")
+    for name, path in sorted(profiler.files.items()):
+        n, top_self, top_incl = summarise(path, top=6)
+        if not n:
+            continue
+        res.add(f"profile {name} ({n} samples, {profiler.duration_s:.0f} s)",
+                "self: " + "; ".join(f"{f} {v:.0%}" for f, v in top_self))
+        res.add("", "in stack: " + "; ".join(f"{f} {v:.0%}" for f, v in top_incl))
 
 
 def _print_table(res: Results) -> None:
