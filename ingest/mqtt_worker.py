@@ -22,6 +22,12 @@ expires. The worker's owner leases on devices (store/state.py) carry the same id
 restarted after a kill takes its predecessor's leases over at once instead of waiting for them
 to run out.
 
+One thread does everything: it runs paho's network loop itself (`_pump`), collects what
+arrived, processes a batch, acknowledges it, and reads again. While a batch is processed
+nothing is read, so the kernel's socket buffer and then the broker hold the backlog (the broker
+keeps it in the session, which survives this process): the worker's memory stays bounded and
+no network thread competes with the pipeline for the interpreter.
+
 A batch that fails because a service is unreachable is retried whole, with backoff; a message
 that fails for any other reason is dead-lettered alone with the exception as its reason, and
 the rest of the batch goes on: no worker ever spins on one batch.
@@ -31,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import signal
 import socket
 import threading
@@ -126,7 +131,8 @@ class MqttIngestWorker:
     def __init__(self, settings: Settings | None = None, client_id: str | None = None) -> None:
         self.settings = settings or get_settings()
         self.client_id = client_id or worker_client_id(self.settings)
-        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self._pending: list[Inbound] = []  # received, not yet in a batch (on_message appends)
+        self._reconnect_at = 0.0
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.processed = 0
@@ -185,7 +191,7 @@ class MqttIngestWorker:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self.connected.clear()
         if not self._stop.is_set():
-            log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
+            log.warning("MQTT disconnected (%s); reconnecting every second", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
         raw = route(msg.topic, bytes(msg.payload), time.time(), self.settings.mqtt_topic_prefix)
@@ -196,15 +202,12 @@ class MqttIngestWorker:
                 client.ack_later(msg.mid)
             OTHERS.inc()
             return
-        self.inbox.put(Inbound(msg.mid, msg.qos, raw))
+        self._pending.append(Inbound(msg.mid, msg.qos, raw))
 
     def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
         props.ReceiveMaximum = 65535  # let the broker keep a whole batch in flight
-        # Back soon after a broker restart: the broker holds reports for this worker's session
-        # meanwhile, and silences wait for the worker's watermark.
-        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         while not self._stop.is_set():
             try:
                 self.client.connect(
@@ -216,27 +219,55 @@ class MqttIngestWorker:
                 log.warning("MQTT broker not reachable (%s); retrying", e)
                 self._stop.wait(2)
 
-    def _next_batch(self) -> list[Inbound]:
+    def _pump(self, timeout: float) -> None:
+        """Run the MQTT client once: wait up to `timeout` for the socket, read everything that
+        arrived (on_message appends to the pending list), send what is queued (acknowledgements,
+        keep-alive). After a lost connection, reconnect at most every second; the broker sends
+        what was not acknowledged again, to this session."""
+        rc = self.client.loop(timeout=timeout)
+        if rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
+            return
+        self.connected.clear()
+        now = time.monotonic()
+        if now < self._reconnect_at:
+            self._stop.wait(min(max(timeout, 0.01), self._reconnect_at - now))
+            return
+        self._reconnect_at = now + 1.0
         try:
-            first = self.inbox.get(timeout=0.5)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000
-        while len(batch) < self.settings.batch_max_messages:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(self.inbox.get(timeout=max(remaining, 0)) if remaining > 0
-                             else self.inbox.get_nowait())
-            except queue.Empty:
-                break
+            self.client.reconnect()
+        except OSError as e:
+            log.warning("MQTT broker not reachable (%s); retrying", e)
+
+    def _wait(self, seconds: float) -> None:
+        """Let time pass (a retry's backoff) while keeping the MQTT connection alive; read only
+        while fewer than two batches wait, so a long outage piles up at the broker, not here."""
+        end = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := end - time.monotonic()) > 0:
+            if len(self._pending) < 2 * self.settings.batch_max_messages:
+                self._pump(min(left, 0.5))
+            else:
+                self._stop.wait(min(left, 0.5))
+
+    def _next_batch(self) -> list[Inbound]:
+        """Up to batch_max_messages received messages, once the first has waited
+        batch_max_wait_ms or the batch is full; [] after half a second without any."""
+        idle_until = time.monotonic() + 0.5
+        while not self._pending:
+            if self._stop.is_set() or time.monotonic() >= idle_until:
+                return []
+            self._pump(max(idle_until - time.monotonic(), 0.0))
+        n = self.settings.batch_max_messages
+        fill_until = time.monotonic() + self.settings.batch_max_wait_ms / 1000
+        while len(self._pending) < n and not self._stop.is_set() and \
+                (left := fill_until - time.monotonic()) > 0:
+            self._pump(left)
+        batch, self._pending = self._pending[:n], self._pending[n:]
         return batch
 
     def run(self) -> None:
         """Process until `stop()`; database or Redis outages are retried, never acked early."""
         self._pipeline: Pipeline | None = None
         self._connect()
-        self.client.loop_start()
         try:
             while not self._stop.is_set():
                 waiting_since = time.time()
@@ -251,11 +282,13 @@ class MqttIngestWorker:
                     break  # stopping with an uncommitted batch: the broker will redeliver it
                 self.client.ack_many([b.mid for b in batch if b.qos > 0])
                 self.processed += len(batch)
-                # The inbox is first in, first out: all received up to this batch's last is in.
+                # First in, first out: all received up to this batch's last is committed.
                 self._watermark(batch[-1].raw.received_at)
         finally:
-            self.client.disconnect()
-            self.client.loop_stop()
+            with contextlib.suppress(Exception):  # whatever state the connection is in
+                self.client.loop_write()
+                self.client.disconnect()
+                self.client.loop(timeout=0.1)
             if self._pipeline is not None:
                 _close_quietly(self._pipeline)
             if self._redis is not None:
@@ -304,7 +337,7 @@ class MqttIngestWorker:
                 RETRIES.labels(reason or "unexpected").inc()
                 log.warning("batch of %d failed (%s: %s); retrying in %.2f s", len(batch),
                             reason or "unexpected", e, delay)
-                self._stop.wait(delay)
+                self._wait(delay)
                 delay = min(delay * 2, self.settings.ingest_retry_max_s)
         return False
 
