@@ -132,6 +132,8 @@ class MqttIngestWorker:
         self.settings = settings or get_settings()
         self.client_id = client_id or worker_client_id(self.settings)
         self._pending: list[Inbound] = []  # received, not yet in a batch (on_message appends)
+        self._batch_stats: list[float] = [0, 0, 0.0]  # batches, messages, seconds processing
+        self._stats_at = time.monotonic()
         self._reconnect_at = 0.0
         self._stop = threading.Event()
         self.connected = threading.Event()
@@ -154,7 +156,7 @@ class MqttIngestWorker:
         if self.settings.mqtt_username:
             self.client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
         self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.client.on_report = self._on_report
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
 
@@ -193,16 +195,20 @@ class MqttIngestWorker:
         if not self._stop.is_set():
             log.warning("MQTT disconnected (%s); reconnecting every second", reason_code)
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
-        raw = route(msg.topic, bytes(msg.payload), time.time(), self.settings.mqtt_topic_prefix)
+    def _on_report(self, topic: bytes, payload: bytes, qos: int, mid: int) -> None:
+        try:
+            name = topic.decode()
+        except UnicodeDecodeError:  # kept as unroutable, like any topic we cannot read
+            name = topic.decode(errors="replace")
+        raw = route(name, payload, time.time(), self.settings.mqtt_topic_prefix)
         if self.partition is not None and \
                 partition_of(raw.device_id, self.partition[1]) != self.partition[0]:
             # Another worker's device: that worker's own session holds this report too.
-            if msg.qos > 0:
-                client.ack_later(msg.mid)
+            if qos > 0:
+                self.client.ack_later(mid)
             OTHERS.inc()
             return
-        self._pending.append(Inbound(msg.mid, msg.qos, raw))
+        self._pending.append(Inbound(mid, qos, raw))
 
     def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
@@ -278,10 +284,12 @@ class MqttIngestWorker:
                     if self.connected.is_set() and waiting_since - self._subscribed_at > 1.0:
                         self._watermark(waiting_since)
                     continue
+                began = time.monotonic()
                 if not self._handle(batch):
                     break  # stopping with an uncommitted batch: the broker will redeliver it
                 self.client.ack_many([b.mid for b in batch if b.qos > 0])
                 self.processed += len(batch)
+                self._stats(len(batch), time.monotonic() - began, len(self._pending))
                 # First in, first out: all received up to this batch's last is committed.
                 self._watermark(batch[-1].raw.received_at)
         finally:
@@ -293,6 +301,18 @@ class MqttIngestWorker:
                 _close_quietly(self._pipeline)
             if self._redis is not None:
                 self._redis.close()
+
+    def _stats(self, size: int, seconds: float, waiting: int) -> None:
+        """A line a minute: batches, their mean size and processing time, and what waits."""
+        st = self._batch_stats
+        st[0] += 1
+        st[1] += size
+        st[2] += seconds
+        if time.monotonic() - self._stats_at >= 60:
+            log.info("last %.0f s: %d messages in %d batches (mean %.0f, %.1f ms each); %d "
+                     "received and waiting", time.monotonic() - self._stats_at, st[1], st[0],
+                     st[1] / st[0], 1000 * st[2] / st[0], waiting)
+            self._batch_stats, self._stats_at = [0, 0, 0.0], time.monotonic()
 
     def _watermark(self, t: float) -> None:
         """Tell the silence checks that everything this worker received before `t` is

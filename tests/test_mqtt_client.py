@@ -106,3 +106,43 @@ def test_bulk_reading_and_acknowledging_keep_every_mqtt_guarantee(settings: Sett
         pub.disconnect()
         pub.loop_stop()
         forget_session(settings, client_id)
+
+
+def test_reports_arrive_as_plain_values_past_any_mqtt5_properties(settings: Settings):
+    """`on_report` gets topic, payload, QoS and message id of each PUBLISH; the properties a
+    publisher attached (user properties, content type, expiry) are skipped, not mistaken for
+    payload."""
+    topic = f"{settings.mqtt_topic_prefix}bulk/report"
+    got: list[tuple[bytes, bytes, int, int]] = []
+    sub = BatchClient(callback_api_version=CallbackAPIVersion.VERSION2,
+                      client_id=f"{settings.mqtt_client_id}-report", protocol=mqtt.MQTTv5,
+                      manual_ack=True)
+    sub.on_report = lambda t, p, q, m: got.append((t, p, q, m))
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+    sub.connect(settings.mqtt_host, settings.mqtt_port)
+    sub.loop_start()
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                      client_id=f"{settings.mqtt_client_id}-report-pub", protocol=mqtt.MQTTv5)
+    pub.connect(settings.mqtt_host, settings.mqtt_port)
+    pub.loop_start()
+    try:
+        assert subscribed.wait(10)
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("app", "x" * 300), ("k", "v")]  # a multi-byte property length
+        props.ContentType = "application/json"
+        props.MessageExpiryInterval = 3600
+        bodies = [b'{"n": 1}', b"", bytes(range(256)) * 600]
+        for k, b in enumerate(bodies):
+            pub.publish(topic, b, qos=k % 2, properties=props).wait_for_publish(10)
+        assert _wait(lambda: len(got) == 3)
+        assert [(t, p, q) for t, p, q, _ in got] == [
+            (topic.encode(), bodies[0], 0), (topic.encode(), bodies[1], 1),
+            (topic.encode(), bodies[2], 0)]
+        assert got[1][3] > 0 and sub.ack_many([got[1][3]]) == mqtt.MQTT_ERR_SUCCESS
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        sub.disconnect()
+        sub.loop_stop()
