@@ -91,15 +91,27 @@ if [ "${CCS_MQTT_SECURE:-0}" = 1 ]; then
     mosquitto -d -c "$(cd "$(dirname "$0")" && pwd)/mosquitto/secure.conf"
     wait_port "$MQTT_PORT" Mosquitto
   fi
-elif ! port_open "$MQTT_PORT"; then
-  command -v mosquitto >/dev/null || { say "installing Mosquitto"; apt_install mosquitto; }
-  say "starting Mosquitto on :$MQTT_PORT with deploy/mosquitto/mosquitto.conf"
-  mkdir -p /var/lib/ccs-mosquitto /var/log/ccs-mosquitto
-  if id mosquitto >/dev/null 2>&1; then
-    chown mosquitto /var/lib/ccs-mosquitto /var/log/ccs-mosquitto
+else
+  MQTT_CONF="$(cd "$(dirname "$0")" && pwd)/mosquitto/mosquitto.conf"
+  MQTT_SUM=/var/lib/ccs-mosquitto/conf.sha256
+  if port_open "$MQTT_PORT" && [ -f "$MQTT_SUM" ] && ! sha256sum -c --status "$MQTT_SUM" 2>/dev/null; then
+    # Started with an older deploy/mosquitto/mosquitto.conf: restart it (SIGTERM saves its
+    # sessions and queued messages; they are read back on start).
+    say "deploy/mosquitto/mosquitto.conf changed: restarting Mosquitto on :$MQTT_PORT"
+    pkill -TERM -f "mosquitto -d -c .*deploy/mosquitto/mosquitto.conf" || true
+    for _ in $(seq 1 100); do port_open "$MQTT_PORT" || break; sleep 0.1; done
   fi
-  mosquitto -d -c "$(cd "$(dirname "$0")" && pwd)/mosquitto/mosquitto.conf"
-  wait_port "$MQTT_PORT" Mosquitto
+  if ! port_open "$MQTT_PORT"; then
+    command -v mosquitto >/dev/null || { say "installing Mosquitto"; apt_install mosquitto; }
+    say "starting Mosquitto on :$MQTT_PORT with deploy/mosquitto/mosquitto.conf"
+    mkdir -p /var/lib/ccs-mosquitto /var/log/ccs-mosquitto
+    if id mosquitto >/dev/null 2>&1; then
+      chown mosquitto /var/lib/ccs-mosquitto /var/log/ccs-mosquitto
+    fi
+    mosquitto -d -c "$MQTT_CONF"
+    sha256sum "$MQTT_CONF" > "$MQTT_SUM"
+    wait_port "$MQTT_PORT" Mosquitto
+  fi
 fi
 command -v mosquitto_pub >/dev/null || { say "installing mosquitto-clients"; apt_install mosquitto-clients; }
 say "PostgreSQL+PostGIS :$PGPORT, Redis :$REDIS_PORT, Mosquitto :$MQTT_PORT ready"

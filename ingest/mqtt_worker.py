@@ -107,11 +107,13 @@ def subscriptions(prefix: str) -> list[tuple[str, int]]:
 
 @dataclass(slots=True)
 class Inbound:
-    """A received MQTT message waiting for its batch."""
+    """A received MQTT message waiting for its batch; `raw` None: another worker's partition
+    (acknowledged in its turn, unread)."""
 
     mid: int
     qos: int
-    raw: RawMessage
+    raw: RawMessage | None
+    at: float  # when it was received
 
 
 def route(topic: str, payload: bytes, received_at: float, prefix: str = "") -> RawMessage:
@@ -131,7 +133,8 @@ class MqttIngestWorker:
     def __init__(self, settings: Settings | None = None, client_id: str | None = None) -> None:
         self.settings = settings or get_settings()
         self.client_id = client_id or worker_client_id(self.settings)
-        self._pending: list[Inbound] = []  # received, not yet in a batch (on_message appends)
+        self._pending: list[Inbound] = []  # received, not yet in a batch (on_report appends)
+        self._own = 0  # how many of them are this worker's to process
         self._batch_stats: list[float] = [0, 0, 0.0]  # batches, messages, seconds processing
         self._stats_at = time.monotonic()
         self._reconnect_at = 0.0
@@ -200,20 +203,28 @@ class MqttIngestWorker:
             name = topic.decode()
         except UnicodeDecodeError:  # kept as unroutable, like any topic we cannot read
             name = topic.decode(errors="replace")
-        raw = route(name, payload, time.time(), self.settings.mqtt_topic_prefix)
+        now = time.time()
+        raw = route(name, payload, now, self.settings.mqtt_topic_prefix)
         if self.partition is not None and \
                 partition_of(raw.device_id, self.partition[1]) != self.partition[0]:
-            # Another worker's device: that worker's own session holds this report too.
-            if qos > 0:
-                self.client.ack_later(mid)
+            # Another worker's device: that worker's own session holds this report too. It is
+            # acknowledged with the batch it arrived in, in arrival order: acknowledging it at
+            # once, ahead of earlier reports still being committed, would let the broker's
+            # 16-bit message ids wrap around onto those (Mosquitto numbers each message sent
+            # and does not skip ids still unacknowledged), and an acknowledgement could then
+            # release a report that is not committed yet.
+            self._pending.append(Inbound(mid, qos, None, now))
             OTHERS.inc()
             return
-        self._pending.append(Inbound(mid, qos, raw))
+        self._pending.append(Inbound(mid, qos, raw, now))
+        self._own += 1
 
     def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
-        props.ReceiveMaximum = 65535  # let the broker keep a whole batch in flight
+        # Ten batches in flight: enough to keep the pipeline fed, few enough that the message
+        # ids (16 bits) never wrap among unacknowledged ones (deploy/mosquitto/mosquitto.conf).
+        props.ReceiveMaximum = 20000
         while not self._stop.is_set():
             try:
                 self.client.connect(
@@ -255,8 +266,10 @@ class MqttIngestWorker:
                 self._stop.wait(min(left, 0.5))
 
     def _next_batch(self) -> list[Inbound]:
-        """Up to batch_max_messages received messages, once the first has waited
-        batch_max_wait_ms or the batch is full; [] after half a second without any."""
+        """The received messages up to and including the batch_max_messages-th of this
+        worker's own, once the first has waited batch_max_wait_ms or the batch is full (with
+        the other partitions' messages among them, to be acknowledged in their turn); [] after
+        half a second without any message."""
         idle_until = time.monotonic() + 0.5
         while not self._pending:
             if self._stop.is_set() or time.monotonic() >= idle_until:
@@ -264,10 +277,18 @@ class MqttIngestWorker:
             self._pump(max(idle_until - time.monotonic(), 0.0))
         n = self.settings.batch_max_messages
         fill_until = time.monotonic() + self.settings.batch_max_wait_ms / 1000
-        while len(self._pending) < n and not self._stop.is_set() and \
+        while self._own < n and not self._stop.is_set() and \
                 (left := fill_until - time.monotonic()) > 0:
             self._pump(left)
-        batch, self._pending = self._pending[:n], self._pending[n:]
+        cut, own = len(self._pending), 0
+        for i, b in enumerate(self._pending):
+            if b.raw is not None:
+                own += 1
+                if own == n:
+                    cut = i + 1
+                    break
+        batch, self._pending = self._pending[:cut], self._pending[cut:]
+        self._own -= own
         return batch
 
     def run(self) -> None:
@@ -285,13 +306,15 @@ class MqttIngestWorker:
                         self._watermark(waiting_since)
                     continue
                 began = time.monotonic()
-                if not self._handle(batch):
+                mine = [b for b in batch if b.raw is not None]
+                if mine and not self._handle(mine):
                     break  # stopping with an uncommitted batch: the broker will redeliver it
+                # In arrival order (MQTT 4.6), the other partitions' messages in their turn.
                 self.client.ack_many([b.mid for b in batch if b.qos > 0])
-                self.processed += len(batch)
-                self._stats(len(batch), time.monotonic() - began, len(self._pending))
+                self.processed += len(mine)
+                self._stats(len(mine), time.monotonic() - began, self._own)
                 # First in, first out: all received up to this batch's last is committed.
-                self._watermark(batch[-1].raw.received_at)
+                self._watermark(batch[-1].at)
         finally:
             with contextlib.suppress(Exception):  # whatever state the connection is in
                 self.client.loop_write()
@@ -340,7 +363,7 @@ class MqttIngestWorker:
                 if one_by_one:
                     self._one_by_one(self._pipeline, batch)
                 else:
-                    self._pipeline.process([b.raw for b in batch])
+                    self._pipeline.process([b.raw for b in batch if b.raw is not None])
                 return True
             except Exception as e:
                 reason = transient_reason(e)
@@ -366,17 +389,17 @@ class MqttIngestWorker:
         """Each message in its own transaction; one that raises anything but a transient
         failure is dead-lettered with the exception as its reason (transient ones propagate:
         the whole batch is retried)."""
-        for b in batch:
+        for raw in [b.raw for b in batch if b.raw is not None]:
             try:
-                pipeline.process([b.raw])
+                pipeline.process([raw])
             except Exception as e:
                 if transient_reason(e) is not None:
                     raise
-                log.exception("message on %s cannot be processed; dead-lettered", b.raw.topic)
+                log.exception("message on %s cannot be processed; dead-lettered", raw.topic)
                 if not pipeline.conn.closed:
                     pipeline.conn.rollback()
                 reason = ("storage_error" if isinstance(e, psycopg.Error) else "processing_error")
-                pipeline.reject(b.raw, reason, f"{type(e).__name__}: {e}")
+                pipeline.reject(raw, reason, f"{type(e).__name__}: {e}")
                 POISONED.inc()
 
     def stop(self) -> None:

@@ -444,6 +444,28 @@ def stop_helpers(stop: Any, procs: list[Any], threads: list[Any]) -> None:
             th.join(timeout=5)
 
 
+def forget_session(env: BenchEnv, client_id: str) -> None:
+    """Delete the broker's persistent session of `client_id` (clean start, expiry 0)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                    protocol=mqtt.MQTTv5)
+    if env.mqtt_username:
+        c.username_pw_set(env.mqtt_username, env.mqtt_password)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    done = threading.Event()
+    c.on_connect = lambda *a: done.set()
+    c.connect(env.mqtt_host, env.mqtt_port, clean_start=True, properties=props)
+    c.loop_start()
+    done.wait(10)
+    c.disconnect()
+    c.loop_stop()
+
+
 def wait_logged(worker: Worker, text: str, timeout: float = 60.0) -> None:
     """Until the worker's log has a line with `text`."""
     deadline = time.monotonic() + timeout
@@ -760,6 +782,10 @@ def run(args: argparse.Namespace) -> int:
     probe: CommitProbe | None = None
     try:
         n_ingest = args.ingest_workers
+        # A run starts from empty broker sessions: what an earlier run (perhaps interrupted, or
+        # with another number of workers) left queued for these client ids is not this run's.
+        for k in range(n_ingest):
+            forget_session(env, f"{INGEST_CLIENT_ID}-{INGEST_WORKER_ID}-{k}")
         ingests = [start_worker(f"ingest-{k}" if n_ingest > 1 else "ingest", "ingest", env,
                                 logdir, {"CCS_INGEST_WORKERS": str(n_ingest),
                                          "CCS_INGEST_WORKER_INDEX": str(k),
