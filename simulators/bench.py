@@ -350,6 +350,11 @@ def clear_redis(env: BenchEnv) -> None:
     r.close()
 
 
+def ingest_client_ids(n: int) -> list[str]:
+    """The MQTT client ids of the bench's n ingest workers (CCS_INGEST_WORKER_ID 1-k)."""
+    return [f"{INGEST_CLIENT_ID}-{INGEST_WORKER_ID}-{k}" for k in range(n)]
+
+
 def clear_mqtt_session(env: BenchEnv, client_id: str) -> None:
     """End any persistent session (and its queued messages) of `client_id` at the broker."""
     c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -442,28 +447,6 @@ def stop_helpers(stop: Any, procs: list[Any], threads: list[Any]) -> None:
         if th is not None:
             th.stopping.set()
             th.join(timeout=5)
-
-
-def forget_session(env: BenchEnv, client_id: str) -> None:
-    """Delete the broker's persistent session of `client_id` (clean start, expiry 0)."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                    protocol=mqtt.MQTTv5)
-    if env.mqtt_username:
-        c.username_pw_set(env.mqtt_username, env.mqtt_password)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0
-    done = threading.Event()
-    c.on_connect = lambda *a: done.set()
-    c.connect(env.mqtt_host, env.mqtt_port, clean_start=True, properties=props)
-    c.loop_start()
-    done.wait(10)
-    c.disconnect()
-    c.loop_stop()
 
 
 def wait_logged(worker: Worker, text: str, timeout: float = 60.0) -> None:
@@ -770,7 +753,6 @@ def run(args: argparse.Namespace) -> int:
     clear_redis(env)
     receivers = Receivers()
     fresh_database(env, args.phones, receivers.hook_url)
-    clear_mqtt_session(env, f"{INGEST_CLIENT_ID}-{INGEST_WORKER_ID}")
     print(f"setup done in {time.monotonic() - t:.1f} s; starting workers (logs in {logdir})",
           flush=True)
 
@@ -784,8 +766,8 @@ def run(args: argparse.Namespace) -> int:
         n_ingest = args.ingest_workers
         # A run starts from empty broker sessions: what an earlier run (perhaps interrupted, or
         # with another number of workers) left queued for these client ids is not this run's.
-        for k in range(n_ingest):
-            forget_session(env, f"{INGEST_CLIENT_ID}-{INGEST_WORKER_ID}-{k}")
+        for cid in ingest_client_ids(n_ingest):
+            clear_mqtt_session(env, cid)
         ingests = [start_worker(f"ingest-{k}" if n_ingest > 1 else "ingest", "ingest", env,
                                 logdir, {"CCS_INGEST_WORKERS": str(n_ingest),
                                          "CCS_INGEST_WORKER_INDEX": str(k),
@@ -892,7 +874,8 @@ def run(args: argparse.Namespace) -> int:
         stop_workers(workers)
         receivers.close()
         with contextlib.suppress(OSError):
-            clear_mqtt_session(env, f"{INGEST_CLIENT_ID}-{INGEST_WORKER_ID}")
+            for cid in ingest_client_ids(args.ingest_workers):
+                clear_mqtt_session(env, cid)
         for w in workers:
             print(f"  {w.name} worker exited with {w.proc.returncode}; last log line: "
                   f"{w.log_tail(1)}")

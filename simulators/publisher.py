@@ -97,6 +97,52 @@ def connect(target: MqttTarget, threaded: bool = True, timeout_s: float = 10.0) 
     return client
 
 
+class Schedule:
+    """When each phone of a fleet reports next, and the fix times it used (shared by the paho
+    and the raw-socket publishers): phases spread by global phone number so several publishers
+    interleave evenly; a fix time is the publish's wall-clock ms, strictly increasing per
+    phone; a phone past its `silent_at` reports no more."""
+
+    def __init__(self, fleet: PhoneFleet, n_total: int, interval_s: float, t0: float,
+                 silent_at: npt.NDArray[np.float64] | None = None) -> None:
+        self.fleet, self.interval_s, self.silent_at = fleet, interval_s, silent_at
+        self.next_due = t0 + fleet.phone * (interval_s / n_total)
+        self.last_ms = np.zeros(fleet.n, dtype=np.int64)
+        self.phones: list[npt.NDArray[np.int64]] = []
+        self.times: list[npt.NDArray[np.int64]] = []
+
+    def due(self, now: float) -> npt.NDArray[np.intp]:
+        """Local indexes of the phones due at `now`."""
+        return np.flatnonzero(self.next_due <= now)
+
+    def fix_ms(self, j: int, now_ms: int) -> int:
+        """The fix time (ms) of phone j's report now."""
+        t_ms = max(now_ms, int(self.last_ms[j]) + 1)
+        self.last_ms[j] = t_ms
+        return t_ms
+
+    def sent(self, due: npt.NDArray[np.intp], ms: npt.NDArray[np.int64]) -> None:
+        """Record what was published and schedule those phones' next reports."""
+        self.phones.append(self.fleet.phone[due])
+        self.times.append(ms)
+        self.next_due[due] += self.interval_s
+        if self.silent_at is not None:
+            self.next_due[due] = np.where(self.next_due[due] > self.silent_at[due], np.inf,
+                                          self.next_due[due])
+
+    def wait_s(self, now: float) -> float:
+        """How long until the next tick."""
+        return max(float(self.next_due.min()), now + TICK_S) - time.time()
+
+    def log(self, acked: int, started: float, finished: float,
+            mask: npt.NDArray[np.bool_]) -> PublishLog:
+        """The publisher's result."""
+        return PublishLog(
+            np.concatenate(self.phones) if self.phones else np.empty(0, dtype=np.int64),
+            np.concatenate(self.times) if self.times else np.empty(0, dtype=np.int64),
+            acked, started, finished, mask)
+
+
 def publish_fleet(
     fleet: PhoneFleet,
     n_total: int,
@@ -132,11 +178,7 @@ def publish_fleet(
     client = connect(target, threaded=False)
     client.on_publish = on_publish
     topics = [f"{target.topic_prefix}devices/{device_id(int(p))}/location" for p in fleet.phone]
-    # Phases spread by global phone number, so several publishers interleave evenly.
-    next_due = t0 + fleet.phone * (interval_s / n_total)
-    last_ms = np.zeros(fleet.n, dtype=np.int64)
-    phones: list[npt.NDArray[np.int64]] = []
-    times: list[npt.NDArray[np.int64]] = []
+    plan = Schedule(fleet, n_total, interval_s, t0, silent_at)
     sent = 0
     started = time.time()
     reconnect_at = 0.0
@@ -145,30 +187,25 @@ def publish_fleet(
             now = time.time()
             if now >= stop_at or (stop is not None and stop.is_set()):
                 break
-            due = np.flatnonzero(next_due <= now)
+            due = plan.due(now)
             if due.size:
                 batch = fleet.advance(now, due)
                 ms = np.empty(due.size, dtype=np.int64)
                 for k, j in enumerate(due):
-                    t_ms = max(round(time.time() * 1000), int(last_ms[j]) + 1)
-                    last_ms[j] = ms[k] = t_ms
+                    ms[k] = t_ms = plan.fix_ms(j, round(time.time() * 1000))
                     payload = orjson.dumps(fix_payload(batch, k, t_ms / 1000))
                     info = client.publish(topics[j], payload, qos=1)
                     # paho refuses (MQTT_ERR_QUEUE_SIZE) a message whose id is still in flight
                     # (ids wrap at 65,535): it is never sent, so it stays unacknowledged.
                     if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE:
                         in_flight[info.mid] = sent + k
-                phones.append(fleet.phone[due])
-                times.append(ms)
+                plan.sent(due, ms)
                 sent += due.size
-                next_due[due] += interval_s
-                if silent_at is not None:
-                    next_due[due] = np.where(next_due[due] > silent_at[due], np.inf, next_due[due])
                 if progress is not None:
                     progress(sent, acked, fleet.wanderers_out())
             # Ticks of at least TICK_S: one model step per tick for all phones then due keeps
             # the per-call numpy overhead small (fix times are still taken per publish).
-            wait = max(float(next_due.min()), now + TICK_S) - time.time()
+            wait = plan.wait_s(now)
             rc = client.loop(timeout=min(max(wait, 0.0), 0.05))  # PUBACKs, keep-alive, writes
             reconnect_at = _reconnect(client, rc, reconnect_at)
         finished = time.time()
@@ -188,11 +225,7 @@ def publish_fleet(
         log.warning("%d of %d publishes were not acknowledged by the broker", sent - acked, sent)
     mask = np.zeros(sent, dtype=np.bool_)
     mask[np.array(acked_idx, dtype=np.int64)] = True
-    return PublishLog(
-        np.concatenate(phones) if phones else np.empty(0, dtype=np.int64),
-        np.concatenate(times) if times else np.empty(0, dtype=np.int64),
-        acked, started, finished, mask,
-    )
+    return plan.log(acked, started, finished, mask)
 
 
 def _reconnect(client: mqtt.Client, rc: mqtt.MQTTErrorCode, due_at: float) -> float:

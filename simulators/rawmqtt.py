@@ -23,7 +23,7 @@ import orjson
 
 from simulators.fleet import device_id
 from simulators.phone import PhoneFleet, fix_payload
-from simulators.publisher import TICK_S, MqttTarget, Progress, PublishLog
+from simulators.publisher import MqttTarget, Progress, PublishLog, Schedule
 
 KEEPALIVE_S = 60
 
@@ -167,10 +167,7 @@ def publish_fleet_raw(
     conns = [Connection(target, f"{target.client_id}-{k}") for k in range(connections)]
     topics = [f"{target.topic_prefix}devices/{device_id(int(p))}/location".encode()
               for p in fleet.phone]
-    next_due = t0 + fleet.phone * (interval_s / n_total)
-    last_ms = np.zeros(fleet.n, dtype=np.int64)
-    phones: list[npt.NDArray[np.int64]] = []
-    times: list[npt.NDArray[np.int64]] = []
+    plan = Schedule(fleet, n_total, interval_s, t0, silent_at)
     sent = acked = 0
     started = time.time()
     socks = [c.sock for c in conns]
@@ -179,31 +176,26 @@ def publish_fleet_raw(
             now = time.time()
             if now >= stop_at or (stop is not None and stop.is_set()):
                 break
-            due = np.flatnonzero(next_due <= now)
+            due = plan.due(now)
             if due.size:
                 batch = fleet.advance(now, due)
                 ms = np.empty(due.size, dtype=np.int64)
                 t_ms_now = round(time.time() * 1000)
                 for k, j in enumerate(due):
-                    t_ms = max(t_ms_now, int(last_ms[j]) + 1)
-                    last_ms[j] = ms[k] = t_ms
+                    ms[k] = t_ms = plan.fix_ms(j, t_ms_now)
                     c = conns[j % connections]
                     while not c.publish(topics[j], orjson.dumps(fix_payload(batch, k, t_ms / 1000)),
                                         sent + k):
                         c.flush()
                         select.select([c.sock], [], [], 0.05)
                         acked += c.read()
-                phones.append(fleet.phone[due])
-                times.append(ms)
+                plan.sent(due, ms)
                 sent += due.size
-                next_due[due] += interval_s
-                if silent_at is not None:
-                    next_due[due] = np.where(next_due[due] > silent_at[due], np.inf, next_due[due])
                 for c in conns:
                     c.flush()
                 if progress is not None:
                     progress(sent, acked, fleet.wanderers_out())
-            wait = max(float(next_due.min()), now + TICK_S) - time.time()
+            wait = plan.wait_s(now)
             readable, _, _ = select.select(socks, [], [], min(max(wait, 0.0), 0.05))
             for c in conns:
                 if c.sock in readable:
@@ -227,10 +219,5 @@ def publish_fleet_raw(
         for c in conns:
             c.close()
     mask = np.zeros(sent, dtype=np.bool_)
-    idx = [i for c in conns for i in c.acked]
-    mask[np.array(idx, dtype=np.int64)] = True
-    return PublishLog(
-        np.concatenate(phones) if phones else np.empty(0, dtype=np.int64),
-        np.concatenate(times) if times else np.empty(0, dtype=np.int64),
-        acked, started, finished, mask,
-    )
+    mask[np.array([i for c in conns for i in c.acked], dtype=np.int64)] = True
+    return plan.log(acked, started, finished, mask)
