@@ -46,6 +46,9 @@ class BatchClient(mqtt.Client):
         self._rpos = 0
         self._rsock: object = None
         self._later: list[int] = []
+        # At most this many packets per loop_read (None: until the socket is empty). A caller
+        # that bounds how far it reads ahead sets it, and reads `buffered` bytes first.
+        self.read_limit: int | None = None
         # on_report(topic: bytes, payload: bytes, qos, mid): every QoS 0/1 PUBLISH, instead of
         # on_message (None: paho's on_message path)
         self.on_report: Callable[[bytes, bytes, int, int], None] | None = None
@@ -63,11 +66,19 @@ class BatchClient(mqtt.Client):
         self._rpos = min(end, len(self._rbuf))
         return out
 
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes already read from the socket wait in this client's buffer (a
+        `select()` on the socket would not see them: call `loop_read` again)."""
+        return self._sock is not None and self._sock is self._rsock and \
+            self._rpos < len(self._rbuf)
+
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Handle every packet the socket holds (until a read would block), then send the
-        acknowledgements the callbacks asked for, in one write."""
+        """Handle the packets the socket holds, until a read would block or `read_limit`
+        packets were handled (then `buffered` may be true), then send the acknowledgements
+        the callbacks asked for, in one write."""
         try:
-            while True:
+            for _ in range(self.read_limit or 2**62):
                 if self._sock is None:
                     return MQTTErrorCode.MQTT_ERR_NO_CONN
                 rc = self._packet_read()
@@ -75,6 +86,7 @@ class BatchClient(mqtt.Client):
                     return MQTTErrorCode.MQTT_ERR_SUCCESS
                 if rc > 0:
                     return self._loop_rc_handle(rc)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         finally:
             if self._later:
                 mids, self._later = self._later, []

@@ -146,3 +146,45 @@ def test_reports_arrive_as_plain_values_past_any_mqtt5_properties(settings: Sett
         pub.loop_stop()
         sub.disconnect()
         sub.loop_stop()
+
+
+def test_a_read_limit_bounds_each_read_and_leaves_the_rest_buffered(settings: Settings):
+    """With `read_limit`, one read hands over at most that many packets; what was already read
+    from the socket waits in the client's buffer (`buffered`), and the next reads deliver it,
+    in order, without waiting for the socket."""
+    topic = f"{settings.mqtt_topic_prefix}bulk/limit"
+    got: list[int] = []
+    sub = BatchClient(callback_api_version=CallbackAPIVersion.VERSION2,
+                      client_id=f"{settings.mqtt_client_id}-limit", protocol=mqtt.MQTTv5)
+    sub.on_report = lambda t, p, q, m: got.append(int(p))
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect(settings.mqtt_host, settings.mqtt_port)
+    sub.subscribe(topic, qos=0)
+    deadline = time.monotonic() + 10
+    while not subscribed.is_set() and time.monotonic() < deadline:
+        sub.loop(timeout=0.1)
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                      client_id=f"{settings.mqtt_client_id}-limit-pub", protocol=mqtt.MQTTv5)
+    pub.connect(settings.mqtt_host, settings.mqtt_port)
+    pub.loop_start()
+    try:
+        for k in range(500):
+            pub.publish(topic, b"%d" % k, qos=1).wait_for_publish(5)
+        time.sleep(0.5)  # all 500 are in the subscriber's socket now
+        sub.read_limit = 10
+        sub.loop(timeout=1.0)
+        assert len(got) == 10 and sub.buffered
+        reads = 1
+        while len(got) < 500 and reads < 1000:
+            if sub.buffered:
+                sub.loop_read()
+            else:
+                sub.loop(timeout=0.2)
+            reads += 1
+            assert len(got) <= 10 * reads
+        assert got == list(range(500))
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        sub.disconnect()
