@@ -50,11 +50,11 @@ return taken
 """
 
 
-# How far the MQTT ingest has heard (store/watermark logic, written by each worker): a hash
+# How far the MQTT ingest has heard (written by each worker, ingest/mqtt_worker.py): a hash
 # of worker -> "<watermark> <written at>". Everything a worker received before its watermark is
 # committed; a deadline later than the lowest watermark waits, because a report that would
-# have moved it may still be in a worker's queue (a killed worker's reports wait at the broker,
-# a busy one's in its inbox). Our own backlog is not a supervisee's silence.
+# have moved it may still be queued (a killed worker's reports wait at the broker, a busy one's
+# in its pending list). Our own backlog is not a supervisee's silence.
 INGEST_WATERMARKS = "ingest:wm"
 
 

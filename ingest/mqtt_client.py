@@ -12,8 +12,7 @@ only the I/O under paho's packet handling, which stays paho's:
 - `_handle_on_message` calls `on_message` without matching the topic against per-topic
   callbacks (`message_callback_add` is refused);
 - `loop_read` handles every complete packet that arrived (paho's handles one per wake-up);
-- `ack_many` queues the PUBACKs of a whole batch as one write, and acknowledgements made
-  from a message callback (`ack_later`) go out together once the read is done.
+- `ack_many` queues the PUBACKs of a whole batch as one write.
 
 paho is pinned (requirements.lock): these override private methods whose behaviour the tests
 pin down (tests/test_mqtt_client.py).
@@ -45,7 +44,6 @@ class BatchClient(mqtt.Client):
         self._rbuf = b""
         self._rpos = 0
         self._rsock: object = None
-        self._later: list[int] = []
         # At most this many packets per loop_read (None: until the socket is empty). A caller
         # that bounds how far it reads ahead sets it, and reads `buffered` bytes first.
         self.read_limit: int | None = None
@@ -75,22 +73,16 @@ class BatchClient(mqtt.Client):
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Handle the packets the socket holds, until a read would block or `read_limit`
-        packets were handled (then `buffered` may be true), then send the acknowledgements
-        the callbacks asked for, in one write."""
-        try:
-            for _ in range(self.read_limit or 2**62):
-                if self._sock is None:
-                    return MQTTErrorCode.MQTT_ERR_NO_CONN
-                rc = self._packet_read()
-                if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                    return MQTTErrorCode.MQTT_ERR_SUCCESS
-                if rc > 0:
-                    return self._loop_rc_handle(rc)
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        finally:
-            if self._later:
-                mids, self._later = self._later, []
-                self.ack_many(mids)
+        packets were handled (then `buffered` may be true)."""
+        for _ in range(self.read_limit or 2**62):
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_publish(self) -> MQTTErrorCode:
         # With `on_report` set, a QoS 0 or 1 PUBLISH goes to it as plain values, without the
@@ -140,10 +132,6 @@ class BatchClient(mqtt.Client):
                 self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
                 if not self.suppress_exceptions:
                     raise
-
-    def ack_later(self, mid: int) -> None:
-        """Acknowledge a QoS 1 message once the current read is done (call from `on_message`)."""
-        self._later.append(mid)
 
     def ack_many(self, mids: list[int]) -> MQTTErrorCode:
         """Acknowledge QoS 1 messages (manual acknowledgement) in one write."""

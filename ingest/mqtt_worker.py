@@ -1,8 +1,8 @@
 """MQTT ingest worker: persistent MQTT 5 session, QoS 1, acknowledged only after commit.
 
-paho's network thread only queues messages; the main thread drains them in batches through the
-pipeline and acknowledges each message after its batch committed. If this process dies, the
-broker redelivers everything unacknowledged; duplicates are recognised by (device, fix time).
+Each message is acknowledged, in arrival order, only after its batch committed. If this
+process dies, the broker redelivers everything unacknowledged; duplicates are recognised by
+(device, fix time).
 
 Several workers split the load (`ingest_dispatch`, store/settings.py), each with its own client
 id and persistent session:
@@ -241,9 +241,10 @@ class MqttIngestWorker:
                 self._stop.wait(2)
 
     def _pump(self, timeout: float) -> None:
-        """Run the MQTT client once: wait up to `timeout` for the socket, read everything that
-        arrived (on_message appends to the pending list), send what is queued (acknowledgements,
-        keep-alive). After a lost connection, reconnect at most every second; the broker sends
+        """Run the MQTT client once: wait up to `timeout` for the socket (not when bytes read
+        before wait in the client's buffer), read up to a batch of packets (on_report appends
+        them to the pending list), send what is queued (acknowledgements, keep-alive).
+        After a lost connection, reconnect at most every second; the broker sends
         what was not acknowledged again, to this session."""
         if self.client.buffered:  # read before, not yet handled: no select() would see it
             rc = self.client.loop_read()

@@ -36,7 +36,7 @@ class _Sub:
             n = int(m.payload[:8])
             self.got.append((n, bytes(m.payload), bool(m.dup)))
             if ack_even_now and n % 2 == 0:
-                c.ack_later(m.mid)
+                c.ack_many([m.mid])
             else:
                 self.mids.append(m.mid)
 
