@@ -75,7 +75,8 @@ def _add_hardening(app: FastAPI) -> None:
         expose_headers=["Retry-After"], max_age=600,
     )
     app.add_middleware(SecurityHeaders, hsts=s.environment == Environment.PRODUCTION,
-                       console=console_csp(console.tile_origin(s.console_tile_url)))
+                       console=console_csp(console.tile_origin(s.console_tile_url,
+                                                               s.console_tile_subdomains)))
 
 
 app = create_app()

@@ -40,18 +40,28 @@ def console_config() -> dict[str, Any]:
     """What the console needs before sign-in: the map's tile source and its coordinate system."""
     s = get_settings()
     return {"tile_url": s.console_tile_url, "tile_crs": s.console_tile_crs,
+            "tile_subdomains": s.console_tile_subdomains or "abc",
             "tile_attribution": s.console_tile_attribution, "languages": ["zh", "en"]}
 
 
-def tile_origin(url: str) -> str:
-    """The scheme://host[:port] of a tile URL template, for the Content-Security-Policy."""
+def tile_origin(url: str, subdomains: str = "abc") -> str:
+    """The origins a tile URL template loads from, space-separated, for the
+    Content-Security-Policy: one scheme://host[:port] per subdomain when the template has `{s}`
+    (each character of `subdomains` is one, as in Leaflet). Listed one by one: a CSP wildcard
+    may only stand for a whole leftmost label, so `webrd0*.is.autonavi.com` would be ignored
+    by the browser and every AMap tile blocked."""
     if not url:
         return ""
-    parts = urlsplit(url.replace("{s}", "a"))
-    if "{s}" in url:
-        host = parts.netloc.replace("a.", "*.", 1)
-        return f"{parts.scheme}://{host}"
-    return f"{parts.scheme}://{parts.netloc}"
+    if "{s}" not in url:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}"
+    origins = []
+    for sub in subdomains or "abc":
+        parts = urlsplit(url.replace("{s}", sub))
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in origins:
+            origins.append(origin)
+    return " ".join(origins)
 
 
 def mount(app: FastAPI) -> None:

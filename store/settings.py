@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # gcj02 (AMap, Tencent) or wgs84 (Tianditu/CGCS2000, OSM); overlays are converted to match.
     console_tile_url: str = ""
     console_tile_crs: Literal["wgs84", "gcj02"] = "wgs84"
+    # What `{s}` in the tile URL stands for, one character each (Leaflet's rule): "abc" for OSM,
+    # "1234" for AMap's webrd0{s}.is.autonavi.com, "01234567" for Tianditu's t{s}.tianditu.gov.cn.
+    console_tile_subdomains: str = Field("abc", pattern=r"^[A-Za-z0-9]{1,16}$")
     console_tile_attribution: str = ""
     # Staff sessions: short-lived JWT access tokens, refresh tokens for a working shift, and
     # a server-side session record that logout, disabling an account or a refresh-token

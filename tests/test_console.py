@@ -191,3 +191,59 @@ def test_the_console_speaks_english_when_asked(settings: Settings, org: Org, bro
             c.shot(name)
         assert c.problems == []
         c.context.close()
+
+
+def test_a_configured_tile_server_is_allowed_by_the_policy_and_draws(
+        settings: Settings, org: Org, browser: Browser):
+    """A deployment's tile server with `{s}` subdomains (AMap-style, GCJ-02): the console loads
+    its tiles from every subdomain, and the Content-Security-Policy lets each of them through
+    (a wildcard inside a label, as `webrd0*.…`, would have blocked them all)."""
+    import http.server
+    import threading
+
+    from store.settings import set_settings
+    from tests.services import free_port
+
+    png = bytes.fromhex(  # a valid 1x1 grey PNG
+        "89504e470d0a1a0a0000000d49484452000000010000000108000000003a7e9b55"
+        "0000000a49444154789c63b8070000810080d3c1e9950000000049454e44ae426082")
+    hosts: list[str] = []
+
+    class Tiles(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            hosts.append(self.headers.get("Host", ""))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Tiles)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # Chromium resolves every *.localhost name to the loopback address.
+    set_settings(settings.model_copy(update={
+        "console_tile_url": f"http://webrd0{{s}}.localhost:{port}/{{z}}/{{x}}/{{y}}.png",
+        "console_tile_subdomains": "12", "console_tile_crs": "gcj02"}))
+    try:
+        with api_server(settings) as base:
+            csp = httpx.get(f"{base}/").headers["content-security-policy"]
+            assert (f"http://webrd01.localhost:{port}" in csp
+                    and f"http://webrd02.localhost:{port}" in csp and "*" not in csp), csp
+            c = open_console(browser, base)
+            c.sign_in("jiangan-officer", PASSWORD)
+            c.open_duty()
+            c.page.wait_for_function(
+                "() => document.querySelectorAll('img.leaflet-tile-loaded').length >= 4",
+                timeout=15_000)
+            c.shot("console-duty-tiles")
+            assert {h.split(":")[0] for h in hosts} == {"webrd01.localhost", "webrd02.localhost"}
+            assert not [p for p in c.problems if "Content Security Policy" in p], c.problems
+            assert c.page.inner_text(".leaflet-control-attribution").strip() == "Leaflet"
+            c.context.close()
+    finally:
+        set_settings(settings)
+        server.shutdown()

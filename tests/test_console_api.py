@@ -204,3 +204,86 @@ def test_a_watch_belongs_to_its_sign_in(settings: Settings, org: Org):
             "watch": watch, "open": False, "expires_in": 0}
         assert b.get(f"/api/v1/duty?watch={watch}").status_code == 404
         assert b.get(f"/api/v1/alerts/stream/live?watch={watch}").status_code == 404
+
+
+def test_open_feeds_hold_no_database_connection(settings: Settings, org: Org):
+    """Each open console's feed must cost no pooled PostgreSQL connection: the pool has 10
+    (+10 overflow), and a feed stays open all shift."""
+    from store.db import get_engine
+
+    feeds = 25
+    with api_server(settings) as base:
+        c = httpx.Client(base_url=base, timeout=10, limits=httpx.Limits(max_connections=feeds + 5))
+        r = c.post("/api/v1/auth/console", data={"username": "jiangan-officer",
+                                                   "password": PASSWORD}, headers=CSRF)
+        assert r.status_code == 200, r.text
+        watch = c.post("/api/v1/alerts/watch", json={"purpose": "duty"}, headers=CSRF).json()["watch"]
+        stops = [_open(base, c, watch)[1] for _ in range(feeds)]
+        try:
+            pool = get_engine().pool
+            assert pool.checkedout() <= 1, pool.status()  # type: ignore[attr-defined]
+            # Every other request still gets a connection at once.
+            started = time.monotonic()
+            assert c.get("/api/v1/alerts").status_code == 200
+            assert time.monotonic() - started < 5
+        finally:
+            for s in stops:
+                s.set()
+
+
+def test_tile_origins_name_every_subdomain_for_the_policy():
+    from console import tile_origin
+
+    assert tile_origin("") == ""
+    assert tile_origin("https://tiles.example:8443/{z}/{x}/{y}.png") == "https://tiles.example:8443"
+    assert tile_origin("https://webrd0{s}.is.autonavi.com/appmaptile?x={x}&y={y}&z={z}",
+                       "1234") == " ".join(f"https://webrd0{i}.is.autonavi.com" for i in "1234")
+    assert tile_origin("https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png") == (
+        "https://a.tile.openstreetmap.org https://b.tile.openstreetmap.org "
+        "https://c.tile.openstreetmap.org")
+
+
+def test_the_duty_map_outlines_the_district_of_an_office_with_nobody_yet(
+        client, org: Org, session):
+    """An office with no supervisees still sees its district on the map (the shipped boundary),
+    and an office whose people live in the district gets it once, as their home area."""
+    from store.demo import create_staff, create_unit
+    from store.enums import OrgKind, Role
+    from store.models import OrgUnit
+    from tests.conftest import login
+
+    district = session.get(OrgUnit, org.district_ids[JIANGAN])
+    empty = create_unit(session, district, OrgKind.JUDICIAL_OFFICE, "江岸新所")
+    create_staff(session, empty, "new-office-officer", Role.OFFICER, PASSWORD)
+    session.commit()
+    got = client.get("/api/v1/duty", params={"purpose": "duty"},
+                     headers=login(client, "new-office-officer")).json()
+    assert got["supervisees"] == [] and got["zones"]["features"] == []
+    (b,) = got["boundaries"]["features"]
+    assert (b["id"], b["properties"]["adcode"]) == (org.zone_ids[JIANGAN], JIANGAN)
+    assert b["geometry"]["type"] in ("Polygon", "MultiPolygon")
+    full = client.get("/api/v1/duty", params={"purpose": "duty"},
+                      headers=login(client, "jiangan-officer")).json()
+    assert [z["id"] for z in full["zones"]["features"]] == [org.zone_ids[JIANGAN]]
+    assert full["boundaries"]["features"] == []  # the home area already draws it
+
+
+def test_the_overview_sums_offices_per_district(client, org: Org, session):
+    from store.demo import create_unit
+    from store.enums import OrgKind
+    from store.models import OrgUnit, Supervisee
+    from tests.conftest import login
+
+    district = session.get(OrgUnit, org.district_ids[JIANGAN])
+    second = create_unit(session, district, OrgKind.JUDICIAL_OFFICE, "江岸二所")
+    for k in range(3):
+        session.add(Supervisee(office_id=second.id, full_name=f"S{k}", case_number=f"T-2-{k}",
+                               supervision_type="probation"))
+    session.commit()
+    got = client.get("/api/v1/duty/overview", headers=login(client, "admin")).json()
+    by_district = {d["district_id"]: d for d in got["districts"]}
+    assert set(by_district) == {org.district_ids[JIANGAN], org.district_ids[JIANGHAN]}
+    jiangan = by_district[org.district_ids[JIANGAN]]
+    assert sorted(jiangan["offices"]) == sorted([org.office_ids[JIANGAN], second.id])
+    assert jiangan["supervisees"] == 4 and by_district[org.district_ids[JIANGHAN]]["supervisees"] == 1
+    assert got["totals"]["supervisees"] == 5

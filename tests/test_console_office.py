@@ -19,7 +19,7 @@ from geofence.model import CRS
 from ingest.mqtt_worker import MqttIngestWorker
 from store.settings import Settings
 from tests.browser import Console, open_console
-from tests.conftest import JIANGAN, PASSWORD, Org
+from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org
 from tests.geo import deep_inside
 from tests.services import Phone, api_server, forget_session, in_thread
 
@@ -379,7 +379,15 @@ def test_city_admin_screens_staff_key_periods_notifications_overview(
         c.page.wait_for_selector("#overview-table tbody tr")
         pending = c.page.locator("#overview-totals .tile[data-key=permits_pending] .tile-n").inner_text()
         assert pending == "1"
-        assert c.page.locator("#overview-table tbody tr").count() == 2  # the two offices
+        # Two districts, each heading its office with its subtotal; the permit counts in
+        # Jiang'an's subtotal, not Jianghan's.
+        assert c.page.locator("#overview-table tr[data-office]").count() == 2
+        assert c.page.locator("#overview-table tr.district-row").count() == 2
+        jiangan = c.page.locator(
+            f"#overview-table tbody[data-district='{org.district_ids[JIANGAN]}'] tr.district-row td")
+        jianghan = c.page.locator(
+            f"#overview-table tbody[data-district='{org.district_ids[JIANGHAN]}'] tr.district-row td")
+        assert (jiangan.nth(4).inner_text(), jianghan.nth(4).inner_text()) == ("1", "0")
         c.shot("overview")
 
         c.page.goto(f"{base}/#/staff")

@@ -286,6 +286,10 @@ async def live_feed(
     session_redis_key = session_key(settings.redis_prefix, ctx.session_id)
     tip: Any = await hub.redis.xrevrange(feed_key(settings), count=1)
     start = last_event_id or (tip[0][0].decode() if tip else "0-0")
+    # The database is done with: give its connection back now. The request's session would
+    # otherwise hold a pooled connection for as long as the feed stays open (its cleanup runs
+    # when the response ends), and twenty open consoles would starve every other request.
+    session.close()
 
     async def events() -> AsyncIterator[bytes]:
         # The first frame names where this feed starts, so a reconnect resumes from there even

@@ -63,6 +63,17 @@ SELECT z.id, z.kind, z.name, z.owner_unit_id, ST_AsGeoJSON(z.geom, 6)::jsonb,
  GROUP BY z.id
 """
 
+# The district boundaries around the caller's jurisdiction (the shipped regions, kept as the
+# districts' zones with their adcode): the map of an office with nobody on it yet is not blank.
+_BOUNDARIES = """
+SELECT DISTINCT ON (u.adcode) z.id, u.adcode, u.name, ST_AsGeoJSON(z.geom, 6)::jsonb
+  FROM org_units u JOIN zones z ON z.adcode = u.adcode AND z.active
+ WHERE u.kind = 'district_bureau' AND u.adcode IS NOT NULL
+   AND EXISTS (SELECT 1 FROM org_units m WHERE m.id = ANY(:units)
+                AND (m.path LIKE u.path || '%' OR u.path LIKE m.path || '%'))
+ ORDER BY u.adcode, z.id
+"""
+
 
 def state_of(membership: str | None, kinds: list[str], travelling: bool, has_fix: bool) -> str:
     """The colour of a person on the duty map: what an officer must look at first wins."""
@@ -116,16 +127,25 @@ def duty_map(
         for zid, kind, name, owner, geom, roles, sups in session.execute(
             text(_ZONES), {"people": ids, "homes": homes})
     ]
+    shown = {z["id"] for z in zones}
+    boundaries = [
+        {"type": "Feature", "id": zid, "geometry": geom,
+         "properties": {"adcode": adcode, "name": name}}
+        for zid, adcode, name, geom in session.execute(
+            text(_BOUNDARIES), {"units": list(ctx.unit_ids)})
+        if zid not in shown
+    ]
     audit(session, ctx, request, "location.read_duty", "duty", purpose,
           positions=sum(1 for p in people if p["position"]))
     session.commit()
     return {"supervisees": people, "zones": {"type": "FeatureCollection", "features": zones},
+            "boundaries": {"type": "FeatureCollection", "features": boundaries},
             "crs": "wgs84"}
 
 
 _OVERVIEW = """
 WITH units AS (SELECT unnest(CAST(:units AS int[])) AS id)
-SELECT u.id, o.name, o.kind,
+SELECT u.id, o.name, o.kind, d.id, d.name,
   (SELECT count(*) FROM supervisees s WHERE s.active AND s.office_id = u.id),
   (SELECT count(*) FROM alerts a WHERE a.office_id = u.id AND a.status <> 'resolved'),
   (SELECT count(*) FROM alerts a WHERE a.office_id = u.id AND a.status = 'open'
@@ -137,28 +157,43 @@ SELECT u.id, o.name, o.kind,
       AND c.status = 'answered'),
   (SELECT count(*) FROM travel_permits p WHERE p.office_id = u.id AND p.status = 'requested')
 FROM units u JOIN org_units o ON o.id = u.id
+LEFT JOIN org_units d ON d.id = o.parent_id AND d.kind = 'district_bureau'
 WHERE o.kind = 'judicial_office'
 ORDER BY o.path
 """
 
 
+_COUNTS = ("supervisees", "open_alerts", "overdue_alerts", "silent_phones", "rollcalls_sent_7d",
+           "rollcalls_answered_7d", "permits_pending")
+
+
+def _sums(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: sum(o[k] for o in rows) for k in _COUNTS}
+    sent = out["rollcalls_sent_7d"]
+    out["rollcall_answer_rate"] = round(out["rollcalls_answered_7d"] / sent, 3) if sent else None
+    return out
+
+
 @router.get("/overview", **access(EVERYONE))
 def overview(ctx: CurrentStaff, session: SessionDep) -> dict[str, Any]:
-    """Per office of the caller's jurisdiction: people supervised, open and overdue alerts, silent
-    phones, roll-calls answered in the last 7 days, permits waiting. Counts only, no positions."""
+    """Per office of the caller's jurisdiction, with subtotals per district and the totals:
+    people supervised, open and overdue alerts, silent phones, roll-calls answered in the last
+    7 days, permits waiting. Counts only, no positions."""
     offices = []
-    for (uid, name, _kind, people, open_, overdue, silent, sent, answered,
-         pending) in session.execute(text(_OVERVIEW), {"units": list(ctx.unit_ids),
-                                                        "silence": list(SILENCE_KINDS)}):
-        offices.append({"office_id": uid, "name": name, "supervisees": people,
+    for (uid, name, _kind, district_id, district_name, people, open_, overdue, silent, sent,
+         answered, pending) in session.execute(text(_OVERVIEW), {
+             "units": list(ctx.unit_ids), "silence": list(SILENCE_KINDS)}):
+        offices.append({"office_id": uid, "name": name, "district_id": district_id,
+                        "district_name": district_name, "supervisees": people,
                         "open_alerts": open_, "overdue_alerts": overdue, "silent_phones": silent,
                         "rollcalls_sent_7d": sent, "rollcalls_answered_7d": answered,
                         "rollcall_answer_rate": round(answered / sent, 3) if sent else None,
                         "permits_pending": pending})
-    totals = {k: sum(o[k] for o in offices) for k in (
-        "supervisees", "open_alerts", "overdue_alerts", "silent_phones", "rollcalls_sent_7d",
-        "rollcalls_answered_7d", "permits_pending")}
-    sent_all = totals["rollcalls_sent_7d"]
-    totals["rollcall_answer_rate"] = (round(totals["rollcalls_answered_7d"] / sent_all, 3)
-                                      if sent_all else None)
-    return {"offices": offices, "totals": totals}
+    districts: dict[Any, list[dict[str, Any]]] = {}
+    for o in offices:
+        districts.setdefault(o["district_id"], []).append(o)
+    return {"offices": offices,
+            "districts": [{"district_id": did, "name": rows[0]["district_name"],
+                           "offices": [o["office_id"] for o in rows], **_sums(rows)}
+                          for did, rows in districts.items()],
+            "totals": _sums(offices)}

@@ -67,7 +67,10 @@ export function makeMap(el) {
   el.classList.add("map", config.tile_url ? "map-tiles" : "map-plain");
   if (config.tile_url) {
     L.tileLayer(config.tile_url, { attribution: config.tile_attribution, maxZoom: 19,
-      subdomains: "1234" }).addTo(map);
+      subdomains: config.tile_subdomains || "abc" }).addTo(map);
+    // Leaflet's default prefix links to the internet and carries a flag; a plain credit suits
+    // a closed government network.
+    map.attributionControl.setPrefix("Leaflet");
   }
   map.setView([30.59, 114.30], 10);
   return map;

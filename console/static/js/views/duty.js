@@ -25,7 +25,12 @@ register({
 });
 
 const SEVERITY_ORDER = { critical: 0, high: 1, medium: 2, low: 3 };
-const MAP_REFRESH_MS = 60000;
+// Positions arrive every 5-15 minutes from real phones and alerts redraw a person at once, so
+// the whole map is re-read every 2 minutes, and not at all while the tab is hidden (each read
+// is an audited access to location data); a tab shown again re-reads if its map is stale.
+const MAP_REFRESH_MS = 120000;
+// The jurisdiction's district outlines under everything else (no fill, so zones stay readable).
+const BOUNDARY_STYLE = { color: "#5d6b7a", weight: 1.5, dashArray: "5 4", fill: false, interactive: true };
 let state = null;
 
 export function destroy() {
@@ -33,6 +38,7 @@ export function destroy() {
   document.title = t("app");
   clearInterval(state.timer);
   clearTimeout(state.soon);
+  document.removeEventListener("visibilitychange", onVisible);
   state.unsub();
   state.map.remove();
   state = null;
@@ -64,7 +70,7 @@ export async function render(main, _params, ctx) {
   const map = makeMap(mapEl);
   stateLegend(map);
   state = { map, ctx, watch, list, detail, counts, people: new Map(), alerts: new Map(), selected: null,
-    zonesLayer: null, peopleLayer: L.layerGroup().addTo(map), fixesLayer: null, fitted: false, muted: false,
+    zonesLayer: null, boundsLayer: null, loadedAt: 0, peopleLayer: L.layerGroup().addTo(map), fixesLayer: null, fitted: false, muted: false,
     fresh: 0, newBadge, markers: new Map(),
     timer: null, soon: null, unsub: () => {} };
   const setMute = () => { muteBtn.textContent = state.muted ? t("duty.unmute") : t("duty.mute"); };
@@ -80,7 +86,12 @@ export async function render(main, _params, ctx) {
   await Promise.all([loadMap(), loadQueue()]);
   // Everyone drawn and the queue filled: what the console benchmark calls a usable map.
   performance.mark("ccs-map-ready");
-  state.timer = setInterval(() => loadMap().catch(() => {}), MAP_REFRESH_MS);
+  state.timer = setInterval(() => { if (!document.hidden) loadMap().catch(() => {}); }, MAP_REFRESH_MS);
+  document.addEventListener("visibilitychange", onVisible);
+}
+
+function onVisible() {
+  if (state && !document.hidden && Date.now() - state.loadedAt > MAP_REFRESH_MS) loadMap().catch(() => {});
 }
 
 async function loadMap() {
@@ -94,9 +105,14 @@ async function loadMap() {
   }
   if (!state) return;
   const { map } = state;
+  state.loadedAt = Date.now();
+  if (state.boundsLayer) state.boundsLayer.remove();
+  state.boundsLayer = geoLayer(data.boundaries || { type: "FeatureCollection", features: [] }, BOUNDARY_STYLE,
+    (f, layer) => layer.bindTooltip(f.properties.name)).addTo(map);
   if (state.zonesLayer) state.zonesLayer.remove();
   state.zonesLayer = geoLayer(data.zones, zoneStyle, (f, layer) => layer.bindTooltip(f.properties.name)).addTo(map);
   state.zonesLayer.bringToBack();
+  state.boundsLayer.bringToBack();
   state.peopleLayer.clearLayers();
   state.markers.clear();
   state.people.clear();
@@ -106,7 +122,8 @@ async function loadMap() {
   }
   renderCounts();
   if (!state.fitted) {
-    const b = state.zonesLayer.getBounds();
+    let b = state.zonesLayer.getBounds();
+    if (!b.isValid()) b = state.boundsLayer.getBounds();  // nobody here yet: the district
     if (b.isValid()) map.fitBounds(b, { padding: [20, 20] });
     state.fitted = true;
   }

@@ -1,16 +1,17 @@
 // The morning's numbers per office: open and overdue alerts, silent phones, roll-call answers in
-// the last 7 days, permits waiting. Totals on top; the cells that need attention stand out.
+// the last 7 days, permits waiting. Totals on top; with more than one district in view, each
+// district's subtotal heads its offices; the cells that need attention stand out.
 import { api } from "../api.js";
 import { h, clear } from "../ui.js";
 import { t, register } from "../i18n.js";
 import { pageHead } from "../office.js";
 
 register({
-  zh: { "ov.title": "概览", "ov.office": "司法所", "ov.people": "在矫人数", "ov.open": "未办结告警",
+  zh: { "ov.title": "概览", "ov.office": "司法所", "ov.unit": "单位", "ov.people": "在矫人数", "ov.open": "未办结告警",
         "ov.overdue": "超时未签收", "ov.silent": "失联手机", "ov.rate": "点名应答率（7天）",
         "ov.pending": "待审批外出", "ov.total": "合计", "ov.refresh": "刷新", "ov.asof": "统计时间 {t}",
         "ov.noroll": "无点名", "ov.none": "您的辖区内没有司法所。", "ov.answered": "{a}/{s} 次" },
-  en: { "ov.title": "Overview", "ov.office": "Office", "ov.people": "Supervised", "ov.open": "Open alerts",
+  en: { "ov.title": "Overview", "ov.office": "Office", "ov.unit": "Unit", "ov.people": "Supervised", "ov.open": "Open alerts",
         "ov.overdue": "Overdue acks", "ov.silent": "Silent phones", "ov.rate": "Roll-call answers (7 d)",
         "ov.pending": "Permits pending", "ov.total": "Total", "ov.refresh": "Refresh", "ov.asof": "As of {t}",
         "ov.noroll": "no roll-calls", "ov.none": "No offices in your jurisdiction.", "ov.answered": "{a}/{s}" },
@@ -48,14 +49,21 @@ async function fill(body) {
     h("div", { class: "tile" }, h("span", { class: "tile-n" }, rate(tot.rollcall_answer_rate, tot.rollcalls_sent_7d, tot.rollcalls_answered_7d)),
       h("span", { text: t("ov.rate") })));
   const rows = data.offices;
+  const line = (o, label, attrs) => h("tr", attrs,
+    h("th", { scope: "row", text: label }), h("td", { class: "num", text: String(o.supervisees) }),
+    COLS.map(([k, , tone]) => cell(o[k], tone)),
+    h("td", { class: "num" }, rate(o.rollcall_answer_rate, o.rollcalls_sent_7d, o.rollcalls_answered_7d)));
+  const byId = new Map(rows.map((o) => [o.office_id, o]));
+  const districts = data.districts || [];
+  const bodies = !rows.length ? [h("tbody", {}, h("tr", {}, h("td", { colspan: 7, class: "empty", text: t("ov.none") })))]
+    : districts.length > 1 ? districts.map((d) => h("tbody", { class: "district", dataset: { district: d.district_id } },
+      line(d, d.name || "—", { class: "district-row" }),
+      d.offices.map((id) => line(byId.get(id), byId.get(id).name, { dataset: { office: id }, class: "in-district" }))))
+      : [h("tbody", {}, rows.map((o) => line(o, o.name, { dataset: { office: o.office_id } })))];
   const tbl = h("table", { class: "grid overview-table", id: "overview-table" },
-    h("thead", {}, h("tr", {}, h("th", { text: t("ov.office") }), h("th", { class: "num", text: t("ov.people") }),
+    h("thead", {}, h("tr", {}, h("th", { text: t(districts.length > 1 ? "ov.unit" : "ov.office") }), h("th", { class: "num", text: t("ov.people") }),
       COLS.map(([, label]) => h("th", { class: "num", text: t(label) })), h("th", { class: "num", text: t("ov.rate") }))),
-    h("tbody", {}, rows.length ? rows.map((o) => h("tr", { dataset: { office: o.office_id } },
-      h("th", { scope: "row", text: o.name }), h("td", { class: "num", text: String(o.supervisees) }),
-      COLS.map(([k, , tone]) => cell(o[k], tone)),
-      h("td", { class: "num" }, rate(o.rollcall_answer_rate, o.rollcalls_sent_7d, o.rollcalls_answered_7d))))
-      : h("tr", {}, h("td", { colspan: 7, class: "empty", text: t("ov.none") }))),
+    ...bodies,
     rows.length > 1 ? h("tfoot", {}, h("tr", {}, h("th", { text: t("ov.total") }), h("td", { class: "num", text: String(tot.supervisees) }),
       COLS.map(([k, , tone]) => cell(tot[k], tone)),
       h("td", { class: "num" }, rate(tot.rollcall_answer_rate, tot.rollcalls_sent_7d, tot.rollcalls_answered_7d)))) : null);
