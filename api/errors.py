@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
@@ -13,10 +15,13 @@ class DomainError(Exception):
     code = "bad_request"
 
     def __init__(self, detail: str, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        # Further machine-readable facts for the caller (numbers a client words in its own
+        # language), beside `error` and `detail`.
+        self.extra = extra or {}
         if code is not None:
             self.code = code
 
@@ -57,11 +62,11 @@ class Invalid(DomainError):
 
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Render any DomainError as {"error": code, "detail": text}."""
+    """Render any DomainError as {"error": code, "detail": text, **extra}."""
     assert isinstance(exc, DomainError)
     headers = dict(exc.headers)
     if exc.status_code == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
     return JSONResponse(
-        {"error": exc.code, "detail": exc.detail}, status_code=exc.status_code, headers=headers
+        {**exc.extra, "error": exc.code, "detail": exc.detail}, status_code=exc.status_code, headers=headers
     )

@@ -85,7 +85,12 @@ def test_repeated_failures_lock_the_account_until_unlocked(client, org: Org, db,
     # Locked: even the right password is refused, with the same answer as a wrong one.
     locked = sign_in(client, "jiangan-officer")
     assert locked.status_code == 401
-    assert locked.json()["detail"] == sign_in(client, "nobody", "x").json()["detail"]
+    assert locked.json() == sign_in(client, "nobody", "x").json()
+    # A code for clients to word the refusal in their language, and the lockout policy (the
+    # same for every account: it tells nothing about this one).
+    assert locked.json() == {"error": "sign_in_refused", "detail": locked.json()["detail"],
+                             "lockout_after": settings.login_max_failures,
+                             "lockout_s": settings.login_lockout_s}
     # Another account is not affected.
     assert sign_in(client, "jianghan-officer").status_code == 200
     admin = login(client, "admin")
@@ -105,15 +110,19 @@ def test_too_many_failures_from_one_address_are_throttled(client, org: Org, sett
     for name in ("a", "b", "c"):  # different usernames: no single account locks
         assert sign_in(client, name, "x").status_code == 401
     r = sign_in(client, "jiangan-officer")
-    assert r.status_code == 429
+    assert (r.status_code, r.json()["error"]) == (429, "too_many_attempts")
+    # How long until this address may try again: the failure window's remaining time.
+    wait = r.json()["retry_after_s"]
+    assert 0 < wait <= settings.login_failures_window_s and r.headers["retry-after"] == str(wait)
 
 
 def test_password_change_ends_every_session(client, org: Org):
     a = sign_in(client, "jiangan-officer").json()
     b = sign_in(client, "jiangan-officer").json()
     h = bearer(a["access_token"])
-    assert client.post(f"{API}/auth/password", headers=h, json={
-        "current_password": "wrong", "new_password": "a much longer secret"}).status_code == 401
+    wrong = client.post(f"{API}/auth/password", headers=h, json={
+        "current_password": "wrong", "new_password": "a much longer secret"})
+    assert (wrong.status_code, wrong.json()["error"]) == (401, "wrong_password")
     assert client.post(f"{API}/auth/password", headers=h, json={
         "current_password": PASSWORD, "new_password": "short"}).status_code == 422
     assert client.post(f"{API}/auth/password", headers=h, json={

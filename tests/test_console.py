@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from alerts.worker import AlertWorker
 from ingest.mqtt_worker import MqttIngestWorker
 from store.settings import Settings
-from tests.browser import open_console
+from tests.browser import Console, open_console
 from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org
 from tests.geo import deep_inside
 from tests.services import Phone, api_server, forget_session, in_thread
@@ -247,3 +247,265 @@ def test_a_configured_tile_server_is_allowed_by_the_policy_and_draws(
     finally:
         set_settings(settings)
         server.shutdown()
+
+
+# --- sign-in, lockout, password change, notification links, the API's refusals in Chinese ----
+
+def _at_sign_in(browser: Browser, base: str, url: str = "/", lang: str = "zh") -> Console:
+    c = open_console(browser, base, lang)
+    c.page.goto(f"{base}{url}")
+    c.page.wait_for_selector("#signin")
+    return c
+
+
+def _try(c: Console, username: str, password: str) -> str:
+    """Submit the sign-in form; the message the screen then shows (empty if signed in)."""
+    msg = c.page.locator(".signin-form .form-error")
+    c.page.evaluate("() => { document.querySelector('.signin-form .form-error').textContent = ''; }")
+    c.page.fill("#username", username)
+    c.page.fill("#password", password)
+    c.page.click("#signin")
+    c.page.wait_for_function(
+        "() => document.querySelector('header.top') || "
+        "document.querySelector('.signin-form .form-error')?.textContent")
+    return "" if c.page.locator("header.top").count() else msg.inner_text()
+
+
+def _latin_words(text: str) -> list[str]:
+    """English words in a text (a Chinese screen shows none in its messages)."""
+    import re
+
+    return re.findall(r"[A-Za-z]{3,}", text)
+
+
+def test_a_wrong_password_is_told_in_chinese_or_in_english_when_chosen(
+        settings: Settings, org: Org, browser: Browser, db: psycopg.Connection):
+    with api_server(settings) as base:
+        c = _at_sign_in(browser, base)
+        assert c.page.inner_text("h1") == "登录"
+        c.page.wait_for_timeout(300)
+        assert c.page.locator(".signin").count() == 1  # boot's 401 shows one form, not two
+        c.shot("signin")
+        said = _try(c, "jiangan-officer", "not the password")
+        first, policy = said.split("\n")
+        assert first == "用户名或密码错误，或账户已被锁定。"
+        assert policy == (f"连续输错 {settings.login_max_failures} 次密码，账户将锁定 "
+                          f"{settings.login_lockout_s // 60} 分钟；如已锁定，请稍后再试或联系管理员解锁。")
+        assert _latin_words(said) == []
+        assert c.page.input_value("#password") == ""  # cleared for the next try
+        c.shot("signin-wrong-password")
+        # The server's refusal was the API's (an audit row), not something the page made up.
+        assert db.execute("SELECT action, target FROM audit_log").fetchall() == [
+            ("auth.login_failed", "jiangan-officer")]
+        # English when chosen on the sign-in screen.
+        c.page.click(".signin-card button.link")
+        c.page.wait_for_selector("h1:text('Sign in')")
+        said = _try(c, "jiangan-officer", "not the password either")
+        assert said.startswith("Wrong username or password, or the account is locked.\n")
+        assert f"lock the account for {settings.login_lockout_s // 60} min" in said
+        c.shot("signin-wrong-password-english")
+        # And the server not reached at all: a network error, in the chosen language.
+        c.page.route("**/api/v1/auth/console", lambda route: route.abort())
+        assert _try(c, "jiangan-officer", PASSWORD).startswith("Network error")
+        c.page.click(".signin-card button.link")
+        c.page.wait_for_selector("h1:text('登录')")
+        assert _try(c, "jiangan-officer", PASSWORD) == "网络错误：无法连接服务器，请检查网络后重试"
+        c.page.unroute("**/api/v1/auth/console")
+        assert _try(c, "jiangan-officer", PASSWORD) == ""
+        assert [p for p in c.problems if "ERR_FAILED" not in p] == []
+        c.context.close()
+
+
+def test_the_lockout_after_the_configured_failures_is_shown_in_chinese(
+        settings: Settings, org: Org, browser: Browser, db: psycopg.Connection):
+    with api_server(settings) as base:
+        c = _at_sign_in(browser, base)
+        for k in range(settings.login_max_failures):
+            assert _try(c, "jiangan-officer", f"guess {k}").startswith("用户名或密码错误")
+        # Locked: the right password is refused too, and the screen says for how long an
+        # account stays locked (the same words as for a wrong password: the API does not tell
+        # a locked account from a wrong password, so nobody learns which accounts exist).
+        said = _try(c, "jiangan-officer", PASSWORD)
+        assert said.startswith("用户名或密码错误，或账户已被锁定。")
+        assert f"账户将锁定 {settings.login_lockout_s // 60} 分钟" in said
+        assert "联系管理员解锁" in said and _latin_words(said) == []
+        assert c.page.locator("header.top").count() == 0
+        c.shot("signin-locked")
+        locked_for = db.execute("SELECT extract(epoch FROM locked_until - now()) FROM staff "
+                                "WHERE username = 'jiangan-officer'").fetchone()[0]
+        assert 0 < locked_for <= settings.login_lockout_s
+        rows = db.execute("""SELECT detail ? 'now_locked_until', (detail->>'locked')::bool
+                               FROM audit_log WHERE action = 'auth.login_failed' ORDER BY id"""
+                          ).fetchall()
+        assert rows == [(False, False)] * (settings.login_max_failures - 1) + [
+            (True, False), (False, True)]
+        assert c.problems == []
+        c.context.close()
+
+
+def test_an_officer_changes_the_password_on_the_account_page_and_signs_in_with_the_new_one(
+        settings: Settings, org: Org, browser: Browser, db: psycopg.Connection):
+    new = "换一个更长的新密码 2027"
+    with api_server(settings) as base:
+        c = _at_sign_in(browser, base, "/#/account")
+        assert _try(c, "jiangan-officer", PASSWORD) == ""
+        c.page.wait_for_selector("main.view-account h1:text('我的账户')")
+        form = c.page.locator("main.view-account form")
+        # A wrong current password: told in Chinese, and the officer stays signed in (the API
+        # answers 401 for it, which is not the session ending).
+        form.locator("input[name=current]").fill("not my password")
+        form.locator("input[name=new]").fill(new)
+        form.locator("input[name=again]").fill(new)
+        form.locator("button[type=submit]").click()
+        c.page.wait_for_selector("main.view-account .form-error:text('当前密码不正确。')")
+        assert c.page.locator("header.top").count() == 1
+        c.shot("account-wrong-current-password")
+        # The two new entries differ: caught before anything is sent.
+        form.locator("input[name=current]").fill(PASSWORD)
+        form.locator("input[name=again]").fill(new + "x")
+        form.locator("button[type=submit]").click()
+        c.page.wait_for_selector("main.view-account .form-error:text('两次输入的新密码不一致')")
+        form.locator("input[name=again]").fill(new)
+        form.locator("button[type=submit]").click()
+        c.page.wait_for_selector(".toast:text('密码已修改，请重新登录')")
+        c.shot("account-password-changed")
+        # The page reloads into the sign-in screen: the old password no longer works.
+        c.page.wait_for_selector("#signin")
+        assert _try(c, "jiangan-officer", PASSWORD).startswith("用户名或密码错误")
+        assert _try(c, "jiangan-officer", new) == ""
+        c.page.wait_for_selector("main.view-account h1:text('我的账户')")
+        assert c.page.inner_text("header .who a.me") == "jiangan-officer · 矫正工作人员"
+        assert db.execute("""SELECT action FROM audit_log WHERE action LIKE 'auth.password%%'
+                              ORDER BY id""").fetchall() == [("auth.password_change_refused",),
+                                                             ("auth.password_change",)]
+        assert c.problems == []
+        c.context.close()
+
+
+def test_a_notification_link_opens_its_alert_after_sign_in(
+        settings: Settings, org: Org, browser: Browser, db: psycopg.Connection):
+    """The link a webhook or e-mail carries (alerts/delivery.py `document`) opens the console
+    on that alert: after signing in and saying the purpose, not on the duty view."""
+    import json
+
+    from alerts.delivery import claim, new_webhook_secret
+    from alerts.service import queue_raised
+    from geofence.crs import point_to_wgs84
+    from geofence.model import CRS
+    from tests.test_delivery import add_channel, add_webhook, raise_alert
+
+    hook = add_webhook(db, org.city_id, "http://127.0.0.1:9/hook", new_webhook_secret())
+    add_channel(db, org.staff["jiangan-officer"], "webhook", "+8613800000001", hook)
+    raise_alert(db, org)  # another alert of the office, not the one linked
+    # The linked one as the engine would open it: where, since when, and why.
+    lon, lat = point_to_wgs84(*deep_inside(JIANGAN), CRS.GCJ02)
+    since = time.time() - 600
+    reason = {"rule": "exclusion_entry.accuracy_circle_wholly_inside", "zone_id": org.zone_ids[JIANGAN],
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(since)),
+              "accuracy_m": 18.0, "distance_m": 240.0}
+    with db.transaction():
+        (alert_id,) = db.execute(
+            """INSERT INTO alerts (kind, severity, supervisee_id, office_id, reason, lon, lat,
+                                   first_fix_time, last_fix_time)
+               VALUES ('exclusion_entry', 'critical', %s, %s, %s, %s, %s, to_timestamp(%s),
+                       to_timestamp(%s)) RETURNING id""",
+            (org.supervisee_id, org.office_ids[JIANGAN], json.dumps(reason), lon, lat, since,
+             since + 120)).fetchone()
+        queue_raised(db, "exclusion_entry", "critical",
+                     [(alert_id, org.supervisee_id, org.office_ids[JIANGAN], 1, True, {})])
+    with api_server(settings) as base:
+        (sent,) = [o for o in claim(db, "webhook", 10, 30.0, "test") if o.alert["id"] == alert_id]
+        link = sent.document(base)["alert"]["url"]
+        assert link == f"{base}/#/alerts/{alert_id}"
+        c = open_console(browser, base)
+        c.page.goto(link)
+        c.page.wait_for_selector("#signin")
+        assert _try(c, "jiangan-officer", PASSWORD) == ""
+        c.page.wait_for_selector("dialog.dialog input[name=purpose]")
+        c.page.fill("dialog.dialog input[name=purpose]", "核查告警通知 notification follow-up")
+        c.page.click("dialog.dialog button[type=submit]")
+        c.page.wait_for_selector(f"main.view-alert h1:text('告警 #{alert_id}')")
+        assert c.page.evaluate("location.hash") == f"#/alerts/{alert_id}"
+        c.page.wait_for_selector(f"main.view-alert .alert-detail[data-alert-id='{alert_id}']")
+        c.page.wait_for_selector("main.view-alert li:has-text('Webhook')")
+        info = c.page.inner_text("main.view-alert .alert-page-info")
+        assert "进入禁止区域" in info and "Test jiangan (T-420102)" in info
+        assert "深入边界 240 m" in info and "Webhook · 待发送" in info
+        assert not [w for w in ("None", "null", "undefined", "unknown", "pending") if w in info]
+        assert c.page.locator("#ack").count() == 1
+        assert c.page.locator("#duty-map").count() == 0
+        c.page.wait_for_timeout(500)  # the map has drawn
+        c.shot("alert-from-notification")
+        assert db.execute("""SELECT purpose FROM audit_log a JOIN staff s ON s.id = a.staff_id
+                              WHERE s.username = 'jiangan-officer'
+                                AND a.action = 'alert.stream_subscribe'
+                           """).fetchall() == [("核查告警通知 notification follow-up",)]
+        assert c.problems == []
+        c.context.close()
+
+
+def test_the_apis_refusals_are_worded_in_the_consoles_language(
+        settings: Settings, org: Org, browser: Browser, db: psycopg.Connection):
+    """Refusals of the real API through the console's own api() and errorText: forbidden, not
+    found, conflict, field validation, a zone the engine refuses, the network gone."""
+    alert_id = db.execute("""INSERT INTO alerts (kind, severity, supervisee_id, office_id)
+                             VALUES ('area_exit', 'high', %s, %s) RETURNING id""",
+                          (org.supervisee_id, org.office_ids[JIANGAN])).fetchone()[0]
+    calls = [
+        ["/webhooks", {"method": "POST", "body": {"org_unit_id": org.office_ids[JIANGAN],
+                                                  "name": "gateway", "url": "http://127.0.0.1:9/x"}}],
+        [f"/alerts/{alert_id + 1000}", {}],
+        [f"/alerts/{alert_id}/acknowledge", {"method": "POST"}],
+        ["/auth/password", {"method": "POST", "body": {"current_password": PASSWORD,
+                                                       "new_password": "short"}}],
+        ["/zones", {"method": "POST", "body": {
+            "name": "z", "kind": "exclusion", "owner_unit_id": org.office_ids[JIANGAN],
+            "geometry": {"type": "Polygon", "coordinates": [[[114.3, 30.6], [114.31, 30.6],
+                                                             [114.3, 30.6]]]}}}],
+        ["/network-check", {}],  # the test's route drops it: the server is not reached
+    ]
+    words = """async ([calls, lang]) => {
+        const { api } = await import('/static/js/api.js');
+        const { errorText, toast } = await import('/static/js/ui.js');
+        const { setLang } = await import('/static/js/i18n.js');
+        setLang(lang);
+        const out = [];
+        for (const [path, opts] of calls) {
+          try { await api(path, opts); out.push('accepted'); }
+          catch (e) { out.push(errorText(e)); toast(errorText(e), 'error'); }
+        }
+        return out;
+    }"""
+    with api_server(settings) as base:
+        c = open_console(browser, base)
+        c.sign_in("jiangan-officer", PASSWORD)
+        c.page.click("dialog.dialog button.secondary")  # no duty watch: this test asks its own
+        c.page.wait_for_selector("main .notice")
+        db.execute("UPDATE alerts SET status = 'acknowledged' WHERE id = %s", (alert_id,))
+        c.page.route("**/api/v1/network-check", lambda route: route.abort())
+        zh = c.page.evaluate(words, [calls, "zh"])
+        assert zh[0] == "您的角色无权执行此操作。"
+        assert zh[1] == "未找到：可能已被删除，或不在您的辖区内。"
+        # A conflict keeps the server's own words below: which state the alert is in.
+        assert zh[2] == ("当前状态不允许此操作（可能已被他人处理），请刷新后查看。\n"
+                         f"alert {alert_id} is acknowledged, not open")
+        assert zh[3] == "提交的内容有误：新密码：至少 12 个字符"
+        first, engine = zh[4].split("\n")
+        assert first == "顶点太少：多边形至少需要 3 个不同的顶点。" and "at least 4 positions" in engine
+        assert zh[5] == "网络错误：无法连接服务器，请检查网络后重试"
+        assert all(_latin_words(z.split("\n")[0]) == [] for z in zh)
+        c.page.wait_for_selector(".toast-error")
+        c.shot("error-messages")
+        en = c.page.evaluate(words, [calls, "en"])
+        assert en[0] == "Your role may not do this."
+        assert en[1].startswith("Not found:")
+        assert en[3] == "Some fields are not accepted: New password: at least 12 characters"
+        assert en[5].startswith("Network error")
+        # The refusals changed nothing: the password is the old one, no zone was made.
+        assert db.execute("SELECT count(*) FROM zones WHERE name = 'z'").fetchone() == (0,)
+        assert db.execute("SELECT action FROM audit_log WHERE action LIKE 'auth.password%%'"
+                          ).fetchall() == []
+        expected = ("status of 403", "status of 404", "status of 409", "status of 422",
+                    "ERR_FAILED")
+        assert [p for p in c.problems if not any(x in p for x in expected)] == []
+        c.context.close()

@@ -176,6 +176,8 @@ def test_a_bow_tie_is_refused_and_the_crossing_is_marked_where_it_is(
         c.page.click("#zone-save")
         err = c.page.locator("#zone-error")
         err.wait_for()
+        # Said in Chinese, with the engine's own words (they name the place) below.
+        assert err.inner_text().startswith("区域未保存：多边形无效（例如边相互交叉）。")
         assert "Self-intersection" in err.inner_text()
         assert c.page.locator("#zone-error-where").inner_text().endswith("第 1–2 边与第 3–4 边相交")
         # The cross on the map sits where the diagonals meet: the centre of the drawn vertices
@@ -421,3 +423,61 @@ def test_city_admin_screens_staff_key_periods_notifications_overview(
             ("email", "high", True)]
         c.shot("notifications")
         assert c.problems == []
+
+
+def test_a_district_supervisor_registers_a_webhook_and_sees_it_listed(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    """The notification channels page's webhook form: a refused address is told in Chinese and
+    nothing is stored; an accepted one shows its signing secret once, is listed, and carries a
+    channel."""
+    district = org.district_ids[JIANGAN]
+    with api_server(settings) as base:
+        c = _console(browser, base, "jiangan-supervisor", "notifications")
+        c.page.wait_for_selector("#webhook-list td.empty:text('尚未登记 Webhook 接收端。')")
+        c.page.click("#webhook-add")
+        _fill_dialog(c, {"name": "江岸区短信网关", "url": "ftp://sms.example.org/hook",
+                         "unit": str(district)})
+        toast = c.page.locator(".toast-error")
+        toast.wait_for()
+        assert toast.inner_text() == "Webhook 地址不可用。\nwebhook refused: not an absolute http(s) URL"
+        assert db.execute("SELECT count(*) FROM webhook_endpoints").fetchone() == (0,)
+        c.shot("notifications-webhook-refused")
+        toast.wait_for(state="detached", timeout=15_000)  # read, and gone by itself
+
+        c.page.click("#webhook-add")
+        c.page.wait_for_selector("dialog.dialog[open] input[name=url]")
+        c.page.fill("dialog.dialog input[name=name]", "江岸区短信网关")
+        c.page.fill("dialog.dialog input[name=url]", "http://127.0.0.1:9/sms")
+        c.page.select_option("dialog.dialog select[name=unit]", str(district))
+        c.page.click("dialog.dialog button[type=submit]")
+        # The signing secret, shown this once, is the stored one.
+        shown = c.page.locator("dialog.dialog[open] input[name=secret]")
+        shown.wait_for()
+        (hook_id, unit, url, secret, active) = db.execute(
+            "SELECT id, org_unit_id, url, secret, active FROM webhook_endpoints").fetchone()
+        assert (unit, url, active) == (district, "http://127.0.0.1:9/sms", True)
+        assert shown.input_value() == secret and secret.startswith("whsec_")
+        assert "签名密钥只显示这一次" in c.page.inner_text("dialog.dialog[open] h2")
+        c.page.click("dialog.dialog[open] button[type=submit]")
+        c.page.wait_for_selector("dialog.dialog", state="detached")
+        row = c.page.locator("#webhook-list tbody tr", has_text="江岸区短信网关")
+        row.wait_for()
+        assert "http://127.0.0.1:9/sms" in row.inner_text() and "江岸区司法局" in row.inner_text()
+        assert "启用" in row.inner_text()
+        assert db.execute("""SELECT a.action, a.target, a.detail->>'url' FROM audit_log a
+                              JOIN staff s ON s.id = a.staff_id
+                             WHERE s.username = 'jiangan-supervisor' AND a.action LIKE 'webhook.%%'
+                          """).fetchall() == [("webhook.create", f"webhook:{hook_id}",
+                                               "http://127.0.0.1:9/sms")]
+        # The receiver is offered for one's own channel (an SMS number through the gateway).
+        c.page.click("#channel-add")
+        _fill_dialog(c, {"channel": "webhook", "address": "+8613800000002",
+                         "webhook_id": str(hook_id), "min_severity": "high"})
+        c.page.wait_for_selector("#channel-list td:has-text('+8613800000002')")
+        assert "江岸区短信网关" in c.page.inner_text("#channel-list tbody tr")
+        assert db.execute("SELECT channel, address, webhook_id, min_severity FROM staff_channels"
+                          ).fetchall() == [("webhook", "+8613800000002", hook_id, "high")]
+        c.shot("notifications-webhook")
+        refused = "Failed to load resource: the server responded with a status of 400"
+        assert [p for p in c.problems if refused not in p] == []
+        assert len(c.problems) == 1  # the one refusal, nothing else

@@ -94,8 +94,10 @@ def sign_in(name: str, password: str, request: Request, session: Session, r: red
     if int(r.get(fails_key) or 0) >= settings.login_failures_per_address:
         audit(session, None, request, "auth.login_throttled", _safe(name))
         session.commit()
+        wait = max(int(r.ttl(fails_key)), 1)
         raise TooManyRequests("too many failed sign-ins from this address; try again later",
-                              "too_many_attempts")
+                              "too_many_attempts", headers={"Retry-After": str(wait)},
+                              extra={"retry_after_s": wait})
     # A name no account can have (NUL, oversized) is simply unknown; it is logged made safe.
     usable = "\x00" not in name and len(name) <= 200
     staff = session.scalars(select(Staff).where(Staff.username == name)
@@ -121,7 +123,11 @@ def sign_in(name: str, password: str, request: Request, session: Session, r: red
         audit(session, None, request, "auth.login_failed", _safe(name),
               actor_id=staff.id if staff is not None else None, **detail)
         session.commit()
-        raise Unauthorized(WRONG)
+        # The same answer whether the name exists or the account is locked; only the policy
+        # (how many failures lock an account, for how long) is told, for the console to word.
+        raise Unauthorized(WRONG, "sign_in_refused",
+                           extra={"lockout_after": settings.login_max_failures,
+                                  "lockout_s": settings.login_lockout_s})
     staff.failed_logins = 0
     staff.locked_until = None
     sid, access_token, refresh = open_session(r, settings, staff.id, staff.role)
@@ -182,7 +188,7 @@ def change_password(body: PasswordChangeIn, ctx: CurrentStaff, request: Request,
     if not verify_password(ctx.staff.password_hash, body.current_password):
         audit(session, ctx, request, "auth.password_change_refused", f"staff:{ctx.id}")
         session.commit()
-        raise Unauthorized("the current password is wrong")
+        raise Unauthorized("the current password is wrong", "wrong_password")
     ctx.staff.password_hash = hash_password(body.new_password)
     ctx.staff.password_changed_at = pg_now(session)
     audit(session, ctx, request, "auth.password_change", f"staff:{ctx.id}")

@@ -1,7 +1,7 @@
 // The console's shell: sign-in check, navigation by role, and the hash router (#/duty, ...).
 // Each view is a module exporting `render(main, params, ctx)` and optionally `destroy()`.
 import { api, setUnauthorizedHandler } from "./api.js";
-import { h, clear } from "./ui.js";
+import { h, clear, errorText } from "./ui.js";
 import { t, lang, setLang } from "./i18n.js";
 import { setMapConfig } from "./map.js";
 import { closeFeed } from "./feed.js";
@@ -42,7 +42,8 @@ async function boot() {
   setLang(lang);
   ctx.config = await api("/console/config");
   setMapConfig(ctx.config);
-  setUnauthorizedHandler(() => signedOut());
+  // A 401 while nobody is signed in (boot's own /auth/me) is answered by boot: one sign-in form.
+  setUnauthorizedHandler(() => { if (ctx.me) signedOut(); });
   try {
     ctx.me = await api("/auth/me");
   } catch (e) {
@@ -116,7 +117,7 @@ async function route() {
     try {
       await mod.render(main, m.slice(1), ctx);
     } catch (e) {
-      if (e.status !== 401) main.append(h("p", { class: "notice error", text: e.detail || String(e) }));
+      if (e.status !== 401) main.append(h("p", { class: "notice error", text: errorText(e) }));
     }
     return;
   }
@@ -125,5 +126,5 @@ async function route() {
 
 window.addEventListener("hashchange", route);
 boot().catch((e) => {
-  clear(document.getElementById("app")).append(h("p", { class: "notice error", text: String(e) }));
+  clear(document.getElementById("app")).append(h("p", { class: "notice error", text: errorText(e) }));
 });

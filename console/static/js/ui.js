@@ -1,6 +1,7 @@
 // DOM helpers. Text is always set as text (never parsed as HTML): data from the server cannot
 // inject markup or script.
-import { t, lang } from "./i18n.js";
+import { t, has, lang } from "./i18n.js";
+import { ApiError } from "./api.js";
 
 export function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -71,7 +72,10 @@ export function toast(message, kind = "info") {
     toastBox = h("div", { class: "toasts", role: "status", "aria-live": "polite" });
     document.body.append(toastBox);
   }
-  const el = h("div", { class: `toast toast-${kind}`, text: message });
+  // A second line (an error's server text) smaller, under the message.
+  const [first, ...rest] = String(message).split("\n");
+  const el = h("div", { class: `toast toast-${kind}` }, first,
+    rest.length ? h("small", { class: "error-more", text: rest.join("\n") }) : null);
   toastBox.append(el);
   // Never a wall of messages over the work: the three newest stay.
   while (toastBox.children.length > 3) toastBox.firstChild.remove();
@@ -136,8 +140,74 @@ export function badge(kind, text) {
   return h("span", { class: `badge badge-${kind}`, text: text ?? t(`v.${kind}`) });
 }
 
+// What went wrong, in the console's language: worded by the API's `error` code, else by the
+// HTTP status; a validation error names each field and its reason. The server's own (English)
+// text follows as `more` only where it says what the words cannot: which vertex, which cases,
+// how many days, why a URL is refused.
+const SAYS_MORE = /^(invalid_zone\.|invalid(\.|$)|bad_request$|conflict$|zone_in_use$|invalid_url$|role_unit_mismatch$|permit\.(too_long|short_notice|yearly_cap)$)/;
+const minutes = (s) => Math.max(1, Math.ceil(Number(s) / 60));
+
+export function errorParts(e) {
+  if (!(e instanceof ApiError)) return { text: t("err.unexpected"), more: String(e) };
+  const code = e.code || "";
+  if (code === "network") return { text: t("err.network"), more: "" };
+  if (e.errors) {
+    const lines = [], odd = [];
+    for (const d of e.errors) {
+      const [field, reason, worded] = fieldReason(d);
+      lines.push(t("err.field", { field, reason }));
+      if (!worded && d.msg) odd.push(d.msg);
+    }
+    return { text: t("err.fields") + lines.join(lang === "zh" ? "；" : "; "), more: odd.join("; ") };
+  }
+  const more = SAYS_MORE.test(code) || (!code && e.status === 422) ? e.detail || "" : "";
+  if (code === "sign_in_refused") {
+    const b = e.body;
+    const policy = b.lockout_after && b.lockout_s ? t("err.lockout", { n: b.lockout_after, m: minutes(b.lockout_s) }) : "";
+    return { text: t("err.code.sign_in_refused"), more: policy };
+  }
+  if (code === "too_many_attempts") {
+    return { text: t("err.code.too_many_attempts", { m: minutes(e.body.retry_after_s || 900) }), more: "" };
+  }
+  if (code && has(`err.code.${code}`)) return { text: t(`err.code.${code}`), more };
+  const s = e.status;
+  if (s >= 500) return { text: t("err.5xx"), more: "" };
+  if (has(`err.${s}`)) return { text: t(`err.${s}`), more };
+  return { text: t("err.other", { status: s }), more };
+}
+
+// A validation error's field (the last name of its location), its reason, and whether the
+// reason was worded from its type (if not, pydantic's message is shown as well: a validator's
+// own words, such as why a time range is refused).
+function fieldReason(d) {
+  const names = (d.loc || []).slice(1).filter((x) => typeof x === "string");
+  const name = names.length ? names[names.length - 1] : "";
+  const field = name && has(`f.${name}`) ? t(`f.${name}`) : name || "—";
+  const c = d.ctx || {};
+  const type = d.type || "";
+  const map = {
+    missing: ["vr.missing"], string_too_short: ["vr.too_short", c.min_length], string_too_long: ["vr.too_long", c.max_length],
+    too_short: ["vr.items_short", c.min_length], too_long: ["vr.items_long", c.max_length],
+    greater_than_equal: ["vr.ge", c.ge], greater_than: ["vr.gt", c.gt], less_than_equal: ["vr.le", c.le], less_than: ["vr.lt", c.lt],
+    string_pattern_mismatch: ["vr.pattern"], extra_forbidden: ["vr.extra"], json_invalid: ["vr.json"],
+    enum: ["vr.choice"], literal_error: ["vr.choice"], bool_parsing: ["vr.bool"], bool_type: ["vr.bool"],
+  };
+  let key = map[type];
+  if (!key && /^(int|float|decimal)_/.test(type)) key = ["vr.number"];
+  if (!key && /^(datetime|date|time|timezone)_/.test(type)) key = ["vr.datetime"];
+  if (key) return [field, t(key[0], { n: key[1] }), true];
+  return [field, t("vr.other"), false];
+}
+
 export function errorText(e) {
-  return e && e.detail ? e.detail : String(e);
+  const { text, more } = errorParts(e);
+  return more ? `${text}\n${more}` : text;
+}
+
+// The error into a message element: the worded line, then the server's own text smaller.
+export function showError(el, e) {
+  const { text, more } = errorParts(e);
+  el.replaceChildren(text, ...(more ? [h("small", { class: "error-more", text: more })] : []));
 }
 
 export { lang };

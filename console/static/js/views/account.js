@@ -1,6 +1,6 @@
 // One's own account: password change (every session of the account ends; sign in again).
 import { api } from "../api.js";
-import { h, section, toast } from "../ui.js";
+import { h, section, toast, showError } from "../ui.js";
 import { t, register } from "../i18n.js";
 
 register({
@@ -30,7 +30,7 @@ export function render(main, _params, ctx) {
       await api("/auth/password", { method: "POST", body: { current_password: cur.value, new_password: nw.value } });
       toast(t("acct.done"));
       setTimeout(() => location.reload(), 1200);
-    } catch (err) { msg.textContent = err.detail || String(err); }
+    } catch (err) { showError(msg, err); }
   });
   main.append(h("h1", { text: t("acct.title") }),
     section(ctx.me.full_name,

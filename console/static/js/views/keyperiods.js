@@ -1,7 +1,7 @@
 // Key periods (重点时段): stricter reporting during holidays and sensitive dates. Everyone
 // supervising sees them; only the city bureau creates them (POST /key-periods is city-only).
 import { api } from "../api.js";
-import { h, clear, section, table, toast, errorText } from "../ui.js";
+import { h, clear, section, table, toast, showError } from "../ui.js";
 import { t, register } from "../i18n.js";
 import { pageHead } from "../office.js";
 
@@ -73,7 +73,7 @@ function form(onDone) {
       toast(t("kp.done"));
       name.value = "";  // the rest stays as a start for the next one
       onDone();
-    } catch (err) { msg.textContent = errorText(err); }
+    } catch (err) { showError(msg, err); }
   });
   return f;
 }

@@ -1,6 +1,6 @@
 // Sign-in with the existing staff accounts (same lockout and throttling as the API's /auth/token).
 import { api } from "../api.js";
-import { h } from "../ui.js";
+import { h, showError } from "../ui.js";
 import { t, register, lang, setLang } from "../i18n.js";
 
 register({
@@ -27,7 +27,7 @@ export function render(root, done) {
       const me = await api("/auth/console", { method: "POST", form: { username: user.value, password: pass.value } });
       done(me);
     } catch (err) {
-      msg.textContent = err.detail || String(err);
+      showError(msg, err);
       pass.value = "";
       pass.focus();
     } finally {

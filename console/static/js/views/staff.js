@@ -2,7 +2,7 @@
 // above the caller's own rank (api/routes/staff.py refuses it anyway). Every change ends the
 // account's sessions at once.
 import { api } from "../api.js";
-import { h, clear, section, table, toast, dialog, errorText, badge, fmtTime } from "../ui.js";
+import { h, clear, section, table, toast, dialog, errorText, showError, badge, fmtTime } from "../ui.js";
 import { t, register } from "../i18n.js";
 import { pageHead, unitNames } from "../office.js";
 
@@ -105,7 +105,7 @@ function createForm(ctx, units, onDone) {
       toast(t("st.created"));
       f.reset(); fillUnits();
       onDone();
-    } catch (err) { msg.textContent = errorText(err); }
+    } catch (err) { showError(msg, err); }
   });
   return f;
 }

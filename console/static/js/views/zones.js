@@ -7,7 +7,7 @@
 // marked on the map and the vertices or edges there are named.
 /* global L */
 import { api } from "../api.js";
-import { h, clear, section, table, toast, dialog, errorText, badge } from "../ui.js";
+import { h, clear, section, table, toast, dialog, errorText, errorParts, badge } from "../ui.js";
 import { t, register } from "../i18n.js";
 import { makeMap, geoLayer, mapCrs, toMap, gcjToWgs, wgsToGcj, ZONE_STYLES } from "../map.js";
 import { unitNames } from "../office.js";
@@ -27,7 +27,7 @@ register({
         "zn.err.title": "区域未保存：", "zn.err.at": "问题位置已在地图上标出（红色叉号）：",
         "zn.err.cross": "第 {a}–{b} 边与第 {c}–{d} 边相交", "zn.err.vertex": "第 {n} 个顶点",
         "zn.err.point": "经度 {lon}，纬度 {lat}", "zn.err.few": "顶点太少：多边形至少需要 3 个不同的顶点",
-        "zn.err.size": "面积或半径不合理", "zn.err.file": "文件不是可读的 GeoJSON：",
+        "zn.err.file": "文件不是可读的 GeoJSON：",
         "zn.err.where": "文件中第 {p} 个多边形第 {r} 个环",
         "zn.noedit": "修改后生效；原形状保存在审计日志中。",
         "zn.edit": "编辑", "zn.retire": "停用", "zn.readonly": "只读", "zn.editing": "修改区域：{name}",
@@ -36,7 +36,7 @@ register({
         "zn.update": "保存修改", "zn.updated": "修改已保存（第 {v} 版）", "zn.version": "版本",
         "zn.cantedit": "此区域由多个多边形或带孔的多边形组成，不能在地图上逐点修改。",
         "zn.toomany": "此区域有 {n} 个顶点，太多，不能在地图上逐点修改。",
-        "zn.reason": "停用原因", "zn.retired": "区域已停用", "zn.inuse": "区域仍在使用，未停用：",
+        "zn.reason": "停用原因", "zn.retired": "区域已停用",
         "zn.none": "尚无区域。", "zn.above": "上级单位", "zn.active": "启用", "zn.inactive": "已停用", "zn.needshape": "请先在地图上画出区域" },
   en: { "zn.title": "Zones", "zn.list": "Zones you can use", "zn.new": "New zone", "zn.poly": "Draw a polygon",
         "zn.circle": "Draw a circle", "zn.upload": "Upload GeoJSON", "zn.finish": "Finish", "zn.undo": "Undo last point",
@@ -52,7 +52,7 @@ register({
         "zn.err.title": "Zone not saved: ", "zn.err.at": "The place is marked on the map (red cross): ",
         "zn.err.cross": "edge {a}–{b} crosses edge {c}–{d}", "zn.err.vertex": "vertex {n}",
         "zn.err.point": "lon {lon}, lat {lat}", "zn.err.few": "Too few vertices: a polygon needs at least 3 distinct ones",
-        "zn.err.size": "Unreasonable area or radius", "zn.err.file": "The file is not readable GeoJSON: ",
+        "zn.err.file": "The file is not readable GeoJSON: ",
         "zn.err.where": "polygon {p}, ring {r} of the file",
         "zn.noedit": "Changes take effect at once; the previous shape is kept in the audit log.",
         "zn.edit": "Edit", "zn.retire": "Retire", "zn.readonly": "read-only", "zn.editing": "Editing: {name}",
@@ -61,7 +61,7 @@ register({
         "zn.update": "Save changes", "zn.updated": "Changes saved (version {v})", "zn.version": "Version",
         "zn.cantedit": "This zone has several polygons or holes: it cannot be edited vertex by vertex on the map.",
         "zn.toomany": "This zone has {n} vertices, too many to edit one by one on the map.",
-        "zn.reason": "Reason for retiring", "zn.retired": "Zone retired", "zn.inuse": "The zone is still in use, not retired: ",
+        "zn.reason": "Reason for retiring", "zn.retired": "Zone retired",
         "zn.none": "No zones yet.", "zn.above": "a unit above yours", "zn.active": "active", "zn.inactive": "retired", "zn.needshape": "Draw the zone on the map first" },
 });
 
@@ -419,8 +419,10 @@ function zoneForm(geometry, crs, radius, edit) {
 // The engine says what is wrong and, for a shape, where: "[lon lat]" of the problem and, for a
 // file, "polygon i ring j". The place is marked on the map; drawn vertices and edges are named.
 function showError(box, ex, geom, crs) {
-  const detail = errorText(ex);
-  const lines = [h("strong", { text: t("zn.err.title") }), h("span", { class: "engine", text: detail })];
+  // What is wrong in the console's language, then the engine's own words (they name the place).
+  const detail = ex.detail || "";
+  const lines = [h("strong", { text: t("zn.err.title") }), h("span", { class: "reason", text: errorParts(ex).text })];
+  if (detail && !ex.errors && ex.code !== "network") lines.push(h("span", { class: "engine", text: detail }));
   const at = detail.match(/\[\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)[\s,]+(-?\d+(?:\.\d+)?(?:e-?\d+)?)\s*\]/i);
   if (at) {
     const lon = Number(at[1]), lat = Number(at[2]);
@@ -440,8 +442,6 @@ function showError(box, ex, geom, crs) {
   if (where && S.mode === "upload") {
     lines.push(h("p", { class: "where", text: t("zn.err.where", { p: Number(where[1]) + 1, r: Number(where[2]) + 1 }) }));
   }
-  if (/too_few_points/.test(ex.code || "")) lines.push(h("p", { text: t("zn.err.few") }));
-  if (/absurd_size/.test(ex.code || "")) lines.push(h("p", { text: t("zn.err.size") }));
   clear(box).append(...lines);
   box.hidden = false;
 }
@@ -487,7 +487,7 @@ async function retire(zone) {
     toast(t("zn.retired"));
     if (S.editing && S.editing.id === zone.id) drawIdle();
     showZones(await api("/zones"), false);
-  } catch (e) { toast((e.code === "zone_in_use" ? t("zn.inuse") : "") + errorText(e), "error"); }
+  } catch (e) { toast(errorText(e), "error"); }
 }
 
 // --- assigning -------------------------------------------------------------------------------
