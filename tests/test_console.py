@@ -291,3 +291,45 @@ def test_escalating_and_suspending_an_alert_are_seen_at_once_by_a_colleagues_con
             assert c.problems == []
             c.context.close()
 
+
+def test_the_duty_map_colours_each_of_the_five_states_apart(
+        settings: Settings, org: Org, browser: Browser, db: psycopg.Connection):
+    """One person in each state: five markers in five different colours, each the colour of its
+    state's entry in the map's legend, and the counts above the queue add them up."""
+    from tests.test_console_api import STATES, seed_duty_states
+
+    seed_duty_states(db, org)
+    with api_server(settings) as base:
+        c = open_console(browser, base)
+        c.sign_in("jiangan-officer", PASSWORD)
+        c.open_duty()
+        markers = c.page.locator("#duty-map path.person")
+        markers.nth(4).wait_for(timeout=10_000)
+        assert markers.count() == 5  # the fixture's person has no fix: not on the map
+        fills = {}
+        for state in STATES:
+            marker = c.page.locator(f"#duty-map path.person.state-{state}")
+            assert marker.count() == 1, state
+            fills[state] = marker.get_attribute("fill")
+        assert len(set(fills.values())) == 5, fills
+        legend = c.page.locator("#duty-map .legend .legend-row")
+        assert legend.count() == 5
+        swatches = {row.inner_text().strip(): row.locator(".swatch").evaluate(
+            "e => getComputedStyle(e).backgroundColor") for row in legend.all()}
+        labels = {"inside": "在区域内", "outside": "越界", "silent": "失联", "undecidable": "无法判定",
+                  "travel": "外出审批中"}
+        assert set(swatches) == set(labels.values())
+        for state, label in labels.items():
+            r, g, b = (int(fills[state][i:i + 2], 16) for i in (1, 3, 5))
+            assert swatches[label] == f"rgb({r}, {g}, {b})", (state, swatches[label], fills[state])
+        counts = {state: c.page.inner_text(f"#state-counts .count[data-state={state}]")
+                  for state in STATES}
+        assert counts == {"inside": "在区域内 1", "outside": "越界 1", "silent": "失联 2",
+                          "undecidable": "无法判定 1", "travel": "外出审批中 1"}
+        # Hovering a marker names the person and the state.
+        c.page.locator("#duty-map path.person.state-undecidable").hover()
+        c.page.wait_for_selector(".leaflet-tooltip:has-text('赵某某')")
+        assert "赵某某 · 无法判定 · " in c.page.inner_text(".leaflet-tooltip")
+        c.shot("duty-states")
+        assert c.problems == []
+        c.context.close()
