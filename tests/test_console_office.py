@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import psycopg
@@ -412,4 +412,132 @@ def test_city_admin_screens_staff_key_periods_notifications_overview(
         assert db.execute("SELECT channel, min_severity, active FROM staff_channels").fetchall() == [
             ("email", "high", True)]
         c.shot("notifications")
+        assert c.problems == []
+
+
+def _permit(base: str, h: dict[str, str], org: Org, dest: int, start: datetime, days: float,
+            reason: str, details: str) -> int:
+    r = httpx.post(f"{base}{API}/supervisees/{org.supervisee_id}/permits", headers=h, json={
+        "reason": reason, "destination_zone_id": dest, "start_at": start.isoformat(),
+        "end_at": (start + timedelta(days=days)).isoformat(), "details": details})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def _tab(c: Console, name: str) -> list[int]:
+    """The permits the tab lists, by id (after the list has been redrawn)."""
+    c.page.click(f"#permit-filter [data-value={name}]")
+    c.page.wait_for_selector(f"#permit-filter [data-value={name}].on")
+    return [int(x) for x in c.page.locator("#permit-table tr[data-permit-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.permitId)")]
+
+
+def _local(d: datetime) -> str:
+    """A datetime-local input's value in the console's time zone (Asia/Shanghai)."""
+    return d.astimezone(timezone(timedelta(hours=8))).strftime("%Y-%m-%dT%H:%M")
+
+
+def test_permits_reject_amend_revoke_and_the_trips_under_way_and_overdue(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    """The office's permits screen: the 'under way' and 'overdue returns' tabs list the right
+    trips (an amended trip waiting for its decision is still under way on its approved span);
+    an officer rejects a request, amends one (now 10 days: back to the district for a decision)
+    and revokes a trip under way; each is in the database, the permit's history and the audit log."""
+    with api_server(settings) as base:
+        admin, officer = _headers(base, "admin"), _headers(base, "jiangan-officer")
+        dest = httpx.post(f"{base}{API}/zones", headers=admin, json={
+            "name": "汉阳医院片区", "kind": "destination", "crs": "gcj02", "owner_unit_id": org.city_id,
+            "geometry": {"type": "Polygon", "coordinates": [[
+                [114.20, 30.53], [114.24, 30.53], [114.24, 30.56], [114.20, 30.56], [114.20, 30.53]]]}}
+        ).json()["id"]
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        overdue = _permit(base, officer, org, dest, now + timedelta(days=40), 3, "family", "探望病重母亲")
+        underway = _permit(base, officer, org, dest, now - timedelta(days=1), 3, "medical", "复查")
+        for pid in (overdue, underway):
+            r = httpx.post(f"{base}{API}/permits/{pid}/approve", headers=officer, json={"note": "同意"})
+            assert r.status_code == 200, r.text
+        # The family visit was five days ago and ended two days ago: no return check-in since.
+        db.execute("""UPDATE travel_permits SET start_at = now() - interval '5 days',
+                      end_at = now() - interval '2 days', approved_end_at = now() - interval '2 days'
+                      WHERE id = %s""", (overdue,))
+        rejected = _permit(base, officer, org, dest, now + timedelta(days=4), 3, "work", "外地培训")
+        amended = _permit(base, officer, org, dest, now + timedelta(days=10), 3, "litigation", "出庭")
+
+        c = _console(browser, base, "jiangan-officer", "permits")
+        c.page.wait_for_selector("#permit-table tr[data-permit-id]")
+        assert sorted(_tab(c, "inbox")) == sorted([rejected, amended])
+        assert _tab(c, "underway") == [underway]
+        assert _tab(c, "overdue") == [overdue]
+        assert "逾期未归" in c.page.inner_text(f"#permit-table tr[data-permit-id='{overdue}']")
+        c.shot("permits-overdue")
+
+        # Reject, with the reason.
+        _tab(c, "inbox")
+        c.page.click(f"#permit-table tr[data-permit-id='{rejected}']")
+        c.page.click("#permit-reject")
+        _fill_dialog(c, {"note": "培训可线上参加，不予批准"})
+        c.page.wait_for_selector(".permit-history li:has-text('不予批准')")
+        assert "未批准" in c.page.inner_text("#permit-detail .alert-head")
+        assert "培训可线上参加" in c.page.inner_text(".permit-history")
+
+        # Amend: ten days now, which the district bureau decides after the office's opinion.
+        c.page.click(f"#permit-table tr[data-permit-id='{amended}']")
+        c.page.wait_for_selector(f"#permit-detail h2:has-text('#{amended}')")
+        c.page.click("#permit-amend")
+        new_end = now + timedelta(days=20)
+        _fill_dialog(c, {"end": _local(new_end), "note": "庭审延期，需多留一周"})
+        c.page.wait_for_selector(".permit-history li:has-text('变更')")
+        facts = c.page.inner_text("#permit-detail .facts")
+        assert "区司法局" in facts and new_end.astimezone(timezone(timedelta(hours=8))).strftime(
+            "%Y-%m-%d %H:%M") in facts
+        assert c.page.locator("#permit-approve").count() == 0  # the district decides now
+        c.page.wait_for_selector("#permit-opinion")
+
+        # A trip under way, extended: still under way (on its approved span) while it waits.
+        _tab(c, "underway")
+        c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.click("#permit-amend")
+        _fill_dialog(c, {"end": _local(now + timedelta(days=3)), "note": "医生要求多观察一天"})
+        c.page.wait_for_selector(".permit-history li:has-text('变更')")
+        assert _tab(c, "underway") == [underway]
+        assert underway in _tab(c, "inbox")
+        c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.click("#permit-approve")
+        _fill_dialog(c, {"note": "同意延长一天"})
+        c.page.wait_for_selector(".permit-history li:has-text('批准') >> nth=1")
+        assert _tab(c, "underway") == [underway]
+        c.shot("permits-underway")
+
+        # Revoke the trip under way: it is no longer under way.
+        c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.click("#permit-revoke")
+        _fill_dialog(c, {"note": "本人已提前返回，撤销外出"})
+        c.page.wait_for_selector(".permit-history li:has-text('撤销')")
+        assert "已撤销" in c.page.inner_text("#permit-detail .alert-head")
+        assert _tab(c, "underway") == []
+        c.page.click("#permit-filter [data-value=all]")
+        c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.wait_for_selector(".permit-history li:has-text('撤销')")
+        c.shot("permits-revoked")
+
+        rows = {pid: row for pid, *row in db.execute(
+            """SELECT id, status, required_tier, decision_note, end_at, approved_end_at
+                 FROM travel_permits""")}
+        assert rows[rejected][:3] == ["rejected", "office", "培训可线上参加，不予批准"]
+        assert rows[amended][:2] == ["requested", "district"]
+        assert rows[amended][2] is None and rows[amended][3] == new_end
+        assert rows[amended][4] is None  # never approved: nothing in force meanwhile
+        assert rows[underway][:3] == ["revoked", "office", "本人已提前返回，撤销外出"]
+        assert rows[underway][3] == rows[underway][4] == now + timedelta(days=3)
+        events = {pid: [a for (a,) in db.execute(
+            "SELECT action FROM permit_events WHERE permit_id = %s ORDER BY id", (pid,))]
+            for pid in (rejected, amended, underway)}
+        assert events == {rejected: ["requested", "rejected"], amended: ["requested", "amended"],
+                          underway: ["requested", "approved", "amended", "approved", "revoked"]}
+        audit = db.execute(
+            """SELECT a.action, a.target FROM audit_log a JOIN staff s ON s.id = a.staff_id
+                WHERE s.username = 'jiangan-officer' AND a.action IN
+                      ('permit.reject', 'permit.amend', 'permit.revoke') ORDER BY a.id""").fetchall()
+        assert audit == [("permit.reject", f"permit:{rejected}"), ("permit.amend", f"permit:{amended}"),
+                         ("permit.amend", f"permit:{underway}"), ("permit.revoke", f"permit:{underway}")]
         assert c.problems == []
