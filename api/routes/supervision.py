@@ -331,6 +331,7 @@ def sanction_suggestion(supervisee_id: DbId, ctx: CurrentStaff, session: Session
              AND decided_at > now() - make_interval(days => :w)"""),
         {"s": sup.id, "w": ladder.reprimand_window_days}).scalar_one()
     s = suggest(ladder, days, int(reprimands))
-    return {"suggestion": s.kind, "reason": s.reason, "profile": profile.label,
+    return {"suggestion": s.kind, "reason": s.reason, "reason_zh": s.reason_zh,
+            "profile": profile.label,
             "out_of_contact_days": None if days is None else round(days, 2),
             "recent_reprimands": reprimands, "decided_by_a_person": True}
