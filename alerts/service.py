@@ -8,8 +8,9 @@ psycopg connection (ingest, scheduler jobs) or an SQLAlchemy session (API routes
 
 - Raising: `record_events` (the engine's events), `open_alerts` (scheduled checks that raise
   from rows they selected), `raise_for_devices` (silences), `clear_device_alerts`.
-- Workflow: `acknowledge`, `resolve`, `escalate` (by hand), `escalate_overdue` (the scheduler's
-  job), `close_overdue_return` (a travel permit's return check-in).
+- Workflow: `acknowledge`, `resolve`, `escalate` (by hand), `suspend` (notifications paused for
+  a supervisee), `escalate_overdue` (the scheduler's job), `close_overdue_return` (a travel
+  permit's return check-in).
 - Acknowledgement deadlines come from the active rule profile (`RuleProfile.ack`).
 - Outbox: `emit`, `emit_all`, `command` (a command for phones, `device.command`).
 """
@@ -25,7 +26,7 @@ from typing import Any
 import orjson
 import psycopg
 import redis
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from geofence.model import Event, EventKind
@@ -387,6 +388,30 @@ def escalate(session: Session, alert: Alert, staff_id: int) -> None:
     session.add(AlertEvent(alert_id=alert.id, staff_id=staff_id, action="escalated",
                            detail={"to_level": alert.escalation_level, "by_hand": True}))
     announce(session, alert, "alert.escalated", staff_id, escalation_level=alert.escalation_level)
+
+
+def suspend(session: Session, supervisee_id: int, kind: str | None, starts_at: datetime,
+            ends_at: datetime, staff_id: int, suspension_id: int, reason: str) -> list[int]:
+    """A suspension of notifications that is in force now also covers the supervisee's alerts
+    still being handled (of its kind, or every kind): they are marked suppressed, the step is in
+    their history, and it is announced so every open console shows it at once. Returns their ids."""
+    now = _now(session)
+    if not starts_at <= now < ends_at:
+        return []  # a suspension that starts later marks its alerts as they come (the trigger)
+    q = select(Alert).where(Alert.supervisee_id == supervisee_id,
+                            Alert.status != AlertStatus.RESOLVED.value)
+    if kind is not None:
+        q = q.where(Alert.kind == kind)
+    ids = []
+    for alert in session.scalars(q.order_by(Alert.id).with_for_update()):
+        alert.suppressed = True
+        session.add(AlertEvent(alert_id=alert.id, staff_id=staff_id, action="suspended",
+                               detail={"suspension_id": suspension_id, "until": ends_at.isoformat(),
+                                       "note": reason}))
+        announce(session, alert, "alert.suspended", staff_id, suppressed=True,
+                 until=ends_at.isoformat())
+        ids.append(alert.id)
+    return ids
 
 
 _ESCALATE = """

@@ -90,14 +90,17 @@ def _relay_alerts(conn: psycopg.Connection, r: redis.Redis, settings: Settings, 
         ).fetchall()
         if not rows:
             return 0
-        # Alerts of a suspended supervisee are recorded, not announced.
+        # Alerts of a suspended supervisee are recorded, not announced; a person's step on one
+        # (suspending it, acknowledging it...: the payload says `by` whom) is still shown to the
+        # colleagues whose consoles list it.
         alert_ids = [p.get("alert_id") for _, t, p in rows if t.startswith("alert.")]
         muted = {a for (a,) in conn.execute(
             "SELECT id FROM alerts WHERE id = ANY(%s) AND suppressed", (alert_ids,))} \
             if alert_ids else set()
         pipe = r.pipeline(transaction=False)
         for oid, topic, payload in rows:
-            if topic.startswith("alert.") and payload.get("alert_id") in muted:
+            if topic.startswith("alert.") and payload.get("alert_id") in muted \
+                    and payload.get("by") is None:
                 continue
             pipe.xadd(
                 feed_key(settings),

@@ -82,7 +82,13 @@ def parse_zone_geojson(obj: Any, crs: CRS) -> MultiPolygon:
             _check_ring(ring, f"polygon {i} ring {j}")
     geom = shape(obj)
     if not geom.is_valid:
-        raise InvalidZone("invalid_geometry", shapely.is_valid_reason(geom))
+        reason = shapely.is_valid_reason(geom)
+        if isinstance(geom, MultiPolygon):
+            # Which of the file's polygons is wrong, when one is by itself (not two overlapping).
+            bad = next((i for i, g in enumerate(geom.geoms) if not g.is_valid), None)
+            if bad is not None:
+                reason = f"polygon {bad}: {shapely.is_valid_reason(geom.geoms[bad])}"
+        raise InvalidZone("invalid_geometry", reason)
     geom = transform_geometry(geom, crs, CRS.WGS84)
     mp = geom if isinstance(geom, MultiPolygon) else MultiPolygon([geom])
     c = mp.centroid

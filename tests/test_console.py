@@ -4,10 +4,12 @@ ingest → alert → live feed → the officers' screens."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
 from playwright.sync_api import Browser
+from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
 from alerts.worker import AlertWorker
@@ -508,4 +510,143 @@ def test_the_apis_refusals_are_worded_in_the_consoles_language(
         expected = ("status of 403", "status of 404", "status of 409", "status of 422",
                     "ERR_FAILED")
         assert [p for p in c.problems if not any(x in p for x in expected)] == []
+
+
+def _seed_alert(db: psycopg.Connection, org: Org, kind: str = "area_exit",
+                severity: str = "high") -> int:
+    """An open alert of the Jiang'an supervisee, as the engine would have left it (no outbox
+    row: the consoles find it when they load their queue)."""
+    from geofence.crs import point_to_wgs84
+    from geofence.model import CRS
+
+    lon, lat = point_to_wgs84(*deep_inside(JIANGHAN), CRS.GCJ02)
+    since = datetime.now(UTC) - timedelta(minutes=8)
+    reason = {"rule": "area_exit.accuracy_circle_wholly_outside", "since": since.isoformat(),
+              "accuracy_m": 20, "distance_m": 2400, "zone_id": org.zone_ids[JIANGAN]}
+    (alert_id,) = db.execute(
+        """INSERT INTO alerts (kind, severity, supervisee_id, office_id, opened_at, first_fix_time,
+                               last_fix_time, lon, lat, count, reason)
+           VALUES (%s, %s, %s, %s, now() - interval '5 minutes', %s, now() - interval '6 minutes',
+                   %s, %s, 3, %s) RETURNING id""",
+        (kind, severity, org.supervisee_id, org.office_ids[JIANGAN], since, lon, lat,
+         Jsonb(reason))).fetchone()
+    return int(alert_id)
+
+
+def test_escalating_and_suspending_an_alert_are_seen_at_once_by_a_colleagues_console(
+        settings: Settings, org: Org, browser: Browser, session: Session, db: psycopg.Connection):
+    """In the duty view's alert panel an officer escalates an alert to the district bureau, then
+    suspends the person's notifications of that kind (a hospital stay): a colleague's open
+    console shows each step without reloading, and the database and audit log record both."""
+    _add_staff(session, org, "jiangan-officer2", "officer", org.office_ids[JIANGAN])
+    alert_id = _seed_alert(db, org)
+    with api_server(settings) as base, in_thread(AlertWorker(settings)):
+        me, colleague = open_console(browser, base), open_console(browser, base)
+        for c, name in ((me, "jiangan-officer"), (colleague, "jiangan-officer2")):
+            c.sign_in(name, PASSWORD)
+            c.open_duty()
+        mine = me.page.locator(f"#alert-queue li[data-alert-id='{alert_id}']")
+        theirs = colleague.page.locator(f"#alert-queue li[data-alert-id='{alert_id}']")
+        theirs.wait_for(timeout=10_000)
+        assert "区司法局" not in theirs.inner_text() and "通知已暂停" not in theirs.inner_text()
+        mine.click()
+        me.page.locator("#alert-detail #escalate").wait_for()
+
+        me.page.click("#escalate")
+        me.page.wait_for_selector(".toast:has-text('已上报')")
+        # The colleague's queue says where the alert now is, from the feed alone.
+        colleague.page.locator(
+            f"#alert-queue li[data-alert-id='{alert_id}'] .qi-status:has-text('区司法局')"
+        ).wait_for(timeout=10_000)
+        me.page.locator("#alert-detail dd:has-text('区司法局')").wait_for(timeout=10_000)
+        level, deadline = db.execute("SELECT escalation_level, ack_deadline FROM alerts WHERE id = %s",
+                                     (alert_id,)).fetchone()
+        assert level == 1 and deadline is not None  # the district gets its own time to acknowledge
+
+        me.page.click("#suspend")
+        me.page.wait_for_selector("dialog.dialog[open] input[name=hours]")
+        assert me.page.input_value("dialog.dialog input[name=hours]") == "24"
+        me.page.fill("dialog.dialog input[name=hours]", "72")
+        me.page.fill("dialog.dialog textarea[name=reason]", "本人住院治疗（协和医院），暂停越界通知")
+        me.shot("duty-suspend")
+        me.page.click("dialog.dialog button[type=submit]")
+        me.page.wait_for_selector(".toast:has-text('已暂停通知')")
+        # Announced on the live feed: the colleague's console marks it without a reload.
+        colleague.page.locator(
+            f"#alert-queue li[data-alert-id='{alert_id}'] .qi-status:has-text('通知已暂停')"
+        ).wait_for(timeout=10_000)
+        me.page.locator("#alert-detail .alert-head:has-text('通知已暂停')").wait_for(timeout=10_000)
+        me.page.locator("#alert-detail .history li:has-text('暂停通知至')").wait_for(timeout=10_000)
+        history = me.page.locator("#alert-detail .history li").all_inner_texts()
+        assert len(history) == 2, history  # each step once, however many redraws came
+        assert "上报至区司法局" in history[0] and "本人住院治疗" in history[1]
+        assert me.page.locator("#alert-detail .history").count() == 1
+        me.page.wait_for_selector(".toast", state="detached", timeout=15_000)
+        me.shot("duty-escalated-suspended")
+        colleague.shot("duty-colleague-suspended")
+
+        kind, reason, hours, by = db.execute(
+            """SELECT kind, reason, extract(epoch FROM ends_at - starts_at) / 3600, staff_id
+                 FROM alert_suspensions WHERE supervisee_id = %s""", (org.supervisee_id,)).fetchone()
+        assert (kind, reason, round(hours), by) == (
+            "area_exit", "本人住院治疗（协和医院），暂停越界通知", 72, org.staff["jiangan-officer"])
+        assert db.execute("SELECT suppressed, status FROM alerts WHERE id = %s", (alert_id,)
+                          ).fetchone() == (True, "open")
+        assert db.execute("SELECT action FROM alert_events WHERE alert_id = %s ORDER BY id",
+                          (alert_id,)).fetchall() == [("escalated",), ("suspended",)]
+        audit = db.execute(
+            """SELECT a.action, a.target FROM audit_log a JOIN staff s ON s.id = a.staff_id
+                WHERE s.username = 'jiangan-officer' AND a.action IN ('alert.escalate', 'alert.suspend')
+                ORDER BY a.id""").fetchall()
+        assert audit == [("alert.escalate", f"alert:{alert_id}"),
+                         ("alert.suspend", f"supervisee:{org.supervisee_id}")]
+        # Both steps went out on the feed, each once.
+        topics = [t for (t,) in db.execute(
+            "SELECT topic FROM outbox WHERE payload->>'alert_id' = %s ORDER BY id", (str(alert_id),))]
+        assert topics == ["alert.escalated", "alert.suspended"]
+        for c in (me, colleague):
+            assert c.problems == []
+            c.context.close()
+
+
+def test_the_duty_map_colours_each_of_the_five_states_apart(
+        settings: Settings, org: Org, browser: Browser, db: psycopg.Connection):
+    """One person in each state: five markers in five different colours, each the colour of its
+    state's entry in the map's legend, and the counts above the queue add them up."""
+    from tests.test_console_api import STATES, seed_duty_states
+
+    seed_duty_states(db, org)
+    with api_server(settings) as base:
+        c = open_console(browser, base)
+        c.sign_in("jiangan-officer", PASSWORD)
+        c.open_duty()
+        markers = c.page.locator("#duty-map path.person")
+        markers.nth(4).wait_for(timeout=10_000)
+        assert markers.count() == 5  # the fixture's person has no fix: not on the map
+        fills = {}
+        for state in STATES:
+            marker = c.page.locator(f"#duty-map path.person.state-{state}")
+            assert marker.count() == 1, state
+            fills[state] = marker.get_attribute("fill")
+        assert len(set(fills.values())) == 5, fills
+        legend = c.page.locator("#duty-map .legend .legend-row")
+        assert legend.count() == 5
+        swatches = {row.inner_text().strip(): row.locator(".swatch").evaluate(
+            "e => getComputedStyle(e).backgroundColor") for row in legend.all()}
+        labels = {"inside": "在区域内", "outside": "越界", "silent": "失联", "undecidable": "无法判定",
+                  "travel": "外出审批中"}
+        assert set(swatches) == set(labels.values())
+        for state, label in labels.items():
+            r, g, b = (int(fills[state][i:i + 2], 16) for i in (1, 3, 5))
+            assert swatches[label] == f"rgb({r}, {g}, {b})", (state, swatches[label], fills[state])
+        counts = {state: c.page.inner_text(f"#state-counts .count[data-state={state}]")
+                  for state in STATES}
+        assert counts == {"inside": "在区域内 1", "outside": "越界 1", "silent": "失联 2",
+                          "undecidable": "无法判定 1", "travel": "外出审批中 1"}
+        # Hovering a marker names the person and the state.
+        c.page.locator("#duty-map path.person.state-undecidable").hover()
+        c.page.wait_for_selector(".leaflet-tooltip:has-text('赵某某')")
+        assert "赵某某 · 无法判定 · " in c.page.inner_text(".leaflet-tooltip")
+        c.shot("duty-states")
+        assert c.problems == []
         c.context.close()

@@ -287,3 +287,93 @@ def test_the_overview_sums_offices_per_district(client, org: Org, session):
     assert sorted(jiangan["offices"]) == sorted([org.office_ids[JIANGAN], second.id])
     assert jiangan["supervisees"] == 4 and by_district[org.district_ids[JIANGHAN]]["supervisees"] == 1
     assert got["totals"]["supervisees"] == 5
+
+
+STATES = ("inside", "outside", "silent", "undecidable", "travel")
+
+
+def seed_duty_states(db: psycopg.Connection, org: Org) -> dict[str, int]:
+    """One Jiang'an supervisee in each state of the duty map (api/routes/duty.py `state_of`),
+    each with a last position from the last hour; returns state -> supervisee id."""
+    from geofence.crs import point_to_wgs84
+    from geofence.model import CRS
+    from tests.geo import deep_inside, near_border
+
+    office = org.office_ids[JIANGAN]
+    hx, hy = deep_inside(JIANGAN)
+    # (state, name, GCJ-02 position, membership of the last fix, open alert, on a permit)
+    people = [
+        ("inside", "张某某", (hx, hy), "inside", None, False),
+        ("outside", "李某某", near_border(JIANGAN, JIANGHAN, 800), "outside", "area_exit", False),
+        ("silent", "王某某", (hx + 0.012, hy - 0.008), "inside", "communication_failure", False),
+        # The accuracy circle straddles the border: the fix decides nothing.
+        ("undecidable", "赵某某", near_border(JIANGAN, JIANGHAN, -20), "border", None, False),
+        ("travel", "刘某某", deep_inside(JIANGHAN), "outside", None, True),
+    ]
+    ids: dict[str, int] = {}
+    for k, (state, name, (gx, gy), membership, alert, travelling) in enumerate(people):
+        (sid,) = db.execute(
+            """INSERT INTO supervisees (office_id, full_name, case_number, supervision_type,
+                                        home_zone_id)
+               VALUES (%s, %s, %s, 'probation', %s) RETURNING id""",
+            (office, name, f"DS-{k + 1:03d}", org.zone_ids[JIANGAN])).fetchone()
+        ids[state] = sid
+        lon, lat = point_to_wgs84(gx, gy, CRS.GCJ02)
+        age = "2 hours" if state == "silent" else f"{5 + k} minutes"
+        db.execute(
+            f"""INSERT INTO positions (device_id, supervisee_id, fix_time, received_at, lon, lat,
+                                       raw_lon, raw_lat, crs, accuracy, provider, source,
+                                       membership)
+                VALUES (%s, %s, now() - interval '{age}', now() - interval '{age}', %s, %s, %s,
+                        %s, 'gcj02', 25, 'gps', 'owntracks', %s)""",
+            (f"dev-state-{k}", sid, lon, lat, gx, gy, membership))
+        if alert:
+            db.execute("""INSERT INTO alerts (kind, severity, supervisee_id, office_id, lon, lat)
+                          VALUES (%s, 'high', %s, %s, %s, %s)""", (alert, sid, office, lon, lat))
+        if travelling:
+            db.execute(
+                """INSERT INTO travel_permits (supervisee_id, office_id, reason, destination_zone_id,
+                                               start_at, end_at, approved_end_at, status,
+                                               required_tier, profile)
+                   VALUES (%s, %s, 'medical', %s, now() - interval '1 day', now() + interval '2 days',
+                           now() + interval '2 days', 'approved', 'office', 'test')""",
+                (sid, office, org.zone_ids[JIANGHAN]))
+    return ids
+
+
+def test_duty_map_reports_each_of_the_five_states(settings: Settings, org: Org,
+                                                  db: psycopg.Connection):
+    ids = seed_duty_states(db, org)
+    with api_server(settings) as base:
+        c = _console(base, "jiangan-officer")
+        r = c.get("/api/v1/duty", params={"purpose": "值班监控 duty"})
+        assert r.status_code == 200, r.text
+        people = {p["id"]: p for p in r.json()["supervisees"]}
+        assert {state: people[sid]["state"] for state, sid in ids.items()} == {s: s for s in STATES}
+        assert all(people[sid]["position"] is not None for sid in ids.values())
+        assert people[ids["undecidable"]]["position"]["membership"] == "border"
+        assert people[ids["silent"]]["alert_kinds"] == ["communication_failure"]
+        # The fixture's own supervisee has no fix in three days: silent, without a position.
+        assert people[org.supervisee_id]["state"] == "silent"
+        assert people[org.supervisee_id]["position"] is None
+        # Another district's officer sees none of them.
+        other = _console(base, "jianghan-officer").get("/api/v1/duty", params={"purpose": "duty"})
+        assert not set(ids.values()) & {p["id"] for p in other.json()["supervisees"]}
+        (n,) = db.execute("SELECT count(*) FROM audit_log WHERE action = 'location.read_duty'"
+                          ).fetchone()
+        assert n == 2
+
+
+def test_a_fix_whose_accuracy_circle_straddles_the_border_decides_nothing():
+    """The engine's membership vocabulary is inside / outside / border / undecidable: only a fix
+    wholly inside is "inside" on the duty map."""
+    from api.routes.duty import state_of
+
+    assert state_of("inside", [], False, True) == "inside"
+    assert state_of("outside", [], False, True) == "outside"
+    for membership in ("border", "undecidable", None):
+        assert state_of(membership, [], False, True) == "undecidable", membership
+    assert state_of("border", [], True, True) == "travel"
+    assert state_of("inside", ["phone_off"], False, True) == "silent"
+    assert state_of("inside", [], False, False) == "silent"
+    assert state_of("inside", ["area_exit", "phone_off"], True, True) == "outside"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import psycopg
@@ -481,3 +481,267 @@ def test_a_district_supervisor_registers_a_webhook_and_sees_it_listed(
         refused = "Failed to load resource: the server responded with a status of 400"
         assert [p for p in c.problems if refused not in p] == []
         assert len(c.problems) == 1  # the one refusal, nothing else
+
+
+def _permit(base: str, h: dict[str, str], org: Org, dest: int, start: datetime, days: float,
+            reason: str, details: str) -> int:
+    r = httpx.post(f"{base}{API}/supervisees/{org.supervisee_id}/permits", headers=h, json={
+        "reason": reason, "destination_zone_id": dest, "start_at": start.isoformat(),
+        "end_at": (start + timedelta(days=days)).isoformat(), "details": details})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def _tab(c: Console, name: str) -> list[int]:
+    """The permits the tab lists, by id (after the list has been redrawn)."""
+    c.page.click(f"#permit-filter [data-value={name}]")
+    c.page.wait_for_selector(f"#permit-filter [data-value={name}].on")
+    return [int(x) for x in c.page.locator("#permit-table tr[data-permit-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.permitId)")]
+
+
+def _local(d: datetime) -> str:
+    """A datetime-local input's value in the console's time zone (Asia/Shanghai)."""
+    return d.astimezone(timezone(timedelta(hours=8))).strftime("%Y-%m-%dT%H:%M")
+
+
+def test_permits_reject_amend_revoke_and_the_trips_under_way_and_overdue(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    """The office's permits screen: the 'under way' and 'overdue returns' tabs list the right
+    trips (an amended trip waiting for its decision is still under way on its approved span);
+    an officer rejects a request, amends one (now 10 days: back to the district for a decision)
+    and revokes a trip under way; each is in the database, the permit's history and the audit log."""
+    with api_server(settings) as base:
+        admin, officer = _headers(base, "admin"), _headers(base, "jiangan-officer")
+        dest = httpx.post(f"{base}{API}/zones", headers=admin, json={
+            "name": "汉阳医院片区", "kind": "destination", "crs": "gcj02", "owner_unit_id": org.city_id,
+            "geometry": {"type": "Polygon", "coordinates": [[
+                [114.20, 30.53], [114.24, 30.53], [114.24, 30.56], [114.20, 30.56], [114.20, 30.53]]]}}
+        ).json()["id"]
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        overdue = _permit(base, officer, org, dest, now + timedelta(days=40), 3, "family", "探望病重母亲")
+        underway = _permit(base, officer, org, dest, now - timedelta(days=1), 3, "medical", "复查")
+        for pid in (overdue, underway):
+            r = httpx.post(f"{base}{API}/permits/{pid}/approve", headers=officer, json={"note": "同意"})
+            assert r.status_code == 200, r.text
+        # The family visit was five days ago and ended two days ago: no return check-in since.
+        db.execute("""UPDATE travel_permits SET start_at = now() - interval '5 days',
+                      end_at = now() - interval '2 days', approved_end_at = now() - interval '2 days'
+                      WHERE id = %s""", (overdue,))
+        rejected = _permit(base, officer, org, dest, now + timedelta(days=4), 3, "work", "外地培训")
+        amended = _permit(base, officer, org, dest, now + timedelta(days=10), 3, "litigation", "出庭")
+
+        c = _console(browser, base, "jiangan-officer", "permits")
+        c.page.wait_for_selector("#permit-table tr[data-permit-id]")
+        assert sorted(_tab(c, "inbox")) == sorted([rejected, amended])
+        assert _tab(c, "underway") == [underway]
+        assert _tab(c, "overdue") == [overdue]
+        assert "逾期未归" in c.page.inner_text(f"#permit-table tr[data-permit-id='{overdue}']")
+        c.shot("permits-overdue")
+
+        # Reject, with the reason.
+        _tab(c, "inbox")
+        c.page.click(f"#permit-table tr[data-permit-id='{rejected}']")
+        c.page.click("#permit-reject")
+        _fill_dialog(c, {"note": "培训可线上参加，不予批准"})
+        c.page.wait_for_selector(".permit-history li:has-text('不予批准')")
+        assert "未批准" in c.page.inner_text("#permit-detail .alert-head")
+        assert "培训可线上参加" in c.page.inner_text(".permit-history")
+
+        # Amend: ten days now, which the district bureau decides after the office's opinion.
+        c.page.click(f"#permit-table tr[data-permit-id='{amended}']")
+        c.page.wait_for_selector(f"#permit-detail h2:has-text('#{amended}')")
+        c.page.click("#permit-amend")
+        new_end = now + timedelta(days=20)
+        _fill_dialog(c, {"end": _local(new_end), "note": "庭审延期，需多留一周"})
+        c.page.wait_for_selector(".permit-history li:has-text('变更')")
+        facts = c.page.inner_text("#permit-detail .facts")
+        assert "区司法局" in facts and new_end.astimezone(timezone(timedelta(hours=8))).strftime(
+            "%Y-%m-%d %H:%M") in facts
+        assert c.page.locator("#permit-approve").count() == 0  # the district decides now
+        c.page.wait_for_selector("#permit-opinion")
+
+        # A trip under way, extended: still under way (on its approved span) while it waits.
+        _tab(c, "underway")
+        c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.click("#permit-amend")
+        _fill_dialog(c, {"end": _local(now + timedelta(days=3)), "note": "医生要求多观察一天"})
+        c.page.wait_for_selector(".permit-history li:has-text('变更')")
+        assert _tab(c, "underway") == [underway]
+        assert underway in _tab(c, "inbox")
+        c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.click("#permit-approve")
+        _fill_dialog(c, {"note": "同意延长一天"})
+        c.page.wait_for_selector(".permit-history li:has-text('批准') >> nth=1")
+        assert _tab(c, "underway") == [underway]
+        c.shot("permits-underway")
+
+        # Revoke the trip under way: it is no longer under way.
+        c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.click("#permit-revoke")
+        _fill_dialog(c, {"note": "本人已提前返回，撤销外出"})
+        c.page.wait_for_selector(".permit-history li:has-text('撤销')")
+        assert "已撤销" in c.page.inner_text("#permit-detail .alert-head")
+        assert _tab(c, "underway") == []
+        c.page.click("#permit-filter [data-value=all]")
+        c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.wait_for_selector(".permit-history li:has-text('撤销')")
+        c.shot("permits-revoked")
+
+        rows = {pid: row for pid, *row in db.execute(
+            """SELECT id, status, required_tier, decision_note, end_at, approved_end_at
+                 FROM travel_permits""")}
+        assert rows[rejected][:3] == ["rejected", "office", "培训可线上参加，不予批准"]
+        assert rows[amended][:2] == ["requested", "district"]
+        assert rows[amended][2] is None and rows[amended][3] == new_end
+        assert rows[amended][4] is None  # never approved: nothing in force meanwhile
+        assert rows[underway][:3] == ["revoked", "office", "本人已提前返回，撤销外出"]
+        assert rows[underway][3] == rows[underway][4] == now + timedelta(days=3)
+        events = {pid: [a for (a,) in db.execute(
+            "SELECT action FROM permit_events WHERE permit_id = %s ORDER BY id", (pid,))]
+            for pid in (rejected, amended, underway)}
+        assert events == {rejected: ["requested", "rejected"], amended: ["requested", "amended"],
+                          underway: ["requested", "approved", "amended", "approved", "revoked"]}
+        audit = db.execute(
+            """SELECT a.action, a.target FROM audit_log a JOIN staff s ON s.id = a.staff_id
+                WHERE s.username = 'jiangan-officer' AND a.action IN
+                      ('permit.reject', 'permit.amend', 'permit.revoke') ORDER BY a.id""").fetchall()
+        assert audit == [("permit.reject", f"permit:{rejected}"), ("permit.amend", f"permit:{amended}"),
+                         ("permit.amend", f"permit:{underway}"), ("permit.revoke", f"permit:{underway}")]
+        assert c.problems == []
+
+
+def test_an_officer_draws_a_circle_zone_by_its_centre_and_radius(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
+    with api_server(settings) as base:
+        c = _console(browser, base, "jiangan-officer", "zones")
+        px = MapPixels(c, db, org.zone_ids[JIANGAN])
+        lon, lat = _home_point()
+        c.page.click("#draw-circle")
+        c.page.wait_for_selector("#circle-radius")
+        assert "点击圆心" in c.page.inner_text("#zone-draw .hint")
+        x, y = px(lon, lat)
+        c.page.mouse.click(x, y)
+        c.page.locator("#zones-map path.draft-shape").wait_for()
+        c.page.fill("#circle-radius", "500")
+        c.page.fill("#zone-name", "禁止区域：某酒吧半径 500 米")
+        c.page.select_option("#zone-kind", "exclusion")
+        c.page.wait_for_timeout(100)
+        c.shot("zones-circle")
+        c.page.click("#zone-save")
+        c.page.wait_for_selector("#zone-list td:has-text('禁止区域：某酒吧半径 500 米')")
+        c.page.wait_for_selector(".toast:has-text('区域已保存')")
+        zone_id, kind, owner, crs, drawn, clon, clat, area, reach, n = db.execute(
+            """SELECT id, kind, owner_unit_id, crs, source_geojson, ST_X(ST_Centroid(geom)),
+                      ST_Y(ST_Centroid(geom)), ST_Area(geom::geography),
+                      ST_MaxDistance(geom, ST_Centroid(geom)), ST_NPoints(geom)
+                 FROM zones WHERE name = '禁止区域：某酒吧半径 500 米'""").fetchone()
+        assert (kind, owner, crs) == ("exclusion", org.office_ids[JIANGAN], "wgs84")
+        assert drawn["type"] == "Point" and drawn["radius_m"] == 500
+        # The centre is where the officer clicked (two pixels ≈ 60 m here), as drawn and as stored.
+        tol = 2.5 * (px.e - px.w) / px.box["width"]
+        assert abs(drawn["coordinates"][0] - lon) < tol and abs(drawn["coordinates"][1] - lat) < tol
+        assert abs(clon - drawn["coordinates"][0]) < 1e-6 and abs(clat - drawn["coordinates"][1]) < 1e-6
+        # A 128-gon of radius 500 m: its area is π·500² to within 0.1 %, its vertices 500 m out.
+        assert n == 129 and area == pytest.approx(math.pi * 500 ** 2, rel=1e-3)
+        metres = db.execute("""SELECT max(ST_Distance(ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography,
+                                                       (d).geom::geography))
+                                 FROM (SELECT ST_DumpPoints(geom) AS d FROM zones WHERE id = %s) v""",
+                            (drawn["coordinates"][0], drawn["coordinates"][1], zone_id)).fetchone()[0]
+        assert metres == pytest.approx(500, abs=1) and reach > 0
+        c.page.wait_for_selector(f"path.zone-id-{zone_id}")
+        assert db.execute("SELECT count(*) FROM audit_log WHERE action = 'zone.create' AND target = %s",
+                          (f"zone:{zone_id}",)).fetchone() == (1,)
+        c.shot("zones-circle-saved")
+        assert c.problems == []
+
+
+def _upload(c: Console, tmp_path, name: str, obj: dict) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    path = tmp_path / name
+    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    c.page.wait_for_selector("#zone-file", state="attached")
+    c.page.set_input_files("#zone-file", str(path))
+
+
+def test_an_uploaded_file_with_a_self_intersecting_polygon_is_refused_where_it_crosses(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser, tmp_path):
+    """A file of two polygons, the second a bow tie: the engine's refusal names the polygon, the
+    console marks the crossing on the map and names the file's edges that cross there."""
+    with api_server(settings) as base:
+        c = _console(browser, base, "jiangan-officer", "zones")
+        c.page.wait_for_selector("#zone-list td")
+        lon, lat = _home_point()
+        d = 0.004
+        square = [[lon - 3 * d, lat - d], [lon - d, lat - d], [lon - d, lat + d], [lon - 3 * d, lat + d],
+                  [lon - 3 * d, lat - d]]
+        # A B C D: A→B and C→D are the diagonals of the box [lon+d, lon+3d] × [lat-d, lat+d].
+        bow = [[lon + d, lat - d], [lon + 3 * d, lat + d], [lon + 3 * d, lat - d], [lon + d, lat + d],
+               [lon + d, lat - d]]
+        _upload(c, tmp_path, "两处网吧.geojson", {"type": "FeatureCollection", "features": [{
+            "type": "Feature", "properties": {"name": "两处网吧"},
+            "geometry": {"type": "MultiPolygon", "coordinates": [[square], [bow]]}}]})
+        c.page.wait_for_selector("#zone-draw .hint:has-text('两处网吧.geojson')")
+        c.page.select_option("#file-crs", "wgs84")
+        c.page.fill("#zone-name", "禁止区域：两处网吧")
+        c.page.click("#zone-save")
+        err = c.page.locator("#zone-error")
+        err.wait_for()
+        assert "Self-intersection" in err.inner_text() and "polygon 1" in err.inner_text()
+        where = c.page.inner_text("#zone-error-where")
+        assert where.endswith("文件中第 2 个多边形，第 1–2 边与第 3–4 边相交"), where
+        # The red cross is at the bow tie's crossing, the centre of its box.
+        c.page.wait_for_timeout(300)
+        mark = c.page.locator("#zones-map .error-mark").bounding_box()
+        drawn = c.page.locator("#zones-map path.draft-shape").bounding_box()
+        assert mark is not None and drawn is not None
+        mx, my = mark["x"] + mark["width"] / 2, mark["y"] + mark["height"] / 2
+        # The draft spans lon-3d..lon+3d: the bow tie's centre (lon+2d) is 5/6 across, half down.
+        assert abs(mx - (drawn["x"] + 5 / 6 * drawn["width"])) < 4, (mx, drawn)
+        assert abs(my - (drawn["y"] + 0.5 * drawn["height"])) < 4, (my, drawn)
+        assert db.execute("SELECT count(*) FROM zones WHERE name = '禁止区域：两处网吧'").fetchone() == (0,)
+        c.shot("zones-upload-invalid")
+        assert [p for p in c.problems if REFUSED_ZONE not in p] == [] and len(c.problems) == 1
+
+
+def test_an_uploaded_file_in_an_unsupported_coordinate_system_is_refused_at_the_file(
+        settings: Settings, org: Org, db: psycopg.Connection, browser: Browser, tmp_path):
+    """Web Mercator metres (EPSG:3857) are not longitudes and latitudes: the console says so at
+    the file, draws nothing and sends nothing; a file that declares WGS-84 is read as WGS-84."""
+    with api_server(settings) as base:
+        c = _console(browser, base, "jiangan-officer", "zones")
+        c.page.wait_for_selector("#zone-list td")
+        x, y = 12_724_000.0, 3_582_000.0  # Hankou in Web Mercator metres
+        ring = [[x, y], [x + 500, y], [x + 500, y + 500], [x, y + 500], [x, y]]
+        _upload(c, tmp_path, "mercator.geojson", {
+            "type": "FeatureCollection",
+            "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3857"}},
+            "features": [{"type": "Feature", "properties": {},
+                          "geometry": {"type": "Polygon", "coordinates": [ring]}}]})
+        err = c.page.locator("#zone-draw .form-error")
+        err.wait_for()
+        assert "EPSG::3857" in err.inner_text() and "不支持" in err.inner_text()
+        assert c.page.locator("#zone-save").count() == 0
+        assert c.page.locator("#zones-map path.draft-shape").count() == 0
+        c.shot("zones-upload-crs")
+        assert db.execute("SELECT count(*) FROM zones").fetchone() == (len(org.zone_ids),)
+
+        # Declared WGS-84 (the GeoJSON 2008 name of it): read as such, whatever the map uses.
+        c.page.click("#draw-cancel")
+        lon, lat = _home_point()
+        d = 0.003
+        square = [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d],
+                  [lon - d, lat - d]]
+        _upload(c, tmp_path, "wgs84.geojson", {
+            "type": "Feature", "crs": {"type": "name", "properties": {
+                "name": "urn:ogc:def:crs:OGC:1.3:CRS84"}},
+            "properties": {}, "geometry": {"type": "Polygon", "coordinates": [square]}})
+        c.page.wait_for_selector("#zone-name")
+        assert c.page.input_value("#file-crs") == "wgs84"
+        assert c.page.locator("#zone-draw .form-error").inner_text() == ""
+        c.page.fill("#zone-name", "禁止区域：文件导入")
+        c.page.click("#zone-save")
+        c.page.wait_for_selector("#zone-list td:has-text('禁止区域：文件导入')")
+        assert db.execute("SELECT crs FROM zones WHERE name = '禁止区域：文件导入'").fetchone() == ("wgs84",)
+        assert c.problems == []

@@ -212,3 +212,49 @@ def test_officer_of_another_district_cannot_open_the_supervisee(settings: Settin
         assert c.page.locator("#track-form").count() == 0
         # The console's failed reads are logged by the browser as 404s: those are expected here.
         assert [p for p in c.problems if "404" not in p] == []
+
+
+def test_the_sanction_suggestion_is_shown_and_a_person_records_the_decision(
+        settings: Settings, org: Org, browser: Browser, db: psycopg.Connection):
+    """Out of contact for twelve days (an open communication-failure alert), with one reprimand
+    this year: the page suggests a warning and says why, in Chinese; nothing is applied until
+    the officer records the decision, which the profile follows by moving the person to strict."""
+    db.execute("""INSERT INTO alerts (kind, severity, supervisee_id, office_id, first_fix_time)
+                  VALUES ('communication_failure', 'medium', %s, %s, now() - interval '12 days')""",
+               (org.supervisee_id, org.office_ids[JIANGAN]))
+    db.execute("""INSERT INTO sanctions (supervisee_id, kind, decided_by, decided_at, reason)
+                  VALUES (%s, 'reprimand', %s, now() - interval '40 days', '未按时报到')""",
+               (org.supervisee_id, org.staff["jiangan-officer"]))
+    with api_server(settings) as base:
+        c = signed_in(browser, base, "jiangan-officer")
+        c.page.goto(f"{base}/#/supervisees/{org.supervisee_id}")
+        c.page.wait_for_selector("#sp-sanctions #suggestion")
+        assert c.page.inner_text("#suggestion") == "警告"
+        card = c.page.inner_text("#sp-sanctions")
+        assert "失联 12.0 天（超过 10 天）" in card, card
+        assert "12.0 天" in c.page.inner_text("#sp-sanctions dl dd:nth-of-type(2)")
+        assert c.page.inner_text("#sp-sanctions dl dd:nth-of-type(3)") == "1"
+        assert "由工作人员决定" in card
+        assert "out of contact" not in card and "undefined" not in card and "null" not in card
+        assert db.execute("SELECT count(*) FROM sanctions").fetchone() == (1,)  # nothing applied
+        c.page.locator("#sp-sanctions").scroll_into_view_if_needed()
+        c.shot("supervisee-sanction")
+
+        c.page.click("#sanction")
+        c.page.select_option("dialog.dialog select[name=kind]", "warning")
+        c.page.fill("dialog.dialog textarea[name=reason]", "失联十二日，经谈话教育后给予警告")
+        c.page.click("dialog.dialog button[type=submit]")
+        c.page.wait_for_selector(".toast:has-text('已记录')")
+        c.page.wait_for_selector(".person-head .level:has-text('严管')")
+        kind, by, reason = db.execute("SELECT kind, decided_by, reason FROM sanctions "
+                                      "ORDER BY id DESC LIMIT 1").fetchone()
+        assert (kind, by, reason) == ("warning", org.staff["jiangan-officer"],
+                                      "失联十二日，经谈话教育后给予警告")
+        assert db.execute("SELECT level FROM supervisees WHERE id = %s", (org.supervisee_id,)
+                          ).fetchone() == ("strict",)
+        assert db.execute("""SELECT action, target, detail->>'kind' FROM audit_log
+                              WHERE action = 'sanction.record'""").fetchall() == [
+            ("sanction.record", f"supervisee:{org.supervisee_id}", "warning")]
+        # The level change says why: automatically, after the warning.
+        c.page.wait_for_selector("#sp-level td:has-text('警告')")
+        assert c.problems == []

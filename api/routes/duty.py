@@ -85,9 +85,10 @@ def state_of(membership: str | None, kinds: list[str], travelling: bool, has_fix
         return "travel"
     if membership == "outside":
         return "outside"
-    if membership in (None, "undecidable", "unknown"):
-        return "undecidable"
-    return "inside"
+    if membership == "inside":
+        return "inside"
+    # "border" (the accuracy circle straddles the boundary), "undecidable", or no decision.
+    return "undecidable"
 
 
 @router.get("", **access(SUPERVISORS))

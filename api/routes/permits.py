@@ -84,6 +84,9 @@ class PermitOut(BaseModel):
     decided_at: datetime | None
     decision_note: str | None
     returned_at: datetime | None
+    approved_end_at: datetime | None = Field(
+        description="the end in force while an amendment waits for its decision (the trip goes "
+                    "on under it; the return is due by it)")
     profile: str
 
 

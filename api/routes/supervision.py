@@ -266,7 +266,9 @@ def record_sanction(supervisee_id: DbId, body: SanctionIn, ctx: CurrentStaff, se
              status_code=201, **access(SUPERVISORS))
 def suspend(supervisee_id: DbId, body: SuspensionIn, ctx: CurrentStaff, session: SessionDep,
             request: Request) -> AlertSuspension:
-    """Suspend notifications for a supervisee (and kind) over a window, with the reason."""
+    """Suspend notifications for a supervisee (and kind) over a window, with the reason. When it
+    is in force now, the supervisee's alerts still being handled are marked suppressed and the
+    change is announced on the live feed (`alert.suspended`)."""
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
     if body.starts_at.tzinfo is None or body.ends_at.tzinfo is None:
         raise Invalid("times need a timezone")
@@ -277,8 +279,11 @@ def suspend(supervisee_id: DbId, body: SuspensionIn, ctx: CurrentStaff, session:
     row = AlertSuspension(supervisee_id=sup.id, staff_id=ctx.id, **body.model_dump())
     session.add(row)
     session.flush()
+    # Alerts already being handled are covered too, and every open console is told.
+    alerts = service.suspend(session, sup.id, body.kind, body.starts_at, body.ends_at, ctx.id,
+                             row.id, body.reason)
     audit(session, ctx, request, "alert.suspend", f"supervisee:{sup.id}", kind=body.kind,
-          reason=body.reason)
+          reason=body.reason, alerts=alerts)
     session.commit()
     return row
 
@@ -326,6 +331,7 @@ def sanction_suggestion(supervisee_id: DbId, ctx: CurrentStaff, session: Session
              AND decided_at > now() - make_interval(days => :w)"""),
         {"s": sup.id, "w": ladder.reprimand_window_days}).scalar_one()
     s = suggest(ladder, days, int(reprimands))
-    return {"suggestion": s.kind, "reason": s.reason, "profile": profile.label,
+    return {"suggestion": s.kind, "reason": s.reason, "reason_zh": s.reason_zh,
+            "profile": profile.label,
             "out_of_contact_days": None if days is None else round(days, 2),
             "recent_reprimands": reprimands, "decided_by_a_person": True}

@@ -13,7 +13,9 @@ register({
         "al.history": "处理记录", "al.who": "对象", "al.office": "司法所", "al.evidence": "判定依据的定位点",
         "al.done.ack": "已签收", "al.done.resolve": "已办结", "al.done.escalate": "已上报", "al.done.suspend": "已暂停通知",
         "al.level.0": "司法所", "al.level.1": "区司法局", "al.level.2": "市司法局", "al.late": "迟到数据",
-        "al.suppressed": "通知已暂停", "al.open_person": "查看对象", "al.track": "轨迹回放", "al.position": "告警位置" },
+        "al.suppressed": "通知已暂停", "al.open_person": "查看对象", "al.track": "轨迹回放", "al.position": "告警位置",
+        "al.a.acknowledged": "签收", "al.a.resolved": "办结", "al.a.escalated": "上报至{level}",
+        "al.a.escalated.auto": "超时未签收，自动上报至{level}", "al.a.suspended": "暂停通知至 {until}" },
   en: { "al.ack": "Acknowledge", "al.resolve": "Resolve", "al.escalate": "Escalate", "al.suspend": "Suspend notifications",
         "al.disposition": "Disposition", "al.note": "What was found and done", "al.hours": "Suspend for (hours)",
         "al.reason": "Reason", "al.opened": "Opened", "al.fixes": "Fixes", "al.level": "Escalation level",
@@ -22,7 +24,10 @@ register({
         "al.done.escalate": "Escalated", "al.done.suspend": "Notifications suspended",
         "al.level.0": "Office", "al.level.1": "District bureau", "al.level.2": "City bureau", "al.late": "late data",
         "al.suppressed": "notifications suspended", "al.open_person": "Open supervisee", "al.track": "Track playback",
-        "al.position": "Alert position" },
+        "al.position": "Alert position",
+        "al.a.acknowledged": "acknowledged", "al.a.resolved": "resolved", "al.a.escalated": "escalated to the {level}",
+        "al.a.escalated.auto": "not acknowledged in time: escalated to the {level}",
+        "al.a.suspended": "notifications suspended until {until}" },
 });
 
 const DISPOSITIONS = ["confirmed_violation", "false_alarm", "device_problem", "authorised"];
@@ -118,9 +123,20 @@ export function alertSummary(alert, person) {
         h("dd", { text: fmtTime(alert.ack_deadline) })] : null));
 }
 
+// One step of an alert's history in the console's language (an unknown step as recorded).
+function historyText(e) {
+  const d = e.detail || {};
+  if (e.action === "escalated") {
+    const level = t(`al.level.${d.to_level}`);
+    return t(d.by_hand ? "al.a.escalated" : "al.a.escalated.auto", { level: lang === "zh" ? level : level.toLowerCase() });
+  }
+  if (e.action === "suspended") return t("al.a.suspended", { until: fmtTime(d.until) });
+  return ["acknowledged", "resolved"].includes(e.action) ? t(`al.a.${e.action}`) : e.action;
+}
+
 export async function alertHistory(alert) {
   const rows = await api(`/alerts/${alert.id}/history`);
   return h("ol", { class: "history" }, rows.map((e) =>
-    h("li", {}, h("time", { text: fmtTime(e.created_at || e.at) }), " ", h("span", { text: e.action }),
+    h("li", {}, h("time", { text: fmtTime(e.created_at || e.at) }), " ", h("span", { text: historyText(e) }),
       e.detail && e.detail.note ? h("q", { text: e.detail.note }) : null)));
 }

@@ -3,7 +3,7 @@
 import { api } from "./api.js";
 
 const TOPICS = ["alert.opened", "alert.updated", "alert.cleared", "alert.acknowledged", "alert.resolved",
-  "alert.escalated", "rollcall.requested", "feed.reset"];
+  "alert.escalated", "alert.suspended", "rollcall.requested", "feed.reset"];
 let source = null;
 let watchId = null;
 const listeners = new Set();

@@ -1,6 +1,7 @@
 // The duty view: the jurisdiction on a map (last position + accuracy circle, zones, state colours)
-// and beside it the live alert queue. Alerts appear as the feed announces them; acknowledging or
-// resolving here is announced to every other open console by the same feed.
+// and beside it the live alert queue. Alerts appear as the feed announces them; acknowledging,
+// resolving, escalating or suspending here is announced to every other open console by the same
+// feed.
 /* global L */
 import { api } from "../api.js";
 import { h, clear, fmtTime, ago, badge, toast, errorText, metres } from "../ui.js";
@@ -196,7 +197,8 @@ function renderQueue() {
         h("strong", { text: t(`kind.${a.kind}`) }), h("time", { text: fmtTime(a.opened_at, false) })),
       h("div", { class: "qi-who", text: p ? `${p.full_name} · ${p.case_number}` : `#${a.supervisee_id}` }),
       h("div", { class: "qi-status" }, badge(`st-${a.status}`, t(`status.${a.status}`)),
-        a.escalation_level ? badge("muted", t(`al.level.${a.escalation_level}`)) : null));
+        a.escalation_level ? badge("muted", t(`al.level.${a.escalation_level}`)) : null,
+        a.suppressed ? badge("muted", t("al.suppressed")) : null));
     li.addEventListener("click", () => select(a.id));
     li.addEventListener("keydown", (e) => { if (e.key === "Enter") select(a.id); });
     state.list.append(li);
@@ -208,11 +210,15 @@ async function select(id) {
   seen();
   state.selected = id;
   renderQueue();
+  // The officer's own step and the feed's announcement of it both redraw the panel: only the
+  // latest drawing may add the history and the fixes (else they appear twice).
+  const drawing = state.drawing = (state.drawing || 0) + 1;
+  const current = () => state && state.drawing === drawing;
   let alert;
   try {
     alert = await api(`/alerts/${id}`);
   } catch (e) { toast(errorText(e), "error"); return; }
-  if (!state) return;
+  if (!current()) return;
   state.alerts.set(id, alert);
   const d = clear(state.detail);
   d.hidden = false;
@@ -224,8 +230,13 @@ async function select(id) {
     h("p", {}, h("a", { href: `#/alerts/${id}`, text: "↗ " + t("al.history") }), " · ",
       h("a", { href: `#/supervisees/${alert.supervisee_id}/track`, text: t("al.track") })));
   if (state.fixesLayer) state.fixesLayer.remove();
-  state.fixesLayer = await drawAlertFixes(state.map, alert, state.watch.purpose);
-  try { d.append(await alertHistory(alert)); } catch { /* shown on the alert's page */ }
+  const fixes = await drawAlertFixes(state.map, alert, state.watch.purpose);
+  if (!current()) { fixes.remove(); return; }
+  state.fixesLayer = fixes;
+  try {
+    const history = await alertHistory(alert);
+    if (current()) d.append(history);
+  } catch { /* shown on the alert's page */ }
 }
 
 async function refreshAlert(id) {
@@ -265,6 +276,8 @@ function onEvent(topic, data) {
     known.status = "acknowledged";
   } else if (topic === "alert.escalated") {
     known.escalation_level = data.escalation_level ?? known.escalation_level;
+  } else if (topic === "alert.suspended") {
+    known.suppressed = true;
   }
   renderQueue();
   if (state.selected === id && topic !== "alert.resolved") select(id);

@@ -89,12 +89,16 @@ function actionsFor(p) {
     decide: pending && mine === need && (need === "office" || !!p.office_opinion),
     amend: pending || p.status === "approved",
     revoke: p.status === "approved" && TIER_ORDER[mine] >= TIER_ORDER[need],
-    ret: p.status === "approved" && new Date(p.start_at) <= new Date(),
+    ret: inForce(p) && new Date(p.start_at) <= new Date(),
   };
 }
 
-const underway = (p) => p.status === "approved" && new Date(p.start_at) <= new Date() && new Date(p.end_at) > new Date();
-const overdue = (p) => p.status === "approved" && new Date(p.end_at) <= new Date();
+// A trip is on under its approved span, also while an amendment of it waits for its decision
+// (as the engine sees it: alerts/checks.py).
+const inForce = (p) => p.status === "approved" || (p.status === "requested" && !!p.approved_end_at);
+const approvedEnd = (p) => new Date(p.approved_end_at || p.end_at);
+const underway = (p) => inForce(p) && new Date(p.start_at) <= new Date() && approvedEnd(p) > new Date();
+const overdue = (p) => inForce(p) && approvedEnd(p) <= new Date();
 
 function showList() {
   const pick = {

@@ -4,7 +4,7 @@
 // small map shows the home area and the person's zones; no location data is read here.
 import { api } from "../api.js";
 import { h, clear, section, table, fmtTime, ago, dialog, toast, errorText, badge, metres } from "../ui.js";
-import { t, register } from "../i18n.js";
+import { t, register, lang } from "../i18n.js";
 import { makeMap, geoLayer, zoneStyle, legend, ZONE_STYLES } from "../map.js";
 import { word, levelBadge, flagBadges, statusBadge, personHead, officeNames, personOr404 } from "../people.js";
 
@@ -32,7 +32,7 @@ register({
     "sp.alerts": "告警", "sp.noalerts": "没有告警", "sp.sanctions": "处罚", "sp.suggest": "系统建议",
     "sp.sanction": "记录处罚决定", "sp.skind": "处罚类型", "sp.recorded": "已记录",
     "sp.sk.reprimand": "训诫", "sp.sk.warning": "警告", "sp.sk.revocation_request": "提请撤销",
-    "sp.sk.none": "暂无建议", "sp.outdays": "失联天数", "sp.reprimands": "近期训诫",
+    "sp.sk.none": "暂无建议", "sp.outdays": "失联天数", "sp.reprimands": "近期训诫", "sp.ndays": "{n} 天",
     "sp.personmade": "由工作人员决定，系统不会自动处罚。",
     "sp.suspensions": "暂停通知", "sp.suspend": "暂停通知", "sp.hours": "时长（小时）", "sp.kind": "告警类型（留空为全部）",
     "sp.allkinds": "全部类型", "sp.cancelsus": "取消", "sp.cancelled": "已取消", "sp.until": "至",
@@ -62,7 +62,8 @@ register({
     "sp.alerts": "Alerts", "sp.noalerts": "No alerts", "sp.sanctions": "Sanctions", "sp.suggest": "Suggestion",
     "sp.sanction": "Record a sanction", "sp.skind": "Sanction", "sp.recorded": "Recorded",
     "sp.sk.reprimand": "Reprimand", "sp.sk.warning": "Warning", "sp.sk.revocation_request": "Revocation request",
-    "sp.sk.none": "No suggestion", "sp.outdays": "Days out of contact", "sp.reprimands": "Recent reprimands",
+    "sp.sk.none": "No suggestion", "sp.outdays": "Out of contact", "sp.reprimands": "Recent reprimands",
+    "sp.ndays": "{n} days",
     "sp.personmade": "A person decides; nothing is applied automatically.",
     "sp.suspensions": "Suspended notifications", "sp.suspend": "Suspend notifications", "sp.hours": "For (hours)",
     "sp.kind": "Alert kind (empty: all)", "sp.allkinds": "All kinds", "sp.cancelsus": "Cancel", "sp.cancelled": "Cancelled",
@@ -309,8 +310,10 @@ export async function render(main, [id]) {
       h("dl", { class: "facts" },
         h("dt", { text: t("sp.suggest") }),
         h("dd", {}, h("strong", { id: "suggestion", text: s.suggestion ? t(`sp.sk.${s.suggestion}`) : t("sp.sk.none") }),
-          s.suggestion && s.reason ? h("span", { class: "muted", text: ` — ${s.reason}` }) : null),
-        h("dt", { text: t("sp.outdays") }), h("dd", { text: s.out_of_contact_days ?? "—" }),
+          s.suggestion && s.reason ? h("span", { class: "muted", id: "suggestion-reason",
+            text: ` — ${lang === "zh" && s.reason_zh ? s.reason_zh : s.reason}` }) : null),
+        h("dt", { text: t("sp.outdays") }), h("dd", { text: s.out_of_contact_days === null ? "—"
+          : t("sp.ndays", { n: Number(s.out_of_contact_days).toFixed(1) }) }),
         h("dt", { text: t("sp.reprimands") }), h("dd", { text: String(s.recent_reprimands) })),
       h("p", { class: "fine", text: t("sp.personmade") }),
       h("div", { class: "actions" }, h("button", { class: "secondary", id: "sanction", text: t("sp.sanction"),

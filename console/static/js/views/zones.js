@@ -27,8 +27,9 @@ register({
         "zn.err.title": "区域未保存：", "zn.err.at": "问题位置已在地图上标出（红色叉号）：",
         "zn.err.cross": "第 {a}–{b} 边与第 {c}–{d} 边相交", "zn.err.vertex": "第 {n} 个顶点",
         "zn.err.point": "经度 {lon}，纬度 {lat}", "zn.err.few": "顶点太少：多边形至少需要 3 个不同的顶点",
-        "zn.err.file": "文件不是可读的 GeoJSON：",
-        "zn.err.where": "文件中第 {p} 个多边形第 {r} 个环",
+        "zn.err.size": "面积或半径不合理", "zn.err.file": "文件不是可读的 GeoJSON：",
+        "zn.err.where": "文件中第 {p} 个多边形第 {r} 个环", "zn.err.wherepoly": "文件中第 {p} 个多边形",
+        "zn.err.crs": "文件声明的坐标系 {name} 不支持：请使用经纬度坐标（WGS-84 / CGCS2000 或 GCJ-02）的 GeoJSON 文件。",
         "zn.noedit": "修改后生效；原形状保存在审计日志中。",
         "zn.edit": "编辑", "zn.retire": "停用", "zn.readonly": "只读", "zn.editing": "修改区域：{name}",
         "zn.hint.edit": "拖动红色顶点修改形状；点击边上的小圆点增加顶点，双击顶点删除。灰色虚线是原形状。",
@@ -52,8 +53,9 @@ register({
         "zn.err.title": "Zone not saved: ", "zn.err.at": "The place is marked on the map (red cross): ",
         "zn.err.cross": "edge {a}–{b} crosses edge {c}–{d}", "zn.err.vertex": "vertex {n}",
         "zn.err.point": "lon {lon}, lat {lat}", "zn.err.few": "Too few vertices: a polygon needs at least 3 distinct ones",
-        "zn.err.file": "The file is not readable GeoJSON: ",
-        "zn.err.where": "polygon {p}, ring {r} of the file",
+        "zn.err.size": "Unreasonable area or radius", "zn.err.file": "The file is not readable GeoJSON: ",
+        "zn.err.where": "polygon {p}, ring {r} of the file", "zn.err.wherepoly": "polygon {p} of the file",
+        "zn.err.crs": "The file's coordinate system {name} is not supported: use a GeoJSON file in longitudes and latitudes (WGS-84 / CGCS2000 or GCJ-02).",
         "zn.noedit": "Changes take effect at once; the previous shape is kept in the audit log.",
         "zn.edit": "Edit", "zn.retire": "Retire", "zn.readonly": "read-only", "zn.editing": "Editing: {name}",
         "zn.hint.edit": "Drag the red vertices; click a small dot on an edge to add a vertex, double-click a vertex to remove it. The grey dashes are the previous shape.",
@@ -351,11 +353,17 @@ async function readFile(file) {
   clear(S.drawBox).append(h("p", { class: "hint", text: file.name }),
     h("label", { class: "inline" }, h("span", { text: t("zn.filecrs") }), crs), err,
     h("div", { class: "actions" }, h("button", { class: "secondary", id: "draw-cancel", text: t("zn.cancel"), onclick: drawIdle })));
+  let declared;
   try {
     const obj = JSON.parse(await file.text());
-    geom = obj.type === "FeatureCollection" ? (obj.features[0] || {}).geometry : obj.type === "Feature" ? obj.geometry : obj;
+    const feature = obj.type === "FeatureCollection" ? obj.features[0] || {} : obj.type === "Feature" ? obj : {};
+    geom = obj.type === "FeatureCollection" || obj.type === "Feature" ? feature.geometry : obj;
     if (!geom || !geom.type) throw new Error("no geometry");
+    declared = declaredCrs(obj.crs || feature.crs || geom.crs);
   } catch (e) { err.textContent = t("zn.err.file") + String(e.message || e); return; }
+  // A file in projected metres (Web Mercator, a Gauss-Krüger zone...) is not drawn nor sent.
+  if (declared && !declared.crs) { err.textContent = t("zn.err.crs", { name: declared.name }); return; }
+  if (declared) crs.value = declared.crs;
   S.upload = geom;
   const show = () => {
     S.draft.clearLayers();
@@ -367,6 +375,16 @@ async function readFile(file) {
   crs.addEventListener("change", show);
   show();
   S.drawBox.append(zoneForm(() => geom, () => crs.value));
+}
+
+// The coordinate system a file declares (GeoJSON 2008 `crs`; RFC 7946 files have none and are
+// WGS-84, or GCJ-02 when exported from Chinese maps: the officer says which): null when none is
+// declared, { name, crs } for longitudes and latitudes, { name } for anything else.
+function declaredCrs(member) {
+  if (!member) return null;
+  const name = String((member.properties || {}).name || (member.properties || {}).href || JSON.stringify(member));
+  // CGCS2000 (EPSG:4490) differs from WGS-84 by centimetres.
+  return /(?:CRS84|EPSG:{1,2}(?:4326|4490))$/i.test(name.trim()) ? { name, crs: "wgs84" } : { name };
 }
 
 // --- saving ----------------------------------------------------------------------------------
@@ -424,31 +442,44 @@ function showError(box, ex, geom, crs) {
   const lines = [h("strong", { text: t("zn.err.title") }), h("span", { class: "reason", text: errorParts(ex).text })];
   if (detail && !ex.errors && ex.code !== "network") lines.push(h("span", { class: "engine", text: detail }));
   const at = detail.match(/\[\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)[\s,]+(-?\d+(?:\.\d+)?(?:e-?\d+)?)\s*\]/i);
-  if (at) {
+  // Of a file, the engine names the polygon (and ring) where it found the problem.
+  const inFile = S.mode === "upload" ? detail.match(/polygon (\d+)(?: ring (\d+))?/) : null;
+  const fileWhere = inFile && (inFile[2] !== undefined
+    ? t("zn.err.where", { p: Number(inFile[1]) + 1, r: Number(inFile[2]) + 1 })
+    : t("zn.err.wherepoly", { p: Number(inFile[1]) + 1 }));
+  const onGlobe = at && Math.abs(Number(at[1])) <= 180 && Math.abs(Number(at[2])) <= 90;
+  if (onGlobe) {
     const lon = Number(at[1]), lat = Number(at[2]);
     const ll = crsToMap(lon, lat, crs);
     L.marker(ll, { icon: L.divIcon({ className: "error-mark", html: "", iconSize: [26, 26] }), keyboard: false })
       .bindTooltip(detail, { permanent: false }).addTo(S.marks);
     L.circleMarker(ll, { radius: 16, color: "#b3261e", weight: 3, fill: false, className: "error-ring" }).addTo(S.marks);
-    const place = S.mode === "polygon" || S.mode === "edit" ? namePlace(lon, lat, geom) : null;
+    const ring = S.mode === "upload" ? fileRing(geom, inFile ? Number(inFile[1]) : 0)
+      : S.mode === "polygon" || S.mode === "edit" ? geom.coordinates[0] : null;
+    const place = (ring && namePlace(lon, lat, ring)) || t("zn.err.point", { lon: lon.toFixed(6), lat: lat.toFixed(6) });
     lines.push(h("p", { class: "where", id: "zone-error-where" },
-      t("zn.err.at"), place || t("zn.err.point", { lon: lon.toFixed(6), lat: lat.toFixed(6) })));
+      t("zn.err.at"), fileWhere ? `${fileWhere}，${place}` : place));
     // Close enough to see the vertices apart from the mark.
     const shape = L.featureGroup(S.draft.getLayers()).getBounds();
     if (shape.isValid()) S.map.fitBounds(shape.extend(ll), { padding: [80, 80], maxZoom: 17, animate: false });
     else if (!S.map.getBounds().contains(ll)) S.map.panTo(ll, { animate: false });
   }
-  const where = detail.match(/polygon (\d+) ring (\d+)/);
-  if (where && S.mode === "upload") {
-    lines.push(h("p", { class: "where", text: t("zn.err.where", { p: Number(where[1]) + 1, r: Number(where[2]) + 1 }) }));
-  }
+  else if (fileWhere) lines.push(h("p", { class: "where", id: "zone-error-where", text: fileWhere }));
+  if (/too_few_points/.test(ex.code || "")) lines.push(h("p", { text: t("zn.err.few") }));
+  if (/absurd_size/.test(ex.code || "")) lines.push(h("p", { text: t("zn.err.size") }));
   clear(box).append(...lines);
   box.hidden = false;
 }
 
-// A point of the drawn ring: the vertex it is, or the drawn edges that cross there.
-function namePlace(lon, lat, geom) {
-  const ring = geom.coordinates[0].slice(0, -1);
+// The outer ring of a file's polygon `p` (or of its one polygon), if it has one.
+function fileRing(geom, p) {
+  const poly = geom.type === "MultiPolygon" ? (geom.coordinates || [])[p] : geom.type === "Polygon" ? geom.coordinates : null;
+  return Array.isArray(poly) && Array.isArray(poly[0]) ? poly[0] : null;
+}
+
+// A point of a ring (closed, as drawn or in the file): the vertex it is, or the edges that cross there.
+function namePlace(lon, lat, closedRing) {
+  const ring = closedRing.slice(0, -1);
   const n = ring.length;
   const near = (a, b) => Math.abs(a[0] - b[0]) < 1e-7 && Math.abs(a[1] - b[1]) < 1e-7;
   const v = ring.findIndex((p) => near(p, [lon, lat]));
