@@ -133,7 +133,8 @@ class Pipeline:
             max_future_s=settings.max_future_s,
             max_age_s=settings.max_age_s,
         )
-        self.states = StateStore(r, self.prefix, settings.device_owner_ttl_s, owner_token)
+        self.states = StateStore(r, self.prefix, settings.device_owner_ttl_s, owner_token,
+                                 cache=settings.state_cache_devices)
         self._partitions: set[date] = set()
         if not conn.autocommit:
             raise ValueError("the pipeline needs an autocommit connection")

@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> None:
         total = sum(us.values())
         print(f"{name}: {n:,} reports, {accepted:,} stored, {n / wall:,.0f} reports/s wall; "
               f"CPU per report: " + ", ".join(f"{k} {v / n * 1e6:.0f} us" for k, v in us.items())
-              + f"; together {total / n * 1e6:.0f} us")
+              + f"; together {total / n * 1e6:.0f} us; state cache {pipe.states.cache_hits:,} "
+              f"hits, {pipe.states.cache_misses:,} misses so far")
         if prof:
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.profile)

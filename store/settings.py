@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # it for phones reporting every 72 s or less often), cheap enough that folding every
     # device again after Redis lost its data takes seconds, not minutes.
     state_rebuild_max_fixes: int = 100
+    # Engine states an ingest worker keeps decoded in memory, with the version it last read or
+    # wrote: a batch then fetches from Redis only the states another writer changed since
+    # (about 1 kB of memory each; 0 turns the cache off). Redis stays the one truth.
+    state_cache_devices: int = Field(400_000, ge=0)
     # MQTT ingest workers, each with its own client id and persistent session (mqtt_client_id +
     # "-" + worker id; empty: the hostname and the worker's index). How several split the load:
     # - "partition" (Mosquitto): each subscribes to every report with a plain subscription and

@@ -1,16 +1,21 @@
 """Per-device engine state in Redis: versioned compare-and-set, one owner per device at a time.
 
 One string key per device, `{prefix}st:{device_id}` = "<fix time> <version> <state JSON>": a
-batch reads all its devices with one MGET and writes each back only if its version is still the
-one it read. Every writer (the ingest pipeline of any worker or HTTP request, the clock's
-`tick`) first takes the device's owner lease `{prefix}own:{device_id}` (SET NX PX with a token),
-so two writers never fold the same device from the same state; the version check fences a
-writer whose lease ran out. A state Redis lost is folded again from the device's recent
+batch reads all its devices in one round trip and writes each back only if its version is still
+the one it read. A store may keep the states it read or wrote decoded in memory (`cache`): the
+read then sends Redis the "<fix time> <version>" it holds, and gets the value back only for
+devices whose state another writer has changed since.
+
+Every writer (the ingest pipeline of any worker or HTTP request, the clock's `tick`) first
+takes the device's owner lease `{prefix}own:{device_id}` (SET NX PX with a token), so two
+writers never fold the same device from the same state; the version check fences a writer
+whose lease ran out. A state Redis lost is folded again from the device's recent
 positions in PostgreSQL (`rebuild`): the engine is pure, the same fixes give the same state.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -37,6 +42,25 @@ for i, key in ipairs(KEYS) do
     out[i] = v + 1
   else
     out[i] = 0
+  end
+end
+return out
+"""
+
+# Read states, skipping those the caller already holds: ARGV[i] is the "<fix time> <version>"
+# the caller has of KEYS[i] ('' for none); the reply is that value's 1 when it is still
+# current, the whole value when not, and nil when no state is stored.
+_LOAD = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  local have = ARGV[i]
+  if not cur then
+    out[i] = false
+  elseif have ~= '' and string.sub(cur, 1, #have + 1) == have .. ' ' then
+    out[i] = 1
+  else
+    out[i] = cur
   end
 end
 return out
@@ -87,7 +111,7 @@ class StateStore:
     """Loads and saves DeviceState per device; owns devices while it folds their fixes."""
 
     def __init__(self, r: redis.Redis, prefix: str, owner_ttl_s: float = 10.0,
-                 token: str | None = None) -> None:
+                 token: str | None = None, cache: int = 0) -> None:
         self.redis = r
         self.prefix = prefix
         # A writer's name in its leases: random, or a stable name of a writer of which one
@@ -98,6 +122,11 @@ class StateStore:
         self._take = r.register_script(_TAKE)
         self._give = r.register_script(_GIVE)
         self._drop = r.register_script(_DROP_PENDING)
+        self._load = r.register_script(_LOAD)
+        # device -> ("<fix time> <version>" as stored, the decoded state), at most `cache`
+        self.cache_size = cache
+        self._cache: dict[str, tuple[bytes, DeviceState]] = {}
+        self.cache_hits = self.cache_misses = 0
 
     def key(self, device_id: str) -> str:
         """Redis key of a device's engine state."""
@@ -135,16 +164,43 @@ class StateStore:
         versions = dict.fromkeys(devices, 0)
         if not devices:
             return states, versions
-        values: list[Any] = cast(Any, self.redis.mget([self.key(d) for d in devices]))
+        keys = [self.key(d) for d in devices]
+        if not self.cache_size:
+            values: list[Any] = cast(Any, self.redis.mget(keys))
+        else:
+            cache = self._cache
+            held = [cache.get(d) for d in devices]
+            values = cast(Any, self._load(keys=keys, args=[h[0] if h else b"" for h in held]))
+            for i, (d, raw) in enumerate(zip(devices, values, strict=True)):
+                if raw == 1:
+                    stamp, states[d] = held[i]  # type: ignore[misc]
+                    versions[d] = int(stamp.rsplit(b" ", 1)[1])
+                    values[i] = None
+                elif held[i] is not None:
+                    del cache[d]
+            self.cache_hits += len(states)
+            self.cache_misses += len(devices) - len(states)
         for d, raw in zip(devices, values, strict=True):
             if raw is None:
                 continue
-            _, rest = raw.split(b" ", 1)
+            t, rest = raw.split(b" ", 1)
             if not rest.startswith(b"{"):  # "<version> <json>" (older values: JSON only)
                 v, rest = rest.split(b" ", 1)
                 versions[d] = int(v)
+                if self.cache_size:
+                    self._remember(d, t + b" " + v, DeviceState.from_dict(orjson.loads(rest)))
+                    states[d] = self._cache[d][1]
+                    continue
             states[d] = DeviceState.from_dict(orjson.loads(rest))
         return states, versions
+
+    def _remember(self, device: str, stamp: bytes, state: DeviceState) -> None:
+        cache = self._cache
+        if device not in cache and len(cache) >= self.cache_size:
+            # Full: forget the oldest tenth (insertion order), not one at a time.
+            for d in list(itertools.islice(cache, max(1, self.cache_size // 10))):
+                del cache[d]
+        cache[device] = (stamp, state)
 
     def save(self, states: Mapping[str, DeviceState], versions: Mapping[str, int]) -> list[bool]:
         """Compare-and-set on the version read: True where written, False where another writer
@@ -152,11 +208,19 @@ class StateStore:
         if not states:
             return []
         args: list[str | bytes | int] = []
+        times = []
         for d, st in states.items():
             t = st.last_fix_time
-            args += [versions.get(d, 0), repr(t if t != float("-inf") else -1.0),
-                     orjson.dumps(st.to_dict())]
-        return [bool(x) for x in self._cas(keys=[self.key(d) for d in states], args=args)]
+            times.append(repr(t if t != float("-inf") else -1.0))
+            args += [versions.get(d, 0), times[-1], orjson.dumps(st.to_dict())]
+        written = self._cas(keys=[self.key(d) for d in states], args=args)
+        if self.cache_size:
+            for (d, st), t, v in zip(states.items(), times, written, strict=True):
+                if v:
+                    self._remember(d, f"{t} {int(v)}".encode(), st)
+                else:
+                    self._cache.pop(d, None)
+        return [bool(x) for x in written]
 
     def rebuild(self, conn: psycopg.Connection, devices: Iterable[str],
                 subjects: Mapping[str, Any], zones: Mapping[int, Any],

@@ -364,3 +364,37 @@ def test_an_ingest_worker_s_watermark_follows_what_it_committed_and_stops_while_
         assert watermark() == stopped  # away: it no longer claims to have heard anything
     finally:
         forget_session(settings, client_id)
+
+
+def test_a_cached_engine_state_is_used_only_while_it_is_the_stored_one(
+        settings: Settings, rds: redis.Redis):
+    """A worker keeps the states it read or wrote decoded in memory, and Redis tells it whether
+    each is still the stored one: another writer's newer state, or a state Redis lost, is never
+    served from memory."""
+    from geofence.model import DeviceState
+
+    mine = StateStore(rds, settings.redis_prefix, cache=10)
+    other = StateStore(rds, settings.redis_prefix)  # another writer, without a cache
+    first = DeviceState(last_fix_time=1000.25)
+    assert mine.save({"dcache": first}, {}) == [True]
+    states, versions = mine.load_versioned(["dcache", "dnone"])
+    assert states["dcache"] is first and versions == {"dcache": 1, "dnone": 0}
+    assert (mine.cache_hits, mine.cache_misses) == (1, 1)
+
+    assert other.save({"dcache": DeviceState(last_fix_time=2000.5)}, {"dcache": 1}) == [True]
+    states, versions = mine.load_versioned(["dcache"])
+    assert states["dcache"].last_fix_time == 2000.5 and versions == {"dcache": 2}
+    assert mine.cache_hits == 1  # read from Redis, not from memory
+    states, _ = mine.load_versioned(["dcache"])
+    assert states["dcache"].last_fix_time == 2000.5 and mine.cache_hits == 2
+
+    rds.delete(mine.key("dcache"))  # Redis lost it: no state, whatever memory holds
+    assert mine.load_versioned(["dcache"]) == ({}, {"dcache": 0})
+
+    many = {f"dmany{k}": DeviceState(last_fix_time=float(k)) for k in range(25)}
+    assert all(mine.save(many, {}))
+    assert len(mine._cache) <= 10
+    states, versions = mine.load_versioned(list(many))
+    assert {d: s.last_fix_time for d, s in states.items()} == {d: s.last_fix_time
+                                                                for d, s in many.items()}
+    assert set(versions.values()) == {1}
