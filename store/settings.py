@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     console_tile_crs: Literal["wgs84", "gcj02"] = "wgs84"
     # What `{s}` in the tile URL stands for, one character each (Leaflet's rule): "abc" for OSM,
     # "1234" for AMap's webrd0{s}.is.autonavi.com, "01234567" for Tianditu's t{s}.tianditu.gov.cn.
-    console_tile_subdomains: str = Field("abc", pattern=r"^[A-Za-z0-9]{1,16}$")
+    console_tile_subdomains: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,16}$")] = "abc"
     console_tile_attribution: str = ""
     # Staff sessions: short-lived JWT access tokens, refresh tokens for a working shift, and
     # a server-side session record that logout, disabling an account or a refresh-token
@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     # Engine states an ingest worker keeps decoded in memory, with the version it last read or
     # wrote: a batch then fetches from Redis only the states another writer changed since
     # (about 1 kB of memory each; 0 turns the cache off). Redis stays the one truth.
-    state_cache_devices: int = Field(400_000, ge=0)
+    state_cache_devices: Annotated[int, Field(ge=0)] = 400_000
     # MQTT ingest workers, each with its own client id and persistent session (mqtt_client_id +
     # "-" + worker id; empty: the hostname and the worker's index). How several split the load:
     # - "partition" (Mosquitto): each subscribes to every report with a plain subscription and

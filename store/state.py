@@ -215,9 +215,9 @@ class StateStore:
             args += [versions.get(d, 0), times[-1], orjson.dumps(st.to_dict())]
         written = self._cas(keys=[self.key(d) for d in states], args=args)
         if self.cache_size:
-            for (d, st), t, v in zip(states.items(), times, written, strict=True):
+            for (d, st), stamp, v in zip(states.items(), times, written, strict=True):
                 if v:
-                    self._remember(d, f"{t} {int(v)}".encode(), st)
+                    self._remember(d, f"{stamp} {int(v)}".encode(), st)
                 else:
                     self._cache.pop(d, None)
         return [bool(x) for x in written]

@@ -126,14 +126,16 @@ def _real(value: float | None) -> float | None:
 
 def validate(device_id: str, c: Candidate, source: Source, now: float, limits: Limits) -> Fix:
     """The one set of plausibility rules every protocol goes through."""
-    where = f"lat={c.lat!r} lon={c.lon!r}"
-    if not (math.isfinite(c.lat) and math.isfinite(c.lon)):
-        raise DecodeError("impossible_coordinates", f"{where}: not a finite number")
-    if not -90.0 <= c.lat <= 90.0:
-        raise DecodeError("impossible_coordinates", f"{where}: latitude outside [-90, 90]")
-    if not -180.0 <= c.lon <= 180.0:
-        raise DecodeError("impossible_coordinates", f"{where}: longitude outside [-180, 180]")
-    if c.lat == 0.0 and c.lon == 0.0:
+    lat, lon = c.lat, c.lon
+    # One comparison for the usual fix (also false for NaN); the message only when refused.
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
+        where = f"lat={lat!r} lon={lon!r}"
+        if not (math.isfinite(lat) and math.isfinite(lon)):
+            raise DecodeError("impossible_coordinates", f"{where}: not a finite number")
+        if not -90.0 <= lat <= 90.0:
+            raise DecodeError("impossible_coordinates", f"{where}: latitude outside [-90, 90]")
+        if not -180.0 <= lon <= 180.0:
+            raise DecodeError("impossible_coordinates", f"{where}: longitude outside [-180, 180]")
         raise DecodeError("impossible_coordinates", f"{where}: (0, 0) is a placeholder, not a fix")
 
     if not math.isfinite(c.time):
