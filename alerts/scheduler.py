@@ -27,6 +27,7 @@ from alerts import confirm, retention, rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
 from alerts.service import escalate_overdue
 from alerts.silences import check_silences, reseed_if_lost
+from store import partitions
 from store.registry import load_profile
 from store.settings import Settings
 
@@ -171,6 +172,10 @@ class Scheduler:
         # Old rows of the operational tables, a few small batches per table each run.
         self.aps.add_job(self._guard("retention", lambda c: retention.prune(c, self.settings)),
                          "interval", minutes=5, id="retention")
+        # Positions: partitions ahead, late rows to their day, indexes, archive and drop.
+        self.aps.add_job(self._guard("positions",
+                                     lambda c: partitions.maintain(c, self.settings)),
+                         "interval", minutes=15, id="positions", next_run_time=datetime.now(UTC))
         self.aps.start()
 
     def stop(self) -> None:

@@ -37,6 +37,11 @@ if ! ls "/usr/share/postgresql/$pgver/extension/postgis.control" >/dev/null 2>&1
   say "installing PostGIS for PostgreSQL $pgver"
   apt_install "postgresql-$pgver-postgis-3"
 fi
+# pg_partman keeps the positions table's daily partitions (store/partitions.py)
+if ! ls "/usr/share/postgresql/$pgver/extension/pg_partman.control" >/dev/null 2>&1; then
+  say "installing pg_partman for PostgreSQL $pgver"
+  apt_install "postgresql-$pgver-partman"
+fi
 if [ -z "$(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -Atc \
       "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" ]; then
   say "creating database $DB_NAME"

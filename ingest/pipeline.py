@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import orjson
@@ -135,7 +135,6 @@ class Pipeline:
         )
         self.states = StateStore(r, self.prefix, settings.device_owner_ttl_s, owner_token,
                                  cache=settings.state_cache_devices)
-        self._partitions: set[date] = set()
         if not conn.autocommit:
             raise ValueError("the pipeline needs an autocommit connection")
         conn.execute(_TEMP_TABLE)
@@ -157,16 +156,6 @@ class Pipeline:
     def state_key(self, device_id: str) -> str:
         """Redis key of a device's engine state."""
         return self.states.key(device_id)
-
-    def _ensure_partitions(self, now: float) -> None:
-        today = _ts(now).date()
-        days = [today + timedelta(days=k) for k in (-1, 0, 1, 2)]
-        todo = [d for d in days if d not in self._partitions]
-        if todo:
-            with self.conn.transaction():
-                for d in todo:
-                    self.conn.execute("SELECT ensure_positions_partition(%s)", (d,))
-            self._partitions.update(todo)
 
     def _decode(self, msg: RawMessage, now: float) -> Decoded:
         if len(msg.payload) > self.limits.max_bytes:
@@ -220,7 +209,6 @@ class Pipeline:
     def _process_owned(self, messages: Sequence[RawMessage], now: float) -> list[MessageResult]:
         """Handle messages of devices this pipeline owns (or of no device)."""
         self.registry.refresh_if_changed()
-        self._ensure_partitions(now)
         results = [MessageResult(ok=True) for _ in messages]
         dead: list[tuple[int, str, str]] = []
         decoded: list[tuple[int, Decoded]] = []

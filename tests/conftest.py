@@ -46,7 +46,7 @@ def _require_port(name: str, port: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def settings() -> Iterator[Settings]:
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings pointing at a fresh, migrated test database and an isolated Redis prefix."""
     _require_port("PostgreSQL", 5432)
     _require_port("Redis", 6379)
@@ -66,6 +66,7 @@ def settings() -> Iterator[Settings]:
         batch_max_wait_ms=5,
         # The tests' webhook receivers listen on 127.0.0.1 (refused by default: SSRF guard).
         webhook_allow_private=True,
+        positions_archive_dir=str(tmp_path_factory.mktemp("position-archives")),
     )
     set_settings(s)
     reset_engine()
@@ -91,7 +92,8 @@ TABLES = ("notification_attempts, notifications, staff_channels, webhook_endpoin
           "audit_log, device_messages, dead_letters, outbox, alert_events, alert_suspensions, "
           "alerts, positions, devices, permit_events, travel_permits, key_periods, "
           "supervisee_changes, roll_calls, sanctions, supervisee_zones, rule_profiles, "
-          "supervisees, zones, staff, org_units, metric_counts")
+          "supervisees, zones, staff, org_units, metric_counts, last_positions, "
+          "position_archives")
 
 
 @pytest.fixture()

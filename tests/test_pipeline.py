@@ -219,11 +219,11 @@ def test_an_older_fix_never_replaces_the_state_of_a_newer_one(settings, device, 
 def test_positions_are_partitioned_by_day(pipeline, device, db):
     pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 60))], now=NOW)
     part = db.execute("SELECT tableoid::regclass::text FROM positions").fetchone()[0]
-    assert part.startswith("positions_2") and part != "positions_default"
-    # A buffered fix from a week ago still has a home: the default partition.
+    assert part.startswith("positions_p2") and part != "positions_default"
+    # A buffered fix from a week ago lands in its own day's partition (made 31 days back).
     pipeline.process([native(device, fix(deep_inside(JIANGAN), NOW - 7 * 86400))], now=NOW)
     parts = {p for (p,) in db.execute("SELECT tableoid::regclass::text FROM positions")}
-    assert "positions_default" in parts
+    assert len(parts) == 2 and "positions_default" not in parts
 
 
 def test_stored_fix_keeps_raw_and_wgs84_coordinates(pipeline, device, db):

@@ -39,12 +39,3 @@ def test_orm_models_match_the_migrated_schema(db: psycopg.Connection):
             "SELECT column_name FROM information_schema.columns WHERE table_name = %s",
             (table.name,))}
         assert cols == {c.name for c in table.columns}, table.name
-
-
-def test_positions_is_partitioned_with_a_default_partition(db: psycopg.Connection):
-    parts = {r[0] for r in db.execute(
-        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'positions'::regclass")}
-    assert "positions_default" in parts
-    assert db.execute("SELECT ensure_positions_partition('2030-01-02')").fetchone() == (True,)
-    assert db.execute("SELECT to_regclass('positions_20300102')::text").fetchone() == (
-        "positions_20300102",)

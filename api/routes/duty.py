@@ -27,12 +27,11 @@ _PEOPLE = f"""
 WITH people AS (
     SELECT s.id, s.full_name, s.case_number, s.office_id, s.level, s.key_flags, s.home_zone_id
       FROM supervisees s WHERE s.active AND s.office_id = ANY(:units)
-), last AS (
-    SELECT DISTINCT ON (p.supervisee_id) p.supervisee_id, p.device_id, p.fix_time, p.lon, p.lat,
-           p.accuracy, p.provider, p.membership
-      FROM positions p
+), last AS (  -- kept by ingest (last_positions): no history is read
+    SELECT p.supervisee_id, p.device_id, p.fix_time, p.lon, p.lat, p.accuracy, p.provider,
+           p.membership
+      FROM last_positions p
      WHERE p.supervisee_id IN (SELECT id FROM people) AND p.fix_time > now() - interval '{POSITION_AGE}'
-     ORDER BY p.supervisee_id, p.fix_time DESC
 ), open_alerts AS (
     SELECT supervisee_id, array_agg(DISTINCT kind) AS kinds, count(*) AS n
       FROM alerts WHERE status <> 'resolved' AND supervisee_id IN (SELECT id FROM people)

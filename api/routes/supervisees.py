@@ -175,10 +175,13 @@ def latest_position(
 ) -> dict[str, Any]:
     """The newest accepted fix (WGS-84) as a GeoJSON Feature."""
     supervisee_in_jurisdiction(session, ctx, supervisee_id)
-    row = session.execute(
-        text(f"""SELECT {_POSITION_COLS} FROM positions WHERE supervisee_id = :s
-                 ORDER BY fix_time DESC LIMIT 1"""),
-        {"s": supervisee_id},
+    # Which fix is the newest comes from last_positions (kept by ingest); the row itself from
+    # its one daily partition (both keys bound: the planner prunes every other partition).
+    last = session.execute(text("SELECT device_id, fix_time FROM last_positions "
+                                "WHERE supervisee_id = :s"), {"s": supervisee_id}).first()
+    row = None if last is None else session.execute(
+        text(f"""SELECT {_POSITION_COLS} FROM positions WHERE device_id = :d AND fix_time = :t"""),
+        {"d": last.device_id, "t": last.fix_time},
     ).first()
     audit(session, ctx, request, "location.read_latest", f"supervisee:{supervisee_id}", purpose)
     session.commit()

@@ -1,0 +1,206 @@
+"""The positions table's life on the real database: pg_partman's daily partitions, late fixes in
+their day, the last-position table, retention with archive, verification and restore."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+
+from ingest.pipeline import Channel, Pipeline, RawMessage
+from store import partitions
+from store.settings import Settings
+from tests.conftest import Org
+from tests.geo import deep_inside
+
+JIANGAN = "420102"
+
+
+def _enrol(db: psycopg.Connection, org: Org, device: str, supervisee: int | None = None) -> None:
+    db.execute("INSERT INTO devices (id, supervisee_id, secret_hash) VALUES (%s, %s, %s)",
+               (device, supervisee or org.supervisee_id, f"h-{device}"))
+
+
+def _fix(device: str, t: float, lon: float, lat: float) -> RawMessage:
+    body = {"time": t, "lon": lon, "lat": lat, "accuracy": 12.0, "crs": "wgs84"}
+    return RawMessage(Channel.NATIVE_MQTT, orjson.dumps(body), device,
+                      f"devices/{device}/location", time.time())
+
+
+def _where(db: psycopg.Connection, device: str) -> list[tuple[str, date]]:
+    return [(r[0], r[1]) for r in db.execute(
+        """SELECT tableoid::regclass::text, (fix_time AT TIME ZONE 'UTC')::date FROM positions
+            WHERE device_id = %s ORDER BY fix_time""", (device,))]
+
+
+def _old_day(db: psycopg.Connection, day: date) -> str:
+    """A partition for a day long ago, as partman makes it."""
+    db.execute("SELECT partman.create_partition_time('public.positions', ARRAY[%s::timestamptz],"
+               " false)", (datetime.combine(day, datetime.min.time(), UTC),))
+    return f"positions_p{day:%Y_%m_%d}"
+
+
+def _insert(db: psycopg.Connection, device: str, supervisee: int, at: datetime, n: int) -> None:
+    db.execute(
+        """INSERT INTO positions (device_id, supervisee_id, fix_time, received_at, lon, lat,
+                                  raw_lon, raw_lat, crs, accuracy, provider, source)
+           SELECT %s, %s, %s + k * interval '1 minute', %s + k * interval '1 minute',
+                  114.3 + k * 1e-5, 30.6, 114.3, 30.6, 'wgs84', 10, 'gps, "odd"', 'native_mqtt'
+             FROM generate_series(0, %s - 1) k""", (device, supervisee, at, at, n))
+
+
+def test_partitions_are_daily_made_ahead_and_a_late_fix_lands_in_its_day(
+        settings: Settings, db: psycopg.Connection, org: Org):
+    partitions.maintain(db, settings, archive=False)
+    today = datetime.now(UTC).date()
+    days = {d for _, d in partitions.partitions(db)}
+    assert {today + timedelta(days=k) for k in range(-31, settings.positions_premake_days + 1)
+            } <= days
+    _enrol(db, org, "dlate")
+    lon, lat = deep_inside(JIANGAN)
+    p = Pipeline.connect(settings)
+    try:
+        now = time.time()
+        p.process([_fix("dlate", now - 20 * 86400, lon, lat), _fix("dlate", now - 60, lon, lat)])
+    finally:
+        p.close()
+    assert [name for name, _ in _where(db, "dlate")] == [
+        f"positions_p{d:%Y_%m_%d}" for _, d in _where(db, "dlate")]
+    assert len({name for name, _ in _where(db, "dlate")}) == 2
+
+
+def test_a_row_in_the_default_partition_is_moved_to_its_day(
+        settings: Settings, db: psycopg.Connection, org: Org):
+    """Older than any partition (e.g. restored from a phone's months-old buffer by hand): it
+    waits in the default partition, and the maintenance gives it its day."""
+    long_ago = datetime(2020, 3, 4, 5, 6, tzinfo=UTC)
+    _insert(db, "dold", org.supervisee_id, long_ago, 3)
+    assert {name for name, _ in _where(db, "dold")} == {"positions_default"}
+    report = partitions.maintain(db, settings, archive=False)
+    assert report.moved_from_default == 3
+    assert {name for name, _ in _where(db, "dold")} == {"positions_p2020_03_04"}
+    assert db.execute("SELECT count(*) FROM positions_default").fetchone() == (0,)
+
+
+def test_last_positions_keep_each_persons_newest_fix_whatever_the_order(
+        settings: Settings, db: psycopg.Connection, org: Org):
+    _enrol(db, org, "dlast1")
+    _enrol(db, org, "dlast2")  # a second phone of the same person
+    lon, lat = deep_inside(JIANGAN)
+    now = time.time()
+    p = Pipeline.connect(settings)
+    try:
+        p.process([_fix("dlast1", now - 300, lon, lat), _fix("dlast1", now - 200, lon + 1e-3, lat)])
+        p.process([_fix("dlast2", now - 100, lon + 2e-3, lat)])
+        p.process([_fix("dlast1", now - 250, lon + 5e-3, lat)])  # late: older than the newest
+    finally:
+        p.close()
+    row = db.execute("SELECT device_id, extract(epoch FROM fix_time), lon FROM last_positions "
+                     "WHERE supervisee_id = %s", (org.supervisee_id,)).fetchone()
+    assert row is not None
+    assert (row[0], round(float(row[1])), round(row[2], 6)) == (
+        "dlast2", round(now - 100), round(lon + 2e-3, 6))
+
+
+def _end_supervision(db: psycopg.Connection, supervisee: int, at: datetime) -> None:
+    db.execute("UPDATE supervisees SET active = false WHERE id = %s", (supervisee,))
+    db.execute("""INSERT INTO supervisee_changes (supervisee_id, at, field, old_value, new_value,
+                                                  reason) VALUES (%s, %s, 'active', 'true',
+                                                  'false', 'sentence served')""",
+               (supervisee, at))
+
+
+def test_a_day_past_retention_is_archived_verified_dropped_and_restored(
+        settings: Settings, db: psycopg.Connection, org: Org):
+    now = datetime.now(UTC)
+    years = settings.retention_positions_years
+    gone_day = (now - timedelta(days=365.25 * (years + 1.5))).date()
+    kept_day = gone_day + timedelta(days=1)
+    gone, kept = _old_day(db, gone_day), _old_day(db, kept_day)
+    # The person of the first day finished long ago; the other is still supervised and was
+    # also there the next day: that day stays, whatever its age.
+    _insert(db, "dgone", org.other_supervisee_id,
+            datetime.combine(gone_day, datetime.min.time(), UTC) + timedelta(hours=8), 240)
+    _insert(db, "dgone", org.other_supervisee_id,
+            datetime.combine(kept_day, datetime.min.time(), UTC) + timedelta(hours=8), 10)
+    _insert(db, "dstay", org.supervisee_id,
+            datetime.combine(kept_day, datetime.min.time(), UTC) + timedelta(hours=9), 10)
+    _end_supervision(db, org.other_supervisee_id, now - timedelta(days=365.25 * (years + 1)))
+
+    report = partitions.retire(db, settings, now)
+    assert gone in report.archived and kept in report.kept
+    names = {n for n, _ in partitions.partitions(db)}
+    assert gone not in names and kept in names
+    (arch,) = db.execute("SELECT partition, rows, path, sha256, dropped_at IS NOT NULL "
+                         "FROM position_archives WHERE partition = %s", (gone,)).fetchall()
+    assert arch[:2] == (gone, 240) and arch[4] is True
+    path = Path(arch[2])
+    manifest = json.loads(path.with_suffix("").with_suffix(".json").read_text())
+    assert (manifest["rows"], manifest["sha256"], manifest["day"]) == (
+        240, arch[3], gone_day.isoformat())
+    with gzip.open(path, "rt") as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 241 and lines[0].split(",")[:3] == [
+        "device_id", "supervisee_id", "fix_time"]
+    assert '"gps, ""odd"""' in lines[1]  # CSV quoting of the odd provider survives
+    audit = db.execute("SELECT action, target, detail->>'rows' FROM audit_log "
+                       "WHERE action LIKE 'positions.%%' AND target = %s",
+                       (f"partition:{gone}",)).fetchall()
+    assert audit == [("positions.archive", f"partition:{gone}", "240")]
+
+    # A damaged file is refused; the intact one comes back complete, once.
+    damaged = path.with_name("damaged.csv.gz")
+    damaged.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
+    damaged.with_suffix("").with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="SHA-256"):
+        partitions.restore(db, settings, damaged)
+    assert partitions.restore(db, settings, path) == 240
+    assert db.execute("SELECT count(*), min(tableoid::regclass::text) FROM positions "
+                      "WHERE device_id = 'dgone' AND fix_time < %s",
+                      (datetime.combine(kept_day, datetime.min.time(), UTC),)).fetchone() == (
+        240, gone)
+    assert db.execute("SELECT action FROM audit_log WHERE action = 'positions.restore'"
+                      ).fetchall() == [("positions.restore",)]
+    # A restored day is not retired again at the next run.
+    assert gone not in partitions.retire(db, settings, now).archived
+
+
+def test_retiring_gives_way_to_a_writer_instead_of_queueing_in_front_of_ingest(
+        settings: Settings, db: psycopg.Connection, org: Org):
+    """DETACH needs the whole table to itself; while an ingest transaction holds it, the
+    maintenance gives up after lock_timeout and tries again, so inserts arriving meanwhile are
+    not queued behind it; once the writer commits, the partition goes."""
+    now = datetime.now(UTC)
+    day = (now - timedelta(days=365.25 * (settings.retention_positions_years + 2))).date()
+    name = _old_day(db, day)
+    _insert(db, "dbusy", org.other_supervisee_id,
+            datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=1), 5)
+    _end_supervision(db, org.other_supervisee_id, now - timedelta(days=365.25 * 10))
+    with psycopg.connect(settings.psycopg_dsn) as writer:
+        _insert(writer, "dbusy2", org.supervisee_id, now - timedelta(minutes=5), 1)  # open txn
+        with pytest.raises(TimeoutError):
+            partitions.retire(db, settings, now)
+        # Another insert is not stuck behind the waiting DETACH: it goes through at once.
+        done = threading.Event()
+
+        def insert() -> None:
+            with psycopg.connect(settings.psycopg_dsn) as c:
+                # (another person: the writer's person's last-position row is its to hold)
+                _insert(c, "dbusy3", org.other_supervisee_id, now - timedelta(minutes=4), 1)
+            done.set()
+
+        threading.Thread(target=insert, daemon=True).start()
+        assert done.wait(10)
+        writer.rollback()
+    assert name in {n for n, _ in partitions.partitions(db)}  # archived, not yet dropped
+    report = partitions.retire(db, settings, now)
+    assert name in report.archived
+    assert db.execute("SELECT count(*) FROM position_archives WHERE partition = %s",
+                      (name,)).fetchone() == (1,)  # archived once, dropped at the second try
