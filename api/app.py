@@ -19,6 +19,7 @@ from api.routes import (
     broker,
     duty,
     ingest,
+    investigations,
     notify,
     ops,
     org,
@@ -48,7 +49,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(DomainError, domain_error_handler)
     for r in (auth.router, org.router, staff.router, supervisees.router, zones.router, alerts.router,
               permits.router, supervision.router, notify.router, ingest.router, ops.router,
-              audit.router, broker.router):
+              audit.router, broker.router, investigations.router):
         app.include_router(r, prefix="/api/v1")
     app.include_router(duty.router, prefix="/api/v1")
     console.mount(app)

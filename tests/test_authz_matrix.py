@@ -151,6 +151,10 @@ def _sample_bodies(world: dict[str, Any], org: Org) -> dict[tuple[str, str], dic
             "starts_at": now.isoformat(), "ends_at": (now + timedelta(hours=2)).isoformat(),
             "reason": "hospital"},
         ("delete", "/api/v1/supervisees/{supervisee_id}/suspensions/{suspension_id}"): {},
+        ("post", "/api/v1/supervisees/{supervisee_id}/proximity"): {
+            "place": {"lon": 114.30, "lat": 30.62, "crs": "gcj02"}, "radius_m": 200,
+            "from": (now - timedelta(hours=2)).isoformat(), "to": now.isoformat(),
+            "purpose": "authorization matrix"},
         ("delete", "/api/v1/webhooks/{webhook_id}"): {},
         ("delete", "/api/v1/me/channels/{channel_id}"): {},
         ("patch", "/api/v1/staff/{staff_id}"): {"active": False},
