@@ -280,9 +280,9 @@ def test_only_the_days_of_the_window_are_scanned(session: Session, org: Org):
     """The plan names the daily partition of the window, not the days around it."""
     days = ["2020-01-01", "2020-01-02", "2020-01-03"]
     try:
-        for d in days:
-            assert session.execute(text("SELECT ensure_positions_partition(CAST(:d AS date))"),
-                                   {"d": d}).scalar_one()
+        session.execute(text("SELECT partman.create_partition_time('public.positions', "
+                             "CAST(:days AS timestamptz[]), false)"),
+                        {"days": [f"{d} 00:00:00+00" for d in days]})
         session.commit()
         b = ProximityIn.model_validate({**body(), "from": "2020-01-02T08:00:00Z",
                                         "to": "2020-01-02T10:00:00Z"})
@@ -290,14 +290,14 @@ def test_only_the_days_of_the_window_are_scanned(session: Session, org: Org):
                          wgs84_lat=PLACE[1])
         sql, params = near_query(frozenset(org.office_ids.values()), b, place)
         plan = "\n".join(r[0] for r in session.execute(text("EXPLAIN " + sql), params))
-        assert "positions_20200102" in plan
-        assert "positions_20200101" not in plan and "positions_20200103" not in plan
+        assert "positions_p2020_01_02" in plan
+        assert "positions_p2020_01_01" not in plan and "positions_p2020_01_03" not in plan
         assert "positions_default" not in plan
         assert "geom &&" in plan  # the box on geom, which a GiST index on geom would serve
     finally:
         session.rollback()
         for d in days:
-            session.execute(text(f"DROP TABLE IF EXISTS positions_{d.replace('-', '')}"))
+            session.execute(text(f"DROP TABLE IF EXISTS positions_p{d.replace('-', '_')}"))
         session.commit()
 
 
