@@ -31,7 +31,7 @@ browser:  ## Debian's Chromium and CJK fonts for the console's browser tests
 	bash deploy/ensure-browser.sh
 
 test: install services browser lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: install services  ## sustained load: 5,000 reports/s for 60 s on a fresh ccs_bench database
 	$(BIN)/python -m simulators.bench

@@ -16,6 +16,7 @@ import cProfile
 import io
 import pstats
 import time
+from typing import Any
 
 import numpy as np
 import orjson
@@ -92,11 +93,14 @@ def run(args: argparse.Namespace) -> None:
         if prof:
             prof.enable()
         accepted = 0
+        batch_ms = []
         for k in range(0, len(part), args.batch):
             now = time.time()
             msgs = [RawMessage(Channel.NATIVE_MQTT, p, d, topic.format(d), now)
                     for d, p in part[k:k + args.batch]]
+            b0 = time.perf_counter()
             accepted += sum(r.accepted for r in pipe.process(msgs, now))
+            batch_ms.append((time.perf_counter() - b0) * 1000)
         if prof:
             prof.disable()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -107,7 +111,9 @@ def run(args: argparse.Namespace) -> None:
         print(f"{name}: {n:,} reports, {accepted:,} stored, {n / wall:,.0f} reports/s wall; "
               f"CPU per report: " + ", ".join(f"{k} {v / n * 1e6:.0f} us" for k, v in us.items())
               + f"; together {total / n * 1e6:.0f} us; state cache {pipe.states.cache_hits:,} "
-              f"hits, {pipe.states.cache_misses:,} misses so far")
+              f"hits, {pipe.states.cache_misses:,} misses so far; batch of {args.batch} p50 "
+              f"{np.percentile(batch_ms, 50):.0f} ms, p99 {np.percentile(batch_ms, 99):.0f} ms, "
+              f"max {max(batch_ms):.0f} ms")
         if prof:
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.profile)
@@ -115,8 +121,83 @@ def run(args: argparse.Namespace) -> None:
 
     first = min(args.phones, len(reports))
     phase("first report of each phone", reports[:first], False)
-    phase("steady", reports[first:], args.profile > 0)
+    if not args.maintenance:
+        phase("steady", reports[first:], args.profile > 0)
+    else:
+        half = first + (len(reports) - first) // 2
+        phase("steady, no maintenance", reports[first:half], False)
+        with Maintenance(env.dsn, settings) as m:
+            phase("steady, partitions made, archived and dropped meanwhile", reports[half:],
+                  args.profile > 0)
+        print(f"meanwhile: {m.done}")
     pipe.close()
+
+
+class Maintenance:
+    """While ingest runs: day after day past retention (200,000 rows each, of a person whose
+    supervision ended long ago, prepared before) is archived, verified, detached and dropped,
+    and a partition is made ahead, as the scheduler's maintenance does once a day."""
+
+    DAYS = 6
+
+    def __init__(self, dsn: str, settings: Any) -> None:
+        import threading
+
+        self.dsn = dsn
+        self.settings = settings.model_copy(update={
+            "positions_archive_dir": ".run/hotpath-archive", "positions_retire_per_run": 1})
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.done: dict[str, int] = {"archived and dropped": 0, "made ahead": 0, "lock waits": 0}
+
+    def __enter__(self) -> Maintenance:
+        from datetime import UTC, datetime, timedelta
+
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("INSERT INTO supervisees (office_id, full_name, case_number, "
+                      "supervision_type, active) SELECT id, 'ended', 'HOTPATH-ENDED', "
+                      "'probation', false FROM org_units WHERE kind = 'judicial_office' LIMIT 1 "
+                      "ON CONFLICT DO NOTHING")
+            sid = c.execute("SELECT id FROM supervisees WHERE case_number = 'HOTPATH-ENDED'"
+                            ).fetchone()[0]  # type: ignore[index]
+            for k in range(self.DAYS):
+                day = datetime(2001, 1, 1, tzinfo=UTC) + timedelta(days=k)
+                c.execute("SELECT partman.create_partition_time('public.positions', "
+                          "ARRAY[%s::timestamptz], false)", (day,))
+                c.execute("""INSERT INTO positions (device_id, supervisee_id, fix_time,
+                               received_at, lon, lat, raw_lon, raw_lat, crs, accuracy, source)
+                             SELECT 'old-' || (g % 1000), %s, %s + g * interval '400 ms', %s,
+                                    114.3, 30.6, 114.3, 30.6, 'wgs84', 10, 'native_mqtt'
+                               FROM generate_series(1, 200000) g""", (sid, day, day))
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+    def _run(self) -> None:
+        from datetime import UTC, datetime, timedelta
+
+        import psycopg
+
+        from store import partitions
+
+        now = datetime.now(UTC)
+        k = 0
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            while not self.stop.is_set():
+                k += 1
+                report = partitions.retire(c, self.settings, now)
+                self.done["archived and dropped"] += len(report.archived)
+                self.done["lock waits"] += report.lock_waits
+                c.execute("SELECT partman.create_partition_time('public.positions', "
+                          "ARRAY[%s::timestamptz], false)", (now + timedelta(days=30 + k),))
+                self.done["made ahead"] += 1
+                if not report.archived:
+                    self.stop.wait(0.5)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=500, help="reports per pipeline call")
     ap.add_argument("--wander", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--maintenance", action="store_true",
+                    help="run the second half of the steady phase while partitions are made, "
+                         "archived and dropped")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="print the N functions with the most own time in the steady phase")
     run(ap.parse_args(argv))
