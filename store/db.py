@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from alembic import command
@@ -43,9 +44,10 @@ def reset_engine() -> None:
     _sessionmaker = None
 
 
-def connect_raw(autocommit: bool = False) -> psycopg.Connection:
-    """A plain psycopg connection for the hot path (COPY, batched SQL)."""
-    return psycopg.connect(get_settings().psycopg_dsn, autocommit=autocommit)
+def connect_raw(autocommit: bool = False, **params: Any) -> psycopg.Connection:
+    """A plain psycopg connection for the hot path (COPY, batched SQL) or a long read of its own
+    (`params`: libpq connection parameters such as `application_name`)."""
+    return psycopg.connect(get_settings().psycopg_dsn, autocommit=autocommit, **params)
 
 
 def migrate(url: str | None = None) -> None:

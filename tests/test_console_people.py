@@ -7,6 +7,7 @@ import csv
 import math
 import time
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from tests.browser import Console, open_console
 from tests.conftest import JIANGAN, PASSWORD, Org
 from tests.geo import deep_inside
 from tests.services import api_server
+from tests.test_track_exports import KML, insert_fixes
 
 GPX = "{http://www.topografix.com/GPX/1/1}"
 
@@ -181,6 +183,35 @@ def test_track_playback_slider_stops_and_gpx_download(settings: Settings, org: O
         assert audit == [("location.read_track", "核查活动轨迹 track review", None),
                          ("location.export_track", "核查活动轨迹 track review", "gpx"),
                          ("location.export_track", "核查活动轨迹 track review", "csv")]
+        assert c.problems == []
+
+
+def test_track_playback_says_when_the_period_holds_more_than_it_shows(
+        settings: Settings, org: Org, browser: Browser, db: psycopg.Connection, tmp_path: Path):
+    """More fixes than the playback's 10,000: the page says how many the period holds, and the
+    exports (KML among them) hold every one."""
+    n = 10_050
+    insert_fixes(db, org.supervisee_id, n, datetime.now(UTC) - timedelta(hours=3))
+    with api_server(settings) as base:
+        c = signed_in(browser, base, "jiangan-officer")
+        c.page.goto(f"{base}/#/supervisees/{org.supervisee_id}/track")
+        c.page.fill("#tr-purpose", "长时段核查 long period")
+        c.page.click("#tr-show")
+        c.page.wait_for_selector("#track-limit", timeout=30_000)
+        assert c.page.inner_text("#track-count") == "10000 个定位点"
+        assert c.page.inner_text("#track-limit") == (
+            "本时段共有 10050 个定位点，这里只显示了前 10000 个，请缩短时段。导出的文件包含全部定位点。")
+        assert "limit" not in (c.page.get_attribute("#export-kml", "href") or "")
+        c.shot("track-limit")
+        with c.page.expect_download() as dl:
+            c.page.click("#export-kml")
+        assert dl.value.suggested_filename.endswith(".kml")
+        dl.value.save_as(tmp_path / "track.kml")
+        root = ET.parse(tmp_path / "track.kml").getroot()
+        assert len(root.findall(f"{KML}Document/{KML}Folder/{KML}Placemark")) == n
+        assert db.execute("""SELECT action, detail->>'format', (detail->>'fixes')::int
+                               FROM audit_log WHERE action LIKE 'location.%' ORDER BY id""").fetchall() == [
+            ("location.read_track", None, 10_000), ("location.export_track", "kml", n)]
         assert c.problems == []
 
 

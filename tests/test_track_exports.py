@@ -1,4 +1,5 @@
-"""Track exports (GeoJSON, GPX, CSV) and the enrolment links (OwnTracks QR, Traccar Client URL)."""
+"""Track exports (GeoJSON, GPX, CSV, KML: streamed, complete, audited) and the enrolment links
+(OwnTracks QR, Traccar Client URL)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,32 @@ import io
 import json
 import re
 import time
+import tracemalloc
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import httpx
 import psycopg
 import segno
 from fastapi.testclient import TestClient
 
 from api.enrolment import qr_svg
+from api.exports import EXPORT_APPLICATION, ExportFormat, file_chunks, open_track
 from ingest.mqtt_worker import route
+from store.db import get_engine
 from store.settings import Settings, set_settings
 from tests.conftest import JIANGAN, Org, login
 from tests.geo import deep_inside
+from tests.services import api_server
 from tests.test_api import API, enrol
 
 GPX = "{http://www.topografix.com/GPX/1/1}"
 CCS = "{urn:ccs:gpx:1}"
+KML = "{http://www.opengis.net/kml/2.2}"
+BIG = 120_000  # more than the old cap (100,000) cut exports at
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
 
 def report_fixes(client: TestClient, secret: str, device_id: str, n: int, t0: float) -> None:
@@ -170,3 +180,255 @@ def test_enrolment_link_in_http_mode_points_at_the_owntracks_endpoint(
                           "tst": int(time.time()), "acc": 9, "tid": conf["tid"]})
     assert r.status_code == 200, r.text
 
+
+
+def insert_fixes(db: psycopg.Connection, supervisee_id: int, n: int, t0: datetime = T0,
+                 provider: str = "gps") -> dict[str, str]:
+    """`n` fixes one second apart straight into positions (generate_series: seconds for 120,000);
+    fix i at longitude 114.3 + i * 1e-6, so the order can be read back from any format. Returns
+    the period that holds them all."""
+    db.execute("""INSERT INTO positions (device_id, supervisee_id, fix_time, received_at, lon, lat,
+                                         raw_lon, raw_lat, crs, accuracy, altitude, provider, source)
+                  SELECT 'bulk-phone', %(s)s, %(t0)s + i * interval '1 second',
+                         %(t0)s + i * interval '1 second' + interval '2 seconds',
+                         114.3 + i * 1e-6, 30.6 + (i %% 1000) * 1e-5, 114.3 + i * 1e-6,
+                         30.6 + (i %% 1000) * 1e-5, 'wgs84', 5 + i %% 40, 21, %(p)s, 'native_mqtt'
+                    FROM generate_series(0, %(n)s - 1) AS i""",
+               {"s": supervisee_id, "t0": t0, "n": n, "p": provider})
+    return {"from": (t0 - timedelta(minutes=1)).isoformat(),
+            "to": (t0 + timedelta(seconds=n)).isoformat()}
+
+
+def xml_elements(chunks: Iterator[bytes], tag: str) -> Iterator[ET.Element]:
+    """Each complete `tag` element of a document read piece by piece (memory stays small)."""
+    parser = ET.XMLPullParser(events=("end",))
+    for chunk in chunks:
+        parser.feed(chunk)
+        for _, el in parser.read_events():
+            if el.tag == tag:
+                yield el
+                el.clear()
+    parser.close()
+    for _, el in parser.read_events():
+        if el.tag == tag:
+            yield el
+
+
+def increasing(values: list[float]) -> bool:
+    return all(a < b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_a_period_beyond_the_old_cap_is_exported_whole_in_every_format(
+        client: TestClient, org: Org, db: psycopg.Connection, settings: Settings):
+    """120,000 fixes (the old cap cut at 100,000 without a word): each format holds every one, in
+    time order, streamed through a real server; the JSON form says it is cut and by how much."""
+    h = login(client, "jiangan-officer")
+    q = {**insert_fixes(db, org.supervisee_id, BIG), "purpose": "案件复核 full period"}
+    url = f"{API}/supervisees/{org.supervisee_id}/track"
+    last_lon = 114.3 + (BIG - 1) * 1e-6
+    with api_server(settings) as base, httpx.Client(base_url=base, headers=h, timeout=120) as http:
+        def get(fmt: str) -> Iterator[bytes]:
+            with http.stream("GET", url, params={**q, "format": fmt}) as r:
+                assert r.status_code == 200, r.read()
+                assert r.headers["content-disposition"].endswith(f".{fmt}")
+                yield from r.iter_bytes()
+
+        lons = [float(p.get("lon") or 0) for p in xml_elements(get("gpx"), f"{GPX}trkpt")]
+        assert len(lons) == BIG and increasing(lons)
+        assert abs(lons[-1] - last_lon) < 1e-9
+
+        rows = list(csv.DictReader(io.StringIO(b"".join(get("csv")).decode())))
+        assert len(rows) == BIG and increasing([float(x["lon"]) for x in rows])
+        assert datetime.fromisoformat(rows[-1]["fix_time"]) == T0 + timedelta(seconds=BIG - 1)
+
+        fc = json.loads(b"".join(get("geojson")))
+        line, *points = fc["features"]
+        assert line["geometry"]["type"] == "LineString" and len(line["geometry"]["coordinates"]) == BIG
+        assert len(points) == BIG and {p["geometry"]["type"] for p in points} == {"Point"}
+        assert increasing([p["geometry"]["coordinates"][0] for p in points])
+
+        when = [el.findtext(f"{KML}TimeStamp/{KML}when") or ""
+                for el in xml_elements(get("kml"), f"{KML}Placemark")]
+        assert len(when) == BIG + 1 and when[0] == ""  # the track, then every fix
+        assert increasing([datetime.fromisoformat(w).timestamp() for w in when[1:]])
+
+        # Without a format: the console's playback keeps its limit, and says so.
+        r = http.get(url, params=q)
+        assert r.status_code == 200
+        body = r.json()
+        assert (body["truncated"], body["total"]) == (True, BIG)
+        assert sum(f["geometry"]["type"] == "Point" for f in body["features"]) == 10_000
+
+    audit = db.execute("""SELECT action, purpose, detail->>'format', (detail->>'fixes')::int,
+                                 (detail->>'total')::int, detail->>'start', detail->>'end'
+                            FROM audit_log WHERE action LIKE 'location.%' ORDER BY id""").fetchall()
+    period = (q["from"], q["to"])
+    assert audit == [("location.export_track", "案件复核 full period", f, BIG, None, *period)
+                     for f in ("gpx", "csv", "geojson", "kml")] + [
+        ("location.read_track", "案件复核 full period", None, 10_000, BIG, *period)]
+
+
+def written_size_and_peak_memory(fmt: ExportFormat, supervisee_id: int, seconds: int
+                                 ) -> tuple[int, int]:
+    """The file's size and the most memory Python held while writing it."""
+    track = open_track(supervisee_id, T0, T0 + timedelta(seconds=seconds))
+    tracemalloc.start()
+    try:
+        size = sum(len(c) for c in file_chunks(fmt, track, "T", supervisee_id))
+        return size, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        track.close()
+
+
+def test_an_export_streams_in_bounded_memory(org: Org, db: psycopg.Connection):
+    """The file is written from the cursor a few thousand fixes at a time: eight times the fixes
+    take no more memory (held in a list, as before, 40,000 took 40 MB)."""
+    insert_fixes(db, org.supervisee_id, 40_000)
+    # GeoJSON: two passes (the line, then the fixes) and the largest file per fix.
+    small_size, small_peak = written_size_and_peak_memory("geojson", org.supervisee_id, 5_000)
+    size, peak = written_size_and_peak_memory("geojson", org.supervisee_id, 40_000)
+    assert size > 7.9 * small_size
+    assert peak < 1.3 * small_peak and peak < 8_000_000, (small_peak, peak)  # ~4 MB both
+
+
+def pg_exports(db: psycopg.Connection) -> int:
+    return db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                      (EXPORT_APPLICATION,)).fetchone()[0]  # type: ignore[index]
+
+
+def wait_for_no_export_connection(db: psycopg.Connection) -> None:
+    deadline = time.monotonic() + 10
+    while pg_exports(db):
+        assert time.monotonic() < deadline, "the export's connection outlived its response"
+        time.sleep(0.05)
+
+
+def test_a_stream_holds_no_pooled_connection_and_lets_go_when_the_client_leaves(
+        client: TestClient, org: Org, db: psycopg.Connection, settings: Settings):
+    h = login(client, "jiangan-officer")
+    q = {**insert_fixes(db, org.supervisee_id, BIG), "purpose": "连接检查 connection check"}
+    url = f"{API}/supervisees/{org.supervisee_id}/track"
+    pool = get_engine().pool
+    with api_server(settings) as base, httpx.Client(base_url=base, headers=h, timeout=60) as http:
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        # Midway through a download (most of the file not yet read): the request's session has
+        # given its pooled connection back; the stream reads on its one connection of its own.
+        with http.stream("GET", url, params={**q, "format": "csv"}) as r:
+            assert r.status_code == 200
+            chunks = r.iter_bytes()  # kept: a dropped iterator closes the connection at once
+            assert next(chunks).startswith(b"fix_time,lon,lat")
+            time.sleep(0.3)
+            assert pool.checkedout() == 0  # type: ignore[attr-defined]
+            assert pg_exports(db) == 1
+            assert db.execute("""SELECT state, backend_xid IS NULL FROM pg_stat_activity
+                                  WHERE application_name = %s""", (EXPORT_APPLICATION,)
+                              ).fetchone() == ("idle in transaction", True)  # read only
+        # The client hung up with most of the file unsent: the connection is closed at once.
+        wait_for_no_export_connection(db)
+        # A download read to its end closes it too.
+        assert len(http.get(url, params={**q, "format": "gpx"}).content) > 10_000_000
+        wait_for_no_export_connection(db)
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert db.execute("SELECT count(*) FROM audit_log WHERE action = 'location.export_track'"
+                      ).fetchone() == (2,)
+
+
+ODD = ['<gps & "net">', "a]]>b</provider>", "fused\x01\x1b?", "北斗 'BDS'", "&amp; ;"]
+
+
+def test_kml_export_parses_with_times_in_order_and_escapes_odd_provider_strings(
+        client: TestClient, org: Org, db: psycopg.Connection):
+    h = login(client, "jiangan-officer")
+    for i, provider in enumerate(ODD):
+        insert_fixes(db, org.supervisee_id, 1, T0 + timedelta(minutes=i), provider=provider)
+    q = {"from": T0.isoformat(), "to": (T0 + timedelta(hours=1)).isoformat(),
+         "purpose": "KML 核查 kml check", "format": "kml", "limit": 2}
+    url = f"{API}/supervisees/{org.supervisee_id}/track"
+    r = client.get(url, params=q, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/vnd.google-earth.kml+xml"
+    assert r.headers["content-disposition"] == (
+        f'attachment; filename="track-T-{JIANGAN}-20260302T0800Z-20260302T0900Z.kml"; '
+        f"filename*=UTF-8''track-T-{JIANGAN}-20260302T0800Z-20260302T0900Z.kml")
+    root = ET.fromstring(r.content)
+    assert root.tag == f"{KML}kml"
+    doc = root.find(f"{KML}Document")
+    assert doc is not None and doc.findtext(f"{KML}name") == f"T-{JIANGAN} 20260302T0800Z-20260302T0900Z"
+    [track] = doc.findall(f"{KML}Placemark")
+    coords = (track.findtext(f"{KML}LineString/{KML}coordinates") or "").split()
+    assert [tuple(map(float, c.split(","))) for c in coords] == [(114.3, 30.6)] * len(ODD)
+    fixes = doc.findall(f"{KML}Folder/{KML}Placemark")
+    assert len(fixes) == len(ODD)  # `limit` is the JSON form's: a file holds the whole period
+    times = [datetime.fromisoformat(f.findtext(f"{KML}TimeStamp/{KML}when") or "") for f in fixes]
+    assert times == [T0 + timedelta(minutes=i) for i in range(len(ODD))]
+    assert [f.findtext(f"{KML}Point/{KML}coordinates") for f in fixes] == ["114.3,30.6"] * len(ODD)
+
+    def data(f: ET.Element) -> dict[str, str | None]:
+        return {d.get("name") or "": d.findtext(f"{KML}value")
+                for d in f.findall(f"{KML}ExtendedData/{KML}Data")}
+
+    assert data(fixes[0]) == {"accuracy": "5.0", "provider": ODD[0], "source": "native_mqtt",
+                              "device_id": "bulk-phone"}
+    # Control characters XML cannot carry are replaced (U+FFFD); everything else comes back as is.
+    want = [p.replace("\x01", "\ufffd").replace("\x1b", "\ufffd") for p in ODD]
+    assert [data(f)["provider"] for f in fixes] == want
+
+    r = client.get(url, params={**q, "format": "gpx"}, headers=h)
+    pts = ET.fromstring(r.content).findall(f"{GPX}trk/{GPX}trkseg/{GPX}trkpt")
+    assert [p.findtext(f"{GPX}extensions/{CCS}provider") for p in pts] == want
+    r = client.get(url, params={**q, "format": "csv"}, headers=h)
+    assert [x["provider"] for x in csv.DictReader(io.StringIO(r.text))] == ODD  # CSV keeps them
+    r = client.get(url, params={**q, "format": "geojson"}, headers=h)
+    assert [f["properties"]["provider"] for f in r.json()["features"][1:]] == ODD
+
+    audit = db.execute("""SELECT detail FROM audit_log WHERE action = 'location.export_track'
+                           ORDER BY id""").fetchall()
+    assert [a[0] for a in audit] == [
+        {"format": f, "fixes": len(ODD), "start": q["from"], "end": q["to"]}
+        for f in ("kml", "gpx", "csv", "geojson")]
+
+
+def test_exports_refused_outside_the_jurisdiction_and_beyond_31_days(
+        client: TestClient, org: Org, db: psycopg.Connection):
+    insert_fixes(db, org.supervisee_id, 3)
+    url = f"{API}/supervisees/{org.supervisee_id}/track"
+    q = {"from": T0.isoformat(), "to": (T0 + timedelta(hours=1)).isoformat(),
+         "purpose": "越权检查 jurisdiction"}
+    other = login(client, "jianghan-officer")
+    for fmt in ("kml", "csv", "gpx", "geojson"):
+        r = client.get(url, params={**q, "format": fmt}, headers=other)
+        assert r.status_code == 404, r.text
+        assert "fix_time" not in r.text and "kml" not in r.headers["content-type"]
+    h = login(client, "jiangan-officer")
+    r = client.get(url, params={**q, "to": (T0 + timedelta(days=32)).isoformat(), "format": "kml"},
+                   headers=h)
+    assert r.status_code == 422 and "31 days" in r.text
+    assert db.execute("SELECT count(*) FROM audit_log WHERE action LIKE 'location.%'"
+                      ).fetchone() == (0,)
+    # The JSON form: a small period is not cut and says so.
+    body = client.get(url, params=q, headers=h).json()
+    assert (body["truncated"], body["total"], len(body["features"])) == (False, 3, 4)
+    body = client.get(url, params={**q, "limit": 2}, headers=h).json()
+    assert (body["truncated"], body["total"], len(body["features"])) == (True, 3, 3)
+
+
+def test_a_period_with_no_fix_or_one_fix_exports_valid_files(
+        client: TestClient, org: Org, db: psycopg.Connection):
+    h = login(client, "jiangan-officer")
+    url = f"{API}/supervisees/{org.supervisee_id}/track"
+    q = {"from": T0.isoformat(), "to": (T0 + timedelta(hours=1)).isoformat(), "purpose": "空时段 empty"}
+    for n in (0, 1):
+        if n:
+            insert_fixes(db, org.supervisee_id, 1)
+        kml = ET.fromstring(client.get(url, params={**q, "format": "kml"}, headers=h).content)
+        assert len(kml.findall(f"{KML}Document/{KML}Placemark")) == 0  # a line needs two fixes
+        assert len(kml.findall(f"{KML}Document/{KML}Folder/{KML}Placemark")) == n
+        gpx = ET.fromstring(client.get(url, params={**q, "format": "gpx"}, headers=h).content)
+        assert len(gpx.findall(f"{GPX}trk/{GPX}trkseg/{GPX}trkpt")) == n
+        fc = client.get(url, params={**q, "format": "geojson"}, headers=h).json()
+        assert [f["geometry"]["type"] for f in fc["features"]] == ["Point"] * n
+        text = client.get(url, params={**q, "format": "csv"}, headers=h).text
+        assert len(list(csv.DictReader(io.StringIO(text)))) == n and text.startswith("fix_time,")
+    assert db.execute("""SELECT array_agg((detail->>'fixes')::int ORDER BY id) FROM audit_log
+                          WHERE action = 'location.export_track'""").fetchone() == ([0] * 4 + [1] * 4,)

@@ -25,7 +25,7 @@ from api.deps import (
 )
 from api.enrolment import seed_device_clocks
 from api.errors import Conflict, Invalid, NotFound
-from api.exports import MEDIA_TYPES, ExportFormat, chunks, point_feature
+from api.exports import POSITION_COLUMNS, ExportFormat, TrackResponse, iso_times, open_track, point_feature
 from api.routes.broker import device_credentials
 from api.routes.zones import visible_zone
 from api.schemas import (
@@ -55,9 +55,6 @@ PurposeQ = Query(
     description="Why location data is read (required; recorded in the audit log)",
 )
 MAX_TRACK_SPAN = timedelta(days=31)
-
-_POSITION_COLS = """device_id, fix_time, received_at, lon, lat, raw_lon, raw_lat, crs, accuracy,
-    altitude, speed, heading, battery, provider, source, mock, seq, late, membership"""
 
 
 def _check_home_zone(session: Any, ctx: Any, zone_id: int) -> None:
@@ -162,10 +159,7 @@ def revoke_device(
 
 
 def _position_row(row: Any) -> dict[str, Any]:
-    d = dict(row._mapping)
-    for k in ("fix_time", "received_at"):
-        d[k] = d[k].isoformat()
-    return d
+    return iso_times(dict(row._mapping))
 
 
 @router.get("/supervisees/{supervisee_id}/position", **access(SUPERVISORS))
@@ -180,7 +174,7 @@ def latest_position(
     last = session.execute(text("SELECT device_id, fix_time FROM last_positions "
                                 "WHERE supervisee_id = :s"), {"s": supervisee_id}).first()
     row = None if last is None else session.execute(
-        text(f"""SELECT {_POSITION_COLS} FROM positions WHERE device_id = :d AND fix_time = :t"""),
+        text(f"""SELECT {POSITION_COLUMNS} FROM positions WHERE device_id = :d AND fix_time = :t"""),
         {"d": last.device_id, "t": last.fix_time},
     ).first()
     audit(session, ctx, request, "location.read_latest", f"supervisee:{supervisee_id}", purpose)
@@ -199,28 +193,70 @@ def latest_position(
 def track(
     supervisee_id: DbId, ctx: CurrentStaff, session: SessionDep, request: Request,
     start: datetime = Query(..., alias="from"), end: datetime = Query(..., alias="to"),
-    purpose: str = PurposeQ, limit: int = Query(10_000, ge=1, le=100_000),
+    purpose: str = PurposeQ,
+    limit: int = Query(10_000, ge=1, le=100_000,
+                       description="the JSON answer's most fixes (it says `truncated` and the "
+                                   "period's `total`); a file (`format`) always holds them all"),
     export: ExportFormat | None = Query(
         None, alias="format",
-        description="download the period as a file: geojson, gpx (GPX 1.1; accuracy in the "
-                    "urn:ccs:gpx:1 extensions) or csv (with a header); audited with the format"),
+        description="download the whole period as a file, streamed however many fixes it holds: "
+                    "geojson, gpx (GPX 1.1; accuracy in the urn:ccs:gpx:1 extensions), csv (with "
+                    "a header) or kml (KML 2.2: the track as a LineString, each fix a Placemark "
+                    "with its TimeStamp and accuracy/provider/source in ExtendedData); audited "
+                    "with the format and the number of fixes"),
 ) -> dict[str, Any] | StreamingResponse:
-    """Fixes in [from, to) as a FeatureCollection: the track line first, then each fix."""
+    """Fixes in [from, to) as a FeatureCollection: the track line first, then each fix.
+
+    As JSON at most `limit` fixes, the first ones; `truncated` says when the period holds more
+    (`total`). As a file (`format`) every fix of the period, streamed from one database snapshot
+    on a connection of the export's own (api/exports.py). The audit row is written when the
+    export starts, before the first byte is sent: purpose, format, period and the number of fixes
+    the file holds (a download the client abandons midway is recorded all the same).
+    """
     sup = supervisee_in_jurisdiction(session, ctx, supervisee_id)
     if start.tzinfo is None or end.tzinfo is None:
         raise Invalid("from and to need a timezone (e.g. 2026-11-26T08:00:00Z)")
     if not start < end or end - start > MAX_TRACK_SPAN:
         raise Invalid("need from < to, at most 31 days apart")
+    if export is None:
+        return _track_json(session, ctx, request, supervisee_id, start, end, purpose, limit)
+    track_export = open_track(supervisee_id, start, end)
+    try:
+        audit(session, ctx, request, "location.export_track", f"supervisee:{supervisee_id}",
+              purpose, start=start.isoformat(), end=end.isoformat(), fixes=track_export.total,
+              format=export)
+        session.commit()
+        # The request's session is done with: its pooled connection goes back now, not when the
+        # response ends (the dependency's cleanup), however long the download takes.
+        session.close()
+    except BaseException:
+        track_export.close()
+        raise
+    stamp = f"{start.astimezone(UTC):%Y%m%dT%H%MZ}-{end.astimezone(UTC):%Y%m%dT%H%MZ}"
+    filename = f"track-{sup.case_number}-{stamp}.{export}"
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    return TrackResponse(
+        track_export, export, f"{sup.case_number} {stamp}", supervisee_id,
+        headers={"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; "
+                                        f"filename*=UTF-8''{quote(filename)}",
+                 "Cache-Control": "no-store"})
+
+
+def _track_json(session: Any, ctx: Any, request: Request, supervisee_id: int, start: datetime,
+                end: datetime, purpose: str, limit: int) -> dict[str, Any]:
+    period = {"s": supervisee_id, "a": start, "b": end}
+    where = "WHERE supervisee_id = :s AND fix_time >= :a AND fix_time < :b"
     rows = session.execute(
-        text(f"""SELECT {_POSITION_COLS} FROM positions
-                  WHERE supervisee_id = :s AND fix_time >= :a AND fix_time < :b
-                  ORDER BY fix_time LIMIT :n"""),
-        {"s": supervisee_id, "a": start, "b": end, "n": limit},
-    ).all()
-    extra: dict[str, Any] = {} if export is None else {"format": export}
-    audit(session, ctx, request, "location.export_track" if export else "location.read_track",
-          f"supervisee:{supervisee_id}", purpose,
-          start=start.isoformat(), end=end.isoformat(), fixes=len(rows), **extra)
+        text(f"SELECT {POSITION_COLUMNS} FROM positions {where} ORDER BY fix_time, device_id "
+             "LIMIT :n"), {**period, "n": limit + 1}).all()
+    truncated = len(rows) > limit
+    total = len(rows)
+    if truncated:
+        rows = rows[:limit]
+        total = max(total, session.execute(text(f"SELECT count(*) FROM positions {where}"),
+                                           period).scalar_one())
+    audit(session, ctx, request, "location.read_track", f"supervisee:{supervisee_id}", purpose,
+          start=start.isoformat(), end=end.isoformat(), fixes=len(rows), total=total)
     session.commit()
     points = [_position_row(r) for r in rows]
     features: list[dict[str, Any]] = []
@@ -232,18 +268,8 @@ def track(
             "properties": {"kind": "track", "supervisee_id": supervisee_id},
         })
     features += [point_feature(p) for p in points]
-    if export is None:
-        return {"type": "FeatureCollection", "features": features,
-                "crs_note": "WGS-84 (EPSG:4326)"}
-    stamp = f"{start.astimezone(UTC):%Y%m%dT%H%MZ}-{end.astimezone(UTC):%Y%m%dT%H%MZ}"
-    filename = f"track-{sup.case_number}-{stamp}.{export}"
-    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
-    return StreamingResponse(
-        (c.encode() for c in chunks(export, features, points, f"{sup.case_number} {stamp}")),
-        media_type=MEDIA_TYPES[export],
-        headers={"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; "
-                                        f"filename*=UTF-8''{quote(filename)}",
-                 "Cache-Control": "no-store"})
+    return {"type": "FeatureCollection", "features": features, "crs_note": "WGS-84 (EPSG:4326)",
+            "total": total, "truncated": truncated}
 
 
 @router.post("/supervisees/{supervisee_id}/zones", response_model=ZoneAssignmentOut,

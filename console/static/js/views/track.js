@@ -1,7 +1,8 @@
 // Track playback: the fixes of a period (asked with its purpose, which goes into the audit log),
 // the path with accuracy circles, a time slider that moves a marker through the fixes, the stops
 // (fixes within ~100 m for at least 10 min, found here in the browser) and the moments alerts
-// opened; the same period as GPX, CSV or GeoJSON through the cookie (audited with the format).
+// opened; the same period as GPX, CSV, GeoJSON or KML through the cookie (audited with the format;
+// a file always holds the whole period, while the playback shows at most LIMIT fixes and says so).
 /* global L */
 import { api, downloadUrl } from "../api.js";
 import { h, clear, section, table, fmtTime, toast, errorText, metres, localInput, fromLocalInput } from "../ui.js";
@@ -19,7 +20,8 @@ register({
         "tr.provider": "定位方式", "tr.speed": "速度", "tr.export": "导出本时段", "tr.path": "轨迹",
         "tr.stop": "停留点", "tr.alert": "告警位置", "tr.current": "当前点", "tr.prev": "上一点", "tr.next": "下一点",
         "tr.play": "播放", "tr.pause": "暂停", "tr.min": "{n} 分钟", "tr.kind": "告警", "tr.last24": "最近 24 小时",
-        "tr.last7": "最近 7 天", "tr.limit": "只显示了前 {n} 个定位点，请缩短时段。", "tr.exportnote": "导出同样记入审计日志。" },
+        "tr.last7": "最近 7 天", "tr.limit": "本时段共有 {total} 个定位点，这里只显示了前 {n} 个，请缩短时段。导出的文件包含全部定位点。",
+        "tr.exportnote": "导出同样记入审计日志。" },
   en: { "tr.title": "Track playback", "tr.from": "From", "tr.to": "To", "tr.purpose": "Purpose (recorded in the audit log)",
         "tr.show": "Show the track", "tr.fixes": "{n} fixes", "tr.empty": "No fixes in this period. Try a longer one.",
         "tr.ask": "Choose a period and a purpose, then press “Show the track”.", "tr.stops": "Stops",
@@ -28,7 +30,8 @@ register({
         "tr.provider": "Provider", "tr.speed": "Speed", "tr.export": "Export this period", "tr.path": "Path",
         "tr.stop": "Stop", "tr.alert": "Alert position", "tr.current": "Current fix", "tr.prev": "Previous", "tr.next": "Next",
         "tr.play": "Play", "tr.pause": "Pause", "tr.min": "{n} min", "tr.kind": "Alert", "tr.last24": "Last 24 h",
-        "tr.last7": "Last 7 days", "tr.limit": "Only the first {n} fixes are shown: choose a shorter period.",
+        "tr.last7": "Last 7 days",
+        "tr.limit": "This period holds {total} fixes; only the first {n} are shown: choose a shorter period. The exported files hold them all.",
         "tr.exportnote": "Exports are audited too." },
 });
 
@@ -127,7 +130,7 @@ export async function render(main, [id]) {
       const [a0, a1] = [Date.parse(period.from), Date.parse(period.to)];
       const inPeriod = alerts.items.filter((a) => Date.parse(a.opened_at) >= a0 && Date.parse(a.opened_at) < a1)
         .sort((a, b) => Date.parse(a.opened_at) - Date.parse(b.opened_at));
-      show(s, id, period, points, inPeriod, side, player);
+      show(s, id, period, points, inPeriod, side, player, fc.truncated ? fc.total : null);
     } catch (err) { toast(errorText(err), "error"); }
   });
   // Nothing is read until the officer confirms the period and the purpose (the duty watch's
@@ -135,14 +138,16 @@ export async function render(main, [id]) {
   purpose.focus();
 }
 
-function show(s, id, period, points, alerts, side, player) {
+// `total`: the period's number of fixes when the API cut the answer at LIMIT (null otherwise).
+function show(s, id, period, points, alerts, side, player, total) {
   clearInterval(s.timer);
   s.layer.clearLayers();
   clear(side);
   clear(player);
   const exports = h("div", { class: "exports", id: "exports" }, h("strong", { text: t("tr.export") }),
-    ["gpx", "csv", "geojson"].map((f) => h("a", { class: "button secondary", id: `export-${f}`, download: "",
-      href: downloadUrl(`/supervisees/${id}/track`, { ...period, format: f, limit: 100000 }), text: { gpx: "GPX", csv: "CSV", geojson: "GeoJSON" }[f] })),
+    ["gpx", "csv", "geojson", "kml"].map((f) => h("a", { class: "button secondary", id: `export-${f}`, download: "",
+      href: downloadUrl(`/supervisees/${id}/track`, { ...period, format: f }),
+      text: { gpx: "GPX", csv: "CSV", geojson: "GeoJSON", kml: "KML" }[f] })),
     h("span", { class: "fine", text: t("tr.exportnote") }));
   if (!points.length) {
     player.hidden = true;
@@ -243,7 +248,7 @@ function show(s, id, period, points, alerts, side, player) {
   alertsTable.id = "track-alerts";
   if (!alerts.length) alertsTable.querySelector("td.empty").textContent = t("tr.alertsnone");
   side.append(summary);
-  if (points.length >= LIMIT) side.append(h("p", { class: "notice", text: t("tr.limit", { n: LIMIT }) }));
+  if (total !== null) side.append(h("p", { class: "notice", id: "track-limit", text: t("tr.limit", { n: points.length, total }) }));
   side.append(section(t("tr.stops"), stopsTable), section(t("tr.alerts"), alertsTable), exports);
   go(0);
 }
