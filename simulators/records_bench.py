@@ -227,13 +227,18 @@ def measure_retire(url: str, dsn: str, per_day: int, seconds: float) -> None:
         conn.execute("UPDATE supervisees SET active = true")
     before = [ms for at, ms in lat if at < began]
     during = [ms for at, ms in lat if began <= at <= ended + 0.5]
+    # The batches that ended during the lock step (DETACH + DROP: the last detach_ms of it).
+    lock_from = ended - sum(report.detach_ms) / 1000 - 0.05
+    locked = [ms for at, ms in lat if lock_from <= at <= ended + 0.5] or [0.0]
     print(f"retiring {report.archived} (a day of {per_day} fixes per person, archived to "
           f"{settings.positions_archive_dir}) took {ended - began:.1f} s, "
           f"{report.lock_waits} lock wait(s)")
     print(f"ingest-like writer, 500-row batches: before p50 {_pct(before, 50):.1f} ms, "
           f"p99 {_pct(before, 99):.1f} ms, max {max(before):.1f} ms (n={len(before)}); "
           f"while retiring p50 {_pct(during, 50):.1f} ms, p99 {_pct(during, 99):.1f} ms, "
-          f"max {max(during):.1f} ms (n={len(during)})")
+          f"max {max(during):.1f} ms (n={len(during)}); around the detach and drop "
+          f"({', '.join(f'{x:.0f} ms' for x in report.detach_ms)}): max {max(locked):.1f} ms "
+          f"(n={len(locked)})")
 
 
 def main(argv: list[str] | None = None) -> None:

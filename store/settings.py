@@ -199,11 +199,12 @@ class Settings(BaseSettings):
     # Positions (store/partitions.py): kept while the person is supervised and this long after
     # the supervision ends; a daily partition goes (archived first, then dropped) once every
     # person in it is past that. Partitions are made this many days ahead; statements that lock
-    # the positions table give up after positions_lock_timeout_ms (ingest never waits longer).
+    # the positions table give up after positions_lock_timeout_ms, and an insert arriving while
+    # one waits queues behind it at most that long (the target: ingest never blocked 100 ms).
     retention_positions_years: float = 5.0
     positions_archive_dir: str = ".run/archive/positions"
     positions_premake_days: Annotated[int, Field(ge=2)] = 7
-    positions_lock_timeout_ms: Annotated[int, Field(ge=10)] = 100
+    positions_lock_timeout_ms: Annotated[int, Field(ge=10)] = 50
     positions_retire_per_run: Annotated[int, Field(ge=0)] = 3
     positions_restored_keep_days: float = 90.0  # a restored day is not retired again before
     retention_batch: int = 2000  # rows per delete statement (each its own short transaction)
