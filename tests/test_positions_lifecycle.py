@@ -3,6 +3,7 @@ their day, the last-position table, retention with archive, verification and res
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import threading
@@ -52,7 +53,8 @@ def _insert(db: psycopg.Connection, device: str, supervisee: int, at: datetime, 
         """INSERT INTO positions (device_id, supervisee_id, fix_time, received_at, lon, lat,
                                   raw_lon, raw_lat, crs, accuracy, provider, source)
            SELECT %s, %s, %s + k * interval '1 minute', %s + k * interval '1 minute',
-                  114.3 + k * 1e-5, 30.6, 114.3, 30.6, 'wgs84', 10, 'gps, "odd"', 'native_mqtt'
+                  114.3 + k * 1e-5, 30.6, 114.3, 30.6, 'wgs84', 10,
+                  E'gps, "odd"\\nline', 'native_mqtt'
              FROM generate_series(0, %s - 1) k""", (device, supervisee, at, at, n))
 
 
@@ -145,11 +147,11 @@ def test_a_day_past_retention_is_archived_verified_dropped_and_restored(
     manifest = json.loads(path.with_suffix("").with_suffix(".json").read_text())
     assert (manifest["rows"], manifest["sha256"], manifest["day"]) == (
         240, arch[3], gone_day.isoformat())
-    with gzip.open(path, "rt") as f:
-        lines = f.read().splitlines()
-    assert len(lines) == 241 and lines[0].split(",")[:3] == [
-        "device_id", "supervisee_id", "fix_time"]
-    assert '"gps, ""odd"""' in lines[1]  # CSV quoting of the odd provider survives
+    with gzip.open(path, "rt", newline="") as f:
+        records = list(csv.reader(f))
+    assert len(records) == 241 and records[0][:3] == ["device_id", "supervisee_id", "fix_time"]
+    # CSV quoting of an odd provider (a comma, quotes, a line break) survives
+    assert records[1][records[0].index("provider")] == 'gps, "odd"\nline'
     audit = db.execute("SELECT action, target, detail->>'rows' FROM audit_log "
                        "WHERE action LIKE 'positions.%%' AND target = %s",
                        (f"partition:{gone}",)).fetchall()
