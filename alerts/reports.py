@@ -170,15 +170,19 @@ SELECT supervisee_id, at, field, old_value, new_value FROM supervisee_changes
  ORDER BY supervisee_id, at, id
 """
 
-# What position_hours holds for each piece of supervised time (whole hours, k 5-minute slots).
-# A hash join over the month's rows, read in hour order (BRIN): a nested loop of index scans
-# would visit each person's ~720 rows on ~720 different pages.
+# What position_hours holds for each piece of supervised time (whole hours, k 5-minute slots),
+# the pieces in a temporary table with its statistics: the month's rows are read once in hour
+# order (BRIN) and probe a hash of the pieces. (Joined to an unnest() of arrays, which has no
+# statistics, PostgreSQL hashed the millions of rows instead and spilled them to disk; a nested
+# loop of index scans would visit each person's ~720 rows on ~720 different pages.)
+_PIECES_TABLE = """
+CREATE TEMPORARY TABLE report_pieces (id integer, office integer, h0 timestamptz,
+                                      h1 timestamptz, k integer) ON COMMIT DROP
+"""
 _COVERED = """
 SELECT x.office, sum(hour_slots_covered(h.slots, x.k)), count(*),
        count(*) FILTER (WHERE h.usable > 0), sum(h.fixes), sum(h.usable)
-  FROM unnest(CAST(%(ids)s AS integer[]), CAST(%(office)s AS integer[]),
-              CAST(%(h0)s AS timestamptz[]), CAST(%(h1)s AS timestamptz[]),
-              CAST(%(k)s AS integer[])) AS x(id, office, h0, h1, k)
+  FROM report_pieces x
   JOIN position_hours h ON h.supervisee_id = x.id AND h.hour >= x.h0 AND h.hour < x.h1
  WHERE h.hour >= %(t0)s AND h.hour < %(t1)s
  GROUP BY x.office
@@ -396,12 +400,16 @@ def _compliance(conn: psycopg.Connection, unit_id: int, start: datetime, end: da
     rows: dict[int, dict[str, Any]] = {o: _blank() for o in ids}
 
     pieces = _supervision(conn, p, rows, profile)
-    conn.execute("SET LOCAL enable_nestloop = off")
-    for office, covered, h_fix, h_usable, fixes, usable in conn.execute(_COVERED, {**p, **pieces}):
+    conn.execute(_PIECES_TABLE)
+    with conn.cursor().copy("COPY report_pieces FROM STDIN") as cp:
+        for piece in pieces:
+            cp.write_row(piece)
+    conn.execute("ANALYZE report_pieces")
+    for office, covered, h_fix, h_usable, fixes, usable in conn.execute(_COVERED, p):
         c = rows[office]["coverage"]
         c.update(covered_slots=int(covered), hours_with_fix=int(h_fix),
                  hours_with_usable_fix=int(h_usable), fixes=int(fixes), usable_fixes=int(usable))
-    conn.execute("RESET enable_nestloop")
+    conn.execute("DROP TABLE report_pieces")
     for office, kind, sev, n, suppressed, unacked, to_d, to_c in conn.execute(_ALERTS, p):
         a = rows[office]["alerts"]
         a["total"] += n
@@ -478,7 +486,7 @@ def _value_at(changes: list[tuple[datetime, Any, Any]], t: datetime, now: Any) -
 
 
 def _supervision(conn: psycopg.Connection, p: dict[str, Any], rows: dict[int, dict[str, Any]],
-                 profile: RuleProfile) -> dict[str, list[Any]]:
+                 profile: RuleProfile) -> list[tuple[int, int, datetime, datetime, int]]:
     """People, person-days, supervised hours and expected slots per office; returns the pieces
     of supervised time (person, office, first hour, end hour, slots of 5 minutes per
     expected interval) for the coverage statement."""
@@ -488,7 +496,7 @@ def _supervision(conn: psycopg.Connection, p: dict[str, Any], rows: dict[int, di
     changes: dict[tuple[int, str], list[tuple[datetime, Any, Any]]] = defaultdict(list)
     for person, at, fld, old, new in conn.execute(_CHANGES, {"people": [r[0] for r in people]}):
         changes[(person, fld)].append((at, old, new))
-    out: dict[str, list[Any]] = {"ids": [], "office": [], "h0": [], "h1": [], "k": []}
+    out: list[tuple[int, int, datetime, datetime, int]] = []
     for person, office, level, key, a, b in people:
         row = rows[office]
         row["people"] += 1
@@ -504,8 +512,7 @@ def _supervision(conn: psycopg.Connection, p: dict[str, Any], rows: dict[int, di
             hours = int((h1 - h0).total_seconds() // 3600)
             row["coverage"]["supervised_hours"] += hours
             row["coverage"]["expected_slots"] += hours * 12 // k
-            for name, v in (("ids", person), ("office", office), ("h0", h0), ("h1", h1), ("k", k)):
-                out[name].append(v)
+            out.append((person, office, h0, h1, k))
     return out
 
 
