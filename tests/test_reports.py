@@ -445,3 +445,15 @@ def test_the_monthly_report_is_e_mailed_once_with_its_pdf(client, db, org: Org, 
         [("head@example.org", "delivered", 1)]
     assert db.execute("SELECT count(*) FROM audit_log WHERE action = 'report.monthly_sent'"
                       ).fetchone()[0] == 1
+
+
+def test_a_unit_name_excel_would_run_is_written_as_text():
+    from alerts.report_docs import to_csv
+    from alerts.reports import _blank
+
+    row = {"unit_id": 9, "name": "=HYPERLINK(\"x\")", "kind": "judicial_office", "parent_id": None,
+           **_blank()}
+    report = {"period": {"from": T0.isoformat(), "to": T1.isoformat()}, "offices": [row],
+              "districts": [], "total": row}
+    rows = list(csv.reader(io.StringIO(to_csv(report, TZ).decode("utf-8-sig"))))
+    assert len(rows) == 2 and rows[1][1] == "'=HYPERLINK(\"x\")"
