@@ -272,6 +272,21 @@ class WebhookSender:
         self.client.close()
 
 
+def open_smtp(s: Settings) -> smtplib.SMTP:
+    """A connection to the configured SMTP server: STARTTLS (the server's certificate verified)
+    and login when the settings say so."""
+    smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s)
+    try:
+        if s.smtp_starttls:
+            smtp.starttls(context=ssl.create_default_context())  # verify the server
+        if s.smtp_username:
+            smtp.login(s.smtp_username, s.smtp_password or "")
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
+
+
 class EmailSender:
     """Plain-text e-mail over SMTP (optionally STARTTLS and login), one connection per sending
     thread, kept open between messages.
@@ -297,15 +312,7 @@ class EmailSender:
             self._drop(smtp, quit_=True)
             smtp = None
         if smtp is None:
-            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s)
-            try:
-                if s.smtp_starttls:
-                    smtp.starttls(context=ssl.create_default_context())  # verify the server
-                if s.smtp_username:
-                    smtp.login(s.smtp_username, s.smtp_password or "")
-            except BaseException:
-                smtp.close()
-                raise
+            smtp = open_smtp(s)
             self._local.smtp = smtp
             with self._lock:
                 self._open.add(smtp)

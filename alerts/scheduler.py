@@ -23,7 +23,7 @@ import psycopg
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from alerts import confirm, retention, rollcalls
+from alerts import confirm, monthly_reports, retention, rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
 from alerts.service import escalate_overdue
 from alerts.silences import check_silences, reseed_if_lost
@@ -176,6 +176,11 @@ class Scheduler:
         self.aps.add_job(self._guard("positions",
                                      lambda c: partitions.maintain(c, self.settings)),
                          "interval", minutes=15, id="positions", next_run_time=datetime.now(UTC))
+        # Last month's compliance reports, from a few hours after it ends (Beijing time): made
+        # once, stored, e-mailed once to each channel that chose them (alerts/monthly_reports.py).
+        self.aps.add_job(self._guard("monthly_reports",
+                                     lambda c: monthly_reports.run(c, self.settings)),
+                         "interval", minutes=10, id="monthly_reports")
         self.aps.start()
 
     def stop(self) -> None:

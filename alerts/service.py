@@ -189,6 +189,11 @@ def open_alerts(db: Db, kind: str, severity: str, openings: Iterable[Mapping[str
         row = _upsert(db, kind, severity, o, refresh, ack)
         if row is None:
             continue
+        if refresh == "cleared" and not row[8]:
+            # A silence that had ended came back: a new spell of the same alert, from when.
+            _run(db, """INSERT INTO alert_events (alert_id, action, detail)
+                        VALUES (%(id)s, 'recurred', jsonb_build_object('since', %(since)s::text))""",
+                 {"id": row[0], "since": o["first_fix_time"].isoformat()}, fetch=False)
         payload: dict[str, Any] = {
             "alert_id": row[0], "kind": kind, "severity": severity, "status": "open",
             "supervisee_id": row[4], "office_id": row[5]}
@@ -223,11 +228,17 @@ def clear_device_alerts(db: Db, ended: Iterable[tuple[str, str]]) -> int:
     pairs = list(ended)
     if not pairs:
         return 0
-    rows = _run(db, """UPDATE alerts a SET cleared_at = now(), updated_at = now()
-                         FROM unnest(CAST(%(devs)s AS text[]), CAST(%(kinds)s AS text[])) AS e(dev, kind)
-                        WHERE a.device_id = e.dev AND a.kind = e.kind AND a.status <> 'resolved'
-                          AND a.cleared_at IS NULL
-                    RETURNING a.id""",
+    # Each end is kept in the alert's history: a silence that comes back reopens the same
+    # alert, and the compliance report measures every spell from these steps.
+    rows = _run(db, """WITH up AS (
+                           UPDATE alerts a SET cleared_at = now(), updated_at = now()
+                             FROM unnest(CAST(%(devs)s AS text[]), CAST(%(kinds)s AS text[]))
+                                  AS e(dev, kind)
+                            WHERE a.device_id = e.dev AND a.kind = e.kind
+                              AND a.status <> 'resolved' AND a.cleared_at IS NULL
+                        RETURNING a.id, a.cleared_at)
+                       INSERT INTO alert_events (alert_id, at, action)
+                       SELECT id, cleared_at, 'cleared' FROM up RETURNING alert_id""",
                 {"devs": [d for d, _ in pairs], "kinds": [k for _, k in pairs]})
     return len(rows)
 

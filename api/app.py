@@ -24,6 +24,7 @@ from api.routes import (
     ops,
     org,
     permits,
+    reports,
     staff,
     supervisees,
     supervision,
@@ -49,7 +50,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(DomainError, domain_error_handler)
     for r in (auth.router, org.router, staff.router, supervisees.router, zones.router, alerts.router,
               permits.router, supervision.router, notify.router, ingest.router, ops.router,
-              audit.router, broker.router, investigations.router):
+              audit.router, broker.router, investigations.router, reports.router):
         app.include_router(r, prefix="/api/v1")
     app.include_router(duty.router, prefix="/api/v1")
     console.mount(app)

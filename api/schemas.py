@@ -349,11 +349,18 @@ class ChannelIn(InputModel):
                          description="e-mail address, or the receiver's handle (phone number…)")
     webhook_id: DbId | None = None
     min_severity: Literal["low", "medium", "high", "critical"] = "low"
+    alerts: bool = Field(True, description="alert notifications on this channel")
+    reports: bool = Field(False, description="the monthly compliance report (PDF) by e-mail: "
+                                             "office heads and bureau staff")
 
     @model_validator(mode="after")
     def _email_shape(self) -> ChannelIn:
         if self.channel == "email" and not _EMAIL.fullmatch(self.address):
             raise ValueError("address is not an e-mail address")
+        if self.reports and self.channel != "email":
+            raise ValueError("reports are sent by e-mail only")
+        if not (self.alerts or self.reports):
+            raise ValueError("a channel carries alerts, reports or both")
         return self
 
 
@@ -365,6 +372,8 @@ class ChannelOut(BaseModel):
     webhook_id: int | None
     min_severity: str
     active: bool
+    alerts: bool
+    reports: bool
 
 
 class DeliveryAttemptOut(BaseModel):

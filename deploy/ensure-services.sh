@@ -42,6 +42,16 @@ if ! ls "/usr/share/postgresql/$pgver/extension/pg_partman.control" >/dev/null 2
   say "installing pg_partman for PostgreSQL $pgver"
   apt_install "postgresql-$pgver-partman"
 fi
+# Compliance report PDFs (alerts/report_docs.py): WeasyPrint lays text out with Pango, and the
+# Chinese text needs a CJK font (Noto CJK, embedded in each PDF as a subset). The tests read the
+# PDFs' text back with poppler's pdftotext and pdffonts.
+pdf_pkgs=()
+ldconfig -p | grep -q 'libpangoft2-1.0.so.0' || pdf_pkgs+=(libpango-1.0-0 libpangoft2-1.0-0)
+fc-list 2>/dev/null | grep -qi 'Noto Sans CJK' || pdf_pkgs+=(fonts-noto-cjk)
+command -v pdftotext >/dev/null && command -v pdffonts >/dev/null || pdf_pkgs+=(poppler-utils)
+if [ ${#pdf_pkgs[@]} -gt 0 ]; then
+  say "installing ${pdf_pkgs[*]} (report PDFs)"; apt_install "${pdf_pkgs[@]}"
+fi
 if [ -z "$(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -Atc \
       "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" ]; then
   say "creating database $DB_NAME"

@@ -279,6 +279,8 @@ class StaffChannel(Base):
     min_severity: Mapped[str] = mapped_column(Text, server_default="low")
     active: Mapped[bool] = mapped_column(Boolean, server_default="true")
     created_at: Mapped[datetime] = _now()
+    alerts: Mapped[bool] = mapped_column(Boolean, server_default="true")  # alert notifications
+    reports: Mapped[bool] = mapped_column(Boolean, server_default="false")  # monthly reports
 
 
 class Notification(Base):

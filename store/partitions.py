@@ -301,6 +301,11 @@ def restore(conn: psycopg.Connection, settings: Settings, path: Path) -> int:
                           .format(cols)) as cp, gzip.open(path, "rb") as f:
                 while chunk := f.read(1 << 20):
                     cp.write(chunk)
+            # The hourly summary (migration 0017) outlived the day's rows; the positions
+            # trigger rebuilds that day from the rows restored, so nothing counts twice.
+            cur.execute("DELETE FROM position_hours WHERE hour >= %s AND hour < %s",
+                        (datetime.combine(day, datetime.min.time(), UTC),
+                         datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)))
             cur.execute(sql.SQL("INSERT INTO positions ({}) SELECT {} FROM restore_in "
                                 "ON CONFLICT DO NOTHING").format(cols, cols))
             restored = cur.rowcount

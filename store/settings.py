@@ -178,6 +178,11 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_s: float = 10.0
     smtp_from: str = "ccs-alerts@localhost"
+    # Compliance reports (alerts/reports.py): local days and months are those of this zone; the
+    # scheduler sends the previous month's reports from this many hours after the month ends
+    # (late fixes buffered on phones have arrived by then) to the staff who chose them.
+    report_timezone: str = "Asia/Shanghai"
+    report_monthly_after_h: Annotated[float, Field(ge=0, le=240)] = 2.0
     # Webhook receivers on private or loopback addresses (an SMS gateway on the intranet):
     # refused unless allowed here, so alert details cannot be aimed at internal services.
     webhook_allow_private: bool = False

@@ -93,7 +93,7 @@ TABLES = ("notification_attempts, notifications, staff_channels, webhook_endpoin
           "alerts, positions, devices, permit_events, travel_permits, key_periods, "
           "supervisee_changes, roll_calls, sanctions, supervisee_zones, rule_profiles, "
           "supervisees, zones, staff, org_units, metric_counts, last_positions, "
-          "position_archives")
+          "position_archives, position_hours, report_deliveries, compliance_reports")
 
 
 @pytest.fixture()

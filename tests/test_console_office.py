@@ -390,6 +390,15 @@ def test_city_admin_screens_staff_key_periods_notifications_overview(
         jianghan = c.page.locator(
             f"#overview-table tbody[data-district='{org.district_ids[JIANGHAN]}'] tr.district-row td")
         assert (jiangan.nth(4).inner_text(), jianghan.nth(4).inner_text()) == ("1", "0")
+        # Any month's compliance report, downloaded with the console's own sign-in.
+        c.page.fill("#report-month", "2026-10")
+        c.page.dispatch_event("#report-month", "change")
+        href = c.page.get_attribute("#report-pdf", "href")
+        assert href == f"{API}/reports/compliance?from=2026-10-01&to=2026-11-01&format=pdf"
+        pdf = c.page.request.get(f"{base}{href}")
+        assert pdf.status == 200 and pdf.body().startswith(b"%PDF-")
+        csv = c.page.request.get(f"{base}{c.page.get_attribute('#report-csv', 'href')}")
+        assert "武汉市司法局" in csv.body().decode("utf-8-sig")
         c.shot("overview")
 
         c.page.goto(f"{base}/#/staff")
@@ -417,10 +426,12 @@ def test_city_admin_screens_staff_key_periods_notifications_overview(
 
         c.page.goto(f"{base}/#/notifications")
         c.page.click("#channel-add")
-        _fill_dialog(c, {"channel": "email", "address": "admin@sfj.wuhan.example", "min_severity": "high"})
+        _fill_dialog(c, {"channel": "email", "address": "admin@sfj.wuhan.example", "min_severity": "high",
+                         "carries": "both"})
         c.page.wait_for_selector("#channel-list td:has-text('admin@sfj.wuhan.example')")
-        assert db.execute("SELECT channel, min_severity, active FROM staff_channels").fetchall() == [
-            ("email", "high", True)]
+        c.page.wait_for_selector("#channel-list td:has-text('告警和月度合规报表')")
+        assert db.execute("SELECT channel, min_severity, active, alerts, reports FROM staff_channels"
+                          ).fetchall() == [("email", "high", True, True, True)]
         c.shot("notifications")
         assert c.problems == []
 

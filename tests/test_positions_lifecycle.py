@@ -136,8 +136,14 @@ def test_a_day_past_retention_is_archived_verified_dropped_and_restored(
             datetime.combine(kept_day, datetime.min.time(), UTC) + timedelta(hours=9), 10)
     _end_supervision(db, org.other_supervisee_id, now - timedelta(days=365.25 * (years + 1)))
 
+    hours = "SELECT hour, fixes, usable, slots FROM position_hours WHERE supervisee_id = %s ORDER BY hour"
+    summary = db.execute(hours, (org.other_supervisee_id,)).fetchall()
+    assert [r[1] for r in summary] == [60, 60, 60, 60, 10]  # 240 fixes from 08:00, then 10
+
     report = partitions.retire(db, settings, now)
     assert gone in report.archived and kept in report.kept
+    # The hourly counts (no places) outlive the day's rows: old months can still be reported.
+    assert db.execute(hours, (org.other_supervisee_id,)).fetchall() == summary
     names = {n for n, _ in partitions.partitions(db)}
     assert gone not in names and kept in names
     (arch,) = db.execute("SELECT partition, rows, path, sha256, dropped_at IS NOT NULL "
@@ -164,6 +170,7 @@ def test_a_day_past_retention_is_archived_verified_dropped_and_restored(
     with pytest.raises(ValueError, match="SHA-256"):
         partitions.restore(db, settings, damaged)
     assert partitions.restore(db, settings, path) == 240
+    assert db.execute(hours, (org.other_supervisee_id,)).fetchall() == summary  # not twice
     assert db.execute("SELECT count(*), min(tableoid::regclass::text) FROM positions "
                       "WHERE device_id = 'dgone' AND fix_time < %s",
                       (datetime.combine(kept_day, datetime.min.time(), UTC),)).fetchone() == (

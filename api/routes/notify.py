@@ -17,11 +17,14 @@ from api.deps import (
     require_unit,
     unit_path_ids,
 )
-from api.errors import Conflict, DomainError, NotFound
+from api.errors import Conflict, DomainError, Forbidden, NotFound
 from api.schemas import ChannelIn, ChannelOut, DbId, WebhookCreated, WebhookIn, WebhookOut
+from store.enums import Role
 from store.models import StaffChannel, WebhookEndpoint
 
 router = APIRouter(tags=["notifications"])
+# Who may have the monthly compliance report e-mailed (officers read their office's on demand).
+REPORT_READERS = frozenset({Role.OFFICE_HEAD, Role.DISTRICT_SUPERVISOR, Role.CITY_ADMIN})
 
 
 
@@ -81,7 +84,8 @@ def my_channels(ctx: CurrentStaff, session: SessionDep) -> list[StaffChannel]:
 def add_channel(body: ChannelIn, ctx: CurrentStaff, session: SessionDep,
                 request: Request) -> StaffChannel:
     """Receive alerts by e-mail, or through a webhook (an SMS gateway, a messaging platform)
-    at an address such as a phone number, from a minimum severity up."""
+    at an address such as a phone number, from a minimum severity up; and (office heads,
+    district and city staff, e-mail only) the monthly compliance report with `reports`."""
     if body.channel == "webhook":
         hook = session.get(WebhookEndpoint, body.webhook_id) if body.webhook_id else None
         if hook is None or not hook.active or hook.org_unit_id not in _usable_units(ctx):
@@ -97,7 +101,11 @@ def add_channel(body: ChannelIn, ctx: CurrentStaff, session: SessionDep,
         raise Conflict(f"channel {existing.id} already delivers there")
     ch = existing or StaffChannel(staff_id=ctx.id, channel=body.channel, address=body.address,
                                   webhook_id=body.webhook_id)
+    if body.reports and ctx.staff.role not in REPORT_READERS:
+        raise Forbidden("monthly reports go to office heads and bureau staff",
+                        "reports_not_for_role")
     ch.min_severity = body.min_severity
+    ch.alerts, ch.reports = body.alerts, body.reports
     ch.active = True
     session.add(ch)
     session.flush()

@@ -12,14 +12,16 @@ register({
         "nt.live": "控制台的实时告警始终开启；以下渠道用于离开控制台时接收告警。", "nt.none": "尚未设置其他渠道，只在控制台内接收告警。",
         "nt.hname": "名称", "nt.url": "URL", "nt.unit": "所属单位", "nt.state": "状态", "nt.hadd": "登记接收端",
         "nt.secret": "签名密钥只显示这一次，请立即保存：", "nt.done": "已保存", "nt.stopped": "已停用",
-        "nt.active": "启用", "nt.inactive": "已停用", "nt.nohooks": "尚未登记 Webhook 接收端。" },
+        "nt.active": "启用", "nt.inactive": "已停用", "nt.nohooks": "尚未登记 Webhook 接收端。",
+        "nt.carries": "内容", "nt.c.alerts": "告警", "nt.c.both": "告警和月度合规报表", "nt.c.reports": "仅月度合规报表" },
   en: { "nt.title": "Notifications", "nt.mine": "My channels", "nt.hooks": "Webhook receivers", "nt.channel": "Channel",
         "nt.address": "Address", "nt.min": "From severity", "nt.via": "Via", "nt.add": "Add a channel", "nt.remove": "Stop",
         "nt.email": "E-mail", "nt.webhook": "Webhook (SMS gateway…)", "nt.addrhint": "E-mail address, or the receiver's handle (phone number…)",
         "nt.live": "Live alerts in the console are always on; these channels reach you away from it.", "nt.none": "No other channels: alerts reach you in the console only.",
         "nt.hname": "Name", "nt.url": "URL", "nt.unit": "Unit", "nt.state": "State", "nt.hadd": "Register a receiver",
         "nt.secret": "The signing secret is shown this once; keep it now:", "nt.done": "Saved", "nt.stopped": "Stopped",
-        "nt.active": "active", "nt.inactive": "stopped", "nt.nohooks": "No webhook receivers yet." },
+        "nt.active": "active", "nt.inactive": "stopped", "nt.nohooks": "No webhook receivers yet.",
+        "nt.carries": "Carries", "nt.c.alerts": "alerts", "nt.c.both": "alerts and the monthly report", "nt.c.reports": "the monthly report only" },
 });
 
 const MANAGERS = ["office_head", "district_supervisor", "city_admin"];
@@ -51,6 +53,7 @@ async function load(S) {
     { label: t("nt.address"), render: (c) => c.address },
     { label: t("nt.via"), render: (c) => c.webhook_id ? hookName.get(c.webhook_id) || `#${c.webhook_id}` : "—" },
     { label: t("nt.min"), render: (c) => badge(`sev-${c.min_severity}`, t(`sev.${c.min_severity}`)) },
+    { label: t("nt.carries"), render: (c) => t(`nt.c.${carries(c)}`) },
     { label: "", render: (c) => h("button", { class: "link", text: t("nt.remove"), onclick: stop(`/me/channels/${c.id}`) }) },
   ], active);
   if (!active.length) ct.querySelector("td.empty").textContent = t("nt.none");
@@ -68,6 +71,10 @@ async function load(S) {
   clear(S.hooks).append(ht);
 }
 
+function carries(c) {
+  return c.reports ? (c.alerts ? "both" : "reports") : "alerts";
+}
+
 async function addChannel(S) {
   const hooks = S.webhooks.filter((w) => w.active);
   const v = await dialog(t("nt.add"), [
@@ -76,9 +83,13 @@ async function addChannel(S) {
     { name: "address", label: t("nt.addrhint"), required: true, minlength: 3 },
     ...(hooks.length ? [{ name: "webhook_id", label: t("nt.via"), type: "select", options: hooks.map((w) => [w.id, w.name]) }] : []),
     { name: "min_severity", label: t("nt.min"), type: "select", required: true, options: SEVERITIES.map((s) => [s, t(`sev.${s}`)]) },
+    // Heads and bureau staff may have the monthly compliance report e-mailed (e-mail only).
+    ...(MANAGERS.includes(S.ctx.me.role) ? [{ name: "carries", label: t("nt.carries"), type: "select",
+      options: ["alerts", "both", "reports"].map((k) => [k, t(`nt.c.${k}`)]) }] : []),
   ], t("nt.add"));
   if (!v) return;
   const body = { channel: v.channel, address: v.address, min_severity: v.min_severity };
+  if (v.carries && v.carries !== "alerts") Object.assign(body, { reports: true, alerts: v.carries === "both" });
   if (v.channel === "webhook") body.webhook_id = Number(v.webhook_id);
   try { await api("/me/channels", { method: "POST", body }); toast(t("nt.done")); await load(S); }
   catch (e) { toast(errorText(e), "error"); }

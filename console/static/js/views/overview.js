@@ -10,11 +10,13 @@ register({
   zh: { "ov.title": "概览", "ov.office": "司法所", "ov.unit": "单位", "ov.people": "在矫人数", "ov.open": "未办结告警",
         "ov.overdue": "超时未签收", "ov.silent": "失联手机", "ov.rate": "点名应答率（7天）",
         "ov.pending": "待审批外出", "ov.total": "合计", "ov.refresh": "刷新", "ov.asof": "统计时间 {t}",
-        "ov.noroll": "无点名", "ov.none": "您的辖区内没有司法所。", "ov.answered": "{a}/{s} 次" },
+        "ov.noroll": "无点名", "ov.none": "您的辖区内没有司法所。", "ov.answered": "{a}/{s} 次",
+        "ov.report": "月度合规统计报表", "ov.month": "月份", "ov.reportnote": "辖区内各司法所、各区的定位覆盖率、失联、告警与签收用时、点名、外出和处罚统计（不含位置）。" },
   en: { "ov.title": "Overview", "ov.office": "Office", "ov.unit": "Unit", "ov.people": "Supervised", "ov.open": "Open alerts",
         "ov.overdue": "Overdue acks", "ov.silent": "Silent phones", "ov.rate": "Roll-call answers (7 d)",
         "ov.pending": "Permits pending", "ov.total": "Total", "ov.refresh": "Refresh", "ov.asof": "As of {t}",
-        "ov.noroll": "no roll-calls", "ov.none": "No offices in your jurisdiction.", "ov.answered": "{a}/{s}" },
+        "ov.noroll": "no roll-calls", "ov.none": "No offices in your jurisdiction.", "ov.answered": "{a}/{s}",
+        "ov.report": "Monthly compliance report", "ov.month": "Month", "ov.reportnote": "Coverage, silences, alerts and time to acknowledge, roll-calls, permits and sanctions per office and district (no positions)." },
 });
 
 const COLS = [
@@ -69,5 +71,29 @@ async function fill(body) {
       h("td", { class: "num" }, rate(tot.rollcall_answer_rate, tot.rollcalls_sent_7d, tot.rollcalls_answered_7d)))) : null);
   const now = new Date();
   clear(body).append(tiles, h("section", { class: "card" }, tbl),
-    h("p", { class: "fine", text: t("ov.asof", { t: now.toLocaleString(document.documentElement.lang) }) }));
+    h("p", { class: "fine", text: t("ov.asof", { t: now.toLocaleString(document.documentElement.lang) }) }),
+    reportCard(now));
+}
+
+// Last month's compliance report (or any month) as PDF or CSV: plain links, the console's
+// cookie signs the download in.
+function reportCard(now) {
+  const pad = (n) => String(n).padStart(2, "0");
+  const last = new Date(now.getFullYear(), now.getMonth() - 1, 1);
+  const input = h("input", { type: "month", id: "report-month", value: `${last.getFullYear()}-${pad(last.getMonth() + 1)}` });
+  const link = (fmt) => h("a", { class: "button secondary", id: `report-${fmt}`, text: fmt.toUpperCase() });
+  const pdf = link("pdf"), csv = link("csv");
+  const point = () => {
+    const [y, m] = input.value.split("-").map(Number);
+    if (!y || !m) return;
+    const next = m === 12 ? `${y + 1}-01` : `${y}-${pad(m + 1)}`;
+    for (const [a, fmt] of [[pdf, "pdf"], [csv, "csv"]]) {
+      a.href = `/api/v1/reports/compliance?from=${y}-${pad(m)}-01&to=${next}-01&format=${fmt}`;
+    }
+  };
+  input.addEventListener("change", point);
+  point();
+  return h("section", { class: "card", id: "report-card" }, h("h3", { text: t("ov.report") }),
+    h("p", { class: "fine", text: t("ov.reportnote") }),
+    h("div", { class: "actions" }, h("label", {}, h("span", { text: `${t("ov.month")} ` }), input), pdf, csv));
 }
