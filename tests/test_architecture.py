@@ -9,6 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("geofence", "ingest", "alerts", "api", "console", "store", "simulators")
 SERVICE = Path("alerts/service.py")
+# Benchmarks that write a month of synthetic history (past alerts and their steps) straight into
+# a benchmark database of their own: never the live system's alerts, which only the service writes.
+HISTORY_SEEDERS = {Path("simulators/report_bench.py"): {"alert insert", "alert event"}}
 
 WRITES = {
     "outbox row": re.compile(r"INSERT\s+INTO\s+outbox\b", re.I),
@@ -34,7 +37,7 @@ def test_only_the_alert_service_writes_alerts_and_the_outbox() -> None:
         rel = path.relative_to(ROOT)
         if rel == SERVICE:
             continue
-        hits = _hits(path.read_text(encoding="utf-8"))
+        hits = _hits(path.read_text(encoding="utf-8")) - HISTORY_SEEDERS.get(rel, set())
         if hits:
             offenders[str(rel)] = sorted(hits)
     assert offenders == {}, f"write these through alerts/service.py instead: {offenders}"
