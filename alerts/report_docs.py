@@ -146,7 +146,7 @@ def _local(iso: str, tz: ZoneInfo) -> str:
 # Charts: plain SVG, horizontal bars with their values
 # ---------------------------------------------------------------------------------------------
 
-BAR_H, LABEL_W, CHART_W = 14, 150, 660
+BAR_H, LABEL_W, CHART_W = 9, 150, 660
 COLOURS = ("#2b6cb0", "#dd6b20")
 
 
@@ -154,14 +154,14 @@ def bar_chart(title: str, labels: Sequence[str], series: Sequence[Sequence[float
               names: Sequence[str], unit: str, top: float | None = None) -> str:
     """One SVG of horizontal bars: a group per label, a bar per series, the value written."""
     n = len(series)
-    group = BAR_H * n + 6
+    group = BAR_H * n + 4
     legend = 18 if n > 1 else 0
     height = 24 + legend + group * len(labels) + 6
     values = [v for s in series for v in s if v is not None]
     scale_max = top if top is not None else (max(values) if values else 1.0) or 1.0
     width = CHART_W - LABEL_W - 70
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_W}" height="{height}" '
-             f'font-family="{FONT}" font-size="10">',
+             f'font-family="{FONT}" font-size="8">',
              f'<text x="0" y="14" font-size="12" font-weight="bold">{escape(title)}</text>']
     x = LABEL_W
     for i, name in enumerate(names if n > 1 else []):
@@ -179,7 +179,7 @@ def bar_chart(title: str, labels: Sequence[str], series: Sequence[Sequence[float
             parts.append(f'<rect x="{LABEL_W}" y="{by + 1}" width="{w:.1f}" '
                          f'height="{BAR_H - 2}" fill="{COLOURS[i % 2]}"/>')
             text = "—" if v is None else f"{v:g}{unit}"
-            parts.append(f'<text x="{LABEL_W + w + 4:.1f}" y="{by + BAR_H - 3}">{text}</text>')
+            parts.append(f'<text x="{LABEL_W + w + 4:.1f}" y="{by + BAR_H - 1}">{text}</text>')
         y += group
     parts.append("</svg>")
     return "".join(parts)
@@ -190,7 +190,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i:i + size]
 
 
-PER_CHART = 36  # bars per chart: one fits a landscape page
+PER_CHART = 26  # offices per chart: a chart of two series fits a landscape page
 
 
 def charts(report: dict[str, Any]) -> list[str]:
@@ -226,7 +226,7 @@ _CSS = f"""
                          font-size: 8pt; font-family: "{FONT}"; }} }}
 body {{ font-family: "{FONT}", sans-serif; font-size: 9pt; color: #1a202c; }}
 h1 {{ font-size: 16pt; margin: 0 0 2mm; }}
-h2 {{ font-size: 11pt; margin: 5mm 0 2mm; border-bottom: 1px solid #a0aec0; }}
+h2 {{ font-size: 11pt; margin: 5mm 0 2mm; border-bottom: 1px solid #a0aec0; break-after: avoid; }}
 .meta {{ color: #4a5568; margin-bottom: 3mm; }}
 .summary td {{ padding: 1mm 4mm 1mm 0; }}
 .summary b {{ font-size: 11pt; }}
@@ -239,6 +239,7 @@ table.units td.name {{ text-align: left; }}
 tr.district td {{ background: #f7fafc; font-weight: bold; }}
 tr.total td {{ background: #e2e8f0; font-weight: bold; }}
 .chart {{ break-inside: avoid; margin: 2mm 0; }}
+.unit-table {{ margin: 2mm 0; }}
 .defs {{ font-size: 7.5pt; color: #4a5568; }}
 """
 
@@ -247,30 +248,49 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else escape(f"{v:,}" if isinstance(v, int) else str(v))
 
 
-def _table(report: dict[str, Any]) -> str:
-    head = ("单位<br>Unit", "人数<br>People", "覆盖率%<br>Coverage", "小时覆盖%<br>Hourly",
-            "失联次数<br>Silences", "失联时长h<br>Silent h", "告警<br>Alerts",
-            "签收P50<br>min", "签收P90<br>min", "升级<br>Escal.", "点名<br>Roll-calls",
-            "应答率%<br>Answered", "外出<br>Permits", "批准<br>Approved", "逾期未销假<br>Overdue",
-            "建议处罚<br>Suggested", "决定处罚<br>Decided")
-    body = []
-    district_ids = {d["unit_id"] for d in report["districts"]}
-    for r in unit_rows(report):
-        cls = ("total" if r["unit_id"] == report["total"]["unit_id"]
-               else "district" if r["unit_id"] in district_ids else "")
-        cells = (
-            r["people"], _pct(r["coverage"]["rate"]), _pct(r["coverage"]["hour_rate"]),
-            sum(s["count"] for s in r["silences"].values()), r["silence_hours"],
-            r["alerts"]["total"], _min(r["acknowledgement"]["p50_s"]),
-            _min(r["acknowledgement"]["p90_s"]), r["escalations"]["to_district"],
-            r["rollcalls"]["sent"], _pct(r["rollcalls"]["answer_rate"]), r["permits"]["total"],
-            sum(t["approved"] for t in r["permits"]["by_tier"].values()), r["overdue_returns"],
-            sum(r["sanctions"]["suggested"].values()), sum(r["sanctions"]["decided"].values()))
-        body.append(f'<tr class="{cls}"><td class="name">{escape(r["name"])}</td>'
-                    + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
-    return ('<table class="units"><colgroup><col class="name"></colgroup><thead><tr>'
-            + "".join(f"<th>{h}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+_HEAD = ("单位<br>Unit", "人数<br>People", "覆盖率% / 按小时<br>Coverage / hourly",
+         "失联 次 / 小时<br>Silences / h", "告警<br>Alerts", "签收 P50 / P90 分钟<br>Ack min",
+         "升级<br>Escalated", "点名 / 应答率%<br>Roll-calls", "外出 / 批准<br>Permits",
+         "逾期未销假<br>Overdue", "处罚 建议 / 决定<br>Sanctions")
+
+
+def _pair(a: Any, b: Any) -> str:
+    return f"{_fmt(a)} / {_fmt(b)}"
+
+
+def _row(r: dict[str, Any], cls: str) -> str:
+    """One unit's line; paired figures share a cell (fewer boxes: WeasyPrint lays out each)."""
+    cells = (
+        _fmt(r["people"]), _pair(_pct(r["coverage"]["rate"]), _pct(r["coverage"]["hour_rate"])),
+        _pair(sum(s["count"] for s in r["silences"].values()), r["silence_hours"]),
+        _fmt(r["alerts"]["total"]),
+        _pair(_min(r["acknowledgement"]["p50_s"]), _min(r["acknowledgement"]["p90_s"])),
+        _fmt(r["escalations"]["to_district"]),
+        _pair(r["rollcalls"]["sent"], _pct(r["rollcalls"]["answer_rate"])),
+        _pair(r["permits"]["total"], sum(t["approved"] for t in r["permits"]["by_tier"].values())),
+        _fmt(r["overdue_returns"]),
+        _pair(sum(r["sanctions"]["suggested"].values()), sum(r["sanctions"]["decided"].values())))
+    return (f'<tr class="{cls}"><td class="name">{escape(r["name"])}</td>'
+            + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+
+
+def _tables(report: dict[str, Any]) -> str:
+    """One table per district (its offices and subtotal), then the districts and the total."""
+    head = ('<table class="units"><colgroup><col class="name"></colgroup><thead><tr>'
+            + "".join(f"<th>{h}</th>" for h in _HEAD) + "</tr></thead><tbody>")
+    total = report["total"]
+    groups: list[list[str]] = []
+    for d in report["districts"]:
+        offices = [o for o in report["offices"] if o["parent_id"] == d["unit_id"]]
+        groups.append([_row(o, "") for o in offices] + [_row(d, "district")])
+    placed = {o["unit_id"] for o in report["offices"]
+              if o["parent_id"] in {d["unit_id"] for d in report["districts"]}}
+    rest = [_row(o, "") for o in report["offices"] if o["unit_id"] not in placed
+            and o["unit_id"] != total["unit_id"]]
+    summary = [_row(d, "district") for d in report["districts"]] if len(groups) > 1 else []
+    groups.append(rest + summary + [_row(total, "total")])
+    return "".join(f'<div class="unit-table">{head}{"".join(g)}</tbody></table></div>'
+                   for g in groups if g)
 
 
 _DEFINITIONS = """
@@ -318,7 +338,7 @@ def to_html(report: dict[str, Any], tz: ZoneInfo) -> str:
 生成于 {generated} · 规则档案 {escape(report["profile"])}</div>
 <h2>概况 Summary</h2><table class="summary">{rows}</table>
 <h2>图表 Charts</h2>{figures}
-<h2>分单位统计 Per unit</h2>{_table(report)}
+<h2>分单位统计 Per unit</h2>{_tables(report)}
 <h2>口径说明 Definitions</h2><div class="defs">{_DEFINITIONS}</div>
 </body></html>"""
 
