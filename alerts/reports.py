@@ -374,9 +374,9 @@ def compliance(conn: psycopg.Connection, unit_id: int, start: datetime, end: dat
     """The report for the unit's offices over [start, end) (UTC, whole hours); see the module
     docstring for every figure. `now` caps running silences (default: the database's clock).
 
-    Runs in one transaction (a savepoint inside the caller's) without JIT compilation: the
-    planner's row estimates for the level periods make PostgreSQL compile each statement for
-    over a second, for queries that take a tenth of that."""
+    Runs in one transaction (a savepoint inside the caller's; its temporary table goes with
+    it) without JIT compilation: PostgreSQL compiled the month's statements for over a second
+    each, longer than they run."""
     with conn.transaction():
         conn.execute("SET LOCAL jit = off")
         return _compliance(conn, unit_id, start, end, profile, now)
