@@ -184,14 +184,13 @@ class StateStore:
             if raw is None:
                 continue
             t, rest = raw.split(b" ", 1)
+            v = None
             if not rest.startswith(b"{"):  # "<version> <json>" (older values: JSON only)
                 v, rest = rest.split(b" ", 1)
                 versions[d] = int(v)
-                if self.cache_size:
-                    self._remember(d, t + b" " + v, DeviceState.from_dict(orjson.loads(rest)))
-                    states[d] = self._cache[d][1]
-                    continue
             states[d] = DeviceState.from_dict(orjson.loads(rest))
+            if self.cache_size and v is not None:
+                self._remember(d, t + b" " + v, states[d])
         return states, versions
 
     def _remember(self, device: str, stamp: bytes, state: DeviceState) -> None:
