@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip check
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -125,12 +125,14 @@ def to_csv(report: dict[str, Any], tz: ZoneInfo) -> bytes:
     w.writerow([f"{zh} {en}" for zh, en, _ in cols] + ["期间开始 from", "期间结束 to"])
     start, end = (_local(report["period"][k], tz) for k in ("from", "to"))
     for r in unit_rows(report):
-        w.writerow([_cell(get(r)) for _, _, get in cols] + [start, end])
+        w.writerow([csv_cell(get(r)) for _, _, get in cols] + [start, end])
     return ("\ufeff" + out.getvalue()).encode()
 
 
-def _cell(v: Any) -> Any:
-    """A CSV cell; text that Excel would take for a formula (a unit named "=…") is quoted."""
+def csv_cell(v: Any) -> Any:
+    """A CSV cell; text that Excel would take for a formula (a unit named "=…", a phone's
+    provider string "=HYPERLINK(…)") is quoted with a leading apostrophe (OWASP's CSV injection
+    advice); numbers, negative ones too, are written as they are."""
     if v is None:
         return ""
     if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):

@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import re
+import threading
 from collections.abc import Generator, Iterable, Iterator
 from datetime import datetime
 from typing import Any, Literal
@@ -41,7 +42,10 @@ from psycopg.rows import dict_row
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from alerts.report_docs import csv_cell
+from api.errors import TooManyRequests
 from store.db import connect_raw
+from store.settings import get_settings
 
 ExportFormat = Literal["geojson", "gpx", "csv", "kml"]
 GPX_NS = "urn:ccs:gpx:1"
@@ -79,21 +83,54 @@ def point_feature(p: dict[str, Any]) -> dict[str, Any]:
             "properties": p}
 
 
+class _Slots:
+    """At most `exports_max_concurrent` exports at once in this process: each holds a database
+    connection of its own for as long as the download lasts, and a burst of large downloads
+    would otherwise take every connection PostgreSQL allows."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.used = 0
+
+    def take(self) -> None:
+        limit = get_settings().exports_max_concurrent
+        with self.lock:
+            if self.used >= limit:
+                raise TooManyRequests(
+                    f"{limit} track exports are running on this server; try again shortly",
+                    "exports_busy", headers={"Retry-After": "30"}, extra={"limit": limit})
+            self.used += 1
+
+    def give(self) -> None:
+        with self.lock:
+            self.used -= 1
+
+
+SLOTS = _Slots()
+
+
 class TrackExport:
-    """One period's fixes, read in one snapshot on a connection of its own; `close()` ends it."""
+    """One period's fixes, read in one snapshot on a connection of its own; `close()` ends it
+    (and frees its place among the exports running at once)."""
 
     def __init__(self, supervisee_id: int, start: datetime, end: datetime) -> None:
         self.params = {"s": supervisee_id, "a": start, "b": end}
-        self.conn: psycopg.Connection[Any] = connect_raw(
-            application_name=EXPORT_APPLICATION,
-            options=f"-c TimeZone=UTC -c idle_in_transaction_session_timeout={IDLE_TIMEOUT_S}s")
+        SLOTS.take()
+        self.closed = False
+        try:
+            self.conn: psycopg.Connection[Any] = connect_raw(
+                application_name=EXPORT_APPLICATION,
+                options=f"-c TimeZone=UTC -c idle_in_transaction_session_timeout={IDLE_TIMEOUT_S}s")
+        except BaseException:
+            SLOTS.give()
+            raise
         try:
             self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             self.conn.read_only = True
             row = self.conn.execute(f"SELECT count(*) FROM positions WHERE {_PERIOD}",
                                     self.params).fetchone()
         except BaseException:
-            self.conn.close()
+            self.close()
             raise
         self.total: int = row[0] if row else 0
 
@@ -113,7 +150,13 @@ class TrackExport:
         return map(iso_times, self._rows("track_fixes", POSITION_COLUMNS, dict_row))
 
     def close(self) -> None:
-        self.conn.close()
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.conn.close()
+        finally:
+            SLOTS.give()
 
 
 def open_track(supervisee_id: int, start: datetime, end: datetime) -> TrackExport:
@@ -175,7 +218,7 @@ def csv_chunks(points: Iterable[dict[str, Any]]) -> Iterator[str]:
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
     for p in points:
-        w.writerow(["" if p[c] is None else p[c] for c in CSV_COLUMNS])
+        w.writerow([csv_cell(p[c]) for c in CSV_COLUMNS])
         yield buf.getvalue()
         buf.seek(0)
         buf.truncate()

