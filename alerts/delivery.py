@@ -47,12 +47,18 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import psycopg
+from prometheus_client import Counter
 from standardwebhooks import Webhook
 
 from alerts.explain import explain
+from store.observe import Health, fix_id, setup_logging
 from store.settings import Environment, Settings, get_settings
 
 log = logging.getLogger("alerts.delivery")
+SENT = Counter("ccs_delivery_sent", "Notifications delivered (2xx, or accepted by SMTP)",
+               ["channel"])
+FAILED = Counter("ccs_delivery_failed", "Delivery attempts that failed (retried with backoff "
+                 "until the notification expires)", ["channel"])
 
 DELIVER_CHANNEL = "ccs_deliver"  # NOTIFY'd by the fan-out trigger
 CHANNELS = ("webhook", "email")
@@ -120,6 +126,7 @@ class Outgoing:
     staff_id: int
     staff_name: str
     alert: dict[str, Any]
+    fix_id: str | None = None  # the fix that caused the alert step (logs: store/observe.py)
 
     def document(self, console_url: str) -> dict[str, Any]:
         """The JSON body of a webhook (and the facts of an e-mail)."""
@@ -178,8 +185,10 @@ WITH due AS (
 SELECT c.id, att.id, c.idempotency_key, c.topic, c.escalation_level, c.attempts, c.created_at,
        ch.address, w.url, w.secret, s.id, s.full_name,
        a.id, a.kind, a.severity, a.status, a.count, a.opened_at, a.first_fix_time, a.reason,
-       a.supervisee_id, p.full_name, p.case_number, a.office_id, o.name
+       a.supervisee_id, p.full_name, p.case_number, a.office_id, o.name,
+       ob.payload->>'device_id', ob.payload->>'fix_time'
   FROM claimed c JOIN att ON att.notification_id = c.id
+  LEFT JOIN outbox ob ON ob.id = c.outbox_id
   JOIN staff_channels ch ON ch.id = c.channel_id
   LEFT JOIN webhook_endpoints w ON w.id = ch.webhook_id
   JOIN staff s ON s.id = c.staff_id
@@ -205,7 +214,8 @@ def claim(conn: psycopg.Connection, channel: str, limit: int, lease_s: float,
     return [Outgoing(notification_id=r[0], attempt_id=r[1], key=r[2], topic=r[3],
                      escalation_level=r[4], attempts=r[5], created_at=r[6], address=r[7],
                      url=r[8], secret=r[9], staff_id=r[10], staff_name=r[11],
-                     alert=dict(zip(_ALERT_FIELDS, r[12:], strict=True))) for r in rows]
+                     alert=dict(zip(_ALERT_FIELDS, r[12:25], strict=True)),
+                     fix_id=fix_id(r[25], r[26]) if r[25] else None) for r in rows]
 
 
 def backoff_s(attempts: int, settings: Settings) -> float:
@@ -399,6 +409,8 @@ class ChannelRunner(threading.Thread):
         self.settings = settings
         self.stop_event = stop
         self.worker = worker
+        self.last_loop = time.time()  # liveness: the loop turns at least every POLL_S
+        self.connected = False  # readiness: holds its database connections
 
     def run(self) -> None:
         """Reconnect on database failure until stopped."""
@@ -406,8 +418,10 @@ class ChannelRunner(threading.Thread):
             try:
                 self._serve()
             except psycopg.Error:
+                self.connected = False
                 log.exception("%s delivery lost its database connection; reconnecting",
                               self.channel)
+                self.last_loop = time.time()
                 self.stop_event.wait(1)
 
     def _serve(self) -> None:
@@ -421,6 +435,13 @@ class ChannelRunner(threading.Thread):
             except Exception as e:  # a sender bug must not lose the notification  # noqa: BLE001
                 log.exception("sending %s failed unexpectedly", o.key)
                 ok, detail = False, f"{type(e).__name__}: {e}"
+            (SENT if ok else FAILED).labels(self.channel).inc()
+            log.log(logging.INFO if ok else logging.WARNING,
+                    "notification %s of alert %s to staff %s by %s: %s", o.notification_id,
+                    o.alert["id"], o.staff_id, self.channel, "delivered" if ok else detail[:200],
+                    extra={"fix_id": o.fix_id, "alert_id": o.alert["id"],
+                           "notification_id": o.notification_id, "channel": self.channel,
+                           "attempt": o.attempts})
             done.put((o, ok, detail))
 
         with psycopg.connect(s.psycopg_dsn, autocommit=True) as listen_conn, \
@@ -428,7 +449,9 @@ class ChannelRunner(threading.Thread):
                 ThreadPoolExecutor(max_workers=s.delivery_concurrency,
                                    thread_name_prefix=f"send-{self.channel}") as pool:
             listen_conn.execute(f"LISTEN {DELIVER_CHANNEL}")
+            self.connected = True
             while not self.stop_event.is_set():
+                self.last_loop = time.time()
                 finished: list[tuple[Outgoing, bool, str]] = []
                 while True:
                     try:
@@ -475,17 +498,26 @@ class DeliveryWorker:
                                               self._stop, self.name))
         else:
             log.warning("CCS_SMTP_HOST is not set: e-mail notifications wait until it is")
+        self.health = Health("delivery", self._ready)
+
+    def _ready(self) -> tuple[bool, str]:
+        down = [r.channel for r in self.runners if not r.connected]
+        return (not down, f"no database connection for {', '.join(down)}" if down else
+                f"sending {', '.join(r.channel for r in self.runners)}")
 
     def stop(self) -> None:
         """Finish the sends in flight and stop."""
         self._stop.set()
 
     def run(self) -> None:
-        """Run until stopped."""
+        """Run until stopped; the heartbeat goes on while every channel's loop turns."""
         for r in self.runners:
             r.start()
         try:
-            self._stop.wait()
+            while not self._stop.wait(2.0):
+                if all(r.is_alive() and time.time() - r.last_loop < self.health.stale_s
+                       for r in self.runners):
+                    self.health.beat()
         finally:
             for r in self.runners:
                 r.join()
@@ -495,9 +527,12 @@ class DeliveryWorker:
 
 def main() -> None:
     """Entry point: `python -m alerts.delivery`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
+    setup_logging("delivery", settings.log_format)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    worker = DeliveryWorker()
+    worker = DeliveryWorker(settings)
+    if settings.health_port:
+        worker.health.start(settings.health_port)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     log.info("delivery worker started: %s", ", ".join(r.channel for r in worker.runners))

@@ -84,6 +84,27 @@ class Lease:
             self._release(keys=[self.key], args=[self.token])
 
 
+AUDIT_VERIFIED = "audit:verified"  # Redis hash: ok, at, rows, head_seq, problem
+
+
+def verify_audit_chain(conn: psycopg.Connection, r: redis.Redis, settings: Settings) -> bool:
+    """Recompute the audit chain and publish the outcome for monitoring; a broken chain is
+    logged as an error with its first problem."""
+    from store import audit
+
+    result = audit.verify(settings.psycopg_dsn)
+    first = result.problems[0].message if result.problems else ""
+    r.hset(settings.redis_prefix + AUDIT_VERIFIED, mapping={
+        "ok": int(result.ok), "at": time.time(), "rows": result.rows,
+        "head_seq": result.last_seq, "problem": first})
+    if result.ok:
+        log.info("audit chain verified: %d rows, head seq %d", result.rows, result.last_seq)
+    else:
+        log.error("AUDIT CHAIN BROKEN: %d problem(s) in %d rows; first: %s",
+                  len(result.problems), result.rows, first)
+    return result.ok
+
+
 class Scheduler:
     """The jobs, each on its own connection, run only by the lease holder."""
 
@@ -181,6 +202,12 @@ class Scheduler:
         self.aps.add_job(self._guard("monthly_reports",
                                      lambda c: monthly_reports.run(c, self.settings)),
                          "interval", minutes=10, id="monthly_reports")
+        # The audit log's hash chain, recomputed whole (store/audit.py); the outcome is what
+        # the API's /metrics shows as ccs_audit_chain_ok (deploy/prometheus/rules.yml).
+        self.aps.add_job(self._guard("audit_verify",
+                                     lambda c: verify_audit_chain(c, self.redis, self.settings)),
+                         "interval", seconds=self.settings.audit_verify_every_s,
+                         id="audit_verify", next_run_time=datetime.now(UTC))
         self.aps.start()
 
     def stop(self) -> None:

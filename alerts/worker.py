@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts.scheduler import Scheduler
 from alerts.service import OUTBOX_CHANNEL
+from store.observe import Health, fix_id, setup_logging
 from store.settings import Settings, get_settings
 
 log = logging.getLogger("alerts.worker")
@@ -111,6 +112,15 @@ def _relay_alerts(conn: psycopg.Connection, r: redis.Redis, settings: Settings, 
         pipe.execute()
         conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY(%s)",
                       ([row[0] for row in rows],))
+    for oid, topic, payload in rows:  # on the feed: the trail of the fix that caused it
+        if topic.startswith("alert."):
+            quiet = payload.get("alert_id") in muted and payload.get("by") is None
+            log.info("%s %s %s", topic, payload.get("alert_id"),
+                     "recorded, not announced (supervision suspended)" if quiet else
+                     "on the live feed", extra={
+                         "fix_id": fix_id(payload["device_id"], payload["fix_time"])
+                         if payload.get("device_id") and payload.get("fix_time") else None,
+                         "alert_id": payload.get("alert_id"), "outbox_id": oid})
     return len(rows)
 
 
@@ -150,6 +160,10 @@ class AlertWorker:
         self._stop = threading.Event()
         self.relayed = 0
         self.commands = CommandPublisher(self.settings)
+        self.connected = False
+        self.health = Health("alerts", lambda: (
+            (True, "relaying the outbox") if self.connected else
+            (False, "no database or Redis connection")))
 
     def stop(self) -> None:
         """Finish after the current round."""
@@ -165,6 +179,8 @@ class AlertWorker:
                 try:
                     self._serve()
                 except (psycopg.Error, redis.RedisError, OSError):
+                    self.connected = False
+                    self.health.beat()
                     log.exception("alert worker lost a connection; reconnecting")
                     self.commands.close()
                     self._stop.wait(1)
@@ -181,6 +197,8 @@ class AlertWorker:
             while not self._stop.is_set():
                 while (n := relay_once(conn, r, self.settings, commands=self.commands)) > 0:
                     self.relayed += n
+                self.connected = True
+                self.health.beat()
                 # Wait for the next NOTIFY (or the sweep interval), then drain everything.
                 for _ in listen_conn.notifies(timeout=SWEEP_S, stop_after=1):
                     pass
@@ -188,9 +206,12 @@ class AlertWorker:
 
 def main() -> None:
     """Entry point: `python -m alerts.worker`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
+    setup_logging("alerts", settings.log_format)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
-    worker = AlertWorker()
+    worker = AlertWorker(settings)
+    if settings.health_port:
+        worker.health.start(settings.health_port)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     log.info("alert worker started")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import psycopg
+import redis
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -102,3 +103,30 @@ class DatabaseCollector(Collector):
                           AND relname = ANY(%s)""", (list(ESTIMATED),)):
                 rows.add_metric([table], float(n))
             yield rows
+
+
+class AuditChainCollector(Collector):
+    """The scheduler's last recomputation of the audit chain (alerts/scheduler.py,
+    `verify_audit_chain`): nothing is exported until one has run."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.redis_url = redis_url
+        self.key = prefix + "audit:verified"
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        r = redis.Redis.from_url(self.redis_url, socket_timeout=2, decode_responses=True)
+        try:
+            got: dict[str, str] = r.hgetall(self.key)  # type: ignore[assignment]
+        finally:
+            r.close()
+        if not got:
+            return
+        for name, doc, value in (
+                ("ccs_audit_chain_ok", "1 when the last recomputation of the audit log's hash "
+                 "chain found it intact, 0 when broken", float(got["ok"])),
+                ("ccs_audit_chain_verified_timestamp_seconds", "When the chain was last "
+                 "recomputed (Unix time)", float(got["at"])),
+                ("ccs_audit_chain_rows", "Rows the last recomputation read", float(got["rows"]))):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            yield g

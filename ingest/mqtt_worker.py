@@ -50,11 +50,12 @@ import redis
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from alerts.silences import write_watermark
 from ingest.mqtt_client import BatchClient
-from ingest.pipeline import Channel, DevicesBusy, Pipeline, RawMessage
+from ingest.pipeline import Channel, DevicesBusy, MessageResult, Pipeline, RawMessage
+from store.observe import Health, setup_logging
 from store.settings import Settings, get_settings
 from store.topics import OWNTRACKS_SUBTOPICS, ingest_filters
 
@@ -66,6 +67,18 @@ POISONED = Counter("ccs_ingest_messages_dead_lettered_on_error",
                    "Messages dead-lettered alone because processing them raised")
 OTHERS = Counter("ccs_ingest_messages_other_partition",
                  "Messages acknowledged unread because another worker's partition holds the device")
+RECEIVED = Counter("ccs_ingest_received", "Messages of this worker's own received from the broker",
+                   ["worker"])
+COMMITTED = Counter("ccs_ingest_committed", "Messages processed and committed (stored, or "
+                    "recorded as dead letters) and then acknowledged", ["worker"])
+DEAD = Counter("ccs_ingest_dead_letters", "Messages kept as dead letters, by reason",
+               ["worker", "reason"])
+BACKLOG = Gauge("ccs_ingest_backlog", "Messages received by this worker, not yet committed "
+                "(the broker's queue for its session is the broker's own metric)", ["worker"])
+BATCH = Histogram("ccs_ingest_batch_seconds", "Time to process and commit one batch", ["worker"],
+                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LAG = Gauge("ccs_ingest_commit_lag_seconds", "Age of the oldest message this worker received "
+            "and has not committed yet (0: none waiting)", ["worker"])
 
 def transient_reason(e: BaseException) -> str | None:
     """The retry reason of a transient failure (its label in the metric), None otherwise: a
@@ -166,6 +179,24 @@ class MqttIngestWorker:
         self.client.read_limit = self.settings.batch_max_messages
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
+        # Operations (store/observe.py): heartbeat, readiness, metrics of this worker.
+        self.health = Health(f"ingest {self.client_id}", self._ready)
+        self._failing: str | None = None  # a transient failure the current batch waits out
+        self._oldest_at: float | None = None  # receive time of the oldest uncommitted message
+        self._received = RECEIVED.labels(self.client_id)
+        self._committed = COMMITTED.labels(self.client_id)
+        self._batch_hist = BATCH.labels(self.client_id)
+        BACKLOG.labels(self.client_id).set_function(lambda: self._own + self._in_batch)
+        LAG.labels(self.client_id).set_function(
+            lambda: 0.0 if self._oldest_at is None else max(time.time() - self._oldest_at, 0.0))
+        self._in_batch = 0
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self.connected.is_set():
+            return False, "not subscribed to the broker"
+        if self._failing:
+            return False, f"batches retried: {self._failing} unreachable"
+        return True, "subscribed; the last batch committed"
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
@@ -222,6 +253,8 @@ class MqttIngestWorker:
             return
         self._pending.append(Inbound(mid, qos, raw, now))
         self._own += 1
+        if self._oldest_at is None:
+            self._oldest_at = now
 
     def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
@@ -272,6 +305,7 @@ class MqttIngestWorker:
         while fewer than two batches wait, so a long outage piles up at the broker, not here."""
         end = time.monotonic() + seconds
         while not self._stop.is_set() and (left := end - time.monotonic()) > 0:
+            self.health.beat()  # waiting out an outage is alive (not ready: `_failing`)
             if len(self._pending) < 2 * self.settings.batch_max_messages:
                 self._pump(min(left, 0.5))
             else:
@@ -283,6 +317,7 @@ class MqttIngestWorker:
         the other partitions' messages among them, to be acknowledged in their turn); [] after
         half a second without any message."""
         idle_until = time.monotonic() + 0.5
+        self.health.beat()
         while not self._pending:
             if self._stop.is_set() or time.monotonic() >= idle_until:
                 return []
@@ -319,11 +354,17 @@ class MqttIngestWorker:
                     continue
                 began = time.monotonic()
                 mine = [b for b in batch if b.raw is not None]
+                self._in_batch = len(mine)
+                self._received.inc(len(mine))
                 if mine and not self._handle(mine):
                     break  # stopping with an uncommitted batch: the broker will redeliver it
                 # In arrival order (MQTT 4.6), the other partitions' messages in their turn.
                 self.client.ack_many([b.mid for b in batch if b.qos > 0])
                 self.processed += len(mine)
+                self._committed.inc(len(mine))
+                self._in_batch = 0
+                self._batch_hist.observe(time.monotonic() - began)
+                self._oldest_at = next((b.at for b in self._pending if b.raw is not None), None)
                 if self._others:
                     OTHERS.inc(self._others)
                     self._others = 0
@@ -376,9 +417,13 @@ class MqttIngestWorker:
                     self._pipeline = Pipeline.connect(self.settings,
                                                       owner_token=f"mqtt:{self.client_id}")
                 if one_by_one:
-                    self._one_by_one(self._pipeline, batch)
+                    results = self._one_by_one(self._pipeline, batch)
                 else:
-                    self._pipeline.process([b.raw for b in batch if b.raw is not None])
+                    results = self._pipeline.process([b.raw for b in batch if b.raw is not None])
+                self._failing = None
+                for r in results:
+                    if not r.ok:
+                        DEAD.labels(self.client_id, r.reason or "unknown").inc()
                 return True
             except Exception as e:
                 reason = transient_reason(e)
@@ -393,6 +438,7 @@ class MqttIngestWorker:
                     one_by_one = True
                     continue
                 RETRIES.labels(reason or "unexpected").inc()
+                self._failing = reason or "unexpected"
                 log.warning("batch of %d failed (%s: %s); retrying in %.2f s", len(batch),
                             reason or "unexpected", e, delay)
                 self._wait(delay)
@@ -400,13 +446,14 @@ class MqttIngestWorker:
         return False
 
     @staticmethod
-    def _one_by_one(pipeline: Pipeline, batch: list[Inbound]) -> None:
+    def _one_by_one(pipeline: Pipeline, batch: list[Inbound]) -> list[MessageResult]:
         """Each message in its own transaction; one that raises anything but a transient
         failure is dead-lettered with the exception as its reason (transient ones propagate:
         the whole batch is retried)."""
+        results: list[MessageResult] = []
         for raw in [b.raw for b in batch if b.raw is not None]:
             try:
-                pipeline.process([raw])
+                results += pipeline.process([raw])
             except Exception as e:
                 if transient_reason(e) is not None:
                     raise
@@ -416,6 +463,8 @@ class MqttIngestWorker:
                 reason = ("storage_error" if isinstance(e, psycopg.Error) else "processing_error")
                 pipeline.reject(raw, reason, f"{type(e).__name__}: {e}")
                 POISONED.inc()
+                results.append(MessageResult(ok=False, reason=reason))
+        return results
 
     def stop(self) -> None:
         """Ask `run()` to finish after the current batch."""
@@ -430,11 +479,11 @@ def _close_quietly(p: Pipeline) -> None:
 
 def main() -> None:
     """Entry point: `python -m ingest.mqtt_worker`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
-    if settings.ingest_metrics_port:
-        start_http_server(settings.ingest_metrics_port)
+    setup_logging("ingest", settings.log_format)
     worker = MqttIngestWorker(settings)
+    if settings.health_port:
+        worker.health.start(settings.health_port)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run()

@@ -36,6 +36,7 @@ from ingest.protocols import (
     decode_osmand_query,
     decode_owntracks,
 )
+from store.observe import fix_id
 from store.registry import DeviceInfo, Registry
 from store.settings import Settings
 from store.state import StateStore
@@ -265,7 +266,12 @@ class Pipeline:
             self._write_dead_letters(messages, dead)
             self._write_others(messages, others)
             targets = {d: AlertTarget(i.supervisee_id, i.office_id) for d, i in infos.items()}
-            record_events(self.conn, result.events, targets, self.redis, self.prefix)
+            emitted = record_events(self.conn, result.events, targets, self.redis, self.prefix)
+        for step in emitted:  # committed: one line per alert step, keyed by the fix that caused it
+            log.info("alert %s (%s) of supervisee %s", step.get("alert_id", "-"),
+                     step.get("kind", "roll call"), step.get("supervisee_id"), extra={
+                         "fix_id": fix_id(step.get("device_id"), step.get("fix_time")),
+                         "alert_id": step.get("alert_id"), "supervisee_id": step.get("supervisee_id")})
 
         saved = self.states.save(result.states, versions)
         if not all(saved):

@@ -135,8 +135,16 @@ class Settings(BaseSettings):
     # Transient failures (database or Redis unreachable) are retried with this backoff.
     ingest_retry_min_s: float = 0.5
     ingest_retry_max_s: float = 30.0
-    # The ingest worker's own Prometheus endpoint (0: none).
-    ingest_metrics_port: int = 0
+    # A worker's /livez, /readyz and /metrics (store/observe.py; 0: none). Each process on a
+    # host needs its own (deploy/systemd: 9100 + the ingest worker's index, 9120 alerts, 9121
+    # delivery, 9122 broker sync); in a container 9100.
+    health_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # "text" for a terminal, "json" (one object a line, with fix_id / alert_id fields) for a
+    # log collector; deploy/ sets json.
+    log_format: Literal["text", "json"] = "text"
+    # The scheduler recomputes the audit log's hash chain this often and publishes the outcome
+    # (Redis `<prefix>audit:verified`; the API's /metrics: ccs_audit_chain_ok).
+    audit_verify_every_s: Annotated[int, Field(ge=60)] = 3600
 
     # HTTP API hardening (api/limits.py, api/headers.py, store/ratelimit.py)
     max_body_bytes: int = 256 * 1024  # any request body; the phone endpoints keep max_payload_bytes

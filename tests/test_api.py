@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -388,3 +389,33 @@ def test_prometheus_metrics_count_alerts_acknowledgements_and_time_to_acknowledg
     # Acknowledged ten minutes after opening: in the 15-minute bucket, not the 5-minute one.
     assert 'ccs_alert_time_to_acknowledge_seconds_bucket{le="300.0"} 0.0' in text
     assert 'ccs_alert_time_to_acknowledge_seconds_bucket{le="900.0"} 1.0' in text
+
+
+def test_probes_and_the_audit_chain_metric(client, org: Org, db, settings):
+    """/livez answers without touching anything; /readyz needs the database and Redis; the
+    scheduler's recomputation of the audit chain shows in /metrics as ccs_audit_chain_ok, and a
+    row edited behind the chain's back turns it to 0."""
+    import redis as redis_lib
+
+    from alerts.scheduler import verify_audit_chain
+
+    assert client.get(f"{API}/livez").json() == {"status": "ok"}
+    assert client.get(f"{API}/readyz").json() == {"status": "ok"}
+    assert "ccs_audit_chain_ok" not in client.get(f"{API}/metrics").text  # not yet computed
+    h = login(client, "jiangan-officer")
+    client.get(f"{API}/supervisees/{org.supervisee_id}", headers=h)  # an audited read
+    r = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        assert verify_audit_chain(db, r, settings) is True
+        text = client.get(f"{API}/metrics").text
+        assert "ccs_audit_chain_ok 1.0" in text
+        rows = re.search(r"^ccs_audit_chain_rows (\S+)$", text, re.M)
+        assert rows is not None and float(rows.group(1)) >= 1
+        with db.transaction():
+            db.execute("SET LOCAL session_replication_role = replica")
+            db.execute("UPDATE audit_log SET purpose = 'rewritten' WHERE seq = 1")
+        assert verify_audit_chain(db, r, settings) is False
+        assert "ccs_audit_chain_ok 0.0" in client.get(f"{API}/metrics").text
+    finally:
+        r.delete(settings.redis_prefix + "audit:verified")
+        r.close()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -21,6 +24,7 @@ from alerts.delivery import DeliveryWorker, new_webhook_secret, sign_webhook
 from alerts.service import escalate_overdue, queue_raised
 from alerts.worker import AlertWorker
 from ingest.mqtt_worker import MqttIngestWorker
+from store.observe import json_formatter
 from store.settings import Settings
 from tests.conftest import JIANGAN, JIANGHAN, PASSWORD, Org, login
 from tests.geo import deep_inside
@@ -357,15 +361,35 @@ def test_an_alerts_deliveries_are_shown_within_jurisdiction(client, org: Org, db
 
 # --- end to end -----------------------------------------------------------------------------
 
+class JsonLines(logging.Handler):
+    """Every record as the JSON line store/observe.py writes, parsed back."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(json_formatter("test"))
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(json.loads(self.format(record)))
+
+
 def test_a_violating_fix_reaches_the_officer_on_feed_webhook_and_email_once(
         settings: Settings, org: Org, db, fast: Settings, receiver: WebhookReceiver,
         smtp: SmtpSink):
     client_id = f"{settings.mqtt_client_id}-delivery-e2e"
     ingest = MqttIngestWorker(settings, client_id=client_id)
     s = fast.model_copy(update={"smtp_host": "127.0.0.1", "smtp_port": smtp.port})
+    delivery = DeliveryWorker(s)
+    # The logs as a collector gets them with CCS_LOG_FORMAT=json (store/observe.py).
+    lines = JsonLines()
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(lines)
+    root.setLevel(logging.INFO)
+    ports = {"ingest": ingest.health.start(0, "127.0.0.1"),
+             "delivery": delivery.health.start(0, "127.0.0.1")}
     try:
         with api_server(settings) as base, in_thread(ingest), in_thread(AlertWorker(settings)), \
-                in_thread(DeliveryWorker(s)):
+                in_thread(delivery):
             assert ingest.connected.wait(10)
             tok = lambda u: {"Authorization": "Bearer " + httpx.post(  # noqa: E731
                 f"{base}{API}/auth/token", data={"username": u, "password": PASSWORD}
@@ -400,7 +424,26 @@ def test_a_violating_fix_reaches_the_officer_on_feed_webhook_and_email_once(
             time.sleep(1.0)  # nothing more may arrive
             stop.set()
             phone.close()
+            # The workers' probes and metrics (what systemd and Kubernetes ask).
+            for name, port in ports.items():
+                for path in ("/livez", "/readyz"):
+                    r = httpx.get(f"http://127.0.0.1:{port}{path}")
+                    assert r.status_code == 200 and r.text.startswith("ok: "), (name, path, r.text)
+            metrics = httpx.get(f"http://127.0.0.1:{ports['ingest']}/metrics").text
+            committed = re.search(
+                rf'ccs_ingest_committed_total{{worker="{re.escape(client_id)}"}} (\S+)', metrics)
+            assert committed is not None and float(committed.group(1)) >= 5, metrics[-2000:]
+            assert f'ccs_ingest_backlog{{worker="{client_id}"}} 0.0' in metrics
+            assert 'ccs_delivery_sent_total{channel="webhook"} 1.0' in httpx.get(
+                f"http://127.0.0.1:{ports['delivery']}/metrics").text
+        # Stopped: the ingest worker left the broker, so it is no longer ready.
+        r = httpx.get(f"http://127.0.0.1:{ports['ingest']}/readyz")
+        assert r.status_code == 503 and "not subscribed" in r.text
     finally:
+        root.removeHandler(lines)
+        root.setLevel(level)
+        ingest.health.close()
+        delivery.health.close()
         forget_session(settings, client_id)
     assert len(receiver.requests) == 1 and len(smtp.messages) == 1
     body = receiver.requests[0].body
@@ -408,6 +451,20 @@ def test_a_violating_fix_reaches_the_officer_on_feed_webhook_and_email_once(
     assert body["recipient"]["address"] == "officer@example.org"
     assert smtp.messages[0][0] == ["officer@example.org"]
     assert db.execute("SELECT count(*) FROM alerts").fetchone() == (1,)
+    # One fix id from the report to both notifications: the phone's id and the fix's time, in
+    # the ingest line that opened the alert, the relay's and each delivery's.
+    trail = [r for r in lines.records if r.get("alert_id") == alert_id]
+    by_logger = {r["logger"]: r for r in trail}
+    assert set(by_logger) >= {"ingest.pipeline", "alerts.worker", "alerts.delivery"}, trail
+    fix = by_logger["ingest.pipeline"]["fix_id"]
+    device, _, when = fix.partition("@")
+    assert device == cred["device_id"]
+    at = datetime.fromisoformat(when).timestamp()
+    assert any(abs(at - (t0 + 600 + k * 60)) < 1e-3 for k in range(4)), (fix, t0)
+    sent = [r for r in trail if r["logger"] == "alerts.delivery"]
+    assert sorted(r["channel"] for r in sent) == ["email", "webhook"]
+    assert {r["fix_id"] for r in trail} == {fix}
+    assert all(r["process"] == "test" and r["level"] == "INFO" for r in trail)
 
 
 def _outgoing(k: int) -> Any:

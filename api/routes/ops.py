@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from api.authz import CITY, access, declared
 from api.deps import CurrentStaff, RedisDep, SessionDep, SettingsDep, audit
 from api.errors import Forbidden, Unauthorized
-from api.metrics import DatabaseCollector
+from api.metrics import AuditChainCollector, DatabaseCollector
 from api.schemas import DeadLetterOut
 from store.enums import Role
 from store.models import DeadLetter
@@ -24,6 +24,22 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz", **declared("public", "anyone"))
 def health(session: SessionDep, r: RedisDep) -> dict[str, Any]:
     """Liveness of the API and its database and Redis connections."""
+    session.execute(text("SELECT 1"))
+    r.ping()
+    return {"status": "ok"}
+
+
+@router.get("/livez", **declared("public", "anyone"))
+def livez() -> dict[str, Any]:
+    """The process answers (a liveness probe: restart it when this fails). Touches nothing
+    else, so a database outage does not get every API instance restarted."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", **declared("public", "anyone"))
+def readyz(session: SessionDep, r: RedisDep) -> dict[str, Any]:
+    """Ready for traffic (a readiness probe: take it out of the load balancer when this
+    fails): the database and Redis answer."""
     session.execute(text("SELECT 1"))
     r.ping()
     return {"status": "ok"}
@@ -48,6 +64,7 @@ def metrics(settings: SettingsDep,
     if _registry is None:
         _registry = CollectorRegistry()
         _registry.register(DatabaseCollector(settings.psycopg_dsn))
+        _registry.register(AuditChainCollector(settings.redis_url, settings.redis_prefix))
     return PlainTextResponse(generate_latest(_registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
 
