@@ -27,7 +27,7 @@ from alerts import confirm, monthly_reports, retention, rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
 from alerts.service import escalate_overdue
 from alerts.silences import check_silences, reseed_if_lost
-from store import partitions
+from store import partitions, redisconn
 from store.registry import load_profile
 from store.settings import Settings
 
@@ -110,7 +110,7 @@ class Scheduler:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = redisconn.sync_client(settings)
         self.lease = Lease(self.redis, settings.redis_prefix)
         self.aps = BackgroundScheduler(timezone="UTC", job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": 30})

@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts.scheduler import Scheduler
 from alerts.service import OUTBOX_CHANNEL
+from store import redisconn
 from store.observe import Health, fix_id, setup_logging
 from store.settings import Settings, get_settings
 
@@ -109,7 +110,19 @@ def _relay_alerts(conn: psycopg.Connection, r: redis.Redis, settings: Settings, 
                 maxlen=settings.alert_feed_maxlen,
                 approximate=True,
             )
-        pipe.execute()
+        if settings.redis_wait_replicas:
+            # Replication is asynchronous: a master killed now could take these entries with
+            # it while the rows below say published. WAIT returns once that many replicas have
+            # them, or at the timeout; then the rows still count as published (retrying would
+            # repeat them on the feed for as long as no replica is connected), and it is logged
+            # (docs/high-availability.md).
+            pipe.execute_command("WAIT", settings.redis_wait_replicas,
+                                 settings.redis_wait_timeout_ms)
+        got = pipe.execute()
+        if settings.redis_wait_replicas and got and int(got[-1]) < settings.redis_wait_replicas:
+            log.warning("alert feed: %d of %d replicas confirmed %d entries within %d ms",
+                        int(got[-1]), settings.redis_wait_replicas, len(got) - 1,
+                        settings.redis_wait_timeout_ms)
         conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY(%s)",
                       ([row[0] for row in rows],))
     for oid, topic, payload in rows:  # on the feed: the trail of the fix that caused it
@@ -190,7 +203,7 @@ class AlertWorker:
                 scheduler.stop()
 
     def _serve(self) -> None:
-        r = redis.Redis.from_url(self.settings.redis_url)
+        r = redisconn.sync_client(self.settings)
         with psycopg.connect(self.settings.psycopg_dsn, autocommit=True) as listen_conn, \
                 psycopg.connect(self.settings.psycopg_dsn) as conn:
             listen_conn.execute(f"LISTEN {OUTBOX_CHANNEL}")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from api.errors import Forbidden, NotFound, Unauthorized
 from api.security import decode_access_token
 from api.sessions import session_info
+from store import redisconn
 from store.db import session_factory
 from store.models import AuditLog, Device, OrgUnit, Staff, Supervisee
 from store.settings import Settings, get_settings
@@ -69,7 +70,7 @@ def get_redis() -> redis.Redis:
     """Process-wide Redis client."""
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(get_settings().redis_url)
+        _redis = redisconn.sync_client(get_settings())
     return _redis
 
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import redis.exceptions
+
+from store import redisconn
+from store.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +79,10 @@ class Subscriber:
 class FeedHub:
     """Reads the alert stream once per process and fans each entry out to the subscribers."""
 
-    def __init__(self, redis_url: str, key: str) -> None:
+    def __init__(self, settings: Settings, key: str) -> None:
         self.key = key
-        self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=SOCKET_TIMEOUT_S,
-                                             health_check_interval=15)
+        self.redis = redisconn.async_client(settings, socket_timeout=SOCKET_TIMEOUT_S,
+                                            health_check_interval=15)
         self.subscribers: set[Subscriber] = set()
         self.loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None

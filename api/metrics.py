@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import psycopg
-import redis
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
 from prometheus_client.registry import Collector
+
+from store import redisconn
+from store.settings import Settings
 
 # The same bounds as metric_ack_observe() in migration 0015.
 ACK_BUCKETS_S = (60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
@@ -109,12 +111,12 @@ class AuditChainCollector(Collector):
     """The scheduler's last recomputation of the audit chain (alerts/scheduler.py,
     `verify_audit_chain`): nothing is exported until one has run."""
 
-    def __init__(self, redis_url: str, prefix: str) -> None:
-        self.redis_url = redis_url
-        self.key = prefix + "audit:verified"
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.key = settings.redis_prefix + "audit:verified"
 
     def collect(self) -> Iterator[object]:  # type: ignore[override]
-        r = redis.Redis.from_url(self.redis_url, socket_timeout=2, decode_responses=True)
+        r = redisconn.sync_client(self.settings, socket_timeout=2, decode_responses=True)
         try:
             got: dict[str, str] = r.hgetall(self.key)  # type: ignore[assignment]
         finally:

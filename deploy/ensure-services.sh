@@ -84,6 +84,10 @@ elif command -v redis-cli >/dev/null && [ "$(redis_cfg appendonly)" != yes ]; th
         "(dir '${dir:-?}'); state is rebuilt from PostgreSQL after a restart, more slowly"
   fi
 fi
+# Sentinel, for the Redis failover test and bench (tests/test_redis_failover.py, simulators/
+# redis_failover.py): they start their own master, replica and sentinels on free ports; the
+# package's own service (port 26379) is not needed and is left as Debian sets it up.
+command -v redis-sentinel >/dev/null || { say "installing Redis Sentinel"; apt_install redis-sentinel; }
 
 # Mosquitto: the project's own instance with deploy/mosquitto/mosquitto.conf (see that file for
 # why the distribution's defaults will not do). With CCS_MQTT_SECURE=1, the secured one instead

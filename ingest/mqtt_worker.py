@@ -55,6 +55,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from alerts.silences import write_watermark
 from ingest.mqtt_client import BatchClient
 from ingest.pipeline import Channel, DevicesBusy, MessageResult, Pipeline, RawMessage
+from store import redisconn
 from store.observe import Health, setup_logging
 from store.settings import Settings, get_settings
 from store.topics import OWNTRACKS_SUBTOPICS, ingest_filters
@@ -402,7 +403,7 @@ class MqttIngestWorker:
         self._watermark_at = now
         try:
             if self._redis is None:
-                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+                self._redis = redisconn.sync_client(self.settings, socket_timeout=2)
             write_watermark(self._redis, self.settings.redis_prefix, self.client_id, t)
         except redis.RedisError as e:  # the next batch retries it; nothing else depends on it
             log.debug("watermark not written: %s", e)

@@ -36,6 +36,7 @@ from ingest.protocols import (
     decode_osmand_query,
     decode_owntracks,
 )
+from store import redisconn
 from store.observe import fix_id
 from store.registry import DeviceInfo, Registry
 from store.settings import Settings
@@ -147,7 +148,7 @@ class Pipeline:
         client id), so that its next instance takes the leases of a killed one over at once."""
         # Autocommit: look-ups run alone, and each batch is one explicit transaction.
         conn = psycopg.connect(settings.psycopg_dsn, autocommit=True)
-        return cls(settings, conn, redis.Redis.from_url(settings.redis_url), owner_token)
+        return cls(settings, conn, redisconn.sync_client(settings), owner_token)
 
     def close(self) -> None:
         """Release the connections."""

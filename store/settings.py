@@ -35,6 +35,21 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/ccs"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "ccs:"
+    # Redis Sentinel (docs/high-availability.md): "host:port,host:port,..." of the sentinels;
+    # empty: CCS_REDIS_URL is the one Redis, as without Sentinel. With sentinels every client
+    # connects to the master they name CCS_REDIS_SENTINEL_MASTER (store/redisconn.py); the URL
+    # then gives only the database number, credentials and TLS of the data nodes.
+    redis_sentinels: str = ""
+    redis_sentinel_master: Annotated[str, Field(min_length=1)] = "ccs"
+    redis_sentinel_password: str | None = None  # the sentinels' own requirepass, if any
+    # Socket timeouts of sentinel-managed connections (a master host that vanished must not
+    # hang a worker); a client that sets its own keeps it.
+    redis_sentinel_socket_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    # After relaying alert events to the live feed, wait until this many replicas have them
+    # (Redis WAIT, at most redis_wait_timeout_ms): a failover then cannot drop an event the
+    # outbox already marked published. 0: no waiting (a single Redis has no replica).
+    redis_wait_replicas: Annotated[int, Field(ge=0)] = 0
+    redis_wait_timeout_ms: Annotated[int, Field(ge=1)] = 500
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1884  # the project's own Mosquitto (deploy/mosquitto/mosquitto.conf)
     mqtt_username: str | None = None

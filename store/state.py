@@ -16,6 +16,7 @@ positions in PostgreSQL (`rebuild`): the engine is pure, the same fixes give the
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,8 @@ import psycopg
 import redis
 
 from geofence.model import CRS, DeviceState, Fix, Source
+
+log = logging.getLogger(__name__)
 
 # Write each state only if its stored version is still the one read (0: no state stored); the
 # fix time stays the value's first field, so readers that only want it need not parse JSON.
@@ -127,6 +130,7 @@ class StateStore:
         self.cache_size = cache
         self._cache: dict[str, tuple[bytes, DeviceState]] = {}
         self.cache_hits = self.cache_misses = 0
+        self.rewound = 0  # states found older than this store last wrote (Redis lost writes)
 
     def key(self, device_id: str) -> str:
         """Redis key of a device's engine state."""
@@ -158,13 +162,17 @@ class StateStore:
 
     def load_versioned(self, devices: Iterable[str]
                        ) -> tuple[dict[str, DeviceState], dict[str, int]]:
-        """States and their versions (0 for every device without a stored state)."""
+        """States and their versions (0 for every device without a stored state). A state
+        older than the one this store's cache last wrote is left out (with its version), as if
+        lost: Redis forgot writes it had acknowledged (a failover, docs/high-availability.md)."""
         devices = list(devices)
         states: dict[str, DeviceState] = {}
         versions = dict.fromkeys(devices, 0)
         if not devices:
             return states, versions
         keys = [self.key(d) for d in devices]
+        held_versions: dict[str, int] = {}
+        rewound: list[str] = []
         if not self.cache_size:
             values: list[Any] = cast(Any, self.redis.mget(keys))
         else:
@@ -177,6 +185,7 @@ class StateStore:
                     versions[d] = int(stamp.rsplit(b" ", 1)[1])
                     values[i] = None
                 elif held[i] is not None:
+                    held_versions[d] = int(held[i][0].rsplit(b" ", 1)[1])  # type: ignore[index]
                     del cache[d]
             self.cache_hits += len(states)
             self.cache_misses += len(devices) - len(states)
@@ -188,9 +197,20 @@ class StateStore:
             if not rest.startswith(b"{"):  # "<version> <json>" (older values: JSON only)
                 v, rest = rest.split(b" ", 1)
                 versions[d] = int(v)
+                if versions[d] < held_versions.get(d, 0):
+                    # Older than the state this store last wrote: Redis lost writes (a failover
+                    # to a replica that had not received them). Left out, so the caller folds it
+                    # again from positions, and written over this version.
+                    rewound.append(d)
+                    continue
             states[d] = DeviceState.from_dict(orjson.loads(rest))
             if self.cache_size and v is not None:
                 self._remember(d, t + b" " + v, states[d])
+        if rewound:
+            self.rewound += len(rewound)
+            log.warning("engine state of %d device(s) older than last written (Redis lost "
+                        "writes, e.g. in a failover): folded again from positions: %s",
+                        len(rewound), ", ".join(rewound[:10]))
         return states, versions
 
     def _remember(self, device: str, stamp: bytes, state: DeviceState) -> None:

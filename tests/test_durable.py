@@ -398,3 +398,24 @@ def test_a_cached_engine_state_is_used_only_while_it_is_the_stored_one(
     assert {d: s.last_fix_time for d, s in states.items()} == {d: s.last_fix_time
                                                                 for d, s in many.items()}
     assert set(versions.values()) == {1}
+
+
+def test_a_state_older_than_the_one_last_written_is_folded_again_as_if_lost(
+        settings: Settings, rds: redis.Redis):
+    """A Redis failover can forget the last writes the old master acknowledged: the promoted
+    replica then holds an older state. The writer that wrote the newer one notices (its cache
+    holds a higher version) and leaves the state out, with the stored version, so that the
+    pipeline folds it again from positions and its compare-and-set still succeeds."""
+    from geofence.model import DeviceState
+
+    mine = StateStore(rds, settings.redis_prefix, cache=10)
+    assert mine.save({"drewind": DeviceState(last_fix_time=1000.0)}, {}) == [True]
+    before = rds.get(mine.key("drewind"))
+    assert mine.save({"drewind": DeviceState(last_fix_time=1001.0)}, {"drewind": 1}) == [True]
+    rds.set(mine.key("drewind"), before)  # what a replica that missed the last write holds
+
+    assert mine.load_versioned(["drewind"]) == ({}, {"drewind": 1}) and mine.rewound == 1
+    assert mine.save({"drewind": DeviceState(last_fix_time=1001.0)}, {"drewind": 1}) == [True]
+    states, versions = mine.load_versioned(["drewind"])
+    assert states["drewind"].last_fix_time == 1001.0 and versions == {"drewind": 2}
+    assert mine.rewound == 1

@@ -243,7 +243,7 @@ def feed_hub(request: Request, settings: Settings) -> FeedHub:
 
     hub: FeedHub | None = getattr(request.app.state, "feed", None)
     if hub is None or hub.loop is not asyncio.get_running_loop():
-        hub = FeedHub(settings.redis_url, feed_key(settings))
+        hub = FeedHub(settings, feed_key(settings))
         request.app.state.feed = hub
     return hub
 

@@ -64,7 +64,7 @@ def metrics(settings: SettingsDep,
     if _registry is None:
         _registry = CollectorRegistry()
         _registry.register(DatabaseCollector(settings.psycopg_dsn))
-        _registry.register(AuditChainCollector(settings.redis_url, settings.redis_prefix))
+        _registry.register(AuditChainCollector(settings))
     return PlainTextResponse(generate_latest(_registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
 
