@@ -557,9 +557,9 @@ class FeedReader(threading.Thread):
     retry: keep reading through a Redis outage (the fault-injection run restarts Redis).
     """
 
-    def __init__(self, redis_url: str, key: str, retry: bool = False) -> None:
+    def __init__(self, r: redis.Redis, key: str, retry: bool = False) -> None:
         super().__init__(name="feed-reader", daemon=True)
-        self.r = redis.Redis.from_url(redis_url)
+        self.r = r
         self.key = key
         self.retry = retry
         self.entries: list[tuple[float, dict[bytes, bytes]]] = []
@@ -572,7 +572,7 @@ class FeedReader(threading.Thread):
             while not self.stopping.is_set():
                 try:
                     resp: Any = self.r.xread({self.key: last}, count=1000, block=200)
-                except redis.ConnectionError:
+                except (redis.ConnectionError, redis.TimeoutError):
                     if not self.retry:
                         raise
                     self.stopping.wait(0.1)
@@ -788,7 +788,7 @@ def run(args: argparse.Namespace) -> int:
         for w in ingests:  # each worker's session subscribed before anything is published
             wait_logged(w, "MQTT subscribed")
         wait_ingest_ready(env, ingest)
-        reader = FeedReader(env.redis_url, BENCH_PREFIX + "feed")
+        reader = FeedReader(redis.Redis.from_url(env.redis_url), BENCH_PREFIX + "feed")
         reader.start()
         step = max(1, args.phones // 32)
         probe = CommitProbe(env.redis_url, [device_id(i) for i in range(0, args.phones, step)])

@@ -15,7 +15,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from simulators.bench import ROOT, _die_with_parent
 
@@ -64,7 +66,7 @@ def _chown(path: Path, user: str) -> None:
 class OwnServices:
     """PostgreSQL (with PostGIS), Redis (AOF) and Mosquitto for one run, under `root`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sentinel: bool = False) -> None:
         self.root = root
         self.pg_port, self.redis_port, self.mqtt_port = free_port(), free_port(), free_port()
         self.pg_data = root / "pg"
@@ -72,6 +74,9 @@ class OwnServices:
         self.mqtt_dir = root / "mosquitto"
         self.redis: subprocess.Popen[bytes] | None = None
         self.mosquitto: subprocess.Popen[bytes] | None = None
+        # With `sentinel`: Redis is a master (redis_port) and a replica, watched by three
+        # sentinels (RedisSentinels); the clients find the master through them.
+        self.sentinels = RedisSentinels(root, self.redis_port) if sentinel else None
 
     # -- PostgreSQL -----------------------------------------------------------------------
     def _pg_ctl(self, *args: str) -> None:
@@ -102,19 +107,16 @@ class OwnServices:
     # -- Redis ----------------------------------------------------------------------------
     def start_redis(self) -> None:
         """redis-server with an append-only file (fsync every second), no RDB snapshots."""
-        self.redis_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.root / "redis.log").open("ab")
-        self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-             "--dir", str(self.redis_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-             "--save", "", "--daemonize", "no"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent)
-        log.close()
-        wait_port(self.redis_port)
+        if self.sentinels is not None:
+            self.sentinels.start()
+            return
+        self.redis = _redis_node(self.redis_port, self.redis_dir, self.root / "redis.log")
 
     def stop_redis(self, lose_data: bool = False) -> None:
         """SIGTERM (it writes its AOF and exits), or SIGKILL and delete its files."""
+        if self.sentinels is not None:
+            self.sentinels.stop()
+            return
         if self.redis is None:
             return
         self.redis.send_signal(signal.SIGKILL if lose_data else signal.SIGTERM)
@@ -179,3 +181,133 @@ class OwnServices:
         self.stop_mosquitto()
         self.stop_redis()
         self.stop_postgres("fast")
+
+
+def _redis_node(port: int, data: Path, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:port with an append-only file (fsync every second), no RDB
+    snapshots; returns once it accepts connections."""
+    data.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--daemonize", "no", *extra],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent)
+    wait_port(port)
+    return proc
+
+
+def _ask(port: int, *command: str) -> object:
+    """One command to the Redis or sentinel on 127.0.0.1:port."""
+    import redis
+
+    with redis.Redis(port=port, socket_timeout=2, decode_responses=True) as r:
+        return r.execute_command(*command)
+
+
+class RedisSentinels:
+    """A Redis master and one replica (AOF on both) watched by three sentinels (quorum 2,
+    down after 1 s), as deploy/redis/sentinel.conf describes, all on free loopback ports; the
+    master's name is MASTER_NAME. `kill_master` is the failover fault."""
+
+    MASTER_NAME = "ccs"
+    DOWN_AFTER_MS = 1000
+    FAILOVER_TIMEOUT_MS = 5000
+
+    def __init__(self, root: Path, master_port: int) -> None:
+        self.root = root
+        self.node_ports = [master_port, free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.nodes: dict[int, subprocess.Popen[bytes]] = {}
+        self.sentinel_procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def addresses(self) -> str:
+        """CCS_REDIS_SENTINELS for the clients."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+
+    def start_node(self, port: int, replica_of: int | None = None) -> None:
+        """One data node (a replica of `replica_of`, or a master)."""
+        extra = ("--replicaof", "127.0.0.1", str(replica_of)) if replica_of else ()
+        self.nodes[port] = _redis_node(port, self.root / f"redis-{port}",
+                                       self.root / "redis.log", *extra)
+
+    def start(self) -> None:
+        """Master, replica (in sync), then the sentinels (each knowing the others and the
+        replica) before returning."""
+        master, replica = self.node_ports
+        self.start_node(master)
+        self.start_node(replica, replica_of=master)
+        self._until(lambda: cast(Any, _ask(replica, "INFO", "replication")).get(
+            "master_link_status") == "up",
+                    "the replica did not sync")
+        for port in self.sentinel_ports:
+            conf = self.root / f"sentinel-{port}.conf"  # sentinels rewrite their own file
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {self.root}\n"
+                f"logfile {self.root / 'sentinel.log'}\n"
+                f"sentinel monitor {self.MASTER_NAME} 127.0.0.1 {master} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER_NAME} {self.DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {self.MASTER_NAME} {self.FAILOVER_TIMEOUT_MS}\n"
+                f"sentinel parallel-syncs {self.MASTER_NAME} 1\n")
+            self.sentinel_procs.append(subprocess.Popen(
+                ["redis-sentinel", str(conf)], stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent))
+        for port in self.sentinel_ports:
+            wait_port(port)
+
+        def known() -> bool:
+            for port in self.sentinel_ports:
+                info: Any = _ask(port, "SENTINEL MASTER", self.MASTER_NAME)  # parsed
+                if int(info["num-other-sentinels"]) != 2 or int(info["num-slaves"]) != 1:
+                    return False
+            return True
+        self._until(known, "the sentinels did not find each other and the replica", 60)
+
+    def master(self) -> int:
+        """The port of the master the sentinels name now (the majority's answer)."""
+        votes: list[int] = []
+        for port in self.sentinel_ports:
+            with contextlib.suppress(Exception):
+                _host, p = cast(Any, _ask(port, "SENTINEL GET-MASTER-ADDR-BY-NAME",
+                                          self.MASTER_NAME))
+                votes.append(int(p))
+        return max(set(votes), key=votes.count) if votes else 0
+
+    def kill_master(self, restart_after: float) -> tuple[int, int, float]:
+        """SIGKILL the master; wait until the sentinels name another; start the killed node
+        again after `restart_after` s (a supervisor would), which the sentinels turn into a
+        replica of the new master. Returns (old port, new port, seconds to promotion)."""
+        old = self.master()
+        at = time.monotonic()
+        proc = self.nodes.pop(old)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        self._until(lambda: self.master() not in (0, old), "no failover", 60, 0.05)
+        promoted = time.monotonic() - at
+        time.sleep(max(0.0, restart_after - promoted))
+        self.start_node(old)
+        return old, self.master(), promoted
+
+    def stop(self) -> None:
+        """Stop the sentinels, then the data nodes."""
+        for proc in [*self.sentinel_procs, *self.nodes.values()]:
+            proc.send_signal(signal.SIGTERM)
+        for proc in [*self.sentinel_procs, *self.nodes.values()]:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.sentinel_procs, self.nodes = [], {}
+
+    @staticmethod
+    def _until(pred: Callable[[], object], what: str, timeout: float = 30.0,
+               step: float = 0.2) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if pred():
+                    return
+            time.sleep(step)
+        raise RuntimeError(f"{what} within {timeout:.0f} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -140,3 +143,14 @@ class Phone:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def chaos_run(out_dir: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """`python -m simulators.chaos *args` to the end; its counts (the --json file) and the tail
+    of its report."""
+    out = out_dir / "chaos.json"
+    run = subprocess.run([sys.executable, "-m", "simulators.chaos", *args, "--json", str(out)],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                         timeout=600)
+    assert out.exists(), f"the run did not finish:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return json.loads(out.read_text()), run.stdout[-4000:]
