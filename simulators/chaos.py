@@ -78,7 +78,7 @@ from simulators.bench import (
     wait_ingest_ready,
     wait_logged,
 )
-from simulators.chaos_services import OwnServices, RedisSentinels
+from simulators.chaos_services import OwnServices
 from simulators.fleet import device_id
 from store import redisconn
 from store.enums import AlertKind
@@ -127,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "SIGKILL of the master half-way through the run, the killed node restarting "
                         "after --pause s (no worker is killed); recovery target "
                         f"{FAILOVER_TARGET_S:g} s")
+    p.add_argument("--down-after-ms", type=int,
+                   help="with --redis-failover: the sentinels' down-after-milliseconds "
+                        "(default: deploy/redis/sentinel.conf's)")
     p.add_argument("--drain-timeout", type=float, default=300.0,
                    help="max seconds to let the system catch up after the load (default 300; "
                         "it also ends after 20 s without progress)")
@@ -431,7 +434,10 @@ class Chaos:
             old, new, promoted = self.svc.sentinels.kill_master(restart_after=self.a.pause)
             f.back = f.at + promoted  # the sentinels name the new master
             self.failover = {"old_master_port": old, "new_master_port": new,
-                             "promoted_after_s": round(promoted, 2)}
+                             "promoted_after_s": round(promoted, 2),
+                             "restart_after_s": self.a.pause,
+                             "down_after_ms": self.svc.sentinels.down_after_ms,
+                             "failover_timeout_ms": self.svc.sentinels.failover_timeout_ms}
             print(f"  master :{old} killed; :{new} promoted after {promoted:.1f} s", flush=True)
             return
         if kind == "redis":
@@ -465,7 +471,8 @@ def run(a: argparse.Namespace) -> int:
     logdir = ROOT / ".run" / "chaos"
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
-    svc = OwnServices(Path(tempfile.mkdtemp(prefix="ccs-chaos-")), sentinel=a.redis_failover)
+    svc = OwnServices(Path(tempfile.mkdtemp(prefix="ccs-chaos-")), sentinel=a.redis_failover,
+                      down_after_ms=a.down_after_ms)
     receivers: Receivers | None = None
     chaos: Chaos | None = None
     procs: list[Any] = []
@@ -770,12 +777,13 @@ def failover_note(res: dict[str, Any]) -> str:
     fo = res.get("failover")
     if not fo:
         return ""
-    return (f" Redis: a master and a replica watched by three sentinels (quorum 2, down after "
-            f"{RedisSentinels.DOWN_AFTER_MS} ms, failover timeout "
-            f"{RedisSentinels.FAILOVER_TIMEOUT_MS} ms), every worker connected through them "
+    return (f" Redis: a master and a replica watched by three sentinels (deploy/redis/"
+            f"sentinel.conf: quorum 2, down after {fo['down_after_ms']} ms, failover timeout "
+            f"{fo['failover_timeout_ms']} ms), every worker connected through them "
             f"(CCS_REDIS_SENTINELS); the master (:{fo['old_master_port']}) SIGKILLed, the "
-            f"replica (:{fo['new_master_port']}) named master after {fo['promoted_after_s']} s; "
-            "instead of worker kills, this one fault.")
+            f"replica (:{fo['new_master_port']}) named master after {fo['promoted_after_s']} s, "
+            f"the killed node started again at least {fo['restart_after_s']:g} s after the kill (the "
+            "sentinels make it a replica).")
 
 
 def report(a: argparse.Namespace, res: dict[str, Any], share_note: str) -> str:
@@ -798,8 +806,10 @@ def report(a: argparse.Namespace, res: dict[str, Any], share_note: str) -> str:
         f"(= {res.get('published_rate', 0):,}/s); "
         f"{a.ingest_workers} ingest workers ({share_note}); {res.get('silent_phones')} phones "
         f"fall silent at known times (run profile: communication failure after "
-        f"{res.get('silence_s')} s); a SIGKILL every {a.kill_every:g} s, restarts after "
-        f"{a.pause:g} s. Own PostgreSQL, Redis (AOF, fsync every second) and Mosquitto "
+        f"{res.get('silence_s')} s); "
+        + ("no worker killed" if res.get("failover") else
+           f"a SIGKILL every {a.kill_every:g} s, restarts after {a.pause:g} s")
+        + ". Own PostgreSQL, Redis (AOF, fsync every second) and Mosquitto "
         "(deploy/mosquitto/mosquitto.conf) on free ports." + failover_note(res),
         "",
         "| count | result | target |",

@@ -66,7 +66,8 @@ def _chown(path: Path, user: str) -> None:
 class OwnServices:
     """PostgreSQL (with PostGIS), Redis (AOF) and Mosquitto for one run, under `root`."""
 
-    def __init__(self, root: Path, sentinel: bool = False) -> None:
+    def __init__(self, root: Path, sentinel: bool = False,
+                 down_after_ms: int | None = None) -> None:
         self.root = root
         self.pg_port, self.redis_port, self.mqtt_port = free_port(), free_port(), free_port()
         self.pg_data = root / "pg"
@@ -76,7 +77,8 @@ class OwnServices:
         self.mosquitto: subprocess.Popen[bytes] | None = None
         # With `sentinel`: Redis is a master (redis_port) and a replica, watched by three
         # sentinels (RedisSentinels); the clients find the master through them.
-        self.sentinels = RedisSentinels(root, self.redis_port) if sentinel else None
+        self.sentinels = RedisSentinels(root, self.redis_port, down_after_ms) \
+            if sentinel else None
 
     # -- PostgreSQL -----------------------------------------------------------------------
     def _pg_ctl(self, *args: str) -> None:
@@ -207,20 +209,52 @@ def _ask(port: int, *command: str) -> object:
 
 
 class RedisSentinels:
-    """A Redis master and one replica (AOF on both) watched by three sentinels (quorum 2,
-    down after 1 s), as deploy/redis/sentinel.conf describes, all on free loopback ports; the
-    master's name is MASTER_NAME. `kill_master` is the failover fault."""
+    """A Redis master and one replica (AOF on both) watched by three sentinels configured by
+    deploy/redis/sentinel.conf (quorum 2), all on free loopback ports; the master's name is
+    MASTER_NAME. `kill_master` is the failover fault."""
 
     MASTER_NAME = "ccs"
-    DOWN_AFTER_MS = 1000
-    FAILOVER_TIMEOUT_MS = 5000
+    EXAMPLE = ROOT / "deploy" / "redis" / "sentinel.conf"
 
-    def __init__(self, root: Path, master_port: int) -> None:
+    def __init__(self, root: Path, master_port: int, down_after_ms: int | None = None) -> None:
         self.root = root
+        self.down_after_ms = down_after_ms or int(self.setting("down-after-milliseconds"))
+        self.failover_timeout_ms = int(self.setting("failover-timeout"))
         self.node_ports = [master_port, free_port()]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.nodes: dict[int, subprocess.Popen[bytes]] = {}
         self.sentinel_procs: list[subprocess.Popen[bytes]] = []
+
+    @classmethod
+    def setting(cls, name: str) -> str:
+        """A `sentinel <name> ccs <value>` setting of deploy/redis/sentinel.conf."""
+        for line in cls.EXAMPLE.read_text().splitlines():
+            words = line.split()
+            if words[:3] == ["sentinel", name, cls.MASTER_NAME]:
+                return words[3]
+        raise KeyError(name)
+
+    def sentinel_conf(self, port: int, master: int) -> str:
+        """deploy/redis/sentinel.conf with this run's port, directory, log and master (and
+        down-after-milliseconds if the run chose its own)."""
+        lines = []
+        for line in self.EXAMPLE.read_text().splitlines():
+            words = line.split()
+            key = words[:2] if words[:1] == ["sentinel"] else words[:1]
+            if key == ["port"]:
+                line = f"port {port}"
+            elif key == ["bind"]:
+                line = "bind 127.0.0.1"
+            elif key == ["dir"]:
+                line = f"dir {self.root}"
+            elif key == ["logfile"]:
+                line = f"logfile {self.root / 'sentinel.log'}"
+            elif key == ["sentinel", "monitor"]:
+                line = f"sentinel monitor {self.MASTER_NAME} 127.0.0.1 {master} {words[-1]}"
+            elif key == ["sentinel", "down-after-milliseconds"]:
+                line = f"sentinel down-after-milliseconds {self.MASTER_NAME} {self.down_after_ms}"
+            lines.append(line)
+        return "\n".join(lines) + "\n"
 
     @property
     def addresses(self) -> str:
@@ -244,13 +278,7 @@ class RedisSentinels:
                     "the replica did not sync")
         for port in self.sentinel_ports:
             conf = self.root / f"sentinel-{port}.conf"  # sentinels rewrite their own file
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {self.root}\n"
-                f"logfile {self.root / 'sentinel.log'}\n"
-                f"sentinel monitor {self.MASTER_NAME} 127.0.0.1 {master} 2\n"
-                f"sentinel down-after-milliseconds {self.MASTER_NAME} {self.DOWN_AFTER_MS}\n"
-                f"sentinel failover-timeout {self.MASTER_NAME} {self.FAILOVER_TIMEOUT_MS}\n"
-                f"sentinel parallel-syncs {self.MASTER_NAME} 1\n")
+            conf.write_text(self.sentinel_conf(port, master))
             self.sentinel_procs.append(subprocess.Popen(
                 ["redis-sentinel", str(conf)], stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent))

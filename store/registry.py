@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -40,8 +41,10 @@ class DeviceInfo:
 
 
 def bump_config_version(r: redis.Redis, prefix: str) -> None:
-    """Tell every worker that devices, supervisees, zones or rules changed."""
-    r.incr(prefix + CONFIG_VERSION_KEY)
+    """Tell every worker that devices, supervisees, zones or rules changed. The value is new
+    each time, not a counter: a Redis failover can lose the last change's write, and a counter
+    would then reach a value a worker already saw with the next change, which it would miss."""
+    r.set(prefix + CONFIG_VERSION_KEY, uuid.uuid4().hex)
 
 
 def load_profile(conn: psycopg.Connection) -> RuleProfile:

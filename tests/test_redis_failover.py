@@ -1,11 +1,12 @@
 """Redis master killed under load (`python -m simulators.chaos --redis-failover`, ~90 s).
 
 Its own PostgreSQL and Mosquitto, and Redis as a master and a replica watched by three
-sentinels (quorum 2, down after 1 s), all real Debian processes on free loopback ports; the two
-MQTT ingest workers, the alert worker with its scheduler and the delivery worker find the
-master through CCS_REDIS_SENTINELS. 300 phones report every second over QoS 1 for 40 s, 10 of
-them stop at known times (their silences fall due around the failover); half-way through, the
-master is SIGKILLed. Counted as in tests/test_chaos.py.
+sentinels (deploy/redis/sentinel.conf: quorum 2; down after 1 s here), all real Debian
+processes on free loopback ports; the two MQTT ingest workers, the alert worker with its
+scheduler and the delivery worker find the master through CCS_REDIS_SENTINELS. 300 phones report
+every second over QoS 1 for 40 s, 10 of them stop at known times (their silences fall due
+around the failover); half-way through, the master is SIGKILLed. Counted as in
+tests/test_chaos.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from tests.services import chaos_run
 def test_killing_the_redis_master_misses_no_silence_alerts_none_twice_and_writes_resume_in_15_s(
     tmp_path: Path,
 ) -> None:
-    res, report = chaos_run(tmp_path, "--redis-failover", "--short", "--duration", "40")
+    res, report = chaos_run(tmp_path, "--redis-failover", "--short", "--duration", "40",
+                            "--down-after-ms", "1000")
     assert res["acked"] > 8_000, report  # the load really ran (300/s for 40 s)
     [fault] = res["faults"]
     assert fault["action"] == "redis:failover", report
