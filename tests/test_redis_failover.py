@@ -11,8 +11,15 @@ tests/test_chaos.py.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import psycopg
+import pytest
+import redis
+
+from store import redisconn
+from store.settings import Settings
 from tests.services import chaos_run
 
 
@@ -37,3 +44,40 @@ def test_killing_the_redis_master_misses_no_silence_alerts_none_twice_and_writes
     assert res["silences_not_alerted"] == 0 and res["silences_alerted_twice"] == 0, report
     assert res["false_silence_alerts"] == 0, report
     assert res["ok"], report
+
+
+def test_with_wait_replicas_the_relay_marks_feed_events_published_once_a_replica_has_them(
+        settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """CCS_REDIS_WAIT_REPLICAS: the events are on the replica when the outbox says published;
+    more replicas asked for than exist: the relay waits its timeout, says so, and goes on."""
+    from alerts.worker import feed_key, relay_once
+    from simulators.chaos_services import RedisSentinels, free_port
+
+    ha = RedisSentinels(tmp_path, free_port(), down_after_ms=1000)
+    ha.start()
+    try:
+        s = settings.model_copy(update={"redis_sentinels": ha.addresses,
+                                        "redis_wait_replicas": 1, "redis_wait_timeout_ms": 5000})
+        r = redisconn.sync_client(s)
+        replica = redis.Redis(port=ha.node_ports[1])
+        with psycopg.connect(settings.psycopg_dsn) as conn:
+            for wanted in (1, 2):
+                s = s.model_copy(update={"redis_wait_replicas": wanted,
+                                         "redis_wait_timeout_ms": 5000 if wanted == 1 else 200})
+                (oid,) = conn.execute("INSERT INTO outbox (topic, payload) VALUES "
+                                      "('test.wait', '{}') RETURNING id").fetchone()  # type: ignore[misc]
+                conn.commit()
+                with caplog.at_level(logging.WARNING, logger="alerts.worker"):
+                    assert relay_once(conn, r, s) >= 1
+                ids = [f[b"outbox_id"] for _, f in replica.xrange(feed_key(s))]
+                assert str(oid).encode() in ids  # on the replica as soon as relayed
+                assert conn.execute("SELECT published_at IS NOT NULL FROM outbox WHERE id = %s",
+                                    (oid,)).fetchone() == (True,)
+                warned = "1 of 2 replicas confirmed" in caplog.text
+                assert warned == (wanted == 2), caplog.text
+            conn.execute("DELETE FROM outbox WHERE topic = 'test.wait'")
+            conn.commit()
+        r.close()
+        replica.close()
+    finally:
+        ha.stop()
