@@ -14,7 +14,7 @@ host=${CCS_BROKER_HOSTNAME:-mqtt.example.invalid}
 public=${CCS_PUBLIC_BASE_URL:-https://ccs.example.invalid}
 mkdir -p "$dir"
 chmod 0700 "$dir"  # only its owner on the host reaches the files
-rand() { head -c 48 /dev/urandom | base64 | tr -d '/+=\n' | head -c "${1:-40}"; }
+rand() { head -c 96 /dev/urandom | base64 | tr -d '/+=\n' | head -c "${1:-40}"; }
 # Files 0644 under the 0700 directory: each is bind-mounted into the containers that name it,
 # whose own users (postgres and redis 999, ours 10001) must read it; ccs.env is read by compose
 # on the host only.
