@@ -93,7 +93,7 @@ def test_compose_file_is_valid_for_docker_compose(compose: dict[str, Any]) -> No
 def test_made_secrets_pass_the_production_settings(compose_secrets: Path) -> None:
     env = dict(line.split("=", 1) for line in (compose_secrets / "ccs.env").read_text().splitlines()
                if line and not line.startswith("#"))
-    settings = Settings(**{k.removeprefix("CCS_").lower(): v for k, v in env.items()})
+    settings = Settings.model_validate({k.removeprefix("CCS_").lower(): v for k, v in env.items()})
     assert settings.environment == Environment.PRODUCTION
     assert len(settings.secret_key) >= 64 and settings.metrics_token
     assert (compose_secrets / "ccs.env").stat().st_mode & 0o077 == 0  # read by compose only
