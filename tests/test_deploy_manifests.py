@@ -29,7 +29,7 @@ COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "ccs-dashboard.json"
-K8S_VERSION = "1.29.0"  # the oldest release the manifests promise (HPA v2, PDB v1, pod-index)
+K8S_VERSION = "1.29.0"  # the oldest release the manifests are checked against (HPA v2, PDB v1)
 UID = 10001
 
 # The workers' metrics (CCS_HEALTH_PORT /metrics) as the probe and metrics contract names them;
