@@ -54,11 +54,13 @@ COPY --from=build /opt/ccs /opt/ccs
 # No secret here: CCS_SECRET_KEY, database and broker passwords come from the environment
 # (compose env_file/secrets, a Kubernetes Secret). CCS_ENVIRONMENT=production makes the
 # settings refuse the development key, a missing metrics token and SMTP passwords in clear.
+# Logs: one JSON object a line on stdout, carrying each fix's id (store/observe.py).
 ENV PATH=/opt/ccs/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     XDG_CACHE_HOME=/tmp/.cache \
     CCS_ENVIRONMENT=production \
+    CCS_LOG_FORMAT=json \
     CCS_API_HOST=0.0.0.0 \
     CCS_POSITIONS_ARCHIVE_DIR=/var/lib/ccs/archive
 WORKDIR /var/lib/ccs
