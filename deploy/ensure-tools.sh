@@ -8,6 +8,8 @@ set -euo pipefail
 missing=()
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# HAProxy in front of two API instances (tests/test_api_failover.py; deploy/haproxy/api.cfg).
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
@@ -17,10 +19,14 @@ if ((${#missing[@]})); then
     echo "ensure-tools: installing ${missing[*]} from Debian's packages"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # The prometheus package starts a server on :9090 we do not want; promtool is all we need.
-    if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
-        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    # The prometheus and haproxy packages start servers we do not want; the tests start their
+    # own (haproxy) or need only the checker (promtool).
+    if command -v systemctl >/dev/null 2>&1; then
+        for svc in prometheus haproxy; do
+            [[ " ${missing[*]} " == *" $svc "* ]] && systemctl disable --now "$svc" >/dev/null 2>&1 || true
+        done
     fi
 fi
 docker-compose version --short >/dev/null
 promtool --version >/dev/null 2>&1
+haproxy -v >/dev/null
