@@ -220,6 +220,11 @@ class Settings(BaseSettings):
     positions_lock_timeout_ms: Annotated[int, Field(ge=10)] = 50
     positions_retire_per_run: Annotated[int, Field(ge=0)] = 3
     positions_archive_rows_per_s: Annotated[int, Field(ge=0)] = 20_000  # 0: as fast as it goes
+    # The archive pauses while an ingest worker spends at least this share of its time on
+    # batches (saturated: the broker holds a backlog), at most positions_archive_max_yield_s per
+    # day archived (a paused COPY holds its snapshot).
+    positions_archive_yield_busy: Annotated[float, Field(gt=0, le=1)] = 0.8
+    positions_archive_max_yield_s: Annotated[float, Field(ge=0)] = 600.0
     # Track files streamed at once by one API process, each on a database connection of its own
     # (beyond the pool); one more is refused with 429 `exports_busy` and a Retry-After.
     exports_max_concurrent: Annotated[int, Field(ge=1)] = 4
