@@ -269,6 +269,15 @@ class Settings(BaseSettings):
         if self.environment == Environment.PRODUCTION and not self.metrics_token:
             raise ValueError("CCS_METRICS_TOKEN must be set in production (Prometheus scrapes "
                              "/api/v1/metrics with it as a bearer token)")
+        if self.environment == Environment.PRODUCTION and not (
+                self.mqtt_username and self.mqtt_password):
+            raise ValueError("CCS_MQTT_USERNAME and CCS_MQTT_PASSWORD must be set in production: "
+                             "the services' own broker account (the broker takes no anonymous "
+                             "client; docs/broker-security.md)")
+        if self.environment == Environment.PRODUCTION and not self.mqtt_device_tls:
+            raise ValueError("CCS_MQTT_DEVICE_TLS=true is required in production: a phone sends "
+                             "its secret in the MQTT CONNECT, so its listener takes TLS only "
+                             "(deploy/mosquitto/production.conf, or TLS in front of the broker)")
         return self
 
     @property

@@ -90,12 +90,17 @@ def test_compose_file_is_valid_for_docker_compose(compose: dict[str, Any]) -> No
     assert any(n.startswith("ingest") for n in compose["services"])
 
 
-def test_made_secrets_pass_the_production_settings(compose_secrets: Path) -> None:
-    env = dict(line.split("=", 1) for line in (compose_secrets / "ccs.env").read_text().splitlines()
-               if line and not line.startswith("#"))
-    settings = Settings.model_validate({k.removeprefix("CCS_").lower(): v for k, v in env.items()})
-    assert settings.environment == Environment.PRODUCTION
-    assert len(settings.secret_key) >= 64 and settings.metrics_token
+def test_made_secrets_pass_the_production_settings(compose_secrets: Path,
+                                                   compose: dict[str, Any]) -> None:
+    # What each of our containers gets (the secrets file and its own environment, as
+    # docker-compose merges them) passes the production settings' checks.
+    for name, svc in ours(compose).items():
+        env = {k: v for k, v in svc["environment"].items() if k.startswith("CCS_")}
+        settings = Settings.model_validate({k.removeprefix("CCS_").lower(): v
+                                            for k, v in env.items()})
+        assert settings.environment == Environment.PRODUCTION, name
+        assert len(settings.secret_key) >= 64 and settings.metrics_token, name
+        assert settings.mqtt_username and settings.mqtt_device_tls, name
     assert (compose_secrets / "ccs.env").stat().st_mode & 0o077 == 0  # read by compose only
 
 
