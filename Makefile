@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services browser install lock upgrade migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv chaos
+.PHONY: run test services browser tools install lock upgrade migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv chaos
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,10 @@ run: seed
 browser:  ## Debian's Chromium and CJK fonts for the console's browser tests
 	bash deploy/ensure-browser.sh
 
-test: install services browser lint
+tools:  ## docker-compose and promtool, to validate the deployment files offline (tests/test_deploy_manifests.py)
+	bash deploy/ensure-tools.sh
+
+test: install services browser tools lint
 	$(BIN)/python -m pytest -q --durations=25
 
 bench: install services  ## sustained load: 5,000 reports/s for 60 s on a fresh ccs_bench database

@@ -26,7 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from alerts import confirm, monthly_reports, retention, rollcalls
 from alerts.checks import CurfewChecker, check_overdue_returns
 from alerts.service import escalate_overdue
-from alerts.silences import check_silences, reseed_if_lost
+from alerts.silences import check_silences, ingest_busy, reseed_if_lost
 from store import partitions, redisconn
 from store.registry import load_profile
 from store.settings import Settings
@@ -193,9 +193,13 @@ class Scheduler:
         # Old rows of the operational tables, a few small batches per table each run.
         self.aps.add_job(self._guard("retention", lambda c: retention.prune(c, self.settings)),
                          "interval", minutes=5, id="retention")
-        # Positions: partitions ahead, late rows to their day, indexes, archive and drop.
-        self.aps.add_job(self._guard("positions",
-                                     lambda c: partitions.maintain(c, self.settings)),
+        def ingest_saturated() -> bool:
+            return ingest_busy(self.redis, prefix, self.settings.positions_archive_yield_busy)
+
+        # Positions: partitions ahead, late rows to their day, indexes, archive (giving way to
+        # a saturated ingest) and drop.
+        self.aps.add_job(self._guard("positions", lambda c: partitions.maintain(
+                             c, self.settings, busy=ingest_saturated)),
                          "interval", minutes=15, id="positions", next_run_time=datetime.now(UTC))
         # Last month's compliance reports, from a few hours after it ends (Beijing time): made
         # once, stored, e-mailed once to each channel that chose them (alerts/monthly_reports.py).

@@ -65,6 +65,32 @@ def write_watermark(r: redis.Redis, prefix: str, worker: str, watermark: float,
     r.hset(prefix + INGEST_WATERMARKS, worker, f"{watermark!r} {now!r}")
 
 
+INGEST_LOAD = "ingest:load"
+
+
+def write_load(r: redis.Redis, prefix: str, worker: str, busy: float,
+               now: float | None = None) -> None:
+    """An ingest worker says: over the last seconds I spent this share of my time processing
+    batches (1.0: saturated, the broker holds a backlog for me)."""
+    now = time.time() if now is None else now
+    r.hset(prefix + INGEST_LOAD, worker, f"{busy!r} {now!r}")
+
+
+def ingest_busy(r: redis.Redis, prefix: str, threshold: float, now: float | None = None,
+                fresh_s: float = 15.0) -> bool:
+    """Whether any ingest worker that reported in the last `fresh_s` is busier than
+    `threshold`: background work (the positions archive) then gives way."""
+    now = time.time() if now is None else now
+    for value in cast(Any, r.hgetall(prefix + INGEST_LOAD)).values():
+        try:
+            busy_s, at_s = value.split()
+            if now - float(at_s) <= fresh_s and float(busy_s) >= threshold:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def ingest_watermark(r: redis.Redis, prefix: str, now: float, max_lag_s: float
                      ) -> tuple[float, list[str]]:
     """The time up to which silences can be judged: the lowest watermark of the ingest workers

@@ -52,7 +52,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge, Histogram
 
-from alerts.silences import write_watermark
+from alerts.silences import write_load, write_watermark
 from ingest.mqtt_client import BatchClient
 from ingest.pipeline import Channel, DevicesBusy, MessageResult, Pipeline, RawMessage
 from store import redisconn
@@ -191,6 +191,9 @@ class MqttIngestWorker:
         LAG.labels(self.client_id).set_function(
             lambda: 0.0 if self._oldest_at is None else max(time.time() - self._oldest_at, 0.0))
         self._in_batch = 0
+        # Share of the time spent on batches, published with the watermark (alerts/silences.py
+        # `write_load`): the positions archive gives way while a worker is saturated.
+        self._busy_s, self._busy_since = 0.0, time.monotonic()
 
     def _ready(self) -> tuple[bool, str]:
         if not self.connected.is_set():
@@ -365,6 +368,7 @@ class MqttIngestWorker:
                 self._committed.inc(len(mine))
                 self._in_batch = 0
                 self._batch_hist.observe(time.monotonic() - began)
+                self._busy_s += time.monotonic() - began
                 self._oldest_at = next((b.at for b in self._pending if b.raw is not None), None)
                 if self._others:
                     OTHERS.inc(self._others)
@@ -405,6 +409,10 @@ class MqttIngestWorker:
             if self._redis is None:
                 self._redis = redisconn.sync_client(self.settings, socket_timeout=2)
             write_watermark(self._redis, self.settings.redis_prefix, self.client_id, t)
+            if (span := now - self._busy_since) >= 2.0:
+                write_load(self._redis, self.settings.redis_prefix, self.client_id,
+                           min(self._busy_s / span, 1.0))
+                self._busy_s, self._busy_since = 0.0, now
         except redis.RedisError as e:  # the next batch retries it; nothing else depends on it
             log.debug("watermark not written: %s", e)
 

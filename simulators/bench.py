@@ -832,8 +832,10 @@ def run(args: argparse.Namespace) -> int:
             from store.settings import Settings
 
             print("setup: old days to retire during the load ...", flush=True)
-            maintenance = Maintenance(env.dsn, Settings(database_url=env.url),
-                                      days=max(6, int(args.duration // 8) + 2))
+            maintenance = Maintenance(
+                env.dsn, Settings(database_url=env.url, redis_url=env.redis_url,
+                                  redis_prefix=BENCH_PREFIX),
+                days=max(6, int(args.duration // 8) + 2))
             maintenance.__enter__()
             cpu.groups["maintenance"] = [cast(int, maintenance.proc.pid)]
         t0.value = time.time() + 0.5
@@ -878,7 +880,8 @@ def run(args: argparse.Namespace) -> int:
                     f"{d['archived and dropped']} day(s) of 200,000 rows archived (paced "
                     f"{maintenance.settings.positions_archive_rows_per_s:,} rows/s), verified, "
                     f"detached and dropped; {d['made ahead']} partition(s) made ahead; "
-                    f"{d['lock waits']} lock wait(s)")
+                    f"{d['lock waits']} lock wait(s); archive paused {d['seconds given way to ingest']} s "
+                    "while an ingest worker was saturated")
         mem_after = _memory(env, ingests)
         redis_b = mem_after["redis"] - mem_before["redis"]
         rss = [mem_after[w.name] for w in ingests]

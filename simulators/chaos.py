@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m simulators.chaos", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, help="offered reports/s (default 2000; --short 300)")
-    p.add_argument("--duration", type=float, help="seconds of load (default 300; --short 60)")
+    p.add_argument("--duration", type=float, help="seconds of load (default 300; --short 45)")
     p.add_argument("--publishers", type=int, default=2)
     p.add_argument("--ingest-workers", type=int, default=2,
                    help="MQTT ingest workers, each with its own client id (default 2)")
@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wander", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--short", action="store_true",
-                   help="the variant inside `make test`: 300 reports/s for 60 s, one SIGKILL of "
+                   help="the variant inside `make test`: 300 reports/s for 45 s, one SIGKILL of "
                         "each worker kind and one Redis restart that keeps its data")
     p.add_argument("--redis-failover", action="store_true",
                    help="Redis as a master and a replica under three sentinels (the workers "
@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.argv = [x for x in (sys.argv[1:] if argv is None else argv)]
     a.rate = a.rate or (300.0 if a.short else 2000.0)
-    a.duration = a.duration or (60.0 if a.short else 300.0)
+    a.duration = a.duration or (45.0 if a.short else 300.0)
     a.phones = max(1, round(a.rate))  # one report per phone per second
     a.interval = a.phones / a.rate
     a.silent = a.silent if a.silent is not None else max(10, a.phones // 50)
@@ -160,8 +160,8 @@ def fault_plan(a: argparse.Namespace) -> list[tuple[float, str]]:
     if a.redis_failover:
         return [(round(a.duration * 0.5, 1), "redis:failover")]
     if a.short:
-        return [(10.0, f"kill:{ingest[0]}"), (20.0, "kill:alerts"), (30.0, "kill:delivery"),
-                (40.0, "redis:keep")]
+        return [(8.0, f"kill:{ingest[0]}"), (16.0, "kill:alerts"), (24.0, "kill:delivery"),
+                (32.0, "redis:keep")]
     victims: list[str] = []
     for k in range(max(len(ingest), 2)):
         victims += [f"kill:{ingest[k % len(ingest)]}", ("kill:alerts", "kill:delivery")[k % 2]]

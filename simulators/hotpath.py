@@ -160,7 +160,7 @@ class Maintenance:
         # A process of its own, as the scheduler is in production (not this one's interpreter).
         ctx = mp.get_context("spawn")
         self.stop = ctx.Event()
-        self.counts = ctx.Array("i", 3)
+        self.counts = ctx.Array("i", 4)
         self.proc = ctx.Process(target=_maintenance_loop,
                                 args=(dsn, self.settings, self.stop, self.counts), daemon=True)
         self.done: dict[str, int] = {}
@@ -192,23 +192,31 @@ class Maintenance:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.proc.join(60)
-        self.done = dict(zip(("archived and dropped", "made ahead", "lock waits"),
-                             self.counts[:], strict=True))
+        self.done = dict(zip(("archived and dropped", "made ahead", "lock waits",
+                              "seconds given way to ingest"), self.counts[:], strict=True))
 
 
 def _maintenance_loop(dsn: str, settings: Any, stop: Any, counts: Any) -> None:
     from datetime import UTC, datetime, timedelta
 
     import psycopg
+    import redis
 
+    from alerts.silences import ingest_busy
     from store import partitions
 
     now = datetime.now(UTC)
     k = 0
+    r = redis.Redis.from_url(settings.redis_url)
+
+    def busy() -> bool:  # as the scheduler does: give way while an ingest worker is saturated
+        return ingest_busy(r, settings.redis_prefix, settings.positions_archive_yield_busy)
+
     with psycopg.connect(dsn, autocommit=True) as c:
         while not stop.is_set():
             k += 1
-            report = partitions.retire(c, settings, now)
+            report = partitions.retire(c, settings, now, busy=busy)
+            counts[3] += int(report.yielded_s)
             counts[0] += len(report.archived)
             counts[2] += report.lock_waits
             c.execute("SELECT partman.create_partition_time('public.positions', "

@@ -47,11 +47,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
+from store.observe import Health, setup_logging
 from store.settings import Settings, get_settings
 from store.topics import ingest_filters
 
@@ -256,9 +258,10 @@ def rebuild(settings: Settings | None = None, conn: psycopg.Connection | None = 
 
 
 def watch(settings: Settings | None = None, stop: threading.Event | None = None,
-          ready: threading.Event | None = None) -> None:
+          ready: threading.Event | None = None, beat: Callable[[], None] | None = None) -> None:
     """Rebuild now (then set `ready`), then after every change announced on CHANNEL (bursts
-    coalesce into one rebuild) and every `broker_resync_s`; returns when `stop` is set."""
+    coalesce into one rebuild) and every `broker_resync_s`; returns when `stop` is set. `beat`
+    is called each turn of the loop (at least every half second: the liveness probe)."""
     settings = settings or get_settings()
     with psycopg.connect(settings.psycopg_dsn, autocommit=True) as conn:
         conn.execute(f"LISTEN {CHANNEL}")  # before the first rebuild: no change falls between
@@ -268,6 +271,8 @@ def watch(settings: Settings | None = None, stop: threading.Event | None = None,
             ready.set()
         next_full = time.monotonic() + settings.broker_resync_s
         while stop is None or not stop.is_set():
+            if beat is not None:
+                beat()
             woke = any(True for _ in conn.notifies(timeout=0.5, stop_after=1))
             if woke:
                 for _ in conn.notifies(timeout=0.02):  # drain the rest of a burst
@@ -284,14 +289,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m store.broker_sync", description=__doc__.split("\n")[0])
     ap.add_argument("--watch", action="store_true", help="keep following changes")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[broker-sync] %(message)s")
+    settings = get_settings()
     if args.watch:
-        stop = threading.Event()
+        setup_logging("broker-sync", settings.log_format)
+        stop, ready = threading.Event(), threading.Event()
+        health = Health("broker-sync", lambda: (
+            (True, "broker files written") if ready.is_set() else
+            (False, "first rebuild not done")))
+        if settings.health_port:
+            health.start(settings.health_port)
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
-            watch(get_settings(), stop)
+            watch(settings, stop, ready, health.beat)
         return 0
-    r = rebuild(get_settings())
+    logging.basicConfig(level=logging.INFO, format="[broker-sync] %(message)s")
+    r = rebuild(settings)
     files = "changed" if r.changed else "unchanged"
     broker = "reloaded" if r.reloaded else "not signalled"
     print(f"[broker-sync] {r.devices} devices, {r.skipped} skipped; files {files}; broker {broker}")

@@ -35,7 +35,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -68,6 +68,7 @@ class Report:
     kept: list[str] = field(default_factory=list)  # old enough, but someone's retention runs
     lock_waits: int = 0  # steps that gave up on a lock and were tried again
     detach_ms: list[float] = field(default_factory=list)  # each DETACH + DROP, lock wait included
+    yielded_s: float = 0.0  # archive paused while ingest was saturated (`busy`)
 
 
 def partitions(conn: psycopg.Connection) -> list[tuple[str, date]]:
@@ -102,9 +103,10 @@ def _locked(conn: psycopg.Connection, report: Report, step: str, stmt: Any,
 
 
 def maintain(conn: psycopg.Connection, settings: Settings, now: datetime | None = None,
-             archive: bool = True) -> Report:
+             archive: bool = True, busy: Callable[[], bool] | None = None) -> Report:
     """One maintenance run (an autocommit connection): partitions ahead, rows from the default
-    partition to their day, a spatial index for one finished day, retention."""
+    partition to their day, a spatial index for one finished day, retention (its archive
+    pausing while `busy()` says ingest is saturated)."""
     report = Report()
     now = now or datetime.now(UTC)
     _session(conn, settings)
@@ -125,7 +127,7 @@ def maintain(conn: psycopg.Connection, settings: Settings, now: datetime | None 
     report.created = sorted({p for p, _ in partitions(conn)} - before)
     _index_one_finished_day(conn, now, report)
     if archive:
-        retire(conn, settings, now, report)
+        retire(conn, settings, now, report, busy)
     if report.created or report.moved_from_default or report.indexed or report.archived:
         log.info("positions maintenance: %s", report)
     return report
@@ -160,7 +162,7 @@ def _still_kept(conn: psycopg.Connection, name: str, cutoff: datetime) -> int:
 
 
 def retire(conn: psycopg.Connection, settings: Settings, now: datetime,
-           report: Report | None = None) -> Report:
+           report: Report | None = None, busy: Callable[[], bool] | None = None) -> Report:
     """Archive and drop the partitions past retention (at most `positions_retire_per_run`)."""
     report = report or Report()
     _session(conn, settings)
@@ -185,7 +187,7 @@ def retire(conn: psycopg.Connection, settings: Settings, now: datetime,
                             "dropped_at IS NULL AND rows = %s", (name, rows[0] if rows else -1)
                             ).fetchone()
         if made is None or not Path(made[0]).exists():  # else: archived, the drop had waited
-            archive_partition(conn, settings, name, day)
+            archive_partition(conn, settings, name, day, busy, report)
         began = time.perf_counter()
         _locked(conn, report, "detach", sql.SQL("ALTER TABLE positions DETACH PARTITION {}")
                 .format(sql.Identifier(name)))
@@ -230,9 +232,14 @@ def _digest(path: Path) -> tuple[str, int]:
 
 
 def archive_partition(conn: psycopg.Connection, settings: Settings, name: str,
-                      day: date) -> Path:
+                      day: date, busy: Callable[[], bool] | None = None,
+                      report: Report | None = None) -> Path:
     """Write one partition to `<archive dir>/<name>.csv.gz` with its manifest, read it back to
-    check it, and record it (position_archives, audit log). Returns the file."""
+    check it, and record it (position_archives, audit log). Returns the file.
+
+    While `busy()` (checked twice a second) says an ingest worker is saturated, the archive
+    pauses, up to `positions_archive_max_yield_s` in all: a day's archive has all night, fixes
+    arriving have not (a paused COPY holds a snapshot, hence the bound)."""
     folder = Path(settings.positions_archive_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.csv.gz"
@@ -242,14 +249,23 @@ def archive_partition(conn: psycopg.Connection, settings: Settings, name: str,
     # Paced (positions_archive_rows_per_s): the COPY and the compression share the cores with
     # ingest, and a day's archive has all night; the server side follows (COPY waits for us).
     rate = settings.positions_archive_rows_per_s
-    began, written = time.monotonic(), 0
+    began, written, yielded, checked = time.monotonic(), 0, 0.0, 0.0
     with tmp.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
                                               compresslevel=5) as gz:
         for chunk in _rows(conn, name):
             gz.write(chunk)
             written += chunk.count(b"\n")
-            if rate and (ahead := written / rate - (time.monotonic() - began)) > 0.05:
+            if rate and (ahead := written / rate - (time.monotonic() - began - yielded)) > 0.05:
                 time.sleep(ahead)
+            if busy is not None and time.monotonic() - checked >= 0.5:
+                while yielded < settings.positions_archive_max_yield_s and busy():
+                    time.sleep(0.5)
+                    yielded += 0.5
+                checked = time.monotonic()
+    if yielded:
+        log.info("archive of %s gave way to ingest for %.0f s", name, yielded)
+        if report is not None:
+            report.yielded_s += yielded
     stats = conn.execute(sql.SQL("SELECT count(*), min(fix_time), max(fix_time) FROM {}").format(
         sql.Identifier(name))).fetchone()
     assert stats is not None

@@ -235,6 +235,11 @@ class Settings(BaseSettings):
     positions_lock_timeout_ms: Annotated[int, Field(ge=10)] = 50
     positions_retire_per_run: Annotated[int, Field(ge=0)] = 3
     positions_archive_rows_per_s: Annotated[int, Field(ge=0)] = 20_000  # 0: as fast as it goes
+    # The archive pauses while an ingest worker spends at least this share of its time on
+    # batches (saturated: the broker holds a backlog), at most positions_archive_max_yield_s per
+    # day archived (a paused COPY holds its snapshot).
+    positions_archive_yield_busy: Annotated[float, Field(gt=0, le=1)] = 0.8
+    positions_archive_max_yield_s: Annotated[float, Field(ge=0)] = 600.0
     # Track files streamed at once by one API process, each on a database connection of its own
     # (beyond the pool); one more is refused with 429 `exports_busy` and a Retry-After.
     exports_max_concurrent: Annotated[int, Field(ge=1)] = 4
@@ -279,6 +284,15 @@ class Settings(BaseSettings):
         if self.environment == Environment.PRODUCTION and not self.metrics_token:
             raise ValueError("CCS_METRICS_TOKEN must be set in production (Prometheus scrapes "
                              "/api/v1/metrics with it as a bearer token)")
+        if self.environment == Environment.PRODUCTION and not (
+                self.mqtt_username and self.mqtt_password):
+            raise ValueError("CCS_MQTT_USERNAME and CCS_MQTT_PASSWORD must be set in production: "
+                             "the services' own broker account (the broker takes no anonymous "
+                             "client; docs/broker-security.md)")
+        if self.environment == Environment.PRODUCTION and not self.mqtt_device_tls:
+            raise ValueError("CCS_MQTT_DEVICE_TLS=true is required in production: a phone sends "
+                             "its secret in the MQTT CONNECT, so its listener takes TLS only "
+                             "(deploy/mosquitto/production.conf, or TLS in front of the broker)")
         return self
 
     @property

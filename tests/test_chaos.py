@@ -1,7 +1,7 @@
-"""The short fault-injection run (`python -m simulators.chaos --short`, ~90 s).
+"""The short fault-injection run (`python -m simulators.chaos --short`, ~70 s).
 
 Its own PostgreSQL, Redis and Mosquitto (free loopback ports, a temporary directory) under 300
-reports/s for 60 s from simulated phones over QoS 1, two ingest workers, one SIGKILL of each
+reports/s for 45 s from simulated phones over QoS 1, two ingest workers, one SIGKILL of each
 worker kind and one Redis restart that keeps its data. The full run is `make chaos`.
 """
 
@@ -16,7 +16,7 @@ def test_short_fault_injection_run_loses_nothing_and_alerts_every_silence_once_a
     tmp_path: Path,
 ) -> None:
     res, report = chaos_run(tmp_path, "--short")
-    assert res["acked"] > 10_000, report  # the load really ran (300/s for 60 s)
+    assert res["acked"] > 10_000, report  # the load really ran (300/s for 45 s)
     assert [f["action"] for f in res["faults"]] == [
         "kill:ingest-0", "kill:alerts", "kill:delivery", "redis:keep"], report
     assert res["lost_acked_fixes"] == 0, report

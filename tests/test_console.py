@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
 from alerts.worker import AlertWorker
+from api.routes.alerts import HEARTBEAT_S
 from ingest.mqtt_worker import MqttIngestWorker
 from store.settings import Settings
 from tests.browser import Console, open_console
@@ -42,9 +43,10 @@ def _enrol(base: str, username: str, supervisee_id: int) -> str:
 
 def test_an_alert_reaches_open_consoles_live_and_its_handling_is_seen_by_colleagues(
         settings: Settings, org: Org, browser: Browser, session: Session, db: psycopg.Connection):
-    """An officer keeps the duty view open idle for a minute; a phone leaves its district over
-    MQTT; the alert appears in the queue and on the map; the officer acknowledges and resolves it
-    and a colleague's open console sees each change; another district's officer sees nothing."""
+    """An officer keeps the duty view open idle for half a minute (two heartbeats); a phone
+    leaves its district over MQTT; the alert appears in the queue and on the map; the officer
+    acknowledges and resolves it and a colleague's open console sees each change; another
+    district's officer sees nothing."""
     _add_staff(session, org, "jiangan-officer2", "officer", org.office_ids[JIANGAN])
     client_id = f"{settings.mqtt_client_id}-console"
     ingest = MqttIngestWorker(settings, client_id=client_id)
@@ -61,8 +63,9 @@ def test_an_alert_reaches_open_consoles_live_and_its_handling_is_seen_by_colleag
             me, colleague, other = (consoles["jiangan-officer"], consoles["jiangan-officer2"],
                                     consoles["jianghan-officer"])
             me.shot("duty-idle")
-            # A minute with nothing happening: the feed stays open (heartbeats), no reconnect.
-            me.page.wait_for_timeout(60_000)
+            # Two heartbeats' time (HEARTBEAT_S, 15 s) with nothing happening: the feed stays
+            # open, no reconnect.
+            me.page.wait_for_timeout(2 * HEARTBEAT_S * 1000 + 2000)
             assert me.page.locator("#feed-status.live").count() == 1
             subscribes = db.execute(
                 "SELECT count(*) FROM audit_log a JOIN staff s ON s.id = a.staff_id "

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import redis
 from standardwebhooks import Webhook
 
 from alerts.delivery import DeliveryWorker, new_webhook_secret, sign_webhook
@@ -434,6 +435,10 @@ def test_a_violating_fix_reaches_the_officer_on_feed_webhook_and_email_once(
                 rf'ccs_ingest_committed_total{{worker="{re.escape(client_id)}"}} (\S+)', metrics)
             assert committed is not None and float(committed.group(1)) >= 5, metrics[-2000:]
             assert f'ccs_ingest_backlog{{worker="{client_id}"}} 0.0' in metrics
+            # Its load, for the positions archive to give way to (alerts/silences.py).
+            with redis.Redis.from_url(settings.redis_url) as r:
+                load = r.hget(settings.redis_prefix + "ingest:load", client_id)
+            assert load is not None and 0.0 <= float(load.split()[0]) <= 1.0, load
             assert 'ccs_delivery_sent_total{channel="webhook"} 1.0' in httpx.get(
                 f"http://127.0.0.1:{ports['delivery']}/metrics").text
         # Stopped: the ingest worker left the broker, so it is no longer ready.

@@ -214,3 +214,53 @@ def test_retiring_gives_way_to_a_writer_instead_of_queueing_in_front_of_ingest(
     assert name in report.archived
     assert db.execute("SELECT count(*) FROM position_archives WHERE partition = %s",
                       (name,)).fetchone() == (1,)  # archived once, dropped at the second try
+
+
+def test_the_archive_gives_way_to_a_saturated_ingest_worker_within_a_bound(
+        settings: Settings, db: psycopg.Connection, org: Org, tmp_path: Path):
+    """An ingest worker publishes the share of its time spent on batches; while one reports
+    itself saturated (a fresh report at or above positions_archive_yield_busy) the archive
+    pauses, for at most positions_archive_max_yield_s per day, and then finishes all the same."""
+    import redis as redis_lib
+
+    from alerts.silences import ingest_busy, write_load
+
+    r = redis_lib.Redis.from_url(settings.redis_url)
+    prefix, threshold = settings.redis_prefix, settings.positions_archive_yield_busy
+    try:
+        r.delete(prefix + "ingest:load")
+        assert not ingest_busy(r, prefix, threshold)  # no worker has said anything
+        write_load(r, prefix, "ingest-a", 0.35)
+        assert not ingest_busy(r, prefix, threshold)  # has headroom
+        write_load(r, prefix, "ingest-b", 0.97, now=time.time() - 60)
+        assert not ingest_busy(r, prefix, threshold)  # saturated a minute ago: stale
+        write_load(r, prefix, "ingest-b", 0.97)
+        assert ingest_busy(r, prefix, threshold)
+
+        day = (datetime.now(UTC) - timedelta(days=365.25 * (settings.retention_positions_years + 3))
+               ).date()
+        name = _old_day(db, day)
+        _insert(db, "dyield", org.other_supervisee_id,
+                datetime.combine(day, datetime.min.time(), UTC), 50)
+        s = settings.model_copy(update={"positions_archive_dir": str(tmp_path),
+                                        "positions_archive_max_yield_s": 1.5})
+        asked = []
+
+        def busy() -> bool:
+            asked.append(time.monotonic())
+            return ingest_busy(r, prefix, threshold)
+
+        report = partitions.Report()
+        began = time.monotonic()
+        path = partitions.archive_partition(db, s, name, day, busy, report)
+        took = time.monotonic() - began
+        # Saturated throughout: it waited its whole allowance, then wrote the file anyway.
+        assert report.yielded_s == 1.5 and 1.5 <= took < 10, (report, took)
+        assert len(asked) >= 3 and path.exists()
+        write_load(r, prefix, "ingest-b", 0.5)  # the backlog is gone: no more waiting
+        report = partitions.Report()
+        partitions.archive_partition(db, s, name, day, busy, report)
+        assert report.yielded_s == 0
+    finally:
+        r.delete(prefix + "ingest:load")
+        r.close()

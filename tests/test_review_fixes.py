@@ -161,9 +161,10 @@ def test_f7_auditors_and_suspended_supervisees_get_no_notification(client, org: 
 
 def test_f8_production_refuses_an_smtp_login_without_starttls():
     key = "k" * 40
+    broker = {"mqtt_username": "ccs-ingest", "mqtt_password": "p" * 32, "mqtt_device_tls": True}
     with pytest.raises(ValueError, match="STARTTLS"):
         Settings(environment=Environment.PRODUCTION, secret_key=key, metrics_token="m" * 32,
-                 smtp_username="alerts", smtp_password="p")
+                 smtp_username="alerts", smtp_password="p", **broker)
     ok = Settings(environment=Environment.PRODUCTION, secret_key=key, metrics_token="m" * 32,
-                  smtp_username="alerts", smtp_password="p", smtp_starttls=True)
+                  smtp_username="alerts", smtp_password="p", smtp_starttls=True, **broker)
     assert ok.smtp_starttls

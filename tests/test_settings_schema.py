@@ -16,14 +16,32 @@ def test_production_refuses_placeholder_or_short_secrets(secret):
         Settings(environment=Environment.PRODUCTION, secret_key=secret)
 
 
+BROKER = {"mqtt_username": "ccs-ingest", "mqtt_password": "p" * 32, "mqtt_device_tls": True}
+
+
 def test_development_accepts_the_placeholder_and_production_a_real_secret():
     assert Settings(environment=Environment.DEVELOPMENT).secret_key == DEV_SECRET
     real = "k" * 16 + "Zq3!x9Lm2Pw7Rt5Y"
-    prod = Settings(environment=Environment.PRODUCTION, secret_key=real, metrics_token="m" * 32)
+    prod = Settings(environment=Environment.PRODUCTION, secret_key=real, metrics_token="m" * 32,
+                    **BROKER)
     assert prod.secret_key == real
     # Production also refuses to expose metrics without a token.
     with pytest.raises(ValueError, match="CCS_METRICS_TOKEN"):
-        Settings(environment=Environment.PRODUCTION, secret_key=real)
+        Settings(environment=Environment.PRODUCTION, secret_key=real, **BROKER)
+
+
+def test_production_refuses_an_anonymous_broker_and_phones_without_tls():
+    real = "k" * 16 + "Zq3!x9Lm2Pw7Rt5Y"
+    base = {"environment": Environment.PRODUCTION, "secret_key": real, "metrics_token": "m" * 32}
+    with pytest.raises(ValueError, match="CCS_MQTT_USERNAME and CCS_MQTT_PASSWORD"):
+        Settings(**base, mqtt_device_tls=True)
+    with pytest.raises(ValueError, match="CCS_MQTT_USERNAME and CCS_MQTT_PASSWORD"):
+        Settings(**base, mqtt_username="ccs-ingest", mqtt_device_tls=True)
+    with pytest.raises(ValueError, match="CCS_MQTT_DEVICE_TLS=true"):
+        Settings(**{**base, **BROKER, "mqtt_device_tls": False})
+    assert Settings(**base, **BROKER).mqtt_device_tls
+    # Development keeps the anonymous local broker of `make run`.
+    assert Settings(environment=Environment.DEVELOPMENT).mqtt_username is None
 
 
 def test_settings_read_the_environment(monkeypatch):

@@ -110,6 +110,23 @@ def test_the_example_settings_are_production_ones():
     assert e["CCS_ENVIRONMENT"] == "production"
     assert e["CCS_SECRET_KEY"] == ""  # to be generated, never a shipped value
     assert e["CCS_MQTT_DEVICE_TLS"] == "true" and e["CCS_MQTT_DEVICE_PORT"] == "8883"
+    # Filled in as the comments say, it passes the production settings' checks; left empty, the
+    # processes refuse to start.
+    from store.settings import Settings
+
+    def settings(env: dict[str, str]) -> Settings:
+        return Settings.model_validate({k.removeprefix("CCS_").lower(): v
+                                        for k, v in env.items() if v != ""})
+
+    filled = {**e, "CCS_SECRET_KEY": "s" * 64, "CCS_MQTT_PASSWORD": "p" * 32,
+              "CCS_BROKER_HOOK_SECRET": "h" * 64, "CCS_METRICS_TOKEN": "m" * 40}
+    assert settings(filled).environment.value == "production"
+    import pytest
+    from pydantic import ValidationError
+
+    for key in ("CCS_SECRET_KEY", "CCS_MQTT_PASSWORD", "CCS_METRICS_TOKEN"):
+        with pytest.raises(ValidationError):
+            settings({**filled, key: ""})
 
 
 def _connack(port: int, *, tls_ca: Path | None, user: str | None = None,

@@ -246,11 +246,13 @@ def test_a_period_beyond_the_old_cap_is_exported_whole_in_every_format(
         assert line["geometry"]["type"] == "LineString" and len(line["geometry"]["coordinates"]) == BIG
         assert len(points) == BIG and {p["geometry"]["type"] for p in points} == {"Point"}
         assert increasing([p["geometry"]["coordinates"][0] for p in points])
+        del fc, line, points
 
-        when = [el.findtext(f"{KML}TimeStamp/{KML}when") or ""
-                for el in xml_elements(get("kml"), f"{KML}Placemark")]
-        assert len(when) == BIG + 1 and when[0] == ""  # the track, then every fix
-        assert increasing([datetime.fromisoformat(w).timestamp() for w in when[1:]])
+        # KML: written by the same cursor passes as GeoJSON; the slowest to parse, so counted
+        # rather than each fix's time read back (test_kml_export_... reads times in order).
+        kml = b"".join(get("kml"))
+        assert kml.count(b"<Placemark") == BIG + 1 and kml.count(b"<when>") == BIG
+        assert kml.rstrip().endswith(b"</kml>")
 
         # Without a format: the console's playback keeps its limit, and says so.
         r = http.get(url, params=q)
