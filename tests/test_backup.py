@@ -200,3 +200,27 @@ def test_retention_keeps_the_newest_backups_and_the_wal_they_need(primary: Prima
     assert primary.target is not None
     with pytest.raises(BackupError, match="no complete base backup finished before"):
         backup.choose(primary.root, primary.target)
+
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "backup"
+
+
+def test_the_shipped_archive_command_is_the_one_the_tests_run() -> None:
+    repo = str(Path(backup.__file__).resolve().parents[1])
+    ours = backup.wal_command("archive-wal", Path("/var/lib/ccs-backup/wal")).replace(
+        repo, "/opt/ccs")
+    conf = (DEPLOY / "ccs-archiving.conf").read_text()
+    assert f"archive_command = '{ours}'" in conf
+    assert "archive_mode = on" in conf
+
+
+def test_the_backup_units_verify(tmp_path: Path) -> None:
+    # systemd checks syntax and that each command exists: pointed at this checkout's venv.
+    repo = str(Path(backup.__file__).resolve().parents[1])
+    units = sorted(DEPLOY.glob("ccs-backup-*"))
+    assert {u.suffix for u in units} == {".service", ".timer"}
+    for u in units:
+        (tmp_path / u.name).write_text(u.read_text().replace("/opt/ccs", repo))
+    done = subprocess.run(["systemd-analyze", "verify", *sorted(map(str, tmp_path.iterdir()))],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
