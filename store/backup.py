@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -199,7 +200,8 @@ def wal_command(kind: str, archive: Path) -> str:
     python = os.environ.get("CCS_BACKUP_PYTHON") or (
         "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable)
     args = "%p %f" if kind == "archive-wal" else "%f %p"
-    return f"{python} -I {Path(__file__).resolve()} {kind} {archive} {args}"
+    return " ".join([shlex.quote(python), "-I", shlex.quote(str(Path(__file__).resolve())), kind,
+                     shlex.quote(str(archive)), args])
 
 
 def archive_wal(archive: Path, src: Path, name: str) -> str:
@@ -281,9 +283,13 @@ def _tree_bytes(path: Path) -> int:
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
     """One base backup, prune or restore selection at a time per backup directory."""
-    with (root / ".lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    # Read-only: whoever created it (root by hand, postgres from the timer), both can lock it.
+    fd = os.open(root / ".lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def backups(root: Path) -> list[BaseBackup]:
@@ -523,7 +529,7 @@ def switch_and_wait(dsn: str, timeout: float = 120) -> dict[str, Any]:
                                   f"archived {arch[0]}, last failure {arch[1]} at {arch[2]}): "
                                   "is archive_command working?")
             time.sleep(0.1)
-    return {"newest_fix": newest.isoformat() if newest else None, "audit_seq": seq,
+    return {"newest_fix": _iso(newest) if newest else None, "audit_seq": seq,
             "wal_switched": wal[0]}
 
 
@@ -602,7 +608,7 @@ def restored_figures(dsn: str) -> dict[str, Any]:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT count(*), max(fix_time) FROM positions").fetchone()
     assert row is not None
-    return {"positions": row[0], "newest_fix": row[1].isoformat() if row[1] else None}
+    return {"positions": row[0], "newest_fix": _iso(row[1]) if row[1] else None}
 
 
 def _compare(report: DrillReport) -> None:
@@ -714,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         args.target_time, args.workdir, args.keep)
             print(json.dumps(asdict(rep), indent=1) if args.json else rep.text())
             return 0 if rep.ok else 1
-    except BackupError as e:
+    except (BackupError, OSError) as e:
         print(f"store.backup {args.command}: {e}", file=sys.stderr)
         return 2 if args.command != "archive-wal" else 1
     return 0
