@@ -55,6 +55,13 @@ def after_backup(dsn: str, fixes: int, audit_rows: int) -> datetime:
     return max(r[0] for r in row)
 
 
+def _base(root: Path, cluster: backup.Cluster) -> None:
+    t = time.monotonic()
+    meta = backup.base_backup(root, cluster.dsn())
+    print(f"base backup {meta.label}: {_gib(meta.bytes)}, {meta.seconds} "
+          f"({time.monotonic() - t:.0f} s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--positions", type=int, default=10_000_000)
@@ -64,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dir", type=Path, default=Path("/var/tmp"),
                     help="where the cluster, the backups and the copy go (default %(default)s)")
     ap.add_argument("--keep", action="store_true", help="leave everything in place")
+    ap.add_argument("--backup-before-fill", action="store_true",
+                    help="take the base backup of the empty cluster: the drill then replays the "
+                         "whole fill from the WAL archive (the worst case: days of WAL)")
     args = ap.parse_args(argv)
     people = max(1, round(args.positions / (args.days * args.per_day)))
     started = datetime.now(UTC)
@@ -79,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         cluster.start(120)
         dsn = cluster.dsn(DB)
         print(f"private cluster on port {cluster.port} in {top}, archiving to {root / 'wal'}")
+        if args.backup_before_fill:
+            _base(root, cluster)
         print(f"filling ~{people:,} people (rounded up to whole offices) x {args.days} days "
               f"x {args.per_day} fixes = ~{people * args.days * args.per_day:,} positions")
         t = time.monotonic()
@@ -95,10 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                              (k + 1, min(k + 1000, args.audit_rows)))
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
         print(f"filled in {time.monotonic() - t:.0f} s; database {_gib(size[0] if size else 0)}")
-        t = time.monotonic()
-        meta = backup.base_backup(root, cluster.dsn())
-        print(f"base backup {meta.label}: {_gib(meta.bytes)}, {meta.seconds} "
-              f"({time.monotonic() - t:.0f} s)")
+        if not args.backup_before_fill:
+            _base(root, cluster)
         last_fix = after_backup(dsn, 10_000, 500)
         print(f"after the base backup: 10,000 fixes and 500 audit rows, the last fix at "
               f"{last_fix.isoformat()}")
