@@ -1,7 +1,7 @@
 """Continuous archiving and point-in-time recovery of the PostgreSQL database (issue 15).
 
-    python -m store.backup archive-wal ARCHIVE %p %f    # PostgreSQL's archive_command
-    python -m store.backup restore-wal ARCHIVE %f %p    # the restore_command of a restore
+    python3 -I store/backup.py archive-wal ARCHIVE %p %f    # PostgreSQL's archive_command
+    python3 -I store/backup.py restore-wal ARCHIVE %f %p    # the restore_command of a restore
     python -m store.backup base [--keep N]              # a verified base backup, then retention
     python -m store.backup list                         # the base backups and the WAL archive
     python -m store.backup prune --keep N               # keep N base backups and the WAL they need

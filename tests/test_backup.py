@@ -6,9 +6,11 @@ after it, and restore drills into new clusters.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -173,15 +175,23 @@ def test_drill_fails_on_a_tampered_audit_row(primary: Primary) -> None:
         conn.execute("SET session_replication_role = replica")
         conn.execute("UPDATE audit_log SET purpose = 'nothing to see' WHERE seq = 3")
     try:
-        report = backup.drill(primary.root, DB, primary.cluster.dsn(DB))
+        # As the weekly timer runs it: the command line, its exit status and its JSON report.
+        done = subprocess.run(
+            [sys.executable, "-m", "store.backup", "drill", "--root", str(primary.root),
+             "--dsn", primary.cluster.dsn(DB), "--json"],
+            capture_output=True, text=True, timeout=120)
     finally:
         with primary.conn() as conn:
             conn.execute("SET session_replication_role = replica")
             conn.execute("UPDATE audit_log SET purpose = 'backup test' WHERE seq = 3")
-    assert not report.ok
-    assert report.audit["first_problem"]["kind"] == "edited"
-    assert report.audit["first_problem"]["seq"] == 3
-    assert any("audit chain" in f for f in report.failures)
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert not report["ok"]
+    assert report["audit"]["first_problem"]["kind"] == "edited"
+    assert report["audit"]["first_problem"]["seq"] == 3
+    assert any("audit chain" in f for f in report["failures"])
+    # Everything else came back: it is the chain that fails the drill.
+    assert report["restored"]["positions"] == primary.positions
 
 
 def test_retention_keeps_the_newest_backups_and_the_wal_they_need(primary: Primary) -> None:
