@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services browser tools install lock upgrade migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines lint audit-verify clean-venv chaos
+.PHONY: run test services browser tools install lock upgrade migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines bench-backup lint audit-verify clean-venv chaos
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-engine: install services  ## accuracy-aware decisions/s on one core vs a p
 
 bench-deadlines: install services  ## silence deadlines for 700,000 devices: memory, cost, delay
 	$(BIN)/python -m simulators.deadline_bench
+
+bench-backup: install services  ## restore drill at 10 million positions on a private archiving cluster (docs/backups.md)
+	$(BIN)/python -m simulators.backup_bench
 
 bench-console: install services browser  ## the duty view with 1,000 supervisees in Chromium: first paint, usable map, alert to screen
 	$(BIN)/python -m simulators.console_bench
