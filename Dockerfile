@@ -62,6 +62,7 @@ ENV PATH=/opt/ccs/bin:$PATH \
     CCS_ENVIRONMENT=production \
     CCS_LOG_FORMAT=json \
     CCS_API_HOST=0.0.0.0 \
+    CCS_HEALTH_HOST=0.0.0.0 \
     CCS_POSITIONS_ARCHIVE_DIR=/var/lib/ccs/archive
 WORKDIR /var/lib/ccs
 USER 10001:10001

@@ -532,7 +532,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     worker = DeliveryWorker(settings)
     if settings.health_port:
-        worker.health.start(settings.health_port)
+        worker.health.start(settings.health_port, settings.health_host)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     log.info("delivery worker started: %s", ", ".join(r.channel for r in worker.runners))

@@ -224,7 +224,7 @@ def main() -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
     worker = AlertWorker(settings)
     if settings.health_port:
-        worker.health.start(settings.health_port)
+        worker.health.start(settings.health_port, settings.health_host)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     log.info("alert worker started")

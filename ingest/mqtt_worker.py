@@ -492,7 +492,7 @@ def main() -> None:
     setup_logging("ingest", settings.log_format)
     worker = MqttIngestWorker(settings)
     if settings.health_port:
-        worker.health.start(settings.health_port)
+        worker.health.start(settings.health_port, settings.health_host)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run()

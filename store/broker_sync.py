@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             (True, "broker files written") if ready.is_set() else
             (False, "first rebuild not done")))
         if settings.health_port:
-            health.start(settings.health_port)
+            health.start(settings.health_port, settings.health_host)
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
             watch(settings, stop, ready, health.beat)

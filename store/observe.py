@@ -93,7 +93,7 @@ class Health:
         except Exception as e:  # noqa: BLE001 (a check that raises means "not ready")
             return False, f"{type(e).__name__}: {e}"
 
-    def start(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 (probes come from outside)
+    def start(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve the endpoints on a daemon thread; returns the port (0: a free one)."""
         health = self
 

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     # host needs its own (deploy/systemd: 9100 + the ingest worker's index, 9120 alerts, 9121
     # delivery, 9122 broker sync); in a container 9100.
     health_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # Where it listens: the host's own monitoring by default; a container image sets 0.0.0.0
+    # (the kubelet and Prometheus reach the pod's address). No personal data is served there.
+    health_host: str = "127.0.0.1"
     # "text" for a terminal, "json" (one object a line, with fix_id / alert_id fields) for a
     # log collector; deploy/ sets json.
     log_format: Literal["text", "json"] = "text"
