@@ -829,7 +829,7 @@ def report(a: argparse.Namespace, res: dict[str, Any], share_note: str) -> str:
         f"fall silent at known times (run profile: communication failure after "
         f"{res.get('silence_s')} s); "
         + ("PostgreSQL: three Patroni nodes (Debian's /usr/bin/patroni, deploy/patroni/, "
-           "synchronous_mode_strict, one synchronous standby, ttl 15 s, loop_wait 5 s) with "
+           "synchronous_mode_strict, one synchronous standby, ttl 15 s, loop_wait 2 s) with "
            "one etcd member, the services connected through HAProxy's read-write port "
            "(GET /primary checks every second); own Redis (AOF) and Mosquitto on free ports."
            if a.patroni else

@@ -197,9 +197,9 @@ class PatroniServices(OwnServices):
                            f"{tails}")
 
     def wait_writable(self, timeout: float) -> float:
-        """Seconds until a transaction that writes commits through HAProxy (synchronously
-        replicated: it waits for the standby), or inf. No statement timeout: cancelling a
-        commit waiting for its standby would return it as committed on one node."""
+        """Seconds until a row inserted through HAProxy is committed (synchronously
+        replicated: the commit waits for the standby), or inf. No statement timeout: a commit
+        cancelled while it waits for its standby is reported committed, on one node only."""
         import psycopg
 
         t0 = time.monotonic()
@@ -208,7 +208,8 @@ class PatroniServices(OwnServices):
                     host="127.0.0.1", port=self.pg_port, user="postgres",
                     password=self.pg_password, dbname="postgres", connect_timeout=2,
                     autocommit=True) as conn:
-                conn.execute("SELECT txid_current()")
+                conn.execute("CREATE TABLE IF NOT EXISTS write_probe (at timestamptz)")
+                conn.execute("INSERT INTO write_probe VALUES (now())")
                 return time.monotonic() - t0
             time.sleep(0.1)
         return float("inf")

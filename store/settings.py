@@ -132,9 +132,13 @@ class Settings(BaseSettings):
     ingest_watermark_max_lag_s: float = 300.0
     # HTTP ingest runs at most this many pipelines at once.
     http_ingest_pipelines: int = 8
-    # Transient failures (database or Redis unreachable) are retried with this backoff.
+    # Transient failures (database or Redis unreachable) are retried with this backoff. The
+    # longest wait stays short: after a PostgreSQL failover (Patroni, 10-20 s) a worker would
+    # otherwise sleep up to this long after writes were possible again (30 s: 7 s idle after
+    # a 14-s failover, and past the 30-s target once a failover outlasts 15.5 s). A retry is
+    # one TCP connection to HAProxy.
     ingest_retry_min_s: float = 0.5
-    ingest_retry_max_s: float = 30.0
+    ingest_retry_max_s: float = 5.0
     # A worker's /livez, /readyz and /metrics (store/observe.py; 0: none). Each process on a
     # host needs its own (deploy/systemd: 9100 + the ingest worker's index, 9120 alerts, 9121
     # delivery, 9122 broker sync); in a container 9100.

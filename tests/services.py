@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -19,6 +22,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from store.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def until(pred: Callable[[], object], timeout: float) -> bool:
@@ -140,3 +145,15 @@ class Phone:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def run_chaos(tmp_path: Path, *flags: str) -> tuple[dict[str, Any], str]:
+    """`python -m simulators.chaos --short *flags` to the end: its JSON result and the end of
+    its report (for assertion messages)."""
+    out = tmp_path / "chaos.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "simulators.chaos", "--short", *flags, "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert out.exists(), f"the run did not finish:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return json.loads(out.read_text()), run.stdout[-5000:]

@@ -7,25 +7,15 @@ worker kind and one Redis restart that keeps its data. The full run is `make cha
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.services import run_chaos
 
 
 def test_short_fault_injection_run_loses_nothing_and_alerts_every_silence_once_and_only_those(
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "chaos.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "simulators.chaos", "--short", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert out.exists(), f"the run did not finish:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    res = json.loads(out.read_text())
-    report = run.stdout[-4000:]
+    res, report = run_chaos(tmp_path)
     assert res["acked"] > 10_000, report  # the load really ran (300/s for 45 s)
     assert [f["action"] for f in res["faults"]] == [
         "kill:ingest-0", "kill:alerts", "kill:delivery", "redis:keep"], report
