@@ -52,10 +52,33 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
 
     def postmaster_pid(self) -> int | None:
-        """The running postmaster's pid (its postmaster.pid file), if any."""
+        """The running postmaster's pid (its postmaster.pid file), if that process is still
+        this node's postmaster (a pid left in a stale file may belong to anything by now)."""
         with contextlib.suppress(OSError, ValueError, IndexError):
-            return int((self.data / "postmaster.pid").read_text().split()[0])
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+            if str(self.data).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
         return None
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (PostgreSQL's each lead a session of their own, so
+    killing the postmaster's process group would not reach them)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def _kill_postgres(postmaster: int) -> None:
+    """SIGKILL a postmaster and every process it started, together (a machine that dies)."""
+    victims = [*_children(postmaster), postmaster]  # found first: the kills come together
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _kill_group(pid: int) -> None:
@@ -156,7 +179,7 @@ class PatroniServices(OwnServices):
                     _kill_group(n.proc.pid)
             pid = n.postmaster_pid()
             if pid is not None:
-                _kill_group(pid)
+                _kill_postgres(pid)
         for p in (self.haproxy, self.etcd):
             if p is not None and p.poll() is None:
                 p.terminate()
@@ -229,7 +252,7 @@ class PatroniServices(OwnServices):
             self.killed.append(n.name)
         pid = n.postmaster_pid()
         if pid is not None:
-            _kill_group(pid)  # the postmaster leads its own session: every backend with it
+            _kill_postgres(pid)  # with every backend, walsender and helper it started
         return n.name
 
     def rejoin(self, timeout: float = 120.0) -> str:
