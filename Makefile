@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services browser tools install lock upgrade migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines bench-backup lint audit-verify clean-venv chaos
+.PHONY: run test services browser tools ha failover install lock upgrade migrate seed bench bench-quick bench-engine bench-console bench-quality bench-deadlines bench-backup lint audit-verify clean-venv chaos
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,7 +34,10 @@ browser:  ## Debian's Chromium and CJK fonts for the console's browser tests
 tools:  ## docker-compose and promtool, to validate the deployment files offline (tests/test_deploy_manifests.py)
 	bash deploy/ensure-tools.sh
 
-test: install services browser tools lint
+ha:  ## Patroni, etcd and HAProxy (Debian's packages), for the failover test (tests/test_pg_failover.py)
+	bash deploy/ensure-ha.sh
+
+test: install services browser tools ha lint
 	$(BIN)/python -m pytest -q --durations=25
 
 bench: install services  ## sustained load: 5,000 reports/s for 60 s on a fresh ccs_bench database
@@ -80,6 +83,9 @@ lock: install
 upgrade: install
 	$(BIN)/pip install -q 'pip-tools>=7.4'
 	$(PIP_COMPILE) --upgrade
+
+failover: install ha  ## PostgreSQL primary killed twice under 2,000 reports/s: three Patroni nodes behind HAProxy (own instances)
+	$(BIN)/python -m simulators.chaos --patroni --markdown .run/failover-result.md
 
 chaos: install  ## fault injection: 2,000 reports/s for 5 min, SIGKILLs every 10 s, Redis/PostgreSQL/Mosquitto restarts (own instances)
 	$(BIN)/python -m simulators.chaos --markdown .run/chaos-result.md

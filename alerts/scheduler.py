@@ -148,6 +148,9 @@ class Scheduler:
         def curfews(conn: psycopg.Connection) -> None:
             if not checker:
                 checker.append(CurfewChecker(self.settings, conn, self.redis))
+            # This run's connection: after a lost one (a failover) `_guard` opened a new one,
+            # and the checker must not keep the closed one for good.
+            checker[0].conn = conn
             checker[0].run()
 
         was_leader = [False]

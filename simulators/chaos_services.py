@@ -70,6 +70,7 @@ class OwnServices:
                  down_after_ms: int | None = None) -> None:
         self.root = root
         self.pg_port, self.redis_port, self.mqtt_port = free_port(), free_port(), free_port()
+        self.pg_user = "postgres"  # user[:password] in the services' database URL
         self.pg_data = root / "pg"
         self.redis_dir = root / "redis"
         self.mqtt_dir = root / "mosquitto"

@@ -148,8 +148,10 @@ class Settings(BaseSettings):
     # HTTP ingest runs at most this many pipelines at once.
     http_ingest_pipelines: int = 8
     # Transient failures (database or Redis unreachable) are retried with this backoff: doubling
-    # from the minimum, at most 2 s apart, so a failover (a new PostgreSQL primary, a new Redis
-    # master) is found within 2 s of completing; one attempt per 2 s costs a down service nothing.
+    # from the minimum, at most 2 s apart, so a failover (a new PostgreSQL primary after Patroni's
+    # 10-20 s, a new Redis master) is found within 2 s of completing (with 30 s a worker slept
+    # 7 s after writes were possible again, past the 30-s target once a failover outlasts 15.5 s).
+    # A retry is one TCP connection to HAProxy or a sentinel.
     ingest_retry_min_s: float = 0.5
     ingest_retry_max_s: float = 2.0
     # A worker's /livez, /readyz and /metrics (store/observe.py; 0: none). Each process on a

@@ -23,6 +23,8 @@ from paho.mqtt.properties import Properties
 
 from store.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def until(pred: Callable[[], object], timeout: float) -> bool:
     """Poll `pred` until it holds or `timeout` seconds passed; whether it held."""

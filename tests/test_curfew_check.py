@@ -81,3 +81,27 @@ def test_curfew_with_no_recent_fix_asks_for_a_roll_call(settings, db, rds, curfe
         assert checker.run(now=ws + 40) == 0  # asked once per window
     finally:
         checker.conn.close()
+
+
+def test_scheduler_curfew_check_runs_again_on_a_new_connection_after_its_own_was_cut(
+        settings, db, rds, curfewed):
+    # A PostgreSQL failover cuts every connection. The scheduler then opens a new one for each
+    # job; the curfew check must use it rather than keep failing on the closed one.
+    from alerts.scheduler import Scheduler
+
+    s = Scheduler(settings)
+    s.start()
+    try:
+        s.aps.pause()  # the jobs run below, one at a time, in this thread
+        job = s.aps.get_job("curfews").func
+        assert s.lease.held()
+        job()
+        assert s.runs.get("curfews") == 1
+        pid = s._conns["curfews"].info.backend_pid
+        db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        job()  # fails on the cut connection, which `_guard` drops
+        assert s.runs.get("curfews") == 1
+        job()
+        assert s.runs.get("curfews") == 2
+    finally:
+        s.stop()

@@ -146,6 +146,34 @@ def test_redelivered_message_is_recognised_as_duplicate(pipeline, device, db):
     assert [a[2] for a in alerts(db)] == [1]  # the replay did not bump the alert
 
 
+def test_a_batch_replayed_after_its_commit_was_in_doubt_opens_no_second_alert(
+        pipeline, device, db, rds, settings):
+    # The primary died while the batch's COMMIT was in flight, after the synchronous standby
+    # had it (tests/test_pg_failover.py): the new primary holds the batch, but the worker heard
+    # of no commit, so it wrote no engine state and acknowledged nothing. The broker delivers
+    # the batch again, to a new pipeline (the worker drops its connections on the failure)
+    # that folds it from the state before it.
+    key = f"{settings.redis_prefix}st:{device}"
+    pipeline.process([native(device, *home(NOW - 900))], now=NOW)
+    before = rds.get(key)
+    assert before is not None
+    msg = native(device, *away(NOW - 300))
+    pipeline.process([msg], now=NOW)
+    rds.set(key, before)  # the state write that never happened
+    replay = Pipeline.connect(settings)
+    try:
+        [again] = replay.process([msg], now=NOW)
+    finally:
+        replay.close()
+    assert (again.accepted, again.duplicates) == (0, 3)
+    assert db.execute("SELECT count(*) FROM positions").fetchone() == (6,)
+    # The exit the replay decides again finds the alert open (ON CONFLICT on the person and
+    # kind): still one alert, opened once, counted once.
+    assert [(a[0], a[1], a[2]) for a in alerts(db)] == [("area_exit", "open", 1)]
+    assert db.execute("SELECT count(*) FROM outbox WHERE topic = 'alert.opened'"
+                      ).fetchone() == (1,)
+
+
 def test_unknown_device_is_dead_lettered_with_raw_bytes(pipeline, db, org):
     msg = native("dghost", fix(deep_inside(JIANGAN), NOW - 60))
     [res] = pipeline.process([msg], now=NOW)
