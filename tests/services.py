@@ -147,6 +147,15 @@ class Phone:
         self.client.loop_stop()
 
 
+def assert_nothing_lost(res: dict[str, Any], report: str) -> None:
+    """A fault-injection run's promises: no broker-acknowledged fix lost, no alert opened twice,
+    every phone told to stop alerted exactly once, none that kept reporting called silent."""
+    assert res["lost_acked_fixes"] == 0, report
+    assert res["alerts_opened_twice"] == 0, report
+    assert res["silences_not_alerted"] == 0 and res["silences_alerted_twice"] == 0, report
+    assert res["false_silence_alerts"] == 0, report
+
+
 def chaos_run(out_dir: Path, *args: str) -> tuple[dict[str, Any], str]:
     """`python -m simulators.chaos *args` to the end; its counts (the --json file) and the tail
     of its report."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.services import chaos_run
+from tests.services import assert_nothing_lost, chaos_run
 
 
 def test_short_fault_injection_run_loses_nothing_and_alerts_every_silence_once_and_only_those(
@@ -19,9 +19,5 @@ def test_short_fault_injection_run_loses_nothing_and_alerts_every_silence_once_a
     assert res["acked"] > 10_000, report  # the load really ran (300/s for 45 s)
     assert [f["action"] for f in res["faults"]] == [
         "kill:ingest-0", "kill:alerts", "kill:delivery", "redis:keep"], report
-    assert res["lost_acked_fixes"] == 0, report
-    assert res["alerts_opened_twice"] == 0, report
-    # Every phone told to stop was alerted once; none that kept reporting was called silent
-    # (a killed ingest worker's queued reports hold the silence check back: its watermark).
-    assert res["silences_not_alerted"] == 0 and res["silences_alerted_twice"] == 0, report
-    assert res["false_silence_alerts"] == 0, report
+    # (A killed ingest worker's queued reports hold the silence check back: its watermark.)
+    assert_nothing_lost(res, report)

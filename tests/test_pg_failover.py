@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from simulators.pg_cluster import render
-from tests.services import chaos_run
+from tests.services import assert_nothing_lost, chaos_run
 
 
 def test_primary_killed_under_load_loses_no_acknowledged_fix_and_opens_no_alert_twice(
@@ -36,12 +36,8 @@ def test_primary_killed_under_load_loses_no_acknowledged_fix_and_opens_no_alert_
     # The killed node came back as a replica of the new primary (rewound if it had to be).
     assert rejoin["down_s"] is not None, report
     assert not any("failed" in note for note in res["cluster_notes"]), report
-    assert res["lost_acked_fixes"] == 0, report
-    assert res["alerts_opened_twice"] == 0, report
     assert res["notifications_same_event_two_keys"] == 0, report
-    # Every phone told to stop was alerted once, none that kept reporting was called silent.
-    assert res["silences_not_alerted"] == 0 and res["silences_alerted_twice"] == 0, report
-    assert res["false_silence_alerts"] == 0, report
+    assert_nothing_lost(res, report)
     assert res["ok"], report
 
 

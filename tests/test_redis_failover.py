@@ -20,7 +20,7 @@ import redis
 
 from store import redisconn
 from store.settings import Settings
-from tests.services import chaos_run
+from tests.services import assert_nothing_lost, chaos_run
 
 
 def test_killing_the_redis_master_misses_no_silence_alerts_none_twice_and_writes_resume_in_15_s(
@@ -37,12 +37,8 @@ def test_killing_the_redis_master_misses_no_silence_alerts_none_twice_and_writes
     # within 15 s (and every alert event of the fault's window reached the feed).
     assert fault["commit_s"] is not None and fault["commit_s"] <= 15.0, report
     assert fault["recovery_s"] is not None and fault["recovery_s"] <= 15.0, report
-    assert res["lost_acked_fixes"] == 0, report
-    assert res["alerts_opened_twice"] == 0, report
-    # Every phone told to stop alerted exactly once; none that kept reporting was called silent.
     assert res["silent_phones"] == 10, report
-    assert res["silences_not_alerted"] == 0 and res["silences_alerted_twice"] == 0, report
-    assert res["false_silence_alerts"] == 0, report
+    assert_nothing_lost(res, report)
     assert res["ok"], report
 
 
