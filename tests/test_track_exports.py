@@ -35,6 +35,8 @@ CCS = "{urn:ccs:gpx:1}"
 KML = "{http://www.opengis.net/kml/2.2}"
 BIG = 120_000  # more than the old cap (100,000) cut exports at
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+# Export connections of this test database (another checkout's tests may export meanwhile).
+MINE = "datname = current_database() AND application_name = %s"
 
 
 def report_fixes(client: TestClient, secret: str, device_id: str, n: int, t0: float) -> None:
@@ -295,7 +297,7 @@ def test_an_export_streams_in_bounded_memory(org: Org, db: psycopg.Connection):
 
 
 def pg_exports(db: psycopg.Connection) -> int:
-    return db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+    return db.execute(f"SELECT count(*) FROM pg_stat_activity WHERE {MINE}",
                       (EXPORT_APPLICATION,)).fetchone()[0]  # type: ignore[index]
 
 
@@ -325,8 +327,8 @@ def test_a_stream_holds_no_pooled_connection_and_lets_go_when_the_client_leaves(
             assert pg_exports(db) == 1
             # Read only (no transaction id), whether caught between two fetches of its cursor
             # ("idle in transaction") or in one ("active": the client's buffers were not full).
-            state, read_only = db.execute("""SELECT state, backend_xid IS NULL
-                                               FROM pg_stat_activity WHERE application_name = %s""",
+            state, read_only = db.execute(f"""SELECT state, backend_xid IS NULL
+                                                FROM pg_stat_activity WHERE {MINE}""",
                                           (EXPORT_APPLICATION,)).fetchone()
             assert state in ("idle in transaction", "active") and read_only, (state, read_only)
         # The client hung up with most of the file unsent: the connection is closed at once.
@@ -475,6 +477,6 @@ def test_exports_at_once_are_limited_and_a_finished_one_frees_its_place(
     exports = db.execute("SELECT count(*) FROM audit_log WHERE action = 'location.export_track'"
                          ).fetchone()
     assert exports is not None and exports[0] == 2  # the refused one left no export record
-    left = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+    left = db.execute(f"SELECT count(*) FROM pg_stat_activity WHERE {MINE}",
                       (EXPORT_APPLICATION,)).fetchone()
     assert left is not None and left[0] == 0
