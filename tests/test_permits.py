@@ -40,7 +40,7 @@ def test_tier_follows_length_seven_thirty_and_the_sixty_day_window():
     (TravelRules(notice_working_days=3), NOW + DAY, NOW + 2 * DAY, [], "short_notice"),
     (TravelRules(yearly_cap_days=10), NOW + DAY, NOW + 6 * DAY,
      [Span(NOW - 20 * DAY, NOW - 14 * DAY)], "yearly_cap"),
-])
+], ids=["bad_span", "in_the_past", "too_long", "overlap", "short_notice", "yearly_cap"])
 def test_requests_are_checked_against_the_profile(rules, start, end, others, code):
     with pytest.raises(PermitRefused) as e:
         check_request(rules, start, end, NOW, others)

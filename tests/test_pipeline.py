@@ -196,6 +196,9 @@ def test_unknown_device_is_dead_lettered_with_raw_bytes(pipeline, db, org):
         (orjson.dumps({"time": NOW + 86400, "lat": 30.6, "lon": 114.3}), "future_time"),
         (b"x" * (64 * 1024 + 1), "oversized"),
     ],
+    # Named by the reason: the same in every process (the payloads hold the time of collection).
+    ids=["bad_json", "impossible_coordinates", "bad_type", "missing_field", "future_time",
+         "oversized"],
 )
 def test_bad_input_is_dead_lettered_with_its_reason(pipeline, device, db, payload, reason):
     good = native(device, fix(deep_inside(JIANGAN), NOW - 60))
