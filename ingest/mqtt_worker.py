@@ -367,13 +367,14 @@ class MqttIngestWorker:
                 self.processed += len(mine)
                 self._committed.inc(len(mine))
                 self._in_batch = 0
-                self._batch_hist.observe(time.monotonic() - began)
-                self._busy_s += time.monotonic() - began
+                spent = time.monotonic() - began
+                self._batch_hist.observe(spent)
+                self._busy_s += spent
                 self._oldest_at = next((b.at for b in self._pending if b.raw is not None), None)
                 if self._others:
                     OTHERS.inc(self._others)
                     self._others = 0
-                self._stats(len(mine), time.monotonic() - began, self._own)
+                self._stats(len(mine), spent, self._own)
                 # First in, first out: all received up to this batch's last is committed.
                 self._watermark(batch[-1].at)
         finally:
