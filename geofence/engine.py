@@ -491,6 +491,12 @@ class _Fold:
         facts["weight"] = round(w, 3)
         return w, grade, facts
 
+    def _same_place(self, i: int, last: tuple[float, float, float, float, float, float]) -> bool:
+        """Does fix i lie within its own and the counted fix `last`'s circles (+ slack)?"""
+        _, _, acc, _, lon, lat = last
+        d = _haversine(lon, lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
+        return d <= acc + float(self.fixes[i].accuracy or 0.0) + _REPEAT_SLACK_M
+
     def _repeat(self, i: int, track: Track, rules: Rules) -> bool:
         """Is this fix the last counted outside fix again, moments later (a reflection repeats)?"""
         last = _last_counted(track)
@@ -528,7 +534,11 @@ class _Fold:
         w, grade, facts = self._evidence(st, i, rules, first)
         answer = (track.followup is not None
                   and track.followup - _ANSWER_SLACK_S <= t <= track.followup + rules.confirm_window_s)
-        repeat = grade == "shallow" and not first and (answer or self._repeat(i, track, rules))
+        independent = last is not None and (
+            t - last[0] >= rules.answer_independent_s
+            or (rules.answer_moved and not self._same_place(i, last)))
+        repeat = grade == "shallow" and not first and (
+            (answer and not independent) or self._repeat(i, track, rules))
         if repeat:  # a reflection repeats: the same place moments later, or a still phone's
             w, facts["weight"] = 0.0, 0.0  # answer to a follow-up proves nothing new
             facts["shallow_answer" if answer else "repeat_of_previous"] = True
@@ -548,12 +558,19 @@ class _Fold:
         elif deep and weight >= rules.exit_weight - 1e-9:
             decided_by = "evidence_weight"
         else:
-            more, longer = (2, 2.0) if suspect else (0, 1.0)
+            more, longer = ((rules.suspect_more_fixes, rules.suspect_span_factor) if suspect
+                            else (0, 1.0))
             span = t - since
             if ((pending >= rules.shallow_fixes + more and span >= rules.shallow_span_s * longer)
                     or (pending >= rules.shallow_fixes + 2 + more
                         and span >= rules.shallow_span_s * longer / 3)):
                 decided_by = "shallow_evidence_over_time"
+        if (decided_by is None and not first and not repeat and last is not None
+                and t > last[0]):
+            gain = float(facts["beyond_m"]) - last[1]  # type: ignore[arg-type]
+            if (gain >= rules.away_m + acc + last[2]
+                    and gain / (t - last[0]) <= rules.plausible_speed_mps):
+                decided_by = "moving_away"
         if decided_by is not None:
             self.emit(EventKind.AREA_EXIT, i, RULE_AREA_EXIT, subj.home_zone_id, Membership.OUTSIDE,
                       since, allowed_zones=subj.allowed_zone_ids(t), decided_by=decided_by,

@@ -27,6 +27,17 @@ class Rules:
     shallow_span_s: float = 600.0  # ...spanning this long
     streak_gap_s: float = 3600.0  # an hour without fresh outside evidence starts a new streak
     repeat_s: float = 180.0  # a shallow fix repeating the previous one's place this soon: no news
+    # A shallow answer to a request usually repeats what a reflection showed; it counts only when
+    # it lies away from the last counted fix's place (a reflection of a still phone repeats its
+    # place; a person outside who moves does not)...
+    answer_moved: int = 1
+    answer_independent_s: float = 86400.0  # ...or comes this long after it (strict: 4 min)
+    # Leaving: a later outside fix this much (+ both accuracies) further beyond the border than
+    # the last counted one, at a plausible speed. A reflection throws a fix; it does not carry a
+    # phone further away with time.
+    away_m: float = 50.0
+    suspect_more_fixes: int = 2  # a streak that began with a still phone's jump needs this many more...
+    suspect_span_factor: float = 2.0  # ...shallow fixes, over this many times the span
     single_fix_max_accuracy_m: float = 50.0  # a lone strong fix decides only this accurate
     breaking_max_accuracy_m: float = 100.0  # a worse (or Wi-Fi/cell) fix inside breaks no exit streak
     still_m: float = 50.0  # two fixes this close (or within their circles): the phone was still
@@ -212,13 +223,16 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 # The default: every level weighs evidence the same way, so none alarms on GPS jitter or a
 # reflection; strict decides sooner (shallow evidence needs less time and the phone is asked
-# more often), lenient waits longer for shallow evidence and asks less.
+# more often, and a fresh answer still outside 4 minutes later counts), lenient waits longer for
+# shallow evidence and asks less. Version 3 (issue 10, 2026-12-07): a fix further out than the
+# last by 50 m beyond both accuracies decides (`away_m`), an answer away from the last counted
+# place counts (`answer_moved`), strict counts answers 4 minutes on (`answer_independent_s`).
 DEFAULT_PROFILE = RuleProfile(
     "national-2020",
-    2,
+    3,
     {
         "strict": Rules(shallow_weight=0.34, shallow_span_s=480.0, exit_span_s=60.0,
-                        return_span_s=60.0, confirm_max_per_hour=6),
+                        return_span_s=60.0, confirm_max_per_hour=6, answer_independent_s=240.0),
         "normal": Rules(),
         "lenient": Rules(shallow_fixes=4, shallow_span_s=900.0, exit_span_s=180.0,
                          return_span_s=180.0, undecidable_fixes=8, confirm_max_per_hour=2),

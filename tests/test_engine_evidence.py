@@ -267,3 +267,69 @@ def test_a_missed_report_or_an_answer_hardly_moves_the_phones_rhythm():
     before = p.states["dev-1"].gap_s
     p.live([fx(900.0 * 6 + 60, out)])
     assert p.states["dev-1"].gap_s == before
+
+
+def test_a_phone_going_further_out_is_leaving_and_its_second_fix_decides():
+    # A one-minute phone without speed, walking east across the border at 1.4 m/s: 40 m out,
+    # then 124 m out a minute later (10 m accuracy each). A reflection throws a fix; it does not
+    # carry a phone further away with time. The second outside fix decides, dated from the first.
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0))])
+    assert EventKind.AREA_EXIT not in kinds(p.live([fx(120, pos(HOME, 1040, 0))]))
+    [exit_] = [e for e in p.live([fx(180, pos(HOME, 1124, 0))]) if e.kind == EventKind.AREA_EXIT]
+    assert detail(exit_)["decided_by"] == "moving_away"
+    assert exit_.since == at(120)
+    assert [e["beyond_m"] for e in detail(exit_)["evidence"]] == [40.0, 124.0]
+    from alerts.explain import explain
+    assert "the later further beyond the border than the earlier" in explain(exit_.reason.to_dict())
+    assert "此人正在离开" in explain(exit_.reason.to_dict(), "zh")
+
+
+@pytest.mark.parametrize("second_x", [
+    1040,  # coming back towards the border
+    1100,  # 60 m further: within both accuracies (20 m) plus the 50 m margin
+])
+def test_outside_fixes_that_do_not_go_further_out_by_more_than_their_errors_are_no_departure(
+        second_x):
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0))])
+    first_x = 1124 if second_x == 1040 else 1040
+    p.live([fx(120, pos(HOME, first_x, 0)), fx(180, pos(HOME, second_x, 0))])
+    assert EventKind.AREA_EXIT not in kinds(p.events)
+    assert p.states["dev-1"].area.pending == 2
+
+
+def _asked_again(rules: Rules) -> Pipeline:
+    """A 15-minute phone 300 m out (shallow, undecided); the clock asks it again 330 s on."""
+    from geofence.engine import tick
+
+    p = Pipeline({"dev-1": subject(rules)})
+    out = pos(HOME, 1300, 0)
+    p.live([fx(0, IN), fx(900, IN), fx(1800, out)])
+    res = tick({"dev-1": subject(rules)}, ZONES, p.states, at(1800 + 330))
+    assert [e.reason.rule for e in res.events] == ["confirm.area_exit_follow_up"]
+    p.states.update(res.states)
+    return p
+
+
+def test_an_answer_outside_away_from_the_last_place_counts_the_same_place_does_not():
+    # The answer 40 s after the follow-up: 150 m from the last counted fix, still 300 m out (a
+    # person walking about outside), counts; at the same place (what a still phone's reflection
+    # repeats) it does not.
+    moved = _asked_again(NORMAL)
+    moved.live([fx(1800 + 370, pos(HOME, 1300, 150))])
+    assert moved.states["dev-1"].area.pending == 2
+    same = _asked_again(NORMAL)
+    same.live([fx(1800 + 370, pos(HOME, 1305, 0))])
+    assert same.states["dev-1"].area.pending == 1
+
+
+def test_strict_counts_an_answer_still_outside_four_minutes_on_even_at_the_same_place():
+    assert STRICT.answer_independent_s == 240.0 and NORMAL.answer_independent_s > 3600
+    strict = _asked_again(STRICT)
+    strict.live([fx(1800 + 370, pos(HOME, 1305, 0))])  # 370 s after the last counted fix
+    assert strict.states["dev-1"].area.pending == 2
+    # ...but not an answer moments after the last counted fix (a reflection holds that long).
+    quick = _asked_again(replace(STRICT, answer_independent_s=400.0))
+    quick.live([fx(1800 + 370, pos(HOME, 1305, 0))])
+    assert quick.states["dev-1"].area.pending == 1

@@ -916,7 +916,7 @@ def test_rules_come_from_the_level_and_person_overrides():
         with pytest.raises(ValueError, match=word):
             DEFAULT_PROFILE.rules_for("normal", bad)
     label = DEFAULT_PROFILE.label
-    assert label == "national-2020@2"
+    assert label == "national-2020@3"
 
     # The same 8 minutes of shallow outside fixes: an exit for a strict supervisee, not for a
     # normal one (10 minutes) nor a lenient one (15). Requests for a fix are left aside here.
