@@ -85,6 +85,15 @@ def _haversine(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
     return 2 * _EARTH_R * math.asin(math.sqrt(a) if a < 1.0 else 1.0)
 
 
+def _haversine_np(lon1: np.ndarray, lat1: np.ndarray, lon2: np.ndarray, lat2: np.ndarray
+                  ) -> np.ndarray:
+    """`_haversine` over arrays."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    a = (np.sin((p2 - p1) / 2) ** 2
+         + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2)
+    return 2 * _EARTH_R * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+
+
 def is_usable(fix: Fix, rules: Rules) -> bool:
     """A fix that can decide something: a real accuracy within the limit, not cell-only.
 
@@ -157,6 +166,7 @@ class _Prepared:
     far: dict[tuple[int, int], bool]  # exclusion buffer: circle wholly beyond the buffer
     crossing: dict[tuple[int, int], bool]  # segment from the previous usable fix crosses the zone
     prev: dict[int, LastFix]  # previous usable fix of each usable fix
+    prev_d: np.ndarray  # metres from that previous fix (NaN: none), one vectorised call
 
 
 def _zone_codes(
@@ -298,8 +308,14 @@ def _prepare(
         p_lat = np.array([prev[i].lat for i in idx_list])
         margin = np.maximum(acc[idx], np.array([prev[i].accuracy for i in idx_list]))
         crossing.update(zone.segments_cross(p_lon, p_lat, lon[idx], lat[idx], margin, idx))
+    prev_d = np.full(n, np.nan)
+    if prev:
+        idx = np.fromiter(prev, dtype=np.int64, count=len(prev))
+        plon = np.fromiter((p.lon for p in prev.values()), dtype=np.float64, count=len(prev))
+        plat = np.fromiter((p.lat for p in prev.values()), dtype=np.float64, count=len(prev))
+        prev_d[idx] = _haversine_np(plon, plat, lon[idx], lat[idx])
     return _Prepared(order, lon, lat, usable, late, allowed, allowed_of, beyond, zone_memb, near,
-                     far, crossing, prev)
+                     far, crossing, prev, prev_d)
 
 
 class _Fold:
@@ -373,9 +389,9 @@ class _Fold:
         dt = t - st.last_fix_time
         if not _MIN_GAP_S <= dt < math.inf:
             return
-        asked = [a for a in (st.area.asked, st.area.followup) if a is not None]
-        if any(a - _ANSWER_SLACK_S <= t <= a + rules.confirm_window_s for a in asked):
-            return
+        for a in (st.area.asked, st.area.followup):
+            if a is not None and a - _ANSWER_SLACK_S <= t <= a + rules.confirm_window_s:
+                return
         if st.gap_s is None:
             st.gap_s = dt
         elif dt <= 1.5 * st.gap_s:
@@ -416,7 +432,7 @@ class _Fold:
         f = self.fixes[i]
         if p is None or f.time <= p.time:
             return
-        d = _haversine(p.lon, p.lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
+        d = float(self.pre.prev_d[i])
         moved = d - p.accuracy - float(f.accuracy or 0.0)
         speed = moved / (f.time - p.time)
         if moved >= rules.min_jump_m and speed > rules.max_speed_mps:
@@ -478,8 +494,7 @@ class _Fold:
         p = self.pre.prev.get(i)
         if p is not None and f.time > p.time:
             dt = f.time - p.time
-            moved = max(0.0, _haversine(p.lon, p.lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
-                        - p.accuracy - a)
+            moved = max(0.0, float(self.pre.prev_d[i]) - p.accuracy - a)
             speed = moved / dt
             if speed > rules.max_speed_mps and moved >= rules.min_jump_m:
                 w, facts["impossible_speed_mps"] = 0.0, round(speed, 1)
