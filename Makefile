@@ -38,7 +38,7 @@ ha:  ## Patroni, etcd and HAProxy (Debian's packages), for the failover test (te
 	bash deploy/ensure-ha.sh
 
 test: install services browser tools ha lint
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist load --durations=25
 
 bench: install services  ## sustained load: 5,000 reports/s for 60 s on a fresh ccs_bench database
 	$(BIN)/python -m simulators.bench

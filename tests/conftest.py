@@ -37,6 +37,19 @@ HOW_TO_START = (
 PASSWORD = "correct horse battery staple"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests (`@pytest.mark.long`: the fault-injection and failover runs, the longest
+    browser and export tests) first, in file order; the others keep theirs.
+
+    `make test` runs on two processes with pytest-xdist's `load` distribution, which hands the
+    collection out in order, a first chunk of about a quarter of each process's share to each:
+    the long tests all go to one process and run one after another from the start (the
+    fault-injection runs never share the machine with each other), while the other works through
+    the short ones, and neither is left alone with a minute-long test at the end. The order is
+    the same in every process, as xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def _require_port(name: str, port: int) -> None:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 from playwright.sync_api import Browser, Response
 
 from alerts.worker import AlertWorker
@@ -83,6 +84,7 @@ def cluster(settings: Settings, tmp: Path) -> Iterator[tuple[str, dict[str, subp
                 p.kill()
 
 
+@pytest.mark.long
 def test_an_api_instance_killed_under_open_consoles_loses_them_no_alert_event(
         settings: Settings, org: Org, browser: Browser, db: psycopg.Connection, tmp_path: Path):
     with cluster(settings, tmp_path) as (base, apis), in_thread(AlertWorker(settings)):

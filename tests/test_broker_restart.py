@@ -115,6 +115,7 @@ def test_a_broker_restart_loses_no_report_while_partitioned_workers_are_away(
     assert processed == mine
 
 
+@pytest.mark.long
 def test_mosquitto_forgets_shared_subscriptions_when_it_restarts(
         broker: tuple[OwnServices, Settings], db: psycopg.Connection, org: Org):
     svc, s = broker

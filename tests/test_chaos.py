@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.services import assert_nothing_lost, chaos_run
 
 
+@pytest.mark.long
 def test_short_fault_injection_run_loses_nothing_and_alerts_every_silence_once_and_only_those(
     tmp_path: Path,
 ) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
+import pytest
 from playwright.sync_api import Browser
 from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
@@ -41,6 +42,7 @@ def _enrol(base: str, username: str, supervisee_id: int) -> str:
     return str(cred["device_id"])
 
 
+@pytest.mark.long
 def test_an_alert_reaches_open_consoles_live_and_its_handling_is_seen_by_colleagues(
         settings: Settings, org: Org, browser: Browser, session: Session, db: psycopg.Connection):
     """An officer keeps the duty view open idle for half a minute (two heartbeats); a phone

@@ -101,6 +101,7 @@ def _fill_dialog(c: Console, values: dict[str, str]) -> None:
     c.page.wait_for_selector("dialog.dialog", state="detached")
 
 
+@pytest.mark.long
 def test_officer_draws_an_exclusion_zone_assigns_it_and_a_fix_inside_raises_the_alert(
         settings: Settings, org: Org, db: psycopg.Connection, browser: Browser):
     client_id = f"{settings.mqtt_client_id}-office"

@@ -14,12 +14,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from simulators.pg_cluster import render
 from tests.services import assert_nothing_lost, chaos_run
 
 
+@pytest.mark.long
 def test_primary_killed_under_load_loses_no_acknowledged_fix_and_opens_no_alert_twice(
     tmp_path: Path,
 ) -> None:

@@ -23,6 +23,7 @@ from store.settings import Settings
 from tests.services import assert_nothing_lost, chaos_run
 
 
+@pytest.mark.long
 def test_killing_the_redis_master_misses_no_silence_alerts_none_twice_and_writes_resume_in_15_s(
     tmp_path: Path,
 ) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import psycopg
+import pytest
 import segno
 from fastapi.testclient import TestClient
 
@@ -220,6 +221,7 @@ def increasing(values: list[float]) -> bool:
     return all(a < b for a, b in zip(values, values[1:], strict=False))
 
 
+@pytest.mark.long
 def test_a_period_beyond_the_old_cap_is_exported_whole_in_every_format(
         client: TestClient, org: Org, db: psycopg.Connection, settings: Settings):
     """120,000 fixes (the old cap cut at 100,000 without a word): each format holds every one, in
