@@ -6,7 +6,7 @@ say() { printf '[browser] %s\n' "$*"; }
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
-fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk)
+fc-list 2>/dev/null | grep -i "Noto Sans CJK" >/dev/null || need+=(fonts-noto-cjk)  # not -q: an early exit makes fc-list fail under pipefail
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then say "need root to install ${need[*]}"; exit 1; fi
   say "installing ${need[*]} from Debian's packages"

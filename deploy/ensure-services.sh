@@ -47,7 +47,7 @@ fi
 # PDFs' text back with poppler's pdftotext and pdffonts.
 pdf_pkgs=()
 ldconfig -p | grep -q 'libpangoft2-1.0.so.0' || pdf_pkgs+=(libpango-1.0-0 libpangoft2-1.0-0)
-fc-list 2>/dev/null | grep -qi 'Noto Sans CJK' || pdf_pkgs+=(fonts-noto-cjk)
+fc-list 2>/dev/null | grep -i 'Noto Sans CJK' >/dev/null || pdf_pkgs+=(fonts-noto-cjk)  # not -q (pipefail)
 command -v pdftotext >/dev/null && command -v pdffonts >/dev/null || pdf_pkgs+=(poppler-utils)
 if [ ${#pdf_pkgs[@]} -gt 0 ]; then
   say "installing ${pdf_pkgs[*]} (report PDFs)"; apt_install "${pdf_pkgs[@]}"
