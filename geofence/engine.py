@@ -581,7 +581,7 @@ class _Fold:
                         and span >= rules.shallow_span_s * longer / 3)):
                 decided_by = "shallow_evidence_over_time"
         if (decided_by is None and not first and not repeat and last is not None
-                and t > last[0]):
+                and t > last[0] and f.provider not in _NETWORK_PROVIDERS):
             gain = float(facts["beyond_m"]) - last[1]  # type: ignore[arg-type]
             if (gain >= rules.away_m + acc + last[2]
                     and gain / (t - last[0]) <= rules.plausible_speed_mps):

@@ -32,9 +32,9 @@ class Rules:
     # place; a person outside who moves does not)...
     answer_moved: int = 1
     answer_independent_s: float = 86400.0  # ...or comes this long after it (strict: 4 min)
-    # Leaving: a later outside fix this much (+ both accuracies) further beyond the border than
-    # the last counted one, at a plausible speed. A reflection throws a fix; it does not carry a
-    # phone further away with time.
+    # Leaving: a later outside fix (not Wi-Fi/cell) this much (+ both accuracies) further beyond
+    # the border than the last counted one, at a plausible speed. A reflection throws a fix; it
+    # does not carry a phone further away with time.
     away_m: float = 50.0
     suspect_more_fixes: int = 2  # a streak that began with a still phone's jump needs this many more...
     suspect_span_factor: float = 2.0  # ...shallow fixes, over this many times the span

@@ -285,6 +285,16 @@ def test_a_phone_going_further_out_is_leaving_and_its_second_fix_decides():
     assert "此人正在离开" in explain(exit_.reason.to_dict(), "zh")
 
 
+def test_a_network_fix_further_out_is_no_departure():
+    # Wi-Fi and cell positions are wrong by kilometres at times, whatever accuracy they claim:
+    # one placed further out than a satellite fix decides nothing by its distance.
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0)), fx(120, pos(HOME, 1040, 0))])
+    p.live([fx(180, pos(HOME, 1300, 0), provider="wifi", accuracy=15.0)])
+    assert EventKind.AREA_EXIT not in kinds(p.events)
+    assert p.states["dev-1"].area.pending == 2
+
+
 @pytest.mark.parametrize("second_x", [
     1040,  # coming back towards the border
     1100,  # 60 m further: within both accuracies (20 m) plus the 50 m margin
