@@ -66,8 +66,8 @@ _EXIT_HOW_ZH = {
                        "（证据权重 {weight}，需要 {needed}）：{fixes}",
     "shallow_evidence_over_time": "{n} 次定位在 {minutes} 内位于区域外，每次都在信号反射可达范围内，"
                                   "但持续时间过长，不可能是一次反射：{fixes}",
-    "moving_away": "{n} 次定位位于区域外，且后一次比前一次离边界更远，超出两次定位的精度范围："
-                   "此人正在离开，信号反射不会让手机越走越远：{fixes}",
+    "moving_away": "{n} 次定位位于区域外，最后一次比之前计入的一次离边界更远，超出两次定位的精度"
+                   "之和再加 50 米以上，且速度合理：此人正在离开：{fixes}",
 }
 
 
@@ -95,9 +95,9 @@ _EXIT_HOW = {
                        "(evidence {weight} of {needed} needed): {fixes}",
     "shallow_evidence_over_time": "{n} fixes lay outside for {minutes}, each within a "
                                   "reflection's reach but together too long for one: {fixes}",
-    "moving_away": "{n} fixes lay outside, the later further beyond the border than the earlier "
-                   "by more than both accuracies: the person was leaving, which a reflection does "
-                   "not make a phone do: {fixes}",
+    "moving_away": "{n} fixes lay outside, the last further beyond the border than the one "
+                   "counted before it by more than both accuracies and a 50 m margin, at a "
+                   "believable speed: the person was moving away: {fixes}",
 }
 
 

@@ -529,13 +529,17 @@ class _Fold:
 
         An exit is declared on (a) one strong fix of good accuracy after a plausible journey,
         (b) evidence weighing `exit_weight` with at least one fix beyond a reflection's reach,
-        or (c) shallow fixes only: `shallow_fixes` of them spanning `shallow_span_s`, or two
+        (c) shallow fixes only: `shallow_fixes` of them spanning `shallow_span_s`, or two
         more in a third of that span (twice the span and two more fixes again when the streak
-        began with a jump of a still phone: a reflection). Until then, the phone is asked for a
-        fresh fix (LOCATION_REQUEST) within its hourly budget, and `tick` asks again while it
-        stays silent. Answers are weighed, not trusted: a shallow answer to a follow-up, or a
-        shallow fix within both circles of the last counted one moments later, counts for
-        nothing (a still phone repeats its reflection); a deep answer counts like any deep fix.
+        began with a jump of a still phone: a reflection), or (d) leaving (`away_m`): a satellite
+        fix further beyond the border than the last counted one by more than both accuracies
+        and `away_m`, at a plausible speed, in a streak that did not begin with such a jump.
+        Until then, the phone is asked for a fresh fix (LOCATION_REQUEST) within its hourly
+        budget, and `tick` asks again while it stays silent. Answers are weighed, not trusted: a
+        shallow answer to a follow-up counts for nothing unless it comes `answer_independent_s`
+        after the last counted fix (strict: then it counts), nor does a shallow fix within both
+        circles of the last counted one moments later (a still phone repeats its reflection); a
+        deep answer counts like any deep fix.
         """
         f = self.fixes[i]
         t = f.time
@@ -580,20 +584,29 @@ class _Fold:
                     or (pending >= rules.shallow_fixes + 2 + more
                         and span >= rules.shallow_span_s * longer / 3)):
                 decided_by = "shallow_evidence_over_time"
-        if (decided_by is None and not first and not repeat and last is not None
-                and t > last[0] and f.provider not in _NETWORK_PROVIDERS):
+        compared: dict[str, float] | None = None
+        if (decided_by is None and rules.away_m > 0 and not first and not repeat and not suspect
+                and w > 0 and last is not None and t - last[0] >= _MIN_GAP_S
+                and "impossible_speed_mps" not in facts and "implausible_speed_mps" not in facts
+                and (f.provider or "").lower() not in _NETWORK_PROVIDERS):
+            # Leaving: further out than the last counted fix by more than both errors and a
+            # margin, at a speed a vehicle can go. Not in a streak that began with a still
+            # phone's jump: two reflections in a row can land at different distances.
             gain = float(facts["beyond_m"]) - last[1]  # type: ignore[arg-type]
-            if (gain >= rules.away_m + acc + last[2]
+            if (gain > rules.away_m + acc + last[2]
                     and gain / (t - last[0]) <= rules.plausible_speed_mps):
                 decided_by = "moving_away"
+                compared = {"t": last[0], "beyond_m": last[1], "gain_m": round(gain, 1)}
         if decided_by is not None:
+            extra: dict[str, object] = {"moving_away_from": compared} if compared else {}
             self.emit(EventKind.AREA_EXIT, i, RULE_AREA_EXIT, subj.home_zone_id, Membership.OUTSIDE,
                       since, allowed_zones=subj.allowed_zone_ids(t), decided_by=decided_by,
                       weight=round(weight, 3), needed=rules.exit_weight, fixes=pending,
                       evidence=[{"t": e[0], "beyond_m": e[1], "accuracy_m": e[2],
                                  "weight": round(e[3], 3), "lon": round(e[4], 6),
                                  "lat": round(e[5], 6)} for e in evidence],
-                      began_with_unexplained_jump=suspect)
+                      began_with_unexplained_jump=suspect,
+                      **extra)  # type: ignore[arg-type]  # never since or distance
             return Track(AreaStatus.OUTSIDE, since, 0, None, track.flag)
         asked = track.asked
         if (not self.retro and not repeat and w > 0
@@ -819,7 +832,8 @@ def _follow_up_due(st: DeviceState, rules: Rules, now: float) -> bool:
 
 
 def _follow_up(result: BatchResult, dev: str, subj: Subject, st: DeviceState, now: float) -> None:
-    """Ask a silent phone for a fix again (its answer is weighed: a shallow one adds nothing)."""
+    """Ask a silent phone for a fix again (its answer is weighed: a shallow one adds nothing,
+    except where the level counts answers `answer_independent_s` after the last counted fix)."""
     a, last = st.area, st.last
     lon, lat = (last.lon, last.lat) if last else (math.nan, math.nan)
     reason = Reason(RULE_FOLLOW_UP, subj.home_zone_id, Membership.OUTSIDE, None,

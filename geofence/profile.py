@@ -27,15 +27,15 @@ class Rules:
     shallow_span_s: float = 600.0  # ...spanning this long
     streak_gap_s: float = 3600.0  # an hour without fresh outside evidence starts a new streak
     repeat_s: float = 180.0  # a shallow fix repeating the previous one's place this soon: no news
-    # A shallow answer to a request usually repeats what a reflection showed; it counts only when
-    # it lies away from the last counted fix's place (a reflection of a still phone repeats its
-    # place; a person outside who moves does not)...
-    answer_moved: int = 1
-    answer_independent_s: float = 86400.0  # ...or comes this long after it (strict: 4 min)
-    # Leaving: a later outside fix (not Wi-Fi/cell) this much (+ both accuracies) further beyond
-    # the border than the last counted one, at a plausible speed. A reflection throws a fix; it
-    # does not carry a phone further away with time.
-    away_m: float = 50.0
+    # A shallow answer to a follow-up request counts for nothing (a still phone repeats its
+    # reflection), unless it comes this long after the last counted fix (86400, a day: never;
+    # strict 240, which every follow-up answer does: on strict every shallow answer counts)...
+    answer_independent_s: float = 86400.0
+    answer_moved: int = 0  # ...or (1) lies away from that fix's place (off: measured no gain)
+    # Leaving: a satellite fix more than this (+ both accuracies) further beyond the border than
+    # the last counted one, at a plausible speed, not in a streak that began with a still phone's
+    # jump. 0 is off: profiles stored before version 3 keep their behaviour.
+    away_m: float = 0.0
     suspect_more_fixes: int = 2  # a streak that began with a still phone's jump needs this many more...
     suspect_span_factor: float = 2.0  # ...shallow fixes, over this many times the span
     single_fix_max_accuracy_m: float = 50.0  # a lone strong fix decides only this accurate
@@ -223,18 +223,20 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 # The default: every level weighs evidence the same way, so none alarms on GPS jitter or a
 # reflection; strict decides sooner (shallow evidence needs less time and the phone is asked
-# more often, and a fresh answer still outside 4 minutes later counts), lenient waits longer for
-# shallow evidence and asks less. Version 3 (issue 10, 2026-12-07): a fix further out than the
-# last by 50 m beyond both accuracies decides (`away_m`), an answer away from the last counted
-# place counts (`answer_moved`), strict counts answers 4 minutes on (`answer_independent_s`).
+# more often, and counts every shallow answer to a follow-up), lenient waits longer for shallow
+# evidence and asks less. Version 3 (issue 10, 2026-12-07): a satellite fix further out than
+# the last counted one by 50 m beyond both accuracies decides (`away_m`), strict counts shallow
+# answers 4 minutes on (`answer_independent_s`).
 DEFAULT_PROFILE = RuleProfile(
     "national-2020",
     3,
     {
         "strict": Rules(shallow_weight=0.34, shallow_span_s=480.0, exit_span_s=60.0,
-                        return_span_s=60.0, confirm_max_per_hour=6, answer_independent_s=240.0),
-        "normal": Rules(),
+                        return_span_s=60.0, confirm_max_per_hour=6, answer_independent_s=240.0,
+                        away_m=50.0),
+        "normal": Rules(away_m=50.0),
         "lenient": Rules(shallow_fixes=4, shallow_span_s=900.0, exit_span_s=180.0,
-                         return_span_s=180.0, undecidable_fixes=8, confirm_max_per_hour=2),
+                         return_span_s=180.0, undecidable_fixes=8, confirm_max_per_hour=2,
+                         away_m=50.0),
     },
 )

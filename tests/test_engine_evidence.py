@@ -280,9 +280,42 @@ def test_a_phone_going_further_out_is_leaving_and_its_second_fix_decides():
     assert detail(exit_)["decided_by"] == "moving_away"
     assert exit_.since == at(120)
     assert [e["beyond_m"] for e in detail(exit_)["evidence"]] == [40.0, 124.0]
+    assert detail(exit_)["moving_away_from"] == {"t": at(120), "beyond_m": 40.0, "gain_m": 84.0}
     from alerts.explain import explain
-    assert "the later further beyond the border than the earlier" in explain(exit_.reason.to_dict())
+    assert "the last further beyond the border than the one counted before it" in explain(
+        exit_.reason.to_dict())
     assert "此人正在离开" in explain(exit_.reason.to_dict(), "zh")
+
+
+def test_departure_is_not_decided_on_a_streak_that_began_with_a_still_phones_jump():
+    # A still phone 20 m inside: reflections 150 m, then 300 m out, 10 minutes apart. Two throws
+    # of a reflection can land at different distances: no exit on the second alone.
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, pos(HOME, 980, 0)), fx(600, pos(HOME, 980, 0))])
+    p.live([fx(1200, pos(HOME, 1150, 0)), fx(1800, pos(HOME, 1300, 0))])
+    assert EventKind.AREA_EXIT not in kinds(p.events)
+    assert p.states["dev-1"].area.suspect
+
+
+def test_departure_is_not_decided_on_a_fix_whose_journey_is_implausible():
+    # 120 m out, then an imprecise fix inside (breaks nothing), then 10 s later 3 km out: faster
+    # than any vehicle from the last fix, so it weighs nothing and decides nothing.
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, IN), fx(60, pos(HOME, 1120, 0))])
+    p.live([fx(650, pos(HOME, 960, 0), accuracy=150.0), fx(660, pos(HOME, 4000, 0))])
+    assert EventKind.AREA_EXIT not in kinds(p.events)
+
+
+def test_stored_profiles_from_before_version_3_keep_their_behaviour():
+    from geofence.profile import RuleProfile
+
+    v2 = {"name": "national-2020", "version": 2, "levels": {"normal": {}}}
+    rules = RuleProfile.from_dict(v2).rules_for("normal")
+    assert (rules.away_m, rules.answer_moved, rules.answer_independent_s) == (0.0, 0, 86400.0)
+    p = Pipeline({"dev-1": subject(rules)})
+    p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0)), fx(120, pos(HOME, 1040, 0)),
+            fx(180, pos(HOME, 1124, 0))])
+    assert EventKind.AREA_EXIT not in kinds(p.events)
 
 
 def test_a_network_fix_further_out_is_no_departure():
@@ -322,14 +355,18 @@ def _asked_again(rules: Rules) -> Pipeline:
     return p
 
 
-def test_an_answer_outside_away_from_the_last_place_counts_the_same_place_does_not():
-    # The answer 40 s after the follow-up: 150 m from the last counted fix, still 300 m out (a
-    # person walking about outside), counts; at the same place (what a still phone's reflection
-    # repeats) it does not.
-    moved = _asked_again(NORMAL)
+def test_a_shallow_answer_to_a_follow_up_counts_only_where_the_level_says_so():
+    # The answer 40 s after the follow-up, 150 m from the last counted fix, still 300 m out.
+    # Normal: nothing (a still phone's reflection can be thrown elsewhere minutes later).
+    normal = _asked_again(NORMAL)
+    normal.live([fx(1800 + 370, pos(HOME, 1300, 150))])
+    assert normal.states["dev-1"].area.pending == 1
+    # The optional `answer_moved` counts it because it lies away from the last place...
+    moved = _asked_again(replace(NORMAL, answer_moved=1))
     moved.live([fx(1800 + 370, pos(HOME, 1300, 150))])
     assert moved.states["dev-1"].area.pending == 2
-    same = _asked_again(NORMAL)
+    # ...but not at the same place.
+    same = _asked_again(replace(NORMAL, answer_moved=1))
     same.live([fx(1800 + 370, pos(HOME, 1305, 0))])
     assert same.states["dev-1"].area.pending == 1
 

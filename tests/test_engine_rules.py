@@ -903,8 +903,8 @@ def test_rules_come_from_the_level_and_person_overrides():
     strict = DEFAULT_PROFILE.rules_for("strict")
     lenient = DEFAULT_PROFILE.rules_for("lenient", {"exit_fixes": 5.0, "max_accuracy_m": 100})
     assert (strict.shallow_span_s, strict.exit_span_s) == (480.0, 60.0)
-    assert DEFAULT_PROFILE.rules_for("normal") == Rules()
-    assert DEFAULT_PROFILE.rules_for("no-such-level") == Rules()  # falls back to normal
+    assert DEFAULT_PROFILE.rules_for("normal") == Rules(away_m=50.0)
+    assert DEFAULT_PROFILE.rules_for("no-such-level") == Rules(away_m=50.0)  # normal's
     assert (lenient.exit_fixes, lenient.exit_span_s, lenient.max_accuracy_m) == (5, 180.0, 100.0)
     assert isinstance(lenient.exit_fixes, int) and isinstance(lenient.max_accuracy_m, float)
     assert lenient.undecidable_fixes == 8  # the level's own value survives the override
