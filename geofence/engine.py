@@ -515,14 +515,9 @@ class _Fold:
     def _repeat(self, i: int, track: Track, rules: Rules) -> bool:
         """Is this fix the last counted outside fix again, moments later (a reflection repeats)?"""
         last = _last_counted(track)
-        if last is None:
+        if last is None or self.fixes[i].time - last[0] >= rules.repeat_s:
             return False
-        t, _, acc, _, lon, lat = last
-        f = self.fixes[i]
-        if f.time - t >= rules.repeat_s:
-            return False
-        d = _haversine(lon, lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
-        return d <= acc + float(f.accuracy or 0.0) + _REPEAT_SLACK_M
+        return self._same_place(i, last)
 
     def _exit(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> Track:
         """Fold one wholly-outside fix into the exit streak; decide, or ask the phone.
