@@ -22,6 +22,7 @@ from alerts.scheduler import Scheduler
 from alerts.service import OUTBOX_CHANNEL
 from store import redisconn
 from store.observe import Health, fix_id, setup_logging
+from store.runtime import tune_gc
 from store.settings import Settings, get_settings
 
 log = logging.getLogger("alerts.worker")
@@ -221,6 +222,7 @@ def main() -> None:
     """Entry point: `python -m alerts.worker`."""
     settings = get_settings()
     setup_logging("alerts", settings.log_format)
+    tune_gc(settings.gc_threshold)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
     worker = AlertWorker(settings)
     if settings.health_port:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -151,7 +151,11 @@ def step(
 
 @dataclass
 class _Prepared:
-    """Vectorised facts about every fix of the batch, computed before the fold."""
+    """Vectorised facts about every fix of the batch, computed before the fold.
+
+    The per-fix facts the fold reads one at a time are also kept as plain lists (`*_l`):
+    indexing a Python list is several times cheaper than indexing a numpy array.
+    """
 
     order: list[int]
     lon: np.ndarray
@@ -167,22 +171,69 @@ class _Prepared:
     crossing: dict[tuple[int, int], bool]  # segment from the previous usable fix crosses the zone
     prev: dict[int, LastFix]  # previous usable fix of each usable fix
     prev_d: np.ndarray  # metres from that previous fix (NaN: none), one vectorised call
+    fixpos: dict[int, LastFix] = field(default_factory=dict)  # each usable fix as a LastFix
+    lon_l: list[float] = field(default_factory=list)
+    lat_l: list[float] = field(default_factory=list)
+    usable_l: list[bool] = field(default_factory=list)
+    late_l: list[bool] = field(default_factory=list)
+    allowed_l: list[int] = field(default_factory=list)
+    prev_d_l: list[float] = field(default_factory=list)
+
+
+_DEFAULT_RULES = Rules()
+_ZoneTasks = dict[int, tuple[list[int], list[float]]]  # zone -> (fix indices, radii)
+
+
+def _task(tasks: _ZoneTasks, zid: int, i: int, r: float) -> None:
+    t = tasks.get(zid)
+    if t is None:
+        tasks[zid] = ([i], [r])
+    else:
+        t[0].append(i)
+        t[1].append(r)
+
+
+def _memberships(
+    zones: Mapping[int, PreparedZone], tasks: _ZoneTasks, lon: np.ndarray, lat: np.ndarray,
+) -> Iterator[tuple[int, list[int], np.ndarray, np.ndarray]]:
+    """(zone, fix indices, the same as an array, membership codes): one call per zone."""
+    for zid, (idx_l, acc_l) in tasks.items():
+        zone = zones.get(zid)
+        if zone is None or not idx_l:
+            continue
+        idx = np.asarray(idx_l, dtype=np.int64)
+        yield zid, idx_l, idx, zone.membership(lon[idx], lat[idx],
+                                              np.asarray(acc_l, dtype=np.float64))
 
 
 def _zone_codes(
-    zones: Mapping[int, PreparedZone], tasks: Mapping[int, list[tuple[int, float]]],
-    lon: np.ndarray, lat: np.ndarray,
+    zones: Mapping[int, PreparedZone], tasks: _ZoneTasks, lon: np.ndarray, lat: np.ndarray,
 ) -> dict[tuple[int, int], int]:
     out: dict[tuple[int, int], int] = {}
-    for zid, items in tasks.items():
-        zone = zones.get(zid)
-        if zone is None or not items:
-            continue
-        idx = np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items))
-        acc = np.fromiter((a for _, a in items), dtype=np.float64, count=len(items))
-        codes = zone.membership(lon[idx], lat[idx], acc)
-        out.update(zip(((int(i), zid) for i in idx), codes.tolist(), strict=True))
+    for zid, idx_l, _, codes in _memberships(zones, tasks, lon, lat):
+        out.update(zip([(i, zid) for i in idx_l], codes.tolist(), strict=True))
     return out
+
+
+def _allowed_codes(
+    n: int, zones: Mapping[int, PreparedZone], tasks: _ZoneTasks, n_ids: np.ndarray,
+    lon: np.ndarray, lat: np.ndarray,
+) -> np.ndarray:
+    """Membership of each fix in the union of its allowed zones, one call per zone: inside any
+    is inside; a zone we cannot see makes the rest prove nothing; outside all is outside."""
+    seen = np.zeros(n, dtype=np.int16)
+    outside = np.zeros(n, dtype=np.int16)
+    inside = np.zeros(n, dtype=bool)
+    for _, _, idx, codes in _memberships(zones, tasks, lon, lat):
+        np.add.at(seen, idx, 1)
+        np.add.at(outside, idx, codes == M_OUTSIDE)
+        inside[idx[codes == M_INSIDE]] = True
+    allowed = np.full(n, M_BORDER, dtype=np.int8)
+    allowed[outside == seen] = M_OUTSIDE
+    allowed[seen < n_ids] = M_UNDECIDABLE
+    allowed[seen == 0] = M_UNDECIDABLE
+    allowed[inside] = M_INSIDE
+    return allowed
 
 
 def _beyond(
@@ -215,84 +266,88 @@ def _prepare(
     states: Mapping[str, DeviceState],
 ) -> _Prepared:
     n = len(fixes)
-    order = sorted(range(n), key=lambda i: (fixes[i].device_id, fixes[i].time))
+    dev = [f.device_id for f in fixes]
+    order = [i for _, _, i in sorted(zip(dev, [f.time for f in fixes], range(n), strict=True))]
     codes = np.fromiter((CRS_CODE[f.crs] for f in fixes), dtype=np.int8, count=n)
     lon, lat = to_wgs84_mixed(
         np.fromiter((f.lon for f in fixes), dtype=np.float64, count=n),
         np.fromiter((f.lat for f in fixes), dtype=np.float64, count=n),
         codes,
     )
-    acc = np.fromiter((np.nan if f.accuracy is None else f.accuracy for f in fixes),
-                      dtype=np.float64, count=n)
-    usable = np.zeros(n, dtype=bool)
-    late = np.zeros(n, dtype=bool)
+    lon_l, lat_l = lon.tolist(), lat.tolist()
+    usable_l = [False] * n
+    late_l = [False] * n
+    n_ids = np.zeros(n, dtype=np.int16)
     prev: dict[int, LastFix] = {}
-    allowed_tasks: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    zone_tasks: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    fixpos: dict[int, LastFix] = {}
+    allowed_tasks: _ZoneTasks = {}
+    zone_tasks: _ZoneTasks = {}
     allowed_of: dict[int, list[int]] = {}
-    last_seen: dict[str, float] = {}
-    last_usable: dict[str, LastFix | None] = {}
+    guarded: list[int] = []  # decidable fixes of people with exclusion zones
+    cur: str | None = None
+    subj: Subject | None = None
+    rules = _DEFAULT_RULES
+    seen = -math.inf
+    p: LastFix | None = None
+    fixed_ids: list[int] | None = None  # allowed zones of a person without permits
     for i in order:
         f = fixes[i]
-        subj = subjects.get(f.device_id)
-        st = states.get(f.device_id)
-        if f.device_id not in last_seen:
-            last_seen[f.device_id] = st.last_fix_time if st else float("-inf")
-            last_usable[f.device_id] = st.last if st else None
-        rules = subj.rules if subj else Rules()
-        usable[i] = is_usable(f, rules)  # late fixes too: the caller counts them as located
-        if f.time <= last_seen[f.device_id]:
-            late[i] = True
+        d = dev[i]
+        if d != cur:
+            cur = d
+            subj = subjects.get(d)
+            st = states.get(d)
+            seen = st.last_fix_time if st else -math.inf
+            p = st.last if st else None
+            rules = subj.rules if subj else _DEFAULT_RULES
+            fixed_ids = subj.allowed_zone_ids(0.0) if subj and not subj.permits else None
+        a = f.accuracy
+        # `is_usable`, inline: late fixes too, the caller counts them as located
+        ok = (a is not None and 0 < a <= rules.max_accuracy_m and math.isfinite(a)
+              and f.provider not in _UNUSABLE_PROVIDERS)
+        usable_l[i] = ok
+        t = f.time
+        if t <= seen:
+            late_l[i] = True
             continue
-        last_seen[f.device_id] = f.time
-        a = acc[i]
-        if not usable[i]:
+        seen = t
+        if not ok:
             continue
-        p = last_usable[f.device_id]
         if p is not None:
             prev[i] = p
-        last_usable[f.device_id] = LastFix(f.time, float(lon[i]), float(lat[i]), float(a))
+        p = fixpos[i] = LastFix(t, lon_l[i], lat_l[i], float(a))  # type: ignore[arg-type]
         if subj is None:
             continue
-        ids = subj.allowed_zone_ids(f.time)
+        ids = fixed_ids if fixed_ids is not None else subj.allowed_zone_ids(t)
         allowed_of[i] = ids
+        n_ids[i] = len(ids)
         for zid in ids:
-            allowed_tasks[zid].append((i, float(a)))
-        for ex in subj.exclusions:
-            zone_tasks[ex.zone_id].append((i, float(a)))
+            _task(allowed_tasks, zid, i, a)  # type: ignore[arg-type]
+        if subj.exclusions:
+            guarded.append(i)
+            for ex in subj.exclusions:
+                _task(zone_tasks, ex.zone_id, i, a)  # type: ignore[arg-type]
         for cu in subj.curfews:
-            zone_tasks[cu.zone_id].append((i, float(a)))
+            _task(zone_tasks, cu.zone_id, i, a)  # type: ignore[arg-type]
 
-    per_zone = _zone_codes(zones, allowed_tasks, lon, lat)
-    allowed = np.full(n, M_UNDECIDABLE, dtype=np.int8)
-    for i, ids in allowed_of.items():
-        cs = [per_zone[(i, z)] for z in ids if (i, z) in per_zone]
-        if not cs:
-            continue
-        if M_INSIDE in cs:
-            allowed[i] = M_INSIDE
-        elif len(cs) < len(ids):  # an allowed zone we cannot see: outside the rest proves nothing
-            allowed[i] = M_UNDECIDABLE
-        elif all(c == M_OUTSIDE for c in cs):
-            allowed[i] = M_OUTSIDE
-        else:
-            allowed[i] = M_BORDER
+    allowed = _allowed_codes(n, zones, allowed_tasks, n_ids, lon, lat)
     beyond = _beyond(fixes, zones, states, allowed, allowed_of, lon, lat)
     zone_memb = _zone_codes(zones, zone_tasks, lon, lat)
     near: dict[tuple[int, int], bool] = {}
     far: dict[tuple[int, int], bool] = {}
-    near_tasks: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    far_tasks: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    near_tasks: _ZoneTasks = {}
+    far_tasks: _ZoneTasks = {}
     cross_candidates: dict[int, list[int]] = defaultdict(list)
-    for i in allowed_of:
-        subj = subjects[fixes[i].device_id]
+    for i in guarded:
+        subj = subjects[dev[i]]
+        a = fixpos[i].accuracy
         for ex in subj.exclusions:
             if ex.buffer_m > 0:
-                if ex.buffer_m > acc[i]:
-                    near_tasks[ex.zone_id].append((i, ex.buffer_m - float(acc[i])))
-                far_tasks[ex.zone_id].append((i, ex.buffer_m + float(acc[i])))
-            p = prev.get(i)
-            if p is not None and fixes[i].time - p.time <= subj.rules.segment_max_gap_s:
+                if ex.buffer_m > a:
+                    _task(near_tasks, ex.zone_id, i, ex.buffer_m - a)
+                _task(far_tasks, ex.zone_id, i, ex.buffer_m + a)
+            pp = prev.get(i)
+            if pp is not None and fixes[i].time - pp.time <= subj.rules.segment_max_gap_s:
                 cross_candidates[ex.zone_id].append(i)
     for (i, z), c in _zone_codes(zones, near_tasks, lon, lat).items():
         near[(i, z)] = c != M_OUTSIDE
@@ -306,16 +361,18 @@ def _prepare(
         idx = np.asarray(idx_list)
         p_lon = np.array([prev[i].lon for i in idx_list])
         p_lat = np.array([prev[i].lat for i in idx_list])
-        margin = np.maximum(acc[idx], np.array([prev[i].accuracy for i in idx_list]))
+        margin = np.maximum(np.array([fixpos[i].accuracy for i in idx_list]),
+                            np.array([prev[i].accuracy for i in idx_list]))
         crossing.update(zone.segments_cross(p_lon, p_lat, lon[idx], lat[idx], margin, idx))
     prev_d = np.full(n, np.nan)
     if prev:
         idx = np.fromiter(prev, dtype=np.int64, count=len(prev))
-        plon = np.fromiter((p.lon for p in prev.values()), dtype=np.float64, count=len(prev))
-        plat = np.fromiter((p.lat for p in prev.values()), dtype=np.float64, count=len(prev))
+        plon = np.fromiter((q.lon for q in prev.values()), dtype=np.float64, count=len(prev))
+        plat = np.fromiter((q.lat for q in prev.values()), dtype=np.float64, count=len(prev))
         prev_d[idx] = _haversine_np(plon, plat, lon[idx], lat[idx])
-    return _Prepared(order, lon, lat, usable, late, allowed, allowed_of, beyond, zone_memb, near,
-                     far, crossing, prev, prev_d)
+    return _Prepared(order, lon, lat, np.array(usable_l, dtype=bool), np.array(late_l, dtype=bool),
+                     allowed, allowed_of, beyond, zone_memb, near, far, crossing, prev, prev_d,
+                     fixpos, lon_l, lat_l, usable_l, late_l, allowed.tolist(), prev_d.tolist())
 
 
 class _Fold:
@@ -341,18 +398,18 @@ class _Fold:
 
     def deep(self, i: int, rules: Rules) -> bool:
         """Outside the allowed area by more than accuracy + `deep_margin_m` (curfew evidence)."""
-        if self.pre.allowed[i] != M_OUTSIDE:
+        if self.pre.allowed_l[i] != M_OUTSIDE:
             return False
         return self.beyond(i) >= float(self.fixes[i].accuracy or 0.0) + rules.deep_margin_m
 
     def emit(self, kind: EventKind, i: int, rule: str, zone_id: int | None, m: Membership,
              since: float | None = None, distance: float | None = None, **detail: object) -> None:
         f = self.fixes[i]
-        lon, lat = float(self.pre.lon[i]), float(self.pre.lat[i])
+        lon, lat = self.pre.lon_l[i], self.pre.lat_l[i]
         if distance is None and zone_id is not None and zone_id in self.zones:
             distance = self.zones[zone_id].signed_distance(lon, lat)
         subj = self.subjects.get(f.device_id)
-        rules = subj.rules if subj else Rules()
+        rules = subj.rules if subj else _DEFAULT_RULES
         if subj is not None and subj.profile:
             detail["profile"] = subj.profile
         late = self.retro or (self.now - f.time) > rules.late_after_s
@@ -364,11 +421,11 @@ class _Fold:
         """Fold fix i into the working state `st` (mutated in place)."""
         f = self.fixes[i]
         subj = self.subjects.get(f.device_id)
-        rules = subj.rules if subj else Rules()
+        rules = subj.rules if subj else _DEFAULT_RULES
         self._rhythm(st, f.time, rules)
         st.last_fix_time = f.time
         self._spoofing(st, i, rules)
-        if not self.pre.usable[i] or subj is None:
+        if not self.pre.usable_l[i] or subj is None:
             self._undecidable(st, i, rules)
             return
         st.undecidable, st.undecidable_since, st.rollcall_asked = 0, None, False
@@ -379,8 +436,7 @@ class _Fold:
         if subj.curfews:
             self._curfews(st, i, subj, rules)
         st.before = st.last
-        st.last = LastFix(f.time, float(self.pre.lon[i]), float(self.pre.lat[i]),
-                          float(f.accuracy or 0.0))
+        st.last = self.pre.fixpos[i]
 
     @staticmethod
     def _rhythm(st: DeviceState, t: float, rules: Rules) -> None:
@@ -389,9 +445,11 @@ class _Fold:
         dt = t - st.last_fix_time
         if not _MIN_GAP_S <= dt < math.inf:
             return
-        for a in (st.area.asked, st.area.followup):
-            if a is not None and a - _ANSWER_SLACK_S <= t <= a + rules.confirm_window_s:
-                return
+        area = st.area
+        if area.asked is not None or area.followup is not None:
+            for a in (area.asked, area.followup):
+                if a is not None and a - _ANSWER_SLACK_S <= t <= a + rules.confirm_window_s:
+                    return
         if st.gap_s is None:
             st.gap_s = dt
         elif dt <= 1.5 * st.gap_s:
@@ -432,7 +490,7 @@ class _Fold:
         f = self.fixes[i]
         if p is None or f.time <= p.time:
             return
-        d = float(self.pre.prev_d[i])
+        d = self.pre.prev_d_l[i]
         moved = d - p.accuracy - float(f.accuracy or 0.0)
         speed = moved / (f.time - p.time)
         if moved >= rules.min_jump_m and speed > rules.max_speed_mps:
@@ -494,7 +552,7 @@ class _Fold:
         p = self.pre.prev.get(i)
         if p is not None and f.time > p.time:
             dt = f.time - p.time
-            moved = max(0.0, float(self.pre.prev_d[i]) - p.accuracy - a)
+            moved = max(0.0, self.pre.prev_d_l[i] - p.accuracy - a)
             speed = moved / dt
             if speed > rules.max_speed_mps and moved >= rules.min_jump_m:
                 w, facts["impossible_speed_mps"] = 0.0, round(speed, 1)
@@ -509,7 +567,7 @@ class _Fold:
     def _same_place(self, i: int, last: tuple[float, float, float, float, float, float]) -> bool:
         """Does fix i lie within its own and the counted fix `last`'s circles (+ slack)?"""
         _, _, acc, _, lon, lat = last
-        d = _haversine(lon, lat, float(self.pre.lon[i]), float(self.pre.lat[i]))
+        d = _haversine(lon, lat, self.pre.lon_l[i], self.pre.lat_l[i])
         return d <= acc + float(self.fixes[i].accuracy or 0.0) + _REPEAT_SLACK_M
 
     def _repeat(self, i: int, track: Track, rules: Rules) -> bool:
@@ -563,7 +621,7 @@ class _Fold:
         deep = track.deep_count + (grade != "shallow" and w > 0)
         suspect = track.suspect or (first and "jump_of_still_phone_m" in facts)
         evidence = (track.evidence + ((t, float(facts["beyond_m"]), acc, w,  # type: ignore[arg-type]
-                                       float(self.pre.lon[i]), float(self.pre.lat[i])),))[-8:]
+                                       self.pre.lon_l[i], self.pre.lat_l[i]),))[-8:]
         decided_by = None
         if first:
             if (grade == "strong" and w >= rules.exit_weight - 1e-9
@@ -618,7 +676,14 @@ class _Fold:
                      suspect, weight, asked, evidence, track.followup)
 
     def _area(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
-        m = MEMBERSHIPS[self.pre.allowed[i]]
+        code = self.pre.allowed_l[i]
+        area = st.area
+        if not area.pending and (
+                code in (M_BORDER, M_UNDECIDABLE)
+                or (code == M_INSIDE and area.status == AreaStatus.INSIDE)
+                or (code == M_OUTSIDE and area.status == AreaStatus.OUTSIDE)):
+            return  # no streak, and nothing that could start one: the standing holds
+        m = MEMBERSHIPS[code]
         f = self.fixes[i]
         if m == Membership.OUTSIDE and st.area.status != AreaStatus.OUTSIDE:
             st.area = self._exit(st, i, subj, rules)
@@ -727,20 +792,23 @@ def evaluate(
     current: dict[str, DeviceState] = {}
     decisions: list[Decision | None] = [None] * len(fixes)
     late_idx: list[int] = []
+    lon_l, lat_l, usable_l, allowed_l = pre.lon_l, pre.lat_l, pre.usable_l, pre.allowed_l
+    late_l = pre.late_l
+    cur: str | None = None
+    state = DeviceState()
     for i in pre.order:
         f = fixes[i]
-        m = MEMBERSHIPS[pre.allowed[i]]
-        lon, lat = float(pre.lon[i]), float(pre.lat[i])
-        if pre.late[i]:
+        m = MEMBERSHIPS[allowed_l[i]]
+        if late_l[i]:
             late_idx.append(i)
-            decisions[i] = Decision(f, lon, lat, m, bool(pre.usable[i]), False, i)
+            decisions[i] = Decision(f, lon_l[i], lat_l[i], m, usable_l[i], False, i)
             continue
-        state = current.get(f.device_id)
-        if state is None:
-            given = states.get(f.device_id)
-            state = current[f.device_id] = given.copy() if given is not None else DeviceState()
+        if f.device_id != cur:  # the order is by device: one working copy each
+            cur = f.device_id
+            given = states.get(cur)
+            state = current[cur] = given.copy() if given is not None else DeviceState()
         fold.fix(state, i)
-        decisions[i] = Decision(f, lon, lat, m, bool(pre.usable[i]), True, i)
+        decisions[i] = Decision(f, lon_l[i], lat_l[i], m, usable_l[i], True, i)
     result.events = fold.events
     for dev, st in current.items():
         if st != states.get(dev):
@@ -853,7 +921,10 @@ def _recent_requests(st: DeviceState, now: float) -> tuple[float, ...]:
 
 def _last_counted(track: Track) -> tuple[float, float, float, float, float, float] | None:
     """The streak's latest fix that counted as evidence (a repeat weighs 0 and does not)."""
-    return next((e for e in reversed(track.evidence) if e[3] > 0), None)
+    for e in reversed(track.evidence):
+        if e[3] > 0:
+            return e
+    return None
 
 
 def pending_exit(st: DeviceState) -> bool:

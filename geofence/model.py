@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from geofence.profile import Rules
@@ -130,9 +131,11 @@ def _f(v: object) -> float | None:
     return float(v) if isinstance(v, int | float) else None
 
 
-@dataclass(frozen=True, slots=True)
-class LastFix:
-    """The last decidable fix (WGS-84): the start of the next segment and speed check."""
+class LastFix(NamedTuple):
+    """The last decidable fix (WGS-84): the start of the next segment and speed check.
+
+    A named tuple rather than a dataclass: the engine makes one per decidable fix, and a tuple
+    is made in half the time."""
 
     time: float
     lon: float

@@ -57,6 +57,7 @@ from ingest.mqtt_client import BatchClient
 from ingest.pipeline import Channel, DevicesBusy, MessageResult, Pipeline, RawMessage
 from store import redisconn
 from store.observe import Health, setup_logging
+from store.runtime import tune_gc
 from store.settings import Settings, get_settings
 from store.topics import OWNTRACKS_SUBTOPICS, ingest_filters
 
@@ -491,6 +492,7 @@ def main() -> None:
     """Entry point: `python -m ingest.mqtt_worker`."""
     settings = get_settings()
     setup_logging("ingest", settings.log_format)
+    tune_gc(settings.gc_threshold)
     worker = MqttIngestWorker(settings)
     if settings.health_port:
         worker.health.start(settings.health_port, settings.health_host)

@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     # "text" for a terminal, "json" (one object a line, with fix_id / alert_id fields) for a
     # log collector; deploy/ sets json.
     log_format: Literal["text", "json"] = "text"
+    # The workers' cyclic garbage collector (store/runtime.py): a young-generation collection
+    # every this many allocations (the interpreter's default, 700, costs the engine a third of
+    # its time with a large state in memory; `make bench-engine` shows both); 0: the default.
+    gc_threshold: Annotated[int, Field(ge=0)] = 50_000
     # The scheduler recomputes the audit log's hash chain this often and publishes the outcome
     # (Redis `<prefix>audit:verified`; the API's /metrics: ccs_audit_chain_ok).
     audit_verify_every_s: Annotated[int, Field(ge=60)] = 3600

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import httpx
 
+from alerts import worker
+from ingest import mqtt_worker
 from store.observe import Health, fix_id, json_formatter
 
 
@@ -64,3 +69,18 @@ def test_a_json_log_line_carries_the_fix_id_and_extra_fields():
     assert (line["process"], line["logger"], line["fix_id"], line["alert_id"]) == (
         "ingest", "observe-test", "dev-1@2026-12-06T08:30:15.250Z", 7)
     assert datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S%z")
+
+
+def test_the_workers_collector_runs_every_threshold_allocations_with_start_up_frozen():
+    # In a child process: the thresholds and the frozen heap are the process's own.
+    code = ("import gc; from store.runtime import tune_gc; d = gc.get_threshold(); "
+            "print(d[0], tune_gc(0)[0], tune_gc(12345)[0], gc.get_threshold()[0], "
+            "gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    default = out[0]
+    assert out[1] == default  # 0 keeps the interpreter's default
+    assert out[2:] == ["12345", "12345", "True"]
+    # ... and the workers start with the setting's value (the main of each calls tune_gc)
+    for main in (mqtt_worker.main, worker.main):
+        assert "tune_gc(settings.gc_threshold)" in inspect.getsource(main)
