@@ -58,7 +58,7 @@ bench-backup: install services  ## restore drill at 10 million positions on a pr
 bench-console: install services browser  ## the duty view with 1,000 supervisees in Chromium: first paint, usable map, alert to screen
 	$(BIN)/python -m simulators.console_bench
 
-bench-quality: install  ## alert quality on realistic phones (1/5/15-min, profile, today's 60 s), 10,000 person-days
+bench-quality: install  ## alert quality on realistic phones (1/5/15-min, profile, today's 60 s, replayed without answers), 10,000 person-days
 	$(BIN)/python -m simulators.quality --workers 2
 
 lint: install  ## ruff and mypy; part of `make test`, so CI runs them too

@@ -80,6 +80,7 @@ def make_reports(phones: int, reports: int, interval_s: float, seed: int, t_end:
 
 def run(args: argparse.Namespace) -> None:
     from ingest.pipeline import Channel, Pipeline, RawMessage
+    from store.runtime import tune_gc
     from store.settings import Settings, set_settings
 
     env = bench_env()
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> None:
     settings = Settings(database_url=env.url, redis_prefix=BENCH_PREFIX)
     set_settings(settings)
     pipe = Pipeline.connect(settings, owner_token="hotpath")
+    print(f"garbage collector as the ingest worker runs it: thresholds "
+          f"{tune_gc(settings.gc_threshold)} (CCS_GC_THRESHOLD={settings.gc_threshold})")
     topic = "devices/{}/location"
 
     def phase(name: str, part: list[tuple[str, bytes]], profile: bool) -> None:

@@ -27,6 +27,7 @@ from simulators.quality import (
     NETWORK,
     PROFILE,
     REALISTIC,
+    REPLAY,
     T0,
     TODAY,
     AlertLog,
@@ -296,6 +297,17 @@ def test_answers_come_10_to_90_s_after_a_request_and_never_from_silent_phones(wo
         answered += len(got)
     assert sum(eng.requests.values()) == 40 * len(streams)
     assert 0.75 < answered / asked <= 0.95  # ~90 %, less when the phone is off or offline
+
+
+def test_replayed_phones_are_the_realistic_ones_and_answer_nothing(world, realistic):
+    _, tab = realistic
+    streams, rtab = phone_tables(world, REPLAY)
+    # The same reports (positions, times, noise) as the realistic phones...
+    assert np.array_equal(tab.lon, rtab.lon) and np.array_equal(tab.arrival, rtab.arrival)
+    # ...but a location request gets no answer from any of them.
+    assert not traits(world, REPLAY).answers.any() and traits(world, REALISTIC).answers.any()
+    rng = np.random.default_rng(1)
+    assert all(s.answer(T0 + 3600 * 10, rng) is None for s in streams.values())
 
 
 def test_an_answer_inside_a_multipath_episode_repeats_its_displacement(world, realistic):

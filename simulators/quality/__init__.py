@@ -16,6 +16,7 @@ from simulators.quality.config import (
     PROFILE,
     QUICK,
     REALISTIC,
+    REPLAY,
     SCENARIOS,
     T0,
     TODAY,
@@ -28,7 +29,8 @@ from simulators.quality.run import Result, main, run
 from simulators.quality.scoring import Match, Metrics, match, metrics
 from simulators.quality.world import Violation, World
 
-__all__ = ["CLEAN", "MULTIPATH", "NETWORK", "OUTLIER", "PROFILE", "QUICK", "REALISTIC", "SCENARIOS",
+__all__ = ["CLEAN", "MULTIPATH", "NETWORK", "OUTLIER", "PROFILE", "QUICK", "REALISTIC", "REPLAY",
+           "SCENARIOS",
            "T0", "TODAY", "AlertLog", "EngineRun", "FixTable", "Match", "Metrics", "NaiveTracker",
            "PhoneStream", "QualityConfig", "Result", "Scenario", "Violation", "World", "main", "match",
            "metrics", "run", "run_part", "traits"]

@@ -52,6 +52,7 @@ class Scenario:
     never_answer_share: float = 0.15  # phones that never answer a location request
     answer_prob: float = 0.9  # the others answer this share of requests...
     answer_delay_s: tuple[float, float] = (10.0, 90.0)  # ...this long after the request
+    phones_of: str = ""  # draw the reports of the scenario of this name (default: its own)
 
     def __post_init__(self) -> None:
         if self.intervals and not math.isclose(sum(s for _, s in self.intervals), 1.0, abs_tol=1e-6):
@@ -73,7 +74,10 @@ PROFILE = Scenario("profile", intervals=())
 TODAY = Scenario("today", intervals=((60.0, 1.0),), interval_jitter=1.0 / 60.0, late_share=0.0,
                  speed_share=1.0, provider_share=1.0, missing=0.0, multipath_start=0.02,
                  multipath_len=(0.6, 0.3, 0.1), offline_per_day=0.0, never_answer_share=0.0)
-SCENARIOS = {s.name: s for s in (REALISTIC, PROFILE, TODAY)}
+# The realistic phones replayed from a recording: nothing answers a location request, so only
+# the passive rules decide (how an independent stream replayed through `evaluate` is judged).
+REPLAY = Scenario("replay", never_answer_share=1.0, phones_of="realistic")
+SCENARIOS = {s.name: s for s in (REALISTIC, PROFILE, TODAY, REPLAY)}
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class QualityConfig:
     people: int = 1000
     days: int = 10
     seed: int = 1
-    scenarios: tuple[Scenario, ...] = (REALISTIC, PROFILE, TODAY)
+    scenarios: tuple[Scenario, ...] = (REALISTIC, PROFILE, TODAY, REPLAY)
     batch_s: float = 60.0  # fixes are handed to the engine per this much ARRIVAL time
     tick_s: float = 60.0  # engine.tick() at least this often (every batch by default)
     levels: tuple[tuple[str, float], ...] = (("strict", 0.25), ("normal", 0.5), ("lenient", 0.25))
