@@ -87,9 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-s", type=float, default=20.0,
                    help="py-spy the workers and a publisher for this long in the middle of the "
                         "run (default 20; 0: no profile)")
-    p.add_argument("--publisher", choices=("raw", "paho"), default="raw",
-                   help="load generator: hand-encoded packets on raw sockets (default; "
-                        "simulators/rawmqtt.py) or paho-mqtt")
+    p.add_argument("--publisher", choices=("prebuilt", "raw", "paho"), default="prebuilt",
+                   help="load generator: every packet encoded before the run and sent on raw "
+                        "sockets (default), encoded as it goes on raw sockets "
+                        "(simulators/rawmqtt.py), or paho-mqtt")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 500 reports/s for 30 s (long enough to decide the wanderers)")
     p.add_argument("--drain-timeout", type=float, default=120.0,
@@ -664,6 +665,16 @@ def _publisher_main(
     # publishers are ready, so the start is simultaneous).
     fleet = PhoneFleet(districts, args["phones"], args["seed"], cfg, 0.0, phones)
     shared.wanderers.value = int(fleet.wanderer.sum())
+    kind = args.get("publisher", "paho")  # chaos: paho, which reconnects
+    pre = None
+    if kind == "prebuilt":  # the whole run encoded now, in virtual time from 0 (rawmqtt.py)
+        from simulators.rawmqtt import prebuild
+        after = np.full(fleet.n, np.inf)
+        for phone, after_s in (args.get("silent") or {}).items():
+            if phone % n_procs == k:
+                after[fleet.local_index([phone])] = after_s
+        pre = prebuild(fleet, args["phones"], args["interval"], args["duration"],
+                       env.topic_prefix, after)
     ready.release()
     go.wait()
     start = t0.value
@@ -679,7 +690,11 @@ def _publisher_main(
         if phone % n_procs == k:
             silent_at[fleet.local_index([phone])] = start + after_s
     cpu0 = time.process_time()
-    if args.get("raw"):  # hand-encoded packets on raw sockets (simulators/rawmqtt.py)
+    if pre is not None:
+        from simulators.rawmqtt import publish_prebuilt
+        log = publish_prebuilt(pre, fleet.phone, start, start + args["duration"], target,
+                               progress, stop, ack_wait_s=args["ack_wait"])
+    elif kind == "raw":  # hand-encoded packets on raw sockets (simulators/rawmqtt.py)
         from simulators.rawmqtt import publish_fleet_raw
         log = publish_fleet_raw(fleet, args["phones"], args["interval"], start,
                                 start + args["duration"], target, progress, stop,
@@ -805,7 +820,7 @@ def run(args: argparse.Namespace) -> int:
             Path(o).unlink(missing_ok=True)
         pargs = {"phones": args.phones, "interval": args.interval, "duration": args.duration,
                  "wander": args.wander, "seed": args.seed, "ack_wait": args.drain_timeout,
-                 "raw": args.publisher == "raw"}
+                 "publisher": args.publisher}
         for k in range(args.publishers):
             p = ctx.Process(target=_publisher_main, name=f"publisher-{k}",
                             args=(k, args.publishers, pargs, env, shared[k], ready, go, t0,

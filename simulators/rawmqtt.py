@@ -16,6 +16,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +25,7 @@ import orjson
 
 from simulators.fleet import device_id
 from simulators.phone import PhoneFleet, fix_payload
-from simulators.publisher import MqttTarget, Progress, PublishLog, Schedule
+from simulators.publisher import TICK_S, MqttTarget, Progress, PublishLog, Schedule
 
 KEEPALIVE_S = 60
 
@@ -85,12 +87,19 @@ class Connection:
 
     def publish(self, topic: bytes, payload: bytes, index: int) -> bool:
         """Queue one publish; False if every message id is in flight (the caller waits)."""
+        n = 2 + len(topic) + 2 + len(payload)
+        return self.publish_encoded(b"\x32" + _varint(n) + struct.pack("!H", len(topic)) + topic,
+                                    payload, index)
+
+    def publish_encoded(self, head: bytes, tail: bytes, index: int) -> bool:
+        """Queue a packet encoded ahead, `head` up to the message id and `tail` after it; False
+        if every message id is in flight (the caller waits)."""
         for _ in range(65535):
             mid = self.next_mid
             self.next_mid = mid % 65535 + 1
             if mid not in self.in_flight:
                 self.in_flight[mid] = index
-                self.out.append(publish_packet(topic, mid, payload))
+                self.out.append(head + mid.to_bytes(2, "big") + tail)
                 return True
         return False
 
@@ -147,6 +156,32 @@ class Connection:
         self.sock.close()
 
 
+def _read_ready(conns: list[Connection], timeout: float) -> int:
+    """Wait up to `timeout` for PUBACKs on any connection; returns how many came."""
+    readable, _, _ = select.select([c.sock for c in conns], [], [], timeout)
+    return sum(c.read() for c in conns if c.sock in readable)
+
+
+def _drain(conns: list[Connection], sent: int, acked: int, ack_wait_s: float,
+           on_ack: Callable[[int], None]) -> int:
+    """After the last publish: wait for PUBACKs until all came or none for `ack_wait_s`."""
+    last_ack, last_change = acked, time.monotonic()
+    while acked < sent and time.monotonic() - last_change < ack_wait_s:
+        for c in conns:
+            c.flush()
+        acked += _read_ready(conns, 0.05)
+        if acked != last_ack:
+            last_ack, last_change = acked, time.monotonic()
+            on_ack(acked)
+    return acked
+
+
+def _acked_mask(conns: list[Connection], sent: int) -> npt.NDArray[np.bool_]:
+    mask = np.zeros(sent, dtype=np.bool_)
+    mask[np.array([i for c in conns for i in c.acked], dtype=np.int64)] = True
+    return mask
+
+
 def publish_fleet_raw(
     fleet: PhoneFleet,
     n_total: int,
@@ -170,7 +205,6 @@ def publish_fleet_raw(
     plan = Schedule(fleet, n_total, interval_s, t0, silent_at)
     sent = acked = 0
     started = time.time()
-    socks = [c.sock for c in conns]
     try:
         while True:
             now = time.time()
@@ -195,29 +229,142 @@ def publish_fleet_raw(
                     c.flush()
                 if progress is not None:
                     progress(sent, acked, fleet.wanderers_out())
-            wait = plan.wait_s(now)
-            readable, _, _ = select.select(socks, [], [], min(max(wait, 0.0), 0.05))
-            for c in conns:
-                if c.sock in readable:
-                    acked += c.read()
+            acked += _read_ready(conns, min(max(plan.wait_s(now), 0.0), 0.05))
         finished = time.time()
-        last_ack, last_change = acked, time.monotonic()
-        while acked < sent and time.monotonic() - last_change < ack_wait_s:
-            for c in conns:
-                c.flush()
-            readable, _, _ = select.select(socks, [], [], 0.05)
-            for c in conns:
-                if c.sock in readable:
-                    acked += c.read()
-            if acked != last_ack:
-                last_ack, last_change = acked, time.monotonic()
-                if progress is not None:
-                    progress(sent, acked, fleet.wanderers_out())
-        if progress is not None:
-            progress(sent, acked, fleet.wanderers_out())
+
+        def report(n: int) -> None:
+            if progress is not None:
+                progress(sent, n, fleet.wanderers_out())
+
+        acked = _drain(conns, sent, acked, ack_wait_s, report)
+        report(acked)
     finally:
         for c in conns:
             c.close()
-    mask = np.zeros(sent, dtype=np.bool_)
-    mask[np.array([i for c in conns for i in c.acked], dtype=np.int64)] = True
-    return plan.log(acked, started, finished, mask)
+    return plan.log(acked, started, finished, _acked_mask(conns, sent))
+
+
+# -- everything encoded before the run -------------------------------------------------------
+
+_TIME_KEY = b'{"time":'
+_TIME_W = 14  # "1733548800.123": the fix time's width in seconds with ms, until the year 2286
+
+
+@dataclass
+class Prebuilt:
+    """A publisher's whole run, encoded before it starts: for each message, when it is due
+    (seconds after the start), which phone (local index) sends it, and its PUBLISH packet cut
+    in two around the parts filled in when it goes out (the message id and the fix time)."""
+
+    due: npt.NDArray[np.float64]
+    phone: npt.NDArray[np.int64]
+    head: list[bytes]  # fixed header with the remaining length, topic
+    body: list[bytes]  # the JSON after `{"time":<fix time>`
+    out_at: npt.NDArray[np.float64]  # wanderers outside their district from these times on...
+    out_n: npt.NDArray[np.int64]  # ...this many (for the progress line)
+
+
+def prebuild(fleet: PhoneFleet, n_total: int, interval_s: float, duration_s: float,
+             topic_prefix: str, silent_after: npt.NDArray[np.float64] | None = None) -> Prebuilt:
+    """Run the fleet's schedule in virtual time (0 = the start) and encode every report.
+
+    The same steps as the live loop when it keeps up: the phones due at a tick advance and
+    report together, ticks at least `TICK_S` apart. `fleet` must be built for start time 0 and
+    is left at the end of the run. The fix time goes in when the message is sent (the wall
+    clock then, as `publish_fleet_raw` does), so the JSON is encoded with it cut out; its width
+    is fixed, so the packet's length is known now.
+    """
+    topics = [f"{topic_prefix}devices/{device_id(int(p))}/location".encode() for p in fleet.phone]
+    plan = Schedule(fleet, n_total, interval_s, 0.0, silent_after)
+    due_l: list[float] = []
+    phone_l: list[int] = []
+    head: list[bytes] = []
+    body: list[bytes] = []
+    out_at: list[float] = []
+    out_n: list[int] = []
+    vt = 0.0
+    while vt < duration_s:
+        due = plan.due(vt)
+        if due.size:
+            batch = fleet.advance(vt, due)
+            for k, j in enumerate(due.tolist()):
+                msg = fix_payload(batch, k)
+                del msg["time"]
+                rest = b"," + orjson.dumps(msg)[1:]
+                topic = topics[j]
+                n = 2 + len(topic) + 2 + len(_TIME_KEY) + _TIME_W + len(rest)
+                head.append(b"\x32" + _varint(n) + struct.pack("!H", len(topic)) + topic)
+                body.append(rest)
+                due_l.append(vt)
+                phone_l.append(j)
+            plan.sent(due, np.zeros(due.size, dtype=np.int64))
+            out_at.append(vt)
+            out_n.append(fleet.wanderers_out())
+        vt = max(vt + TICK_S, float(plan.next_due.min()))
+    return Prebuilt(np.array(due_l), np.array(phone_l, dtype=np.int64), head, body,
+                    np.array(out_at), np.array(out_n, dtype=np.int64))
+
+
+def publish_prebuilt(
+    pre: Prebuilt,
+    phones: npt.NDArray[np.int64],
+    start: float,
+    stop_at: float,
+    target: MqttTarget,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+    ack_wait_s: float = 30.0,
+    connections: int = 4,
+) -> PublishLog:
+    """Send a `prebuild` run in real time from `start`: per wake-up, the messages then due get
+    their message id and the wall-clock fix time (strictly increasing per phone) and go out in
+    one write per connection; PUBACKs are counted as in `publish_fleet_raw`. `phones`: the
+    global phone number of each local index (`fleet.phone`)."""
+    conns = [Connection(target, f"{target.client_id}-{k}") for k in range(connections)]
+    n = len(pre.due)
+    time_ms = np.zeros(n, dtype=np.int64)
+    last_ms: dict[int, int] = {}
+    sent = acked = 0
+    started = time.time()
+    due, phone, head, body = pre.due, pre.phone.tolist(), pre.head, pre.body
+    try:
+        while True:
+            now = time.time()
+            if now >= stop_at or (stop is not None and stop.is_set()):
+                break
+            upto = int(np.searchsorted(due, now - start, side="right"))
+            if upto > sent:
+                now_ms = round(now * 1000)
+                stamp = b"%.3f" % (now_ms / 1000)
+                for m in range(sent, upto):
+                    j = phone[m]
+                    t_ms = now_ms
+                    if last_ms.get(j, 0) >= now_ms:  # twice in one millisecond: one later
+                        t_ms = last_ms[j] + 1
+                    last_ms[j] = time_ms[m] = t_ms
+                    c = conns[j % connections]
+                    tail = _TIME_KEY + (stamp if t_ms == now_ms else b"%.3f" % (t_ms / 1000)) \
+                        + body[m]
+                    while not c.publish_encoded(head[m], tail, m):
+                        c.flush()
+                        select.select([c.sock], [], [], 0.05)
+                        acked += c.read()
+                sent = upto
+                for c in conns:
+                    c.flush()
+                if progress is not None:
+                    k = int(np.searchsorted(pre.out_at, now - start, side="right")) - 1
+                    progress(sent, acked, int(pre.out_n[k]) if k >= 0 else 0)
+            if sent >= n:
+                break
+            acked += _read_ready(conns, min(max(start + float(due[sent]) - time.time(), 0.0),
+                                            0.05))
+        finished = time.time()
+        out = int(pre.out_n[-1]) if len(pre.out_n) else 0
+        acked = _drain(conns, sent, acked, ack_wait_s,
+                       lambda n: progress(sent, n, out) if progress is not None else None)
+    finally:
+        for c in conns:
+            c.close()
+    return PublishLog(phones[pre.phone[:sent]], time_ms[:sent], acked, started, finished,
+                      _acked_mask(conns, sent))

@@ -11,9 +11,15 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from simulators.phone import PhoneFleet, districts_from_geojson
+from simulators.phone import PhoneFleet, districts_from_geojson, fix_payload
 from simulators.publisher import MqttTarget
-from simulators.rawmqtt import Connection, publish_fleet_raw, publish_packet
+from simulators.rawmqtt import (
+    Connection,
+    prebuild,
+    publish_fleet_raw,
+    publish_packet,
+    publish_prebuilt,
+)
 from store.demo import load_regions
 from store.settings import Settings
 
@@ -92,3 +98,44 @@ def test_publish_fleet_raw_sends_the_fleet_s_fixes_on_schedule(settings: Setting
     finally:
         listen.disconnect()
         listen.loop_stop()
+
+
+def test_a_run_encoded_before_it_starts_sends_the_same_reports_with_live_fix_times(
+        settings: Settings):
+    prefix = settings.mqtt_topic_prefix
+    regions = districts_from_geojson(load_regions())
+    fleet = PhoneFleet(regions, 40, 1, None, 0.0, np.arange(40))
+    twin = PhoneFleet(regions, 40, 1, None, 0.0, np.arange(40))  # the same phones, run live
+    silent = np.full(40, np.inf)
+    silent[7] = 1.2  # phone 7 stops reporting 1.2 s into the run
+    pre = prebuild(fleet, 40, 0.5, 3.0, prefix, silent)
+    assert 200 <= len(pre.due) <= 240 and bool(np.all(np.diff(pre.due) >= 0))
+    assert int((pre.phone == 7).sum()) == 3  # at 0.0875 + 0 / 0.5 / 1.0 s, then silent
+    listen, got = _listener(settings, f"{prefix}devices/+/location")
+    try:
+        start = time.time() + 0.2
+        log = publish_prebuilt(pre, fleet.phone, start, start + 3.5,
+                               MqttTarget(settings.mqtt_host, settings.mqtt_port,
+                                          f"{settings.mqtt_client_id}-prebuilt",
+                                          topic_prefix=prefix), ack_wait_s=5, connections=3)
+        assert log.sent == len(pre.due) and log.acked == log.sent and bool(log.acked_mask.all())
+        received = [got.get(timeout=10) for _ in range(log.sent)]
+    finally:
+        listen.disconnect()
+        listen.loop_stop()
+    from simulators.fleet import device_id
+    # Every packet was well-formed (the broker passed it on) and its fix time is the one logged,
+    # the wall clock when it went out: after the start plus its due time, strictly increasing.
+    payloads = sorted(((t.split("/")[-2], orjson.loads(p)) for t, p, _ in received),
+                      key=lambda x: (x[0], x[1]["time"]))
+    assert [(d, round(m["time"] * 1000)) for d, m in payloads] == sorted(
+        (device_id(int(ph)), int(ms)) for ph, ms in zip(log.phone, log.time_ms, strict=True))
+    sent_at = start + pre.due
+    assert bool(np.all(log.time_ms >= np.floor(sent_at * 1000)))
+    assert bool(np.all(log.time_ms <= np.ceil((sent_at + 1.0) * 1000)))
+    # The reports themselves are the fleet's: phone 0's first one, taken live, is the same fix.
+    first = twin.advance(0.0, np.array([0]))
+    expected = fix_payload(first, 0)
+    mine = next(m for d, m in payloads if d == device_id(0))
+    assert {k: v for k, v in mine.items() if k != "time"} == {
+        k: v for k, v in expected.items() if k != "time"}
