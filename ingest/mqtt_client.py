@@ -11,7 +11,9 @@ only the I/O under paho's packet handling, which stays paho's:
   bytes and ints, without paho's MQTTMessage, MQTT 5 properties object and debug line;
 - `_handle_on_message` calls `on_message` without matching the topic against per-topic
   callbacks (`message_callback_add` is refused);
-- `loop_read` handles every complete packet that arrived (paho's handles one per wake-up);
+- `loop_read` handles every complete packet that arrived (paho's handles one per wake-up),
+  parsing the QoS 0/1 PUBLISH packets that lie whole in the buffer in place and leaving
+  anything else, or a packet the buffer's end cuts, to paho's reader;
 - `ack_many` queues the PUBACKs of a whole batch as one write.
 
 paho is pinned (requirements.lock): these override private methods whose behaviour the tests
@@ -74,15 +76,75 @@ class BatchClient(mqtt.Client):
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Handle the packets the socket holds, until a read would block or `read_limit`
         packets were handled (then `buffered` may be true)."""
-        for _ in range(self.read_limit or 2**62):
+        left = self.read_limit or 2**62
+        while left > 0:
             if self._sock is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if self.on_report is not None and self._in_packet["command"] == 0:
+                left -= self._buffered_publishes(left)
+                if left <= 0:
+                    break
             rc = self._packet_read()
+            left -= 1
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
             if rc > 0:
                 return self._loop_rc_handle(rc)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _buffered_publishes(self, limit: int) -> int:
+        """Hand the complete QoS 0/1 PUBLISH packets at the head of the read buffer to
+        `on_report`, parsed in place (paho reads a packet in three or more steps, each a call
+        and a copy); stop at anything else or at a packet cut by the buffer's end, which paho's
+        own reader then takes. Returns how many were handled."""
+        if self._rsock is not self._sock:
+            return 0
+        buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
+        on_report = self.on_report
+        assert on_report is not None
+        v5 = self._protocol == mqtt.MQTTv5
+        n = 0
+        while n < limit and pos < end:
+            header = buf[pos]
+            qos = (header & 0x06) >> 1
+            if header & 0xF0 != 0x30 or qos == 2:
+                break  # not a PUBLISH we take: paho handles it
+            p, length, mult = pos + 1, 0, 1
+            while p < end and p - pos <= 4:
+                b = buf[p]
+                p += 1
+                length += (b & 0x7F) * mult
+                mult *= 128
+                if not b & 0x80:
+                    break
+            else:
+                break  # length cut by the buffer's end (or malformed: paho says so)
+            stop = p + length
+            if stop > end:
+                break  # the rest of the packet has not arrived yet
+            q = p + 2 + int.from_bytes(buf[p:p + 2], "big")
+            topic = buf[p + 2:q]
+            mid = 0
+            if qos:
+                mid = int.from_bytes(buf[q:q + 2], "big")
+                q += 2
+            if v5:  # skip the properties: their length (a varint), then them
+                plen, mult = 0, 1
+                while True:
+                    b = buf[q]
+                    q += 1
+                    plen += (b & 0x7F) * mult
+                    mult *= 128
+                    if not b & 0x80:
+                        break
+                q += plen
+            pos = self._rpos = stop
+            on_report(topic, buf[q:stop], qos, mid)
+            n += 1
+        if n:
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+        return n
 
     def _handle_publish(self) -> MQTTErrorCode:
         # With `on_report` set, a QoS 0 or 1 PUBLISH goes to it as plain values, without the

@@ -188,3 +188,60 @@ def test_a_read_limit_bounds_each_read_and_leaves_the_rest_buffered(settings: Se
         pub.disconnect()
         pub.loop_stop()
         sub.disconnect()
+
+
+def _publish(topic: bytes, payload: bytes, qos: int, mid: int, props: bytes | None = None) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    if props is not None:  # MQTT 5: property length (a varint) and the properties
+        body += bytes([len(props)]) + props
+    body += payload
+    n, rl = len(body), bytearray()
+    while True:
+        n, b = divmod(n, 128)
+        rl.append(b | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([0x30 | qos << 1]) + bytes(rl) + body
+
+
+class _NoSocket:
+    def close(self) -> None:
+        pass
+
+
+def _buffered(protocol: int, data: bytes) -> tuple[BatchClient, list]:
+    c = BatchClient(callback_api_version=CallbackAPIVersion.VERSION2, protocol=protocol)
+    got: list = []
+    c.on_report = lambda t, p, q, m: got.append((t, p, q, m))
+    c._sock = c._rsock = _NoSocket()  # type: ignore[assignment]  # no network: the buffer only
+    c._rbuf, c._rpos = data, 0
+    return c, got
+
+
+def test_complete_publishes_in_the_buffer_are_parsed_in_place_and_the_rest_left_to_paho():
+    big = bytes(range(256)) * 3  # a two-byte remaining length
+    a = _publish(b"t/1", b'{"n":1}', 1, 7)
+    b = _publish(b"t/2", big, 0, 0)
+    c_ = _publish(b"t/3", b"x", 1, 65535)
+    for cut in (1, 2, 5, len(c_) - 1):  # inside the length varint, the topic, the payload
+        client, got = _buffered(mqtt.MQTTv311, a + b + c_[:cut])
+        assert client._buffered_publishes(100) == 2
+        assert got == [(b"t/1", b'{"n":1}', 1, 7), (b"t/2", big, 0, 0)]
+        assert client._rpos == len(a + b)  # the cut packet is paho's to finish
+    client, got = _buffered(mqtt.MQTTv311, a + b + c_)
+    assert client._buffered_publishes(2) == 2 and client._rpos == len(a + b)  # the limit holds
+    assert client._buffered_publishes(5) == 1 and got[-1] == (b"t/3", b"x", 1, 65535)
+    # A PINGRESP, a QoS 2 PUBLISH or a malformed length stop it where they begin.
+    for stopper in (b"\xd0\x00", _publish(b"t/q2", b"y", 2, 9), b"\x32\xff\xff\xff\xff\x01"):
+        client, got = _buffered(mqtt.MQTTv311, a + stopper + b)
+        assert client._buffered_publishes(100) == 1 and client._rpos == len(a)
+    # MQTT 5: the properties are skipped, not taken for payload.
+    props = b"\x03\x00\x10application/json"  # content type
+    client, got = _buffered(mqtt.MQTTv5, _publish(b"t/5", b"{}", 1, 3, props)
+                            + _publish(b"t/6", b"[]", 0, 0, b""))
+    assert client._buffered_publishes(100) == 2
+    assert got == [(b"t/5", b"{}", 1, 3), (b"t/6", b"[]", 0, 0)]
+    # A buffer left from an earlier connection is never parsed.
+    client, got = _buffered(mqtt.MQTTv311, a)
+    client._sock = _NoSocket()  # type: ignore[assignment]
+    assert client._buffered_publishes(100) == 0 and got == []
