@@ -38,6 +38,19 @@ def puback_packets(mids: Iterable[int]) -> bytes:
     return b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in mids)
 
 
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """An MQTT variable byte integer (at most 4 bytes) at `pos`, before `end`: (position after
+    it, value), or (-1, 0) when it is cut by `end` or longer than 4 bytes."""
+    value, mult = 0, 1
+    for p in range(pos, min(pos + 4, end)):
+        b = buf[p]
+        value += (b & 0x7F) * mult
+        if not b & 0x80:
+            return p + 1, value
+        mult *= 128
+    return -1, 0
+
+
 class BatchClient(mqtt.Client):
     """A paho client that reads many packets per system call and acknowledges in bulk."""
 
@@ -46,7 +59,7 @@ class BatchClient(mqtt.Client):
         self._rbuf = b""
         self._rpos = 0
         self._rsock: object = None
-        # At most this many packets per loop_read (None: until the socket is empty). A caller
+        # At most this many packets per loop_read (None or 0: until the socket is empty). A caller
         # that bounds how far it reads ahead sets it, and reads `buffered` bytes first.
         self.read_limit: int | None = None
         # on_report(topic: bytes, payload: bytes, qos, mid): every QoS 0/1 PUBLISH, instead of
@@ -95,8 +108,10 @@ class BatchClient(mqtt.Client):
     def _buffered_publishes(self, limit: int) -> int:
         """Hand the complete QoS 0/1 PUBLISH packets at the head of the read buffer to
         `on_report`, parsed in place (paho reads a packet in three or more steps, each a call
-        and a copy); stop at anything else or at a packet cut by the buffer's end, which paho's
-        own reader then takes. Returns how many were handled."""
+        and a copy); stop at anything else, at a packet the buffer's end cuts, or at one whose
+        fields do not fit its length, which paho's own reader then takes (and rejects, if
+        malformed). A packet counts as read only once `on_report` returned: if it raises, the
+        packet is handed over again on the next read, as paho does. Returns how many."""
         if self._rsock is not self._sock:
             return 0
         buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
@@ -104,46 +119,36 @@ class BatchClient(mqtt.Client):
         assert on_report is not None
         v5 = self._protocol == mqtt.MQTTv5
         n = 0
-        while n < limit and pos < end:
-            header = buf[pos]
-            qos = (header & 0x06) >> 1
-            if header & 0xF0 != 0x30 or qos == 2:
-                break  # not a PUBLISH we take: paho handles it
-            p, length, mult = pos + 1, 0, 1
-            while p < end and p - pos <= 4:
-                b = buf[p]
-                p += 1
-                length += (b & 0x7F) * mult
-                mult *= 128
-                if not b & 0x80:
-                    break
-            else:
-                break  # length cut by the buffer's end (or malformed: paho says so)
-            stop = p + length
-            if stop > end:
-                break  # the rest of the packet has not arrived yet
-            q = p + 2 + int.from_bytes(buf[p:p + 2], "big")
-            topic = buf[p + 2:q]
-            mid = 0
-            if qos:
-                mid = int.from_bytes(buf[q:q + 2], "big")
-                q += 2
-            if v5:  # skip the properties: their length (a varint), then them
-                plen, mult = 0, 1
-                while True:
-                    b = buf[q]
-                    q += 1
-                    plen += (b & 0x7F) * mult
-                    mult *= 128
-                    if not b & 0x80:
-                        break
-                q += plen
-            pos = self._rpos = stop
-            on_report(topic, buf[q:stop], qos, mid)
-            n += 1
-        if n:
-            with self._msgtime_mutex:
-                self._last_bytes_received = mqtt.time_func()
+        try:
+            while n < limit and pos < end:
+                header = buf[pos]
+                qos = (header & 0x06) >> 1
+                if header & 0xF0 != 0x30 or qos >= 2:
+                    break  # not a PUBLISH we take (QoS 2; QoS 3 is a protocol error): paho's
+                p, length = _varint(buf, pos + 1, end)
+                if p < 0:
+                    break  # length cut by the buffer's end, or malformed: paho's
+                stop = p + length
+                if stop > end or p + 2 > stop:
+                    break  # the rest has not arrived yet, or too short for a topic
+                q = p + 2 + int.from_bytes(buf[p:p + 2], "big")
+                topic = buf[p + 2:q]
+                mid = 0
+                if qos:
+                    mid = int.from_bytes(buf[q:q + 2], "big")
+                    q += 2
+                if v5 and q <= stop:  # skip the properties: their length (a varint), then them
+                    q, plen = _varint(buf, q, stop)
+                    q = q + plen if q >= 0 else stop + 1
+                if q > stop:
+                    break  # its fields overrun its length: malformed, paho's to reject
+                on_report(topic, buf[q:stop], qos, mid)
+                pos = self._rpos = stop
+                n += 1
+        finally:
+            if n:
+                with self._msgtime_mutex:
+                    self._last_bytes_received = mqtt.time_func()
         return n
 
     def _handle_publish(self) -> MQTTErrorCode:
@@ -154,7 +159,7 @@ class BatchClient(mqtt.Client):
         on_report = self.on_report
         header = self._in_packet["command"]
         qos = (header & 0x06) >> 1
-        if on_report is None or qos == 2:
+        if on_report is None or qos >= 2:
             return super()._handle_publish()
         packet = self._in_packet["packet"]
         n = int.from_bytes(packet[0:2], "big")

@@ -336,6 +336,8 @@ def publish_prebuilt(
             if upto > sent:
                 now_ms = round(now * 1000)
                 stamp = b"%.3f" % (now_ms / 1000)
+                if len(stamp) != _TIME_W:  # the packets' lengths were counted with this width
+                    raise RuntimeError(f"the clock reads {stamp!r}: outside 2001-2286")
                 for m in range(sent, upto):
                     j = phone[m]
                     t_ms = now_ms

@@ -8,6 +8,7 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -241,6 +242,30 @@ def test_complete_publishes_in_the_buffer_are_parsed_in_place_and_the_rest_left_
                             + _publish(b"t/6", b"[]", 0, 0, b""))
     assert client._buffered_publishes(100) == 2
     assert got == [(b"t/5", b"{}", 1, 3), (b"t/6", b"[]", 0, 0)]
+    # Fields that overrun the packet's length (a topic length too long; MQTT 5 without room
+    # for the property length) or QoS 3, which MQTT forbids: left to paho, which rejects them.
+    liar = b"\x30\x04\x00\x09ab"
+    for protocol, bad in ((mqtt.MQTTv311, liar), (mqtt.MQTTv311, b"\x36\x05\x00\x01t\x00\x01"),
+                          (mqtt.MQTTv5, b"\x30\x03\x00\x01t")):
+        client, got = _buffered(protocol, a if protocol == mqtt.MQTTv311 else b"")
+        client._rbuf += bad + b
+        assert client._buffered_publishes(100) == len(got) and client._rpos == len(
+            client._rbuf) - len(bad + b)
+    # A report the callback could not take is handed over again on the next read, in order.
+    client, got = _buffered(mqtt.MQTTv311, a + b)
+    calls = []
+
+    def refuse_first(t: bytes, p: bytes, q: int, m: int) -> None:
+        calls.append(t)
+        if len(calls) == 1:
+            raise RuntimeError("not now")
+        got.append(t)
+
+    client.on_report = refuse_first
+    with pytest.raises(RuntimeError, match="not now"):
+        client._buffered_publishes(100)
+    assert client._rpos == 0 and client._buffered_publishes(100) == 2
+    assert got == [b"t/1", b"t/2"]
     # A buffer left from an earlier connection is never parsed.
     client, got = _buffered(mqtt.MQTTv311, a)
     client._sock = _NoSocket()  # type: ignore[assignment]
