@@ -45,15 +45,20 @@ def _no_nul(data: Any) -> Any:
     return data
 
 
-class InputModel(BaseModel):
-    """Base of every request body: unknown fields refused, no NUL in any text."""
-
-    model_config = ConfigDict(extra="forbid")
+class NoNulModel(BaseModel):
+    """A request body with no NUL in any text (a body whose sender may add fields: the broker's
+    hooks)."""
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_nul(cls, data: Any) -> Any:
         return _no_nul(data)
+
+
+class InputModel(NoNulModel):
+    """Base of every request body: unknown fields refused, no NUL in any text."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 _EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
@@ -67,14 +72,14 @@ class Token(BaseModel):
     refresh_expires_in: int
 
 
-class PasswordChangeIn(BaseModel):
+class PasswordChangeIn(InputModel):
     model_config = ConfigDict(extra="forbid")
     current_password: str = Field(min_length=1, max_length=200)
     new_password: str = Field(min_length=12, max_length=200,
                               description="at least 12 characters")
 
 
-class StaffIn(BaseModel):
+class StaffIn(InputModel):
     """A new staff account; the password is set by the creator and should be changed."""
 
     model_config = ConfigDict(extra="forbid")
@@ -85,7 +90,7 @@ class StaffIn(BaseModel):
     password: str = Field(min_length=12, max_length=200)
 
 
-class StaffPatch(BaseModel):
+class StaffPatch(InputModel):
     """Changes to an account; each ends the account's sessions."""
 
     model_config = ConfigDict(extra="forbid")

@@ -39,14 +39,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    """Until something accepts connections on 127.0.0.1:port."""
+def wait_port(port: int, timeout: float = 60.0, log: Path | None = None) -> None:
+    """Until something accepts connections on 127.0.0.1:port; the error names the process's
+    log and quotes its end when one is given (a port taken meanwhile, a crash at start)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+    tail = ""
+    if log is not None:
+        with contextlib.suppress(OSError):
+            tail = f"; end of {log}:\n" + "\n".join(log.read_text(errors="replace")
+                                                    .splitlines()[-15:])
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s{tail}")
 
 
 def _as_user(user: str) -> list[str]:

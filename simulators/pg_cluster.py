@@ -143,7 +143,7 @@ class PatroniServices(OwnServices):
         _chown(self.root, "postgres")
         self.etcd = self._spawn(["etcd", "--config-file", str(self.root / "etcd.conf.yml")],
                                 self.root / "etcd.log")
-        wait_port(self.etcd_port)
+        wait_port(self.etcd_port, log=self.root / "etcd.log")
 
     def start_node(self, n: Node) -> None:
         """Start the node's Patroni (it starts, clones or rewinds its PostgreSQL)."""
@@ -162,7 +162,7 @@ class PatroniServices(OwnServices):
             self.start_node(n)
         self.haproxy = self._spawn(["haproxy", "-W", "-db", "-f", str(self.root / "haproxy.cfg")],
                                    self.root / "haproxy.log")
-        wait_port(self.pg_port)
+        wait_port(self.pg_port, log=self.root / "haproxy.log")
         self.wait_healthy(180.0)
         self.wait_writable(60.0)
 

@@ -105,3 +105,11 @@ def test_acl_hook_keeps_each_phone_to_its_own_topics(hooks: Settings, client: Te
     assert _acl(client, "ccs-alerts", f"{p}devices/+/location", "subscribe") == "deny"
     assert client.delete(f"/api/v1/devices/{dev}", headers=h).status_code == 200
     assert _acl(client, dev, f"{p}devices/{dev}/location", "publish") == "deny"
+
+
+def test_a_nul_in_a_hook_request_is_refused_not_a_server_error(hooks: Settings, client: TestClient):
+    for path, body in (("auth", {"username": "a\x00b", "password": "y", "clientid": "a"}),
+                       ("acl", {"username": "a", "clientid": "a\x00", "topic": "t",
+                                "action": "publish"})):
+        r = client.post(f"/api/v1/broker/{path}", headers=AUTH, json=body)
+        assert r.status_code == 422 and "NUL" in r.text, r.text

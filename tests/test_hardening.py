@@ -353,6 +353,9 @@ def test_nul_characters_in_path_or_query_are_4xx(client: TestClient, org: Org, m
                       "supervision_type": "probation"}),
     ("/supervisees/{sid}/rollcalls", {"reason": "ab\x00c"}),
     ("/supervisees/{sid}/rules", {"overrides": {"a\x00": 1.0}, "reason": "key with a NUL"}),
+    ("/alerts/watch", {"purpose": "00\x00"}),  # found by Schemathesis: was a 500
+    ("/staff", {"username": "nul.staff", "full_name": "a\x00b", "role": "officer",
+                "org_unit_id": 1, "password": "x" * 16}),
 ])
 def test_nul_characters_in_a_body_are_422(client: TestClient, org: Org, path: str, body: Any) -> None:
     h = login(client, "admin")

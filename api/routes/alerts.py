@@ -10,7 +10,7 @@ import orjson
 import redis
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from alerts import service
@@ -34,6 +34,7 @@ from api.schemas import (
     AlertPage,
     DbId,
     DeliveryAttemptOut,
+    InputModel,
     NotificationOut,
     ResolveIn,
 )
@@ -179,10 +180,8 @@ def stream_staff(
     return current_staff(request, session, r, settings, header_token or access_token)
 
 
-class WatchIn(BaseModel):
+class WatchIn(InputModel):
     """Opening the duty view: why (recorded once in the audit log, not at each reconnect)."""
-
-    model_config = ConfigDict(extra="forbid")
     purpose: str = Field(min_length=3, max_length=200)
 
 

@@ -31,7 +31,7 @@ from api.deps import (
 )
 from api.enrolment import enrolment, owntracks_topic, owntracks_url, traccar_client_url
 from api.errors import Conflict, NotFound, Unauthorized
-from api.schemas import DeviceCredentials
+from api.schemas import DeviceCredentials, NoNulModel
 from api.security import hash_device_secret, new_device_secret, secret_matches
 from store.broker_sync import broker_hash, service_accounts
 from store.models import Device
@@ -86,7 +86,7 @@ def reenrol_device(
 _SEGMENT = r"[^/+#]+"
 
 
-class AuthIn(BaseModel):
+class AuthIn(NoNulModel):
     """EMQX HTTP authentication request (body template in docs/broker-security.md)."""
 
     username: str = Field(default="", max_length=200)
@@ -94,7 +94,7 @@ class AuthIn(BaseModel):
     clientid: str = Field(default="", max_length=200)
 
 
-class AclIn(BaseModel):
+class AclIn(NoNulModel):
     """EMQX HTTP authorization request."""
 
     username: str = Field(default="", max_length=200)
