@@ -554,6 +554,7 @@ def test_permits_reject_amend_revoke_and_the_trips_under_way_and_overdue(
         # Reject, with the reason.
         _tab(c, "inbox")
         c.page.click(f"#permit-table tr[data-permit-id='{rejected}']")
+        c.page.wait_for_selector(f"#permit-detail h2:has-text('#{rejected}')")
         c.page.click("#permit-reject")
         _fill_dialog(c, {"note": "培训可线上参加，不予批准"})
         c.page.wait_for_selector(".permit-history li:has-text('不予批准')")
@@ -576,12 +577,15 @@ def test_permits_reject_amend_revoke_and_the_trips_under_way_and_overdue(
         # A trip under way, extended: still under way (on its approved span) while it waits.
         _tab(c, "underway")
         c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        # Its own detail first: the amend button of the permit shown before would amend that one.
+        c.page.wait_for_selector(f"#permit-detail h2:has-text('#{underway}')")
         c.page.click("#permit-amend")
         _fill_dialog(c, {"end": _local(now + timedelta(days=3)), "note": "医生要求多观察一天"})
         c.page.wait_for_selector(".permit-history li:has-text('变更')")
         assert _tab(c, "underway") == [underway]
         assert underway in _tab(c, "inbox")
         c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.wait_for_selector(f"#permit-detail h2:has-text('#{underway}')")
         c.page.click("#permit-approve")
         _fill_dialog(c, {"note": "同意延长一天"})
         c.page.wait_for_selector(".permit-history li:has-text('批准') >> nth=1")
@@ -590,6 +594,7 @@ def test_permits_reject_amend_revoke_and_the_trips_under_way_and_overdue(
 
         # Revoke the trip under way: it is no longer under way.
         c.page.click(f"#permit-table tr[data-permit-id='{underway}']")
+        c.page.wait_for_selector(f"#permit-detail h2:has-text('#{underway}')")
         c.page.click("#permit-revoke")
         _fill_dialog(c, {"note": "本人已提前返回，撤销外出"})
         c.page.wait_for_selector(".permit-history li:has-text('撤销')")
