@@ -153,16 +153,19 @@ def step(
 class _Prepared:
     """Vectorised facts about every fix of the batch, computed before the fold.
 
-    The per-fix facts the fold reads one at a time are also kept as plain lists (`*_l`):
-    indexing a Python list is several times cheaper than indexing a numpy array.
+    What the fold reads one fix at a time is a plain list: indexing a Python list is several
+    times cheaper than indexing a numpy array (`lon`/`lat` stay arrays too, for the
+    vectorised distance look-ups of `_Fold.beyond`).
     """
 
     order: list[int]
     lon: np.ndarray
     lat: np.ndarray
-    usable: np.ndarray
-    late: np.ndarray
-    allowed: np.ndarray  # membership code in the allowed area
+    lon_l: list[float]
+    lat_l: list[float]
+    usable: list[bool]
+    late: list[bool]
+    allowed: list[int]  # membership code in the allowed area
     allowed_of: dict[int, list[int]]  # allowed zone ids of each decidable fix
     beyond: np.ndarray  # metres beyond the allowed area, measured ahead where likely needed
     zone_memb: dict[tuple[int, int], int]  # (fix, zone) -> membership code (exclusions, curfews)
@@ -170,14 +173,8 @@ class _Prepared:
     far: dict[tuple[int, int], bool]  # exclusion buffer: circle wholly beyond the buffer
     crossing: dict[tuple[int, int], bool]  # segment from the previous usable fix crosses the zone
     prev: dict[int, LastFix]  # previous usable fix of each usable fix
-    prev_d: np.ndarray  # metres from that previous fix (NaN: none), one vectorised call
-    fixpos: dict[int, LastFix] = field(default_factory=dict)  # each usable fix as a LastFix
-    lon_l: list[float] = field(default_factory=list)
-    lat_l: list[float] = field(default_factory=list)
-    usable_l: list[bool] = field(default_factory=list)
-    late_l: list[bool] = field(default_factory=list)
-    allowed_l: list[int] = field(default_factory=list)
-    prev_d_l: list[float] = field(default_factory=list)
+    prev_d: list[float]  # metres from that previous fix (NaN: none), one vectorised call
+    fixpos: dict[int, LastFix]  # each usable fix as a LastFix
 
 
 _DEFAULT_RULES = Rules()
@@ -302,10 +299,7 @@ def _prepare(
             rules = subj.rules if subj else _DEFAULT_RULES
             fixed_ids = subj.allowed_zone_ids(0.0) if subj and not subj.permits else None
         a = f.accuracy
-        # `is_usable`, inline: late fixes too, the caller counts them as located
-        ok = (a is not None and 0 < a <= rules.max_accuracy_m and math.isfinite(a)
-              and f.provider not in _UNUSABLE_PROVIDERS)
-        usable_l[i] = ok
+        ok = usable_l[i] = is_usable(f, rules)  # late fixes too: the caller counts them as located
         t = f.time
         if t <= seen:
             late_l[i] = True
@@ -370,9 +364,9 @@ def _prepare(
         plon = np.fromiter((q.lon for q in prev.values()), dtype=np.float64, count=len(prev))
         plat = np.fromiter((q.lat for q in prev.values()), dtype=np.float64, count=len(prev))
         prev_d[idx] = _haversine_np(plon, plat, lon[idx], lat[idx])
-    return _Prepared(order, lon, lat, np.array(usable_l, dtype=bool), np.array(late_l, dtype=bool),
-                     allowed, allowed_of, beyond, zone_memb, near, far, crossing, prev, prev_d,
-                     fixpos, lon_l, lat_l, usable_l, late_l, allowed.tolist(), prev_d.tolist())
+    return _Prepared(order, lon, lat, lon_l, lat_l, usable_l, late_l, allowed.tolist(),
+                     allowed_of, beyond, zone_memb, near, far, crossing, prev, prev_d.tolist(),
+                     fixpos)
 
 
 class _Fold:
@@ -398,7 +392,7 @@ class _Fold:
 
     def deep(self, i: int, rules: Rules) -> bool:
         """Outside the allowed area by more than accuracy + `deep_margin_m` (curfew evidence)."""
-        if self.pre.allowed_l[i] != M_OUTSIDE:
+        if self.pre.allowed[i] != M_OUTSIDE:
             return False
         return self.beyond(i) >= float(self.fixes[i].accuracy or 0.0) + rules.deep_margin_m
 
@@ -425,7 +419,7 @@ class _Fold:
         self._rhythm(st, f.time, rules)
         st.last_fix_time = f.time
         self._spoofing(st, i, rules)
-        if not self.pre.usable_l[i] or subj is None:
+        if not self.pre.usable[i] or subj is None:
             self._undecidable(st, i, rules)
             return
         st.undecidable, st.undecidable_since, st.rollcall_asked = 0, None, False
@@ -490,7 +484,7 @@ class _Fold:
         f = self.fixes[i]
         if p is None or f.time <= p.time:
             return
-        d = self.pre.prev_d_l[i]
+        d = self.pre.prev_d[i]
         moved = d - p.accuracy - float(f.accuracy or 0.0)
         speed = moved / (f.time - p.time)
         if moved >= rules.min_jump_m and speed > rules.max_speed_mps:
@@ -552,7 +546,7 @@ class _Fold:
         p = self.pre.prev.get(i)
         if p is not None and f.time > p.time:
             dt = f.time - p.time
-            moved = max(0.0, self.pre.prev_d_l[i] - p.accuracy - a)
+            moved = max(0.0, self.pre.prev_d[i] - p.accuracy - a)
             speed = moved / dt
             if speed > rules.max_speed_mps and moved >= rules.min_jump_m:
                 w, facts["impossible_speed_mps"] = 0.0, round(speed, 1)
@@ -676,7 +670,7 @@ class _Fold:
                      suspect, weight, asked, evidence, track.followup)
 
     def _area(self, st: DeviceState, i: int, subj: Subject, rules: Rules) -> None:
-        code = self.pre.allowed_l[i]
+        code = self.pre.allowed[i]
         area = st.area
         if not area.pending and (
                 code in (M_BORDER, M_UNDECIDABLE)
@@ -792,8 +786,8 @@ def evaluate(
     current: dict[str, DeviceState] = {}
     decisions: list[Decision | None] = [None] * len(fixes)
     late_idx: list[int] = []
-    lon_l, lat_l, usable_l, allowed_l = pre.lon_l, pre.lat_l, pre.usable_l, pre.allowed_l
-    late_l = pre.late_l
+    lon_l, lat_l, usable_l, allowed_l, late_l = (pre.lon_l, pre.lat_l, pre.usable, pre.allowed,
+                                                  pre.late)
     cur: str | None = None
     state = DeviceState()
     for i in pre.order:

@@ -51,6 +51,24 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     return -1, 0
 
 
+def _publish_fields(buf: bytes, p: int, stop: int, qos: int, v5: bool
+                    ) -> tuple[bytes, int, int] | None:
+    """A PUBLISH's variable header between `p` and `stop`: (topic, where the payload begins,
+    packet id (0 at QoS 0)), MQTT 5 properties skipped; None when its fields overrun `stop`."""
+    if p + 2 > stop:
+        return None
+    q = p + 2 + int.from_bytes(buf[p:p + 2], "big")
+    topic = buf[p + 2:q]
+    mid = 0
+    if qos:
+        mid = int.from_bytes(buf[q:q + 2], "big")
+        q += 2
+    if v5 and q <= stop:  # the properties: their length (a varint), then them
+        q, plen = _varint(buf, q, stop)
+        q = q + plen if q >= 0 else stop + 1
+    return None if q > stop else (topic, q, mid)
+
+
 class BatchClient(mqtt.Client):
     """A paho client that reads many packets per system call and acknowledges in bulk."""
 
@@ -129,19 +147,12 @@ class BatchClient(mqtt.Client):
                 if p < 0:
                     break  # length cut by the buffer's end, or malformed: paho's
                 stop = p + length
-                if stop > end or p + 2 > stop:
-                    break  # the rest has not arrived yet, or too short for a topic
-                q = p + 2 + int.from_bytes(buf[p:p + 2], "big")
-                topic = buf[p + 2:q]
-                mid = 0
-                if qos:
-                    mid = int.from_bytes(buf[q:q + 2], "big")
-                    q += 2
-                if v5 and q <= stop:  # skip the properties: their length (a varint), then them
-                    q, plen = _varint(buf, q, stop)
-                    q = q + plen if q >= 0 else stop + 1
-                if q > stop:
+                if stop > end:
+                    break  # the rest has not arrived yet
+                fields = _publish_fields(buf, p, stop, qos, v5)
+                if fields is None:
                     break  # its fields overrun its length: malformed, paho's to reject
+                topic, q, mid = fields
                 on_report(topic, buf[q:stop], qos, mid)
                 pos = self._rpos = stop
                 n += 1
@@ -161,25 +172,12 @@ class BatchClient(mqtt.Client):
         qos = (header & 0x06) >> 1
         if on_report is None or qos >= 2:
             return super()._handle_publish()
-        packet = self._in_packet["packet"]
-        n = int.from_bytes(packet[0:2], "big")
-        pos = 2 + n
-        topic = bytes(packet[2:pos])
-        mid = 0
-        if qos:
-            mid = int.from_bytes(packet[pos:pos + 2], "big")
-            pos += 2
-        if self._protocol == mqtt.MQTTv5:  # skip the properties: length (a varint), then them
-            length, mult = 0, 1
-            while True:
-                b = packet[pos]
-                pos += 1
-                length += (b & 0x7F) * mult
-                mult *= 128
-                if not b & 0x80:
-                    break
-            pos += length
-        on_report(topic, bytes(packet[pos:]), qos, mid)
+        packet = bytes(self._in_packet["packet"])
+        fields = _publish_fields(packet, 0, len(packet), qos, self._protocol == mqtt.MQTTv5)
+        if fields is None:  # malformed: paho's own parser says so
+            return super()._handle_publish()
+        topic, pos, mid = fields
+        on_report(topic, packet[pos:], qos, mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def message_callback_add(self, sub: str, callback: Any) -> None:

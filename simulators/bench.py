@@ -666,13 +666,13 @@ def _publisher_main(
     fleet = PhoneFleet(districts, args["phones"], args["seed"], cfg, 0.0, phones)
     shared.wanderers.value = int(fleet.wanderer.sum())
     kind = args.get("publisher", "paho")  # chaos: paho, which reconnects
+    after = np.full(fleet.n, np.inf)  # seconds after the start when each phone falls silent
+    for phone, after_s in (args.get("silent") or {}).items():
+        if phone % n_procs == k:
+            after[fleet.local_index([phone])] = after_s
     pre = None
     if kind == "prebuilt":  # the whole run encoded now, in virtual time from 0 (rawmqtt.py)
         from simulators.rawmqtt import prebuild
-        after = np.full(fleet.n, np.inf)
-        for phone, after_s in (args.get("silent") or {}).items():
-            if phone % n_procs == k:
-                after[fleet.local_index([phone])] = after_s
         pre = prebuild(fleet, args["phones"], args["interval"], args["duration"],
                        env.topic_prefix, after)
     ready.release()
@@ -685,10 +685,7 @@ def _publisher_main(
 
     target = MqttTarget(env.mqtt_host, env.mqtt_port, f"ccs-bench-pub-{k}", env.mqtt_username,
                         env.mqtt_password, env.topic_prefix)
-    silent_at = np.full(fleet.n, np.inf)
-    for phone, after_s in (args.get("silent") or {}).items():
-        if phone % n_procs == k:
-            silent_at[fleet.local_index([phone])] = start + after_s
+    silent_at = start + after
     cpu0 = time.process_time()
     if pre is not None:
         from simulators.rawmqtt import publish_prebuilt
