@@ -200,6 +200,82 @@ def test_the_hourly_summary_counts_usable_fixes_by_the_persons_rules(db, org: Or
                       ).fetchall() == [(h, 6, 2, 1 | 1 << 11, 12.0)]
 
 
+def test_the_hourly_summary_is_the_engines_usable_test_for_every_level_and_profile(db, org: Org):
+    """Random fixes of five people (three levels, two overrides), stored in multi-row statements
+    that span people and hours, under no profile, then a profile with a limit per level (one level
+    stored without one), then a profile that lists only the normal level: every hour's counts,
+    slots and best accuracy equal a recomputation with `geofence.engine.is_usable` and the
+    rules `RuleProfile.rules_for` gives each person under the profile in force at storage."""
+    import random
+
+    import orjson
+
+    from geofence.engine import is_usable
+    from geofence.model import Fix
+    from geofence.profile import RuleProfile, Rules
+
+    ja = org.office_ids[JIANGAN]
+    people: dict[int, tuple[str, dict[str, Any]]] = {
+        org.supervisee_id: ("strict", {}), org.other_supervisee_id: ("normal", {})}
+    for i, (level, over) in enumerate((("lenient", {}), ("strict", {"max_accuracy_m": 50}),
+                                       ("normal", {"max_accuracy_m": 500}))):
+        pid = db.execute("""INSERT INTO supervisees (office_id, full_name, case_number,
+                                                     supervision_type, level, rule_overrides)
+                            VALUES (%s, %s, %s, 'probation', %s, %s) RETURNING id""",
+                         (ja, f"P{i}", f"T-hours-{i}", level, orjson.dumps(over).decode())
+                         ).fetchone()[0]
+        people[pid] = (level, over)
+    for pid, (level, over) in people.items():
+        db.execute("UPDATE supervisees SET level = %s, rule_overrides = %s WHERE id = %s",
+                   (level, orjson.dumps(over).decode(), pid))
+    body = {"name": "hours", "version": 1, "levels": {
+        "strict": {"max_accuracy_m": 30}, "normal": {"max_accuracy_m": 80}, "lenient": {}}}
+    only_normal = {"name": "hours", "version": 2, "levels": {"normal": {"max_accuracy_m": 60}}}
+    rnd = random.Random(18)
+    expected: dict[tuple[int, datetime], list[Any]] = {}
+    t0 = z("2026-11-20T00:00")
+    for phase, profile in enumerate((None, body, only_normal)):
+        if profile is not None:
+            db.execute("UPDATE rule_profiles SET active = false WHERE active")
+            db.execute("INSERT INTO rule_profiles (name, version, body, active) VALUES (%s, %s, %s, true)",
+                       (profile["name"], profile["version"], orjson.dumps(profile).decode()))
+        rules = {pid: (RuleProfile.from_dict(profile).rules_for(level, over) if profile
+                       else Rules(**over)) for pid, (level, over) in people.items()}
+        for _statement in range(4):
+            rows = []
+            for _ in range(60):
+                pid = rnd.choice(list(people))
+                at = t0 + timedelta(hours=3 * phase + rnd.randrange(3), minutes=rnd.randrange(60),
+                                    seconds=rnd.randrange(60), microseconds=rnd.randrange(10**6))
+                acc = rnd.choice((None, 0.0, 5.0, 25.0, 30.0, 45.0, 60.0, 79.0, 81.0, 150.0,
+                                  300.0, 600.0))
+                provider = rnd.choice(("gps", "network", "fused", "cell", None))
+                mock = rnd.random() < 0.1
+                rows.append((f"dev-{pid}", pid, at, at, acc, provider, mock))
+                f = Fix(f"dev-{pid}", at.timestamp(), 114.3, 30.6, accuracy=acc, provider=provider)
+                real = acc is not None and acc > 0 and not mock and provider != "cell"
+                ok = real and is_usable(f, rules[pid])
+                e = expected.setdefault((pid, at.replace(minute=0, second=0, microsecond=0)),
+                                        [0, 0, 0, None])
+                e[0] += 1
+                e[1] += ok
+                e[2] |= (1 << (at.minute // 5)) if ok else 0
+                if real:
+                    e[3] = acc if e[3] is None else min(e[3], acc)
+            db.execute("""INSERT INTO positions (device_id, supervisee_id, fix_time, received_at,
+                              lon, lat, raw_lon, raw_lat, crs, accuracy, provider, source, mock)
+                          SELECT d, p, ft, ra, 114.3, 30.6, 114.3, 30.6, 'wgs84', a, pr, 'native', m
+                            FROM unnest(%s::text[], %s::int[], %s::timestamptz[], %s::timestamptz[],
+                                        %s::real[], %s::text[], %s::bool[])
+                                 AS x(d, p, ft, ra, a, pr, m)""",
+                       [list(c) for c in zip(*rows, strict=True)])
+    got = {(p, h): [f, u, sl, acc] for p, h, f, u, sl, acc in db.execute(
+        "SELECT supervisee_id, hour, fixes, usable, slots, best_accuracy FROM position_hours")}
+    assert sum(e[0] for e in expected.values()) == 720 and len(expected) > 30
+    assert sum(e[1] for e in expected.values()) > 100  # some usable, some not, in every phase
+    assert got == expected
+
+
 def test_a_month_of_figures_exactly(db, org: Org, month):
     report = compliance(db, org.city_id, T0, T1, now=z("2026-12-02T00:00"))
     ja, jh = office_row(report, month["ja"]), office_row(report, month["jh"])
