@@ -26,17 +26,21 @@ depends_on = None
 ADD_NEW_ROWS = r"""
 CREATE OR REPLACE FUNCTION position_hours_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- MATERIALIZED: computed once each. Inlined, the planner (which knows nothing of a
+    -- transition table's size) may rerun the per-person part for every fix.
     WITH prof AS (SELECT body -> 'levels' AS levels FROM rule_profiles WHERE active
                    ORDER BY id DESC LIMIT 1),
-         lv AS (SELECT l.key AS level,
-                       coalesce((l.value ->> 'max_accuracy_m')::float8, 200.0) AS lim
-                  FROM prof CROSS JOIN LATERAL jsonb_each(
-                       CASE jsonb_typeof(prof.levels) WHEN 'object' THEN prof.levels
-                            ELSE '{}'::jsonb END) l),
-         lim AS (SELECT s.id, coalesce((s.rule_overrides ->> 'max_accuracy_m')::float8, lv.lim,
-                                       (SELECT lim FROM lv WHERE level = 'normal'), 200.0) AS lim
-                   FROM supervisees s LEFT JOIN lv ON lv.level = s.level
-                  WHERE s.id IN (SELECT DISTINCT supervisee_id FROM new_rows))
+         lv AS MATERIALIZED (
+             SELECT l.key AS level, coalesce((l.value ->> 'max_accuracy_m')::float8, 200.0) AS lim
+               FROM prof CROSS JOIN LATERAL jsonb_each(
+                    CASE jsonb_typeof(prof.levels) WHEN 'object' THEN prof.levels
+                         ELSE '{}'::jsonb END) l),
+         lim AS MATERIALIZED (
+             SELECT s.id, coalesce((s.rule_overrides ->> 'max_accuracy_m')::float8, lv.lim,
+                                   (SELECT lim FROM lv WHERE level = 'normal'), 200.0) AS lim
+               FROM (SELECT DISTINCT supervisee_id FROM new_rows) ids
+               JOIN supervisees s ON s.id = ids.supervisee_id
+               LEFT JOIN lv ON lv.level = s.level)
     INSERT INTO position_hours AS h (supervisee_id, hour, fixes, usable, slots, best_accuracy)
     SELECT n.supervisee_id, date_trunc('hour', n.fix_time, 'UTC'), count(*),
            count(*) FILTER (WHERE u.ok),
