@@ -303,3 +303,29 @@ def test_nul_characters_in_other_owntracks_messages_are_kept_not_fatal(pipeline,
     [res] = pipeline.process([msg], now=NOW)
     assert res.ok and res.other == 1
     assert db.execute("SELECT payload->>'name' FROM device_messages").fetchone() == ("a\ufffdb",)
+
+
+@pytest.mark.parametrize("provider", ["gps", "a\tb", "back\\slash", "new\nline\r", "\\N", "\u96fb\u4fe1",
+                                      None])
+def test_every_field_is_stored_as_decoded(pipeline, device, db, provider):
+    """The positions COPY is written by hand (`Pipeline._write_positions`): text with COPY's
+    separators and escapes, times to the microsecond, and every number come back unchanged."""
+    lon, lat = deep_inside(JIANGAN)
+    t = NOW - 60 + 0.123457  # a microsecond the float rounds up to
+    extra = {"altitude": -12.5, "speed": 0.1, "heading": 359.9, "battery": 7.0, "seq": 2**62,
+             "mock": True, "provider": provider}
+    [res] = pipeline.process([native(device, fix((lon, lat), t, 1e-31, **extra))],  # 1e-31: a
+                             now=NOW + 0.5)  # real cannot hold it, stored as 0
+
+    assert res.accepted == 1
+    row = db.execute(
+        """SELECT device_id, supervisee_id, fix_time, received_at, raw_lon, raw_lat, crs, accuracy,
+                  altitude, speed, heading, battery, provider, source, mock, seq, late, membership
+             FROM positions""").fetchone()
+    fix_time = row[2].timestamp()
+    assert round(fix_time * 1e6) == round(t * 1e6)
+    assert row[3] is not None and abs(row[3].timestamp() - time.time()) < 600
+    assert row[4:] == (lon, lat, "gcj02", 0.0, -12.5, pytest.approx(0.1), pytest.approx(359.9),
+                       7.0, provider, "native_mqtt", True, 2**62, False, "undecidable")
+    [again] = pipeline.process([native(device, fix((lon, lat), t, 1e-31, **extra))], now=NOW + 0.5)
+    assert (again.accepted, again.duplicates) == (0, 1)  # the stored key is the decoded one

@@ -154,12 +154,18 @@ def validate(device_id: str, c: Candidate, source: Source, now: float, limits: L
         )
 
     # Bounds a phone can really report; anything beyond would also overflow the database's
-    # real columns and must never reach a batch transaction.
-    check_range("accuracy", c.accuracy, 0.0, 1.0e6)
-    check_range("altitude", c.altitude, -1.2e4, 1.0e5)
-    check_range("speed", c.speed, 0.0, 1.0e3)
-    check_range("heading", c.heading, 0.0, 360.0)
-    check_range("battery", c.battery, 0.0, 100.0)
+    # real columns and must never reach a batch transaction. One test for the usual fix (false
+    # for NaN too); each bound on its own only to name the one broken.
+    acc, alt, speed, heading, battery = c.accuracy, c.altitude, c.speed, c.heading, c.battery
+    if not ((acc is None or 0.0 <= acc <= 1.0e6) and (alt is None or -1.2e4 <= alt <= 1.0e5)
+            and (speed is None or 0.0 <= speed <= 1.0e3)
+            and (heading is None or 0.0 <= heading <= 360.0)
+            and (battery is None or 0.0 <= battery <= 100.0)):
+        check_range("accuracy", acc, 0.0, 1.0e6)
+        check_range("altitude", alt, -1.2e4, 1.0e5)
+        check_range("speed", speed, 0.0, 1.0e3)
+        check_range("heading", heading, 0.0, 360.0)
+        check_range("battery", battery, 0.0, 100.0)
     if c.seq is not None and not 0 <= c.seq <= _MAX_SEQ:
         raise DecodeError("bad_value", f"seq={c.seq!r}: must be within [0, 2^63-1]")
     if c.provider is not None and len(c.provider) > MAX_TEXT:
@@ -168,20 +174,9 @@ def validate(device_id: str, c: Candidate, source: Source, now: float, limits: L
         raise DecodeError("bad_value", "provider: contains a NUL character")
 
     return Fix(
-        device_id=device_id,
-        time=float(c.time),
-        lon=float(c.lon),
-        lat=float(c.lat),
-        crs=c.crs,
-        accuracy=_real(c.accuracy),
-        altitude=_real(c.altitude),
-        speed=_real(c.speed),
-        heading=_real(c.heading),
-        battery=_real(c.battery),
-        provider=c.provider,
-        mock=c.mock,
-        seq=c.seq,
-        source=source,
+        device_id=device_id, time=float(c.time), lon=float(lon), lat=float(lat), crs=c.crs,
+        accuracy=_real(acc), altitude=_real(alt), speed=_real(speed), heading=_real(heading),
+        battery=_real(battery), provider=c.provider, mock=c.mock, seq=c.seq, source=source,
     )
 
 

@@ -40,12 +40,56 @@ class _NativeFix(BaseModel):
     seq: int | None = None
 
 
+_OPTIONAL_NUMBERS = ("accuracy", "altitude", "speed", "heading", "battery")
+_CRS = {c.value: c for c in CRS}
+
+
+def _plain(obj: dict[str, Any]) -> Candidate | None:
+    """The usual fix without the model: every field present has exactly the JSON type the model
+    accepts (numbers as int or float, never bool), the CRS is spelled as stored, and the time is
+    a number. Anything else returns None and goes through the model, which names the problem;
+    `tests/test_protocol_native.py` checks that both ways give the same fix or the same error."""
+    get = obj.get
+    t: Any = get("time")
+    lat: Any = get("lat")
+    lon: Any = get("lon")
+    if not (type(t) in _NUM and type(lat) in _NUM and type(lon) in _NUM):
+        return None
+    vals = []
+    for k in _OPTIONAL_NUMBERS:
+        v = get(k)
+        if v is None:
+            if k in obj:
+                return None  # null: the model says which type it expected
+        elif type(v) in _NUM:
+            v = float(v)
+        else:
+            return None
+        vals.append(v)
+    crs, provider, mock, seq = get("crs", "wgs84"), get("provider"), get("mock", False), get("seq")
+    if (type(crs) is not str or crs not in _CRS or type(mock) is not bool
+            or not (provider is None or type(provider) is str)
+            or not (seq is None or type(seq) is int)):
+        return None
+    acc, alt, speed, heading, battery = vals
+    return Candidate(time=float(t), lat=float(lat), lon=float(lon), crs=_CRS[crs], accuracy=acc,
+                     altitude=alt, speed=speed, heading=heading, battery=battery,
+                     provider=provider or None, mock=mock, seq=seq)
+
+
+_NUM = (int, float)
+
+
 def decode_native(device_id: str, payload: bytes, now: float, limits: Limits = Limits()) -> Decoded:
     """Our MQTT payload on `devices/{device_id}/location`: one fix object, or an array of them."""
     items, as_array = elements(load_json(payload, limits), limits)
     fixes: list[Fix] = []
 
     def one(obj: dict[str, Any]) -> None:
+        cand = _plain(obj)
+        if cand is not None:
+            fixes.append(validate(device_id, cand, Source.NATIVE_MQTT, now, limits))
+            return
         m = validate_model(_NativeFix, obj)
         cand = Candidate(
             time=time_value(m.time, "time"),
