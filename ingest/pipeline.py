@@ -26,7 +26,7 @@ from alerts import confirm, rollcalls
 from alerts.service import AlertTarget, record_events
 from alerts.silences import clear_silence_alerts, record_activity
 from geofence.engine import evaluate
-from geofence.model import Decision, Fix, Source
+from geofence.model import Decision, DeviceState, Fix, Source
 from ingest.protocols import (
     Decoded,
     DecodeError,
@@ -203,16 +203,21 @@ class Pipeline:
         deadline = time.monotonic() + self.settings.device_owner_wait_s
         pause = 0.002
         while todo:
-            owned = self.states.own({d for i in todo if (d := messages[i].device_id) is not None})
+            # Leases and engine states in one round trip; given back with the states' save.
+            owned, states, versions = self.states.own_and_load(
+                {d for i in todo if (d := messages[i].device_id) is not None})
             turn = [i for i in todo if messages[i].device_id is None
                     or messages[i].device_id in owned]
             if turn:
+                release = list(owned)
                 try:
-                    for i, res in zip(turn, self._process_owned([messages[i] for i in turn], now),
-                                      strict=True):
+                    for i, res in zip(turn, self._process_owned(
+                            [messages[i] for i in turn], now, states, versions, release),
+                            strict=True):
                         results[i] = res
                 finally:
-                    self.states.release(owned)
+                    if release:  # not given back with the save (an error before it)
+                        self.states.release(release)
                 todo = [i for i in todo if results[i] is None]
                 pause = 0.002
                 continue
@@ -222,8 +227,12 @@ class Pipeline:
             pause = min(pause * 2, 0.05)
         return [r for r in results if r is not None]
 
-    def _process_owned(self, messages: Sequence[RawMessage], now: float) -> list[MessageResult]:
-        """Handle messages of devices this pipeline owns (or of no device)."""
+    def _process_owned(self, messages: Sequence[RawMessage], now: float,
+                       loaded: Mapping[str, DeviceState], loaded_versions: Mapping[str, int],
+                       release: list[str]) -> list[MessageResult]:
+        """Handle messages of devices this pipeline owns (or of no device), given their states
+        as read with the leases; the leases in `release` are given back with the save (and the
+        list emptied)."""
         self.registry.refresh_if_changed()
         results = [MessageResult(ok=True) for _ in messages]
         dead: list[tuple[int, str, str]] = []
@@ -261,7 +270,8 @@ class Pipeline:
 
         devices = sorted({f.device_id for f in fixes})
         subjects = self.registry.subjects(infos)
-        states, versions = self.states.load_versioned(devices)
+        states = {d: loaded[d] for d in devices if d in loaded}
+        versions = {d: loaded_versions.get(d, 0) for d in devices}
         lost = [d for d in devices if d not in states]
         rebuilt = {}
         if lost:  # never stored, or Redis lost it: fold the device's recent positions again
@@ -288,7 +298,8 @@ class Pipeline:
                          "fix_id": fix_id(step.get("device_id"), step.get("fix_time")),
                          "alert_id": step.get("alert_id"), "supervisee_id": step.get("supervisee_id")})
 
-        saved = self.states.save(result.states, versions)
+        saved = self.states.save(result.states, versions, release)
+        release.clear()
         if not all(saved):
             # Only when a lease ran out mid-batch (a stalled writer): the newer state stays, and
             # a redelivery is late against it. Say so: it should never happen.

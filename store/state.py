@@ -31,65 +31,78 @@ from geofence.model import CRS, DeviceState, Fix, Source
 
 log = logging.getLogger(__name__)
 
-# Write each state only if its stored version is still the one read (0: no state stored); the
-# fix time stays the value's first field, so readers that only want it need not parse JSON.
-_CAS = """
+# The scripts name a device's keys from its id (`{prefix}st:{id}`, `{prefix}own:{id}`) instead of
+# taking them in KEYS: half the arguments to send per device on the hot path. Declared with
+# `no-cluster`: the state store runs on one Redis primary (with Sentinel), never Redis Cluster.
+
+# Take owner leases and read states in one pass. ARGV: prefix, token, lease ms, 'own'/'read'/
+# 'both', then per device its id and the "<fix time> <version>" the caller holds ('' for none).
+# Reply per device: 0 not owned (another writer holds it); 1 the held state is current; 2 no
+# state stored; else the stored value. 'own' only takes leases (1 = owned), 'read' only reads.
+# A held state is compared on the value's first bytes only (GETRANGE): the usual batch finds
+# its cache current without copying the state out of Redis.
+_OWN_LOAD = """#!lua flags=no-cluster
+local pfx, token, ttl, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
-for i, key in ipairs(KEYS) do
-  local want = tonumber(ARGV[3 * i - 2])
-  local cur = redis.call('GET', key)
-  local v = 0
-  if cur then v = tonumber(string.match(cur, '^%S+ (%d+) ')) or 0 end
+local n = 0
+for i = 5, #ARGV, 2 do
+  n = n + 1
+  local id = ARGV[i]
+  local ok = true
+  if mode ~= 'read' then
+    local own = pfx .. 'own:' .. id
+    if not redis.call('SET', own, token, 'NX', 'PX', ttl) then
+      if redis.call('GET', own) == token then
+        redis.call('PEXPIRE', own, ttl)
+      else
+        ok = false
+      end
+    end
+  end
+  if not ok then
+    out[n] = 0
+  elseif mode == 'own' then
+    out[n] = 1
+  else
+    local key = pfx .. 'st:' .. id
+    local have = ARGV[i + 1]
+    if have ~= '' and redis.call('GETRANGE', key, 0, #have) == have .. ' ' then
+      out[n] = 1
+    else
+      local cur = redis.call('GET', key)
+      if cur then out[n] = cur else out[n] = 2 end
+    end
+  end
+end
+return out
+"""
+
+# Write each state only if its stored version is still the one read (0: no state stored), then
+# give back owner leases still ours. ARGV: prefix, token, number of states, per state its id,
+# the version read and the new value (written by the caller as "<fix time> <version + 1>
+# <state JSON>": the fix time stays the first field, so readers that only want it need not
+# parse JSON), then the ids whose leases to give back. Reply: per state its new version, or 0
+# where another writer stored one since.
+_SAVE = """#!lua flags=no-cluster
+local pfx, token, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local out = {}
+for i = 1, n do
+  local j = 1 + 3 * i
+  local key = pfx .. 'st:' .. ARGV[j]
+  local want = tonumber(ARGV[j + 1])
+  local v = tonumber(string.match(redis.call('GETRANGE', key, 0, 63), '^%S+ (%d+) ')) or 0
   if v == want then
-    redis.call('SET', key, ARGV[3 * i - 1] .. ' ' .. (v + 1) .. ' ' .. ARGV[3 * i])
+    redis.call('SET', key, ARGV[j + 2])
     out[i] = v + 1
   else
     out[i] = 0
   end
 end
-return out
-"""
-
-# Read states, skipping those the caller already holds: ARGV[i] is the "<fix time> <version>"
-# the caller has of KEYS[i] ('' for none); the reply is that value's 1 when it is still
-# current, the whole value when not, and nil when no state is stored.
-_LOAD = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local cur = redis.call('GET', key)
-  local have = ARGV[i]
-  if not cur then
-    out[i] = false
-  elseif have ~= '' and string.sub(cur, 1, #have + 1) == have .. ' ' then
-    out[i] = 1
-  else
-    out[i] = cur
-  end
+for j = 4 + 3 * n, #ARGV do
+  local own = pfx .. 'own:' .. ARGV[j]
+  if redis.call('GET', own) == token then redis.call('DEL', own) end
 end
 return out
-"""
-
-# Owner leases: take every free one (or renew one already ours); returns 1/0 per key.
-_TAKE = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
-    out[i] = 1
-  elseif redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
-_GIVE = """
-local n = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
-end
-return n
 """
 
 PENDING_EXITS = "exit:pending"  # devices with an undecided exit streak: the clock follows them up
@@ -121,11 +134,9 @@ class StateStore:
         # instance runs at a time (its next instance then holds what a killed one held).
         self.token = token or uuid.uuid4().hex
         self.owner_ttl_ms = int(owner_ttl_s * 1000)
-        self._cas = r.register_script(_CAS)
-        self._take = r.register_script(_TAKE)
-        self._give = r.register_script(_GIVE)
+        self._own_load = r.register_script(_OWN_LOAD)
+        self._save = r.register_script(_SAVE)
         self._drop = r.register_script(_DROP_PENDING)
-        self._load = r.register_script(_LOAD)
         # device -> ("<fix time> <version>" as stored, the decoded state), at most `cache`
         self.cache_size = cache
         self._cache: dict[str, tuple[bytes, DeviceState]] = {}
@@ -136,9 +147,6 @@ class StateStore:
         """Redis key of a device's engine state."""
         return f"{self.prefix}st:{device_id}"
 
-    def _owner_key(self, device_id: str) -> str:
-        return f"{self.prefix}own:{device_id}"
-
     def own(self, devices: Iterable[str]) -> set[str]:
         """Take the owner lease of every device no other writer holds now (one round trip);
         returns the devices now owned by this store. Never waits: the caller handles the others
@@ -146,15 +154,15 @@ class StateStore:
         devices = list(dict.fromkeys(devices))
         if not devices:
             return set()
-        got = self._take(keys=[self._owner_key(d) for d in devices],
-                         args=[self.token, self.owner_ttl_ms])
+        got = self._own_load(args=[self.prefix, self.token, self.owner_ttl_ms, "own",
+                                   *itertools.chain.from_iterable((d, "") for d in devices)])
         return {d for d, ok in zip(devices, got, strict=True) if ok}
 
     def release(self, devices: Iterable[str]) -> None:
         """Give the owner leases back (only those still ours)."""
-        keys = [self._owner_key(d) for d in devices]
-        if keys:
-            self._give(keys=keys, args=[self.token])
+        ids = list(devices)
+        if ids:
+            self._save(args=[self.prefix, self.token, 0, *ids])
 
     def load(self, devices: Iterable[str]) -> dict[str, DeviceState]:
         """States of the given devices (absent ones are left out), in one round trip."""
@@ -165,32 +173,45 @@ class StateStore:
         """States and their versions (0 for every device without a stored state). A state
         older than the one this store's cache last wrote is left out (with its version), as if
         lost: Redis forgot writes it had acknowledged (a failover, docs/high-availability.md)."""
-        devices = list(devices)
+        _, states, versions = self._own_and_load(list(devices), "read")
+        return states, versions
+
+    def own_and_load(self, devices: Iterable[str]
+                     ) -> tuple[set[str], dict[str, DeviceState], dict[str, int]]:
+        """`own` and `load_versioned` in one round trip: the devices now owned, and the states
+        and versions of those (a device another writer holds is neither loaded nor versioned)."""
+        return self._own_and_load(list(dict.fromkeys(devices)), "both")
+
+    def _own_and_load(self, devices: list[str], mode: str
+                      ) -> tuple[set[str], dict[str, DeviceState], dict[str, int]]:
         states: dict[str, DeviceState] = {}
-        versions = dict.fromkeys(devices, 0)
+        versions: dict[str, int] = {}
         if not devices:
-            return states, versions
-        keys = [self.key(d) for d in devices]
+            return set(), states, versions
+        cache = self._cache
+        held = [cache.get(d) for d in devices] if self.cache_size else [None] * len(devices)
+        args: list[Any] = [self.prefix, self.token, self.owner_ttl_ms, mode]
+        for d, h in zip(devices, held, strict=True):
+            args += (d, h[0] if h else b"")
+        values: list[Any] = cast(Any, self._own_load(args=args))
+        owned: set[str] = set()
         held_versions: dict[str, int] = {}
         rewound: list[str] = []
-        if not self.cache_size:
-            values: list[Any] = cast(Any, self.redis.mget(keys))
-        else:
-            cache = self._cache
-            held = [cache.get(d) for d in devices]
-            values = cast(Any, self._load(keys=keys, args=[h[0] if h else b"" for h in held]))
-            for i, (d, raw) in enumerate(zip(devices, values, strict=True)):
-                if raw == 1:
-                    stamp, states[d] = held[i]  # type: ignore[misc]
-                    versions[d] = int(stamp.rsplit(b" ", 1)[1])
-                    values[i] = None
-                elif held[i] is not None:
-                    held_versions[d] = int(held[i][0].rsplit(b" ", 1)[1])  # type: ignore[index]
-                    del cache[d]
-            self.cache_hits += len(states)
-            self.cache_misses += len(devices) - len(states)
-        for d, raw in zip(devices, values, strict=True):
-            if raw is None:
+        for d, h, raw in zip(devices, held, values, strict=True):
+            if raw == 0:
+                continue  # another writer's
+            owned.add(d)
+            versions[d] = 0
+            if raw == 1:
+                if h is None:  # 'read' of a device without a cached state never answers 1
+                    raise RuntimeError(f"state of {d!r}: Redis says current, none is held")
+                stamp, states[d] = h
+                versions[d] = int(stamp.rsplit(b" ", 1)[1])
+                continue
+            if h is not None:
+                held_versions[d] = int(h[0].rsplit(b" ", 1)[1])
+                del cache[d]
+            if raw == 2:
                 continue
             t, rest = raw.split(b" ", 1)
             v = None
@@ -206,12 +227,16 @@ class StateStore:
             states[d] = DeviceState.from_dict(orjson.loads(rest))
             if self.cache_size and v is not None:
                 self._remember(d, t + b" " + v, states[d])
+        if self.cache_size:
+            hits = sum(1 for raw in values if raw == 1)
+            self.cache_hits += hits
+            self.cache_misses += len(owned) - hits
         if rewound:
             self.rewound += len(rewound)
             log.warning("engine state of %d device(s) older than last written (Redis lost "
                         "writes, e.g. in a failover): folded again from positions: %s",
                         len(rewound), ", ".join(rewound[:10]))
-        return states, versions
+        return owned, states, versions
 
     def _remember(self, device: str, stamp: bytes, state: DeviceState) -> None:
         cache = self._cache
@@ -221,22 +246,28 @@ class StateStore:
                 del cache[d]
         cache[device] = (stamp, state)
 
-    def save(self, states: Mapping[str, DeviceState], versions: Mapping[str, int]) -> list[bool]:
+    def save(self, states: Mapping[str, DeviceState], versions: Mapping[str, int],
+             release: Iterable[str] = ()) -> list[bool]:
         """Compare-and-set on the version read: True where written, False where another writer
-        stored a state since (the caller re-reads and folds again)."""
-        if not states:
+        stored a state since (the caller re-reads and folds again). Then, in the same round
+        trip, give back the leases of `release` still ours."""
+        ids = list(release)
+        if not states and not ids:
             return []
-        args: list[str | bytes | int] = []
-        times = []
+        args: list[str | bytes | int] = [self.prefix, self.token, len(states)]
+        stamps = []
         for d, st in states.items():
             t = st.last_fix_time
-            times.append(repr(t if t != float("-inf") else -1.0))
-            args += [versions.get(d, 0), times[-1], orjson.dumps(st.to_dict())]
-        written = self._cas(keys=[self.key(d) for d in states], args=args)
+            want = versions.get(d, 0)
+            stamp = f"{repr(t if t != float('-inf') else -1.0)} {want + 1}".encode()
+            stamps.append(stamp)
+            args += (d, want, stamp + b" " + orjson.dumps(st.to_dict()))
+        args += ids
+        written = self._save(args=args)
         if self.cache_size:
-            for (d, st), stamp, v in zip(states.items(), times, written, strict=True):
+            for (d, st), stamp, v in zip(states.items(), stamps, written, strict=True):
                 if v:
-                    self._remember(d, f"{stamp} {int(v)}".encode(), st)
+                    self._remember(d, stamp, st)
                 else:
                     self._cache.pop(d, None)
         return [bool(x) for x in written]

@@ -405,6 +405,37 @@ def test_a_cached_engine_state_is_used_only_while_it_is_the_stored_one(
     assert set(versions.values()) == {1}
 
 
+def test_leases_and_states_are_taken_together_and_given_back_with_the_save(
+        settings: Settings, rds: redis.Redis):
+    """The pipeline's one round trip before a batch (`own_and_load`) and one after (`save` with
+    `release`): a device another writer holds is neither owned nor read; a stale write is
+    refused and its lease is still given back; a state stored by an older release (fix time,
+    then JSON, no version) is read."""
+    from geofence.model import DeviceState
+
+    a = StateStore(rds, settings.redis_prefix, cache=10)
+    b = StateStore(rds, settings.redis_prefix)
+    assert b.save({"dl1": DeviceState(last_fix_time=5.0)}, {}) == [True]
+    rds.set(b.key("dl3"), b"7.5 " + orjson.dumps(DeviceState(last_fix_time=7.5).to_dict()))
+    assert a.own(["dl2"]) == {"dl2"}
+    owned, states, versions = b.own_and_load(["dl1", "dl2", "dl3", "dl4"])
+    assert owned == {"dl1", "dl3", "dl4"}  # dl2 is a's
+    assert {d: s.last_fix_time for d, s in states.items()} == {"dl1": 5.0, "dl3": 7.5}
+    assert versions == {"dl1": 1, "dl3": 0, "dl4": 0}
+    assert a.own_and_load(["dl1"]) == (set(), {}, {})  # b holds it now
+    saved = b.save({"dl1": DeviceState(last_fix_time=6.0), "dl3": DeviceState(last_fix_time=8.0)},
+                   {"dl1": 0, "dl3": 0}, release=owned)  # dl1 read at version 1: stale
+    assert saved == [False, True]
+    assert rds.get(b.key("dl1")).startswith(b"5.0 1 ") and rds.get(b.key("dl3")).startswith(b"8.0 1 ")
+    owned, states, versions = a.own_and_load(["dl1", "dl2", "dl3"])  # every lease given back
+    assert owned == {"dl1", "dl2", "dl3"} and versions == {"dl1": 1, "dl2": 0, "dl3": 1}
+    a.save({"dl2": DeviceState(last_fix_time=9.0)}, versions, release=owned)
+    _, states, _ = a.own_and_load(["dl2"])  # a's own write: served from its cache
+    assert states["dl2"].last_fix_time == 9.0 and a.cache_hits == 1
+    a.release(["dl2"])
+    assert not any(rds.exists(f"{settings.redis_prefix}own:{d}") for d in ("dl1", "dl2", "dl3", "dl4"))
+
+
 def test_a_state_older_than_the_one_last_written_is_folded_again_as_if_lost(
         settings: Settings, rds: redis.Redis):
     """A Redis failover can forget the last writes the old master acknowledged: the promoted
