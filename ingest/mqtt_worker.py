@@ -115,6 +115,28 @@ def partition_of(device_id: str | None, workers: int) -> int:
 
 
 
+_OWNTRACKS_SUBTOPICS_B = tuple(t.encode() for t in OWNTRACKS_SUBTOPICS)
+
+
+def topic_partition(topic: bytes, prefix: bytes, workers: int) -> int | None:
+    """`partition_of(route(topic...).device_id, workers)` read off the topic's bytes, without
+    decoding it or building the message: how a worker passes over the other partitions'
+    reports, half or more of what it reads. None where only `route` can tell (a topic that is
+    not ASCII)."""
+    if not topic.isascii():
+        return None
+    parts = topic[len(prefix):].split(b"/") if topic.startswith(prefix) else []
+    n = len(parts)
+    if n == 3 and parts[0] == b"devices" and parts[2] == b"location" and parts[1]:
+        dev = parts[1]
+    elif n in (3, 4) and parts[0] == b"owntracks" and parts[2] and (
+            n == 3 or parts[3] in _OWNTRACKS_SUBTOPICS_B):
+        dev = parts[2]
+    else:
+        return 0  # no device: partition 0 dead-letters it
+    return zlib.crc32(dev) % workers if workers > 1 else 0
+
+
 def subscriptions(prefix: str) -> list[tuple[str, int]]:
     """Topic filters of the ingest worker (QoS 1): store/topics.py."""
     return [(f, 1) for f in ingest_filters(prefix)]
@@ -164,6 +186,7 @@ class MqttIngestWorker:
         self.group = self.settings.mqtt_share_group if share else ""
         # Partition mode with several workers: this worker's part of the devices.
         self.partition: tuple[int, int] | None = None
+        self._prefix_b = self.settings.mqtt_topic_prefix.encode()
         if not share and self.settings.ingest_workers > 1:
             self.partition = (self.settings.ingest_worker_index, self.settings.ingest_workers)
         self.client = BatchClient(
@@ -239,14 +262,20 @@ class MqttIngestWorker:
             log.warning("MQTT disconnected (%s); reconnecting every second", reason_code)
 
     def _on_report(self, topic: bytes, payload: bytes, qos: int, mid: int) -> None:
-        try:
-            name = topic.decode()
-        except UnicodeDecodeError:  # kept as unroutable, like any topic we cannot read
-            name = topic.decode(errors="replace")
         now = time.time()
-        raw = route(name, payload, now, self.settings.mqtt_topic_prefix)
-        if self.partition is not None and \
-                partition_of(raw.device_id, self.partition[1]) != self.partition[0]:
+        part = self.partition
+        fast = None if part is None else topic_partition(topic, self._prefix_b, part[1])
+        mine = part is None or fast == part[0]
+        raw = None
+        if mine or fast is None:
+            try:
+                name = topic.decode()
+            except UnicodeDecodeError:  # kept as unroutable, like any topic we cannot read
+                name = topic.decode(errors="replace")
+            raw = route(name, payload, now, self.settings.mqtt_topic_prefix)
+            if not mine:  # a topic only route can read
+                mine = partition_of(raw.device_id, part[1]) == part[0]  # type: ignore[index]
+        if not mine:
             # Another worker's device: that worker's own session holds this report too. It is
             # acknowledged with the batch it arrived in, in arrival order: acknowledging it at
             # once, ahead of earlier reports still being committed, would let the broker's
@@ -256,7 +285,7 @@ class MqttIngestWorker:
             self._pending.append(Inbound(mid, qos, None, now))
             self._others += 1  # counted into OTHERS once per batch (its lock costs per call)
             return
-        self._pending.append(Inbound(mid, qos, raw, now))
+        self._pending.append(Inbound(mid, qos, raw, now))  # type: ignore[arg-type]
         self._own += 1
         if self._oldest_at is None:
             self._oldest_at = now

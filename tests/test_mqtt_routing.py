@@ -7,10 +7,13 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from api.routes.broker import service_may
-from ingest.mqtt_worker import MqttIngestWorker, route, subscriptions
+from ingest.mqtt_worker import MqttIngestWorker, partition_of, route, subscriptions, topic_partition
 from ingest.pipeline import Channel
 from store.broker_sync import service_acl
 from store.settings import Settings
@@ -117,6 +120,42 @@ def test_partitions_split_devices_evenly_and_every_index_must_exist():
     assert partition_of(None, 4) == 0  # reports naming no device: dead-lettered by one worker
     with pytest.raises(ValueError, match="CCS_INGEST_WORKER_INDEX=2 must be below"):
         Settings(ingest_workers=2, ingest_worker_index=2)
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(parts=st.lists(st.one_of(
+    st.sampled_from(["devices", "location", "owntracks", "event", "waypoint", "waypoints", "cmd",
+                     "", "d1", "ccs", "ccs-test"]),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=6)), min_size=0, max_size=6),
+    prefix=st.sampled_from(["", "ccs/", "ccs-test-1/", "x"]), lead=st.sampled_from(["", "ccs/"]),
+    workers=st.integers(1, 5), junk=st.booleans())
+def test_a_workers_partition_read_off_the_topic_bytes_is_the_routed_ones(
+        parts: list[str], prefix: str, lead: str, workers: int, junk: bool) -> None:
+    """A partitioned worker skips other partitions' reports on the topic's bytes alone
+    (`topic_partition`): on any topic, UTF-8 or not, it gives the partition `route` and
+    `partition_of` give, or None (only route can tell)."""
+    topic = (lead + "/".join(parts)).encode() + (b"\xff" if junk else b"")
+    fast = topic_partition(topic, prefix.encode(), workers)
+    name = topic.decode(errors="replace")
+    routed = partition_of(route(name, b"{}", 0.0, prefix).device_id, workers)
+    assert fast == routed or (fast is None and not topic.isascii())
+    if topic.isascii():
+        assert fast is not None
+
+
+def test_topic_partition_spreads_real_device_topics() -> None:
+    """Not vacuous: ordinary topics get a partition, and it is the device's."""
+    for d in ("d00001", "dev-x", "7"):
+        for t in (f"ccs/devices/{d}/location", f"ccs/owntracks/u/{d}", f"ccs/owntracks/u/{d}/event"):
+            assert topic_partition(t.encode(), b"ccs/", 3) == partition_of(d, 3)
+    assert topic_partition(b"ccs/devices//location", b"ccs/", 3) == 0
+    # Topics that name a device-like part but route to no device: partition 0, not d1's (1).
+    for t in (b"ccs/owntracks/u/d1/cmd", b"ccs/devices/d1/cmd", b"devices/d1/location",
+              b"ccs/owntracks/u/d1/event/x", b"ccs/devices/d1/location/x"):
+        routed = route(t.decode(), b"", 0.0, "ccs/").device_id
+        assert topic_partition(t, b"ccs/", 3) == 0 == partition_of(routed, 3)
+    assert topic_partition(b"ccs/devices/d1/location", b"ccs/", 3) == 1
+    assert topic_partition("ccs/devices/dé/location".encode(), b"ccs/", 3) is None
 
 
 def test_a_partitioned_worker_acknowledges_every_message_in_arrival_order(settings, monkeypatch):
