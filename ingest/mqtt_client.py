@@ -64,8 +64,11 @@ def _publish_fields(buf: bytes, p: int, stop: int, qos: int, v5: bool
         mid = int.from_bytes(buf[q:q + 2], "big")
         q += 2
     if v5 and q <= stop:  # the properties: their length (a varint), then them
-        q, plen = _varint(buf, q, stop)
-        q = q + plen if q >= 0 else stop + 1
+        if q < stop and buf[q] < 0x80:  # the usual: none, or a few bytes
+            q += 1 + buf[q]
+        else:
+            q, plen = _varint(buf, q, stop)
+            q = q + plen if q >= 0 else stop + 1
     return None if q > stop else (topic, q, mid)
 
 
@@ -143,7 +146,16 @@ class BatchClient(mqtt.Client):
                 qos = (header & 0x06) >> 1
                 if header & 0xF0 != 0x30 or qos >= 2:
                     break  # not a PUBLISH we take (QoS 2; QoS 3 is a protocol error): paho's
-                p, length = _varint(buf, pos + 1, end)
+                # The remaining length: one byte up to 127, two up to 16,383 (every report),
+                # read here; longer ones by _varint.
+                p = pos + 2
+                length = buf[pos + 1] if p <= end else 128
+                if length & 0x80:
+                    if p < end and not buf[p] & 0x80:
+                        length = (length & 0x7F) | buf[p] << 7
+                        p += 1
+                    else:
+                        p, length = _varint(buf, pos + 1, end)
                 if p < 0:
                     break  # length cut by the buffer's end, or malformed: paho's
                 stop = p + length

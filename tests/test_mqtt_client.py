@@ -9,6 +9,9 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -191,18 +194,22 @@ def test_a_read_limit_bounds_each_read_and_leaves_the_rest_buffered(settings: Se
         sub.disconnect()
 
 
+def _vbi(n: int) -> bytes:
+    """An MQTT variable byte integer."""
+    out = bytearray()
+    while True:
+        n, b = divmod(n, 128)
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def _publish(topic: bytes, payload: bytes, qos: int, mid: int, props: bytes | None = None) -> bytes:
     body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
     if props is not None:  # MQTT 5: property length (a varint) and the properties
-        body += bytes([len(props)]) + props
+        body += _vbi(len(props)) + props
     body += payload
-    n, rl = len(body), bytearray()
-    while True:
-        n, b = divmod(n, 128)
-        rl.append(b | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes([0x30 | qos << 1]) + bytes(rl) + body
+    return bytes([0x30 | qos << 1]) + _vbi(len(body)) + body
 
 
 class _NoSocket:
@@ -270,3 +277,31 @@ def test_complete_publishes_in_the_buffer_are_parsed_in_place_and_the_rest_left_
     client, got = _buffered(mqtt.MQTTv311, a)
     client._sock = _NoSocket()  # type: ignore[assignment]
     assert client._buffered_publishes(100) == 0 and got == []
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(packets=st.lists(st.tuples(
+    st.binary(min_size=1, max_size=40), st.sampled_from([0, 1, 2, 127, 128, 129, 16383, 16384, 20000]),
+    st.integers(0, 1), st.integers(1, 65535), st.one_of(st.none(), st.binary(max_size=130))),
+    min_size=1, max_size=5), v5=st.booleans(), cut=st.floats(0, 1))
+def test_any_run_of_publishes_cut_anywhere_is_read_up_to_the_cut(packets, v5: bool, cut: float):
+    """Remaining lengths of one to three bytes, MQTT 5 property lengths of one or two: every
+    complete packet before the buffer's end is handed over whole, in order, and nothing of the
+    packet the end cuts."""
+    wire, want = [], []
+    for topic, size, qos, mid, props in packets:
+        payload = bytes(i % 251 for i in range(size))
+        wire.append(_publish(topic, payload, qos, mid if qos else 0, (props or b"") if v5 else None))
+        want.append((topic, payload, qos, mid if qos else 0))
+    data = b"".join(wire)
+    end = round(cut * len(data))
+    client, got = _buffered(mqtt.MQTTv5 if v5 else mqtt.MQTTv311, data[:end])
+    complete, pos = 0, 0
+    for w in wire:
+        if pos + len(w) > end:
+            break
+        pos += len(w)
+        complete += 1
+    assert client._buffered_publishes(100) == complete
+    assert got == want[:complete] and client._rpos == pos
+
