@@ -209,15 +209,15 @@ class Pipeline:
             turn = [i for i in todo if messages[i].device_id is None
                     or messages[i].device_id in owned]
             if turn:
-                release = list(owned)
                 try:
                     for i, res in zip(turn, self._process_owned(
-                            [messages[i] for i in turn], now, states, versions, release),
-                            strict=True):
+                            [messages[i] for i in turn], now, states, versions), strict=True):
                         results[i] = res
                 finally:
-                    if release:  # not given back with the save (an error before it)
-                        self.states.release(release)
+                    # After the follow-up set and the silence deadlines are written too: a
+                    # writer that took the device over could otherwise see its new exit streak
+                    # dropped from the follow-up set by this batch's late removal.
+                    self.states.release(owned)
                 todo = [i for i in todo if results[i] is None]
                 pause = 0.002
                 continue
@@ -229,10 +229,9 @@ class Pipeline:
 
     def _process_owned(self, messages: Sequence[RawMessage], now: float,
                        loaded: Mapping[str, DeviceState], loaded_versions: Mapping[str, int],
-                       release: list[str]) -> list[MessageResult]:
+                       ) -> list[MessageResult]:
         """Handle messages of devices this pipeline owns (or of no device), given their states
-        as read with the leases; the leases in `release` are given back with the save (and the
-        list emptied)."""
+        as read with the leases."""
         self.registry.refresh_if_changed()
         results = [MessageResult(ok=True) for _ in messages]
         dead: list[tuple[int, str, str]] = []
@@ -298,8 +297,7 @@ class Pipeline:
                          "fix_id": fix_id(step.get("device_id"), step.get("fix_time")),
                          "alert_id": step.get("alert_id"), "supervisee_id": step.get("supervisee_id")})
 
-        saved = self.states.save(result.states, versions, release)
-        release.clear()
+        saved = self.states.save(result.states, versions)
         if not all(saved):
             # Only when a lease ran out mid-batch (a stalled writer): the newer state stays, and
             # a redelivery is late against it. Say so: it should never happen.

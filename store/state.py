@@ -184,16 +184,27 @@ class StateStore:
 
     def _own_and_load(self, devices: list[str], mode: str
                       ) -> tuple[set[str], dict[str, DeviceState], dict[str, int]]:
-        states: dict[str, DeviceState] = {}
-        versions: dict[str, int] = {}
         if not devices:
-            return set(), states, versions
-        cache = self._cache
-        held = [cache.get(d) for d in devices] if self.cache_size else [None] * len(devices)
+            return set(), {}, {}
+        held: list[tuple[bytes, DeviceState] | None] = (
+            [self._cache.get(d) for d in devices] if self.cache_size else [None] * len(devices))
         args: list[Any] = [self.prefix, self.token, self.owner_ttl_ms, mode]
         for d, h in zip(devices, held, strict=True):
             args += (d, h[0] if h else b"")
         values: list[Any] = cast(Any, self._own_load(args=args))
+        try:
+            return self._loaded(devices, held, values)
+        except BaseException:  # e.g. a state that no longer decodes: give the leases back
+            if mode != "read":
+                self.release([d for d, raw in zip(devices, values, strict=True) if raw != 0])
+            raise
+
+    def _loaded(self, devices: list[str], held: list[tuple[bytes, DeviceState] | None],
+                values: list[Any]) -> tuple[set[str], dict[str, DeviceState], dict[str, int]]:
+        """The script's replies decoded: owned devices, their states and versions."""
+        states: dict[str, DeviceState] = {}
+        versions: dict[str, int] = {}
+        cache = self._cache
         owned: set[str] = set()
         held_versions: dict[str, int] = {}
         rewound: list[str] = []

@@ -434,6 +434,11 @@ def test_leases_and_states_are_taken_together_and_given_back_with_the_save(
     assert states["dl2"].last_fix_time == 9.0 and a.cache_hits == 1
     a.release(["dl2"])
     assert not any(rds.exists(f"{settings.redis_prefix}own:{d}") for d in ("dl1", "dl2", "dl3", "dl4"))
+    # A stored state that no longer decodes: the read fails, and the leases it took go back.
+    rds.set(b.key("dl5"), b"1.0 1 {not json")
+    with pytest.raises(orjson.JSONDecodeError):
+        b.own_and_load(["dl5", "dl6"])
+    assert not any(rds.exists(f"{settings.redis_prefix}own:{d}") for d in ("dl5", "dl6"))
 
 
 def test_a_state_older_than_the_one_last_written_is_folded_again_as_if_lost(
