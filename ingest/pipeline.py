@@ -203,7 +203,7 @@ class Pipeline:
         deadline = time.monotonic() + self.settings.device_owner_wait_s
         pause = 0.002
         while todo:
-            # Leases and engine states in one round trip; given back with the states' save.
+            # Leases and engine states in one round trip; leases given back after the batch.
             owned, states, versions = self.states.own_and_load(
                 {d for i in todo if (d := messages[i].device_id) is not None})
             turn = [i for i in todo if messages[i].device_id is None
