@@ -154,6 +154,11 @@ class Pipeline:
         if not conn.autocommit:
             raise ValueError("the pipeline needs an autocommit connection")
         conn.execute(_TEMP_TABLE)
+        # Every query here is a batch's small look-up or write: a parallel plan (a registry
+        # look-up before the planner has statistics on a freshly enrolled fleet chose one) starts
+        # worker processes per batch that cost more CPU than the query (8.8 s of CPU in one
+        # 100,000-phone bench start, BENCHMARKS.md).
+        conn.execute("SET max_parallel_workers_per_gather = 0")
 
     @classmethod
     def connect(cls, settings: Settings, owner_token: str | None = None) -> Pipeline:

@@ -329,3 +329,15 @@ def test_every_field_is_stored_as_decoded(pipeline, device, db, provider):
                        7.0, provider, "native_mqtt", True, 2**62, False, "undecidable")
     [again] = pipeline.process([native(device, fix((lon, lat), t, 1e-31, **extra))], now=NOW + 0.5)
     assert (again.accepted, again.duplicates) == (0, 1)  # the stored key is the decoded one
+
+
+def test_the_pipeline_plans_no_parallel_workers(pipeline, db):
+    # A batch's look-ups are small: helper processes per batch cost more than they save (a
+    # registry warm-up without planner statistics started two per batch).
+    cheap = ("SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; "
+             "SET min_parallel_table_scan_size = 0")
+    query = "EXPLAIN SELECT count(*) FROM devices"
+    db.execute(cheap)  # control: with parallel plans made free, another connection uses one
+    assert any("Gather" in row[0] for row in db.execute(query).fetchall())
+    pipeline.conn.execute(cheap)
+    assert not any("Gather" in row[0] for row in pipeline.conn.execute(query).fetchall())
