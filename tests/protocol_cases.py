@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import strategies as st
 
 from geofence.model import Fix, Source
 from ingest.protocols import (
@@ -205,3 +206,33 @@ def traccar_error(doc: Any) -> DecodeError:
 def traccar_fix(coords: dict[str, Any] | None = None, /, **location: Any) -> Fix:
     (fix,) = run_traccar(traccar(coords, **location)).fixes
     return fix
+
+
+# Every JSON type a field can hold, with values near each rule's bounds.
+JSON_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1), st.sampled_from([0, 1, -1, 90, 360]),
+    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(
+        [0.0, -0.0, 1e-31, -1e-31, 1e-300, 90.0, 90.5, 180.0, 1e6, 1e6 + 1, 1e5, -1.2e4]),
+    st.text(max_size=70), st.sampled_from(["wgs84", "GCJ02", "gcj02", "bd09", "", "gps", "\x00"]),
+    st.lists(st.integers(-9, 9), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(-9, 9),
+                                                                max_size=1),
+)
+
+
+def decode_or_error(decode: Callable[[str, bytes, float], Any], obj: Any) -> Any:
+    """A decoder's result on `obj`, or its refusal as (reason, detail): two ways of decoding
+    compare equal exactly when they give the same fix or the same error."""
+    try:
+        return decode(DEVICE, dumps(obj), NOW)
+    except DecodeError as e:
+        return (e.reason, e.detail)
+
+
+def fast_path_and_model(decode: Callable[[str, bytes, float], Any], module: Any, obj: Any
+                        ) -> tuple[Any, Any]:
+    """A decoder's result on `obj` (or its refusal) as it runs, and with its fast path
+    (`module._plain`) turned off so that its pydantic model decides everything."""
+    fast = decode_or_error(decode, obj)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "_plain", lambda _obj: None)
+        return fast, decode_or_error(decode, obj)

@@ -12,18 +12,19 @@ from hypothesis import strategies as st
 from geofence.model import CRS, Fix, Source
 from ingest.protocols import (
     Decoded,
-    DecodeError,
     Limits,
     decode_native,
 )
 from ingest.protocols import native as native_module
 from tests.protocol_cases import (
     DEVICE,
+    JSON_VALUES,
     NOW,
     REMOVE,
     T,
     dumps,
     error,
+    fast_path_and_model,
     native,
     native_error,
     native_fix,
@@ -299,40 +300,21 @@ def test_native_rejects_non_utf8_payload() -> None:
     assert error(lambda: decode_native(DEVICE, payload, NOW)).reason == "bad_json"
 
 
-# Every JSON type a field can hold, with values near each rule's bounds.
-_JSON_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1), st.sampled_from([0, 1, -1, 90, 360]),
-    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(
-        [0.0, -0.0, 1e-31, -1e-31, 1e-300, 90.0, 90.5, 180.0, 1e6, 1e6 + 1, 1e5, -1.2e4]),
-    st.text(max_size=70), st.sampled_from(["wgs84", "GCJ02", "gcj02", "bd09", "", "gps", "\x00"]),
-    st.lists(st.integers(-9, 9), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(-9, 9),
-                                                                max_size=1),
-)
 _FIELDS = ["time", "lat", "lon", "accuracy", "altitude", "speed", "heading", "battery", "crs",
            "provider", "mock", "seq", "extra"]
 
 
-def _decode_or_error(obj: dict[str, Any]) -> Any:
-    try:
-        return decode_native(DEVICE, dumps(obj), NOW)
-    except DecodeError as e:
-        return (e.reason, e.detail)
-
-
 @settings(max_examples=600, deadline=None)
 @given(base=st.fixed_dictionaries({}, optional={
-    "time": st.one_of(_JSON_VALUES, st.floats(NOW - 40 * 86400, NOW + 700)),
-    "lat": st.one_of(_JSON_VALUES, st.floats(-91, 91)), "lon": st.one_of(_JSON_VALUES, st.floats(-181, 181)),
-    **{k: _JSON_VALUES for k in _FIELDS[3:]}}), keep_valid=st.booleans())
+    "time": st.one_of(JSON_VALUES, st.floats(NOW - 40 * 86400, NOW + 700)),
+    "lat": st.one_of(JSON_VALUES, st.floats(-91, 91)), "lon": st.one_of(JSON_VALUES, st.floats(-181, 181)),
+    **{k: JSON_VALUES for k in _FIELDS[3:]}}), keep_valid=st.booleans())
 def test_native_fast_path_gives_the_models_fix_or_error(base: dict[str, Any], keep_valid: bool) -> None:
     """The usual fix skips the pydantic model (`native._plain`): on any input, valid or not, the
     result is the model path's, the same fix or the same error."""
     obj = ({"time": T, "lat": 31.2, "lon": 121.4} | base) if keep_valid else base
-    fast = _decode_or_error(obj)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native_module, "_plain", lambda _obj: None)
-        slow = _decode_or_error(obj)
-    assert fast == slow
+    fast, model = fast_path_and_model(decode_native, native_module, obj)
+    assert fast == model
 
 
 def test_native_fast_path_takes_the_usual_fix() -> None:

@@ -5,17 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geofence.model import CRS, Fix, Source
 from ingest.protocols import (
     KMH_MS,
     Decoded,
+    decode_owntracks,
 )
+from ingest.protocols import owntracks as owntracks_module
 from tests.protocol_cases import (
     DEVICE,
+    JSON_VALUES,
     NOW,
     REMOVE,
     T,
+    fast_path_and_model,
     override,
     owntracks,
     owntracks_error,
@@ -182,3 +188,35 @@ def test_owntracks_applies_the_shared_time_window() -> None:
 
 def test_owntracks_payload_must_be_object_or_array() -> None:
     assert owntracks_error("location").reason == "not_object"
+
+
+# What an OwnTracks phone sends besides the fix (Android 2.4, iOS 17): ignored either way.
+_EXTRAS = {"tid": "ab", "conn": "m", "bs": 1, "m": 1, "t": "p", "BSSID": "aa:bb", "SSID": "x",
+           "inregions": ["home"], "created_at": T, "topic": "owntracks/u/d", "vac": 3, "p": 100.2}
+
+
+@settings(max_examples=600, deadline=None)
+@given(base=st.fixed_dictionaries({}, optional={
+    "tst": st.one_of(JSON_VALUES, st.floats(NOW - 40 * 86400, NOW + 700)),
+    "lat": st.one_of(JSON_VALUES, st.floats(-91, 91)), "lon": st.one_of(JSON_VALUES, st.floats(-181, 181)),
+    **{k: JSON_VALUES for k in ("acc", "alt", "vel", "cog", "batt", "tid", "conn")}}),
+    keep_valid=st.booleans(), extras=st.booleans())
+def test_owntracks_fast_path_gives_the_models_fix_or_error(
+        base: dict[str, Any], keep_valid: bool, extras: bool) -> None:
+    """The usual location skips the pydantic model (`owntracks._plain`): on any input, valid or
+    not, the result is the model path's, the same fix or the same error."""
+    obj = {"_type": "location"} | (_EXTRAS if extras else {}) | (
+        {"tst": int(T), "lat": 48.85, "lon": 2.35} if keep_valid else {}) | base
+    fast, model = fast_path_and_model(decode_owntracks, owntracks_module, obj)
+    assert fast == model
+
+
+def test_owntracks_fast_path_takes_the_usual_location() -> None:
+    """The check above compares like with like only if the usual location really goes the fast
+    way."""
+    obj = owntracks() | _EXTRAS
+    cand = owntracks_module._plain(obj)
+    assert cand is not None and cand.accuracy == 15.0 and cand.speed == 36 * KMH_MS
+    assert owntracks_module._plain(obj | {"vel": None}) is None  # null: the model decides
+    assert owntracks_module._plain(obj | {"batt": True}) is None
+    assert owntracks_module._plain(obj | {"tst": "2026-01-01T00:00:00Z"}) is None

@@ -124,6 +124,28 @@ def _real(value: float | None) -> float | None:
     return value if value is None or abs(value) >= _REAL_TINY else 0.0
 
 
+_NUM = (int, float)
+
+
+def plain_numbers(obj: dict[str, Any], keys: tuple[str, ...]) -> list[float | None] | None:
+    """For a decoder's fast path: the optional numbers `keys` of a JSON object as floats (None
+    where absent), or None when one is present but not exactly a JSON number (an explicit null,
+    a bool, a string ...): the decoder's model then decides and names the problem."""
+    get = obj.get
+    vals: list[float | None] = []
+    for k in keys:
+        v = get(k)
+        if v is None:
+            if k in obj:
+                return None
+            vals.append(None)
+        elif type(v) in _NUM:
+            vals.append(float(v))
+        else:
+            return None
+    return vals
+
+
 def validate(device_id: str, c: Candidate, source: Source, now: float, limits: Limits) -> Fix:
     """The one set of plausibility rules every protocol goes through."""
     lat, lon = c.lat, c.lon

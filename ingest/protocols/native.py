@@ -17,6 +17,7 @@ from ingest.protocols.common import (
     elements,
     load_json,
     parse_crs,
+    plain_numbers,
     time_value,
     validate,
     validate_model,
@@ -55,17 +56,9 @@ def _plain(obj: dict[str, Any]) -> Candidate | None:
     lon: Any = get("lon")
     if not (type(t) in _NUM and type(lat) in _NUM and type(lon) in _NUM):
         return None
-    vals = []
-    for k in _OPTIONAL_NUMBERS:
-        v = get(k)
-        if v is None:
-            if k in obj:
-                return None  # null: the model says which type it expected
-        elif type(v) in _NUM:
-            v = float(v)
-        else:
-            return None
-        vals.append(v)
+    vals = plain_numbers(obj, _OPTIONAL_NUMBERS)
+    if vals is None:
+        return None
     crs, provider, mock, seq = get("crs", "wgs84"), get("provider"), get("mock", False), get("seq")
     if (type(crs) is not str or crs not in _CRS or type(mock) is not bool
             or not (provider is None or type(provider) is str)

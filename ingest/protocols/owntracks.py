@@ -30,6 +30,7 @@ from ingest.protocols.common import (
     each,
     elements,
     load_json,
+    plain_numbers,
     short,
     time_value,
     validate,
@@ -63,8 +64,35 @@ class _OwnTracksTransition(BaseModel):
     acc: float | None = None  # metres
 
 
+_NUM = (int, float)
+_OPTIONAL_NUMBERS = ("acc", "alt", "vel", "cog", "batt")
+
+
+def _plain(obj: dict[str, Any]) -> Candidate | None:
+    """The usual location without the model: `lat`, `lon` and `tst` are JSON numbers (int or
+    float, never bool) and every optional number present is one too. Anything else returns
+    None and goes through the model, which names the problem; `tests/test_protocol_owntracks.py`
+    checks that both ways give the same fix or the same error. The phone's other fields (`tid`,
+    `conn`, `BSSID`, `inregions` ...) are ignored either way."""
+    t: Any = obj.get("tst")
+    lat: Any = obj.get("lat")
+    lon: Any = obj.get("lon")
+    if not (type(t) in _NUM and type(lat) in _NUM and type(lon) in _NUM):
+        return None
+    vals = plain_numbers(obj, _OPTIONAL_NUMBERS)
+    if vals is None:
+        return None
+    acc, alt, vel, cog, batt = vals
+    return Candidate(time=time_value(t, "tst"), lat=float(lat), lon=float(lon), accuracy=acc,
+                     altitude=alt, speed=None if vel is None else vel * KMH_MS, heading=cog,
+                     battery=batt)
+
+
 def _location_fix(device_id: str, obj: dict[str, Any], source: Source, now: float,
                   limits: Limits) -> Fix:
+    cand = _plain(obj)
+    if cand is not None:
+        return validate(device_id, cand, source, now, limits)
     m = validate_model(_OwnTracksLocation, obj)
     cand = Candidate(
         time=time_value(m.tst, "tst"),
