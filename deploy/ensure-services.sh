@@ -71,7 +71,8 @@ if ! port_open "$REDIS_PORT"; then
   say "starting Redis (AOF, fsync every second)"
   mkdir -p /var/lib/redis /var/log/redis
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" \
-    --appendonly yes --appendfsync everysec --dir /var/lib/redis --logfile /var/log/redis/ccs.log
+    --appendonly yes --appendfsync everysec --dir /var/lib/redis --logfile /var/log/redis/ccs.log \
+    --auto-aof-rewrite-percentage 400 --auto-aof-rewrite-min-size 1gb
   wait_port "$REDIS_PORT" Redis
 elif command -v redis-cli >/dev/null && [ "$(redis_cfg appendonly)" != yes ]; then
   dir=$(redis_cfg dir)
@@ -83,6 +84,13 @@ elif command -v redis-cli >/dev/null && [ "$(redis_cfg appendonly)" != yes ]; th
     say "WARNING: Redis on :$REDIS_PORT runs without AOF and it could not be switched on" \
         "(dir '${dir:-?}'); state is rebuilt from PostgreSQL after a restart, more slowly"
   fi
+fi
+# The append-only file's rewrite thresholds (deploy/redis/redis.conf says why), set at runtime on
+# a Redis this machine started before (until it restarts).
+if command -v redis-cli >/dev/null && [ "$(redis_cfg auto-aof-rewrite-percentage)" != 400 ]; then
+  redis-cli -p "$REDIS_PORT" config set auto-aof-rewrite-percentage 400 >/dev/null
+  redis-cli -p "$REDIS_PORT" config set auto-aof-rewrite-min-size 1gb >/dev/null
+  say "Redis: append-only file rewritten at 400 % growth and 1 GB (at runtime, until it restarts)"
 fi
 # Sentinel, for the Redis failover test and bench (tests/test_redis_failover.py, simulators/
 # redis_failover.py): they start their own master, replica and sentinels on free ports; the

@@ -31,7 +31,8 @@ TEST_DB = f"ccs_test_{_CHECKOUT}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}
 HOW_TO_START = (
     "start it with `make services` (deploy/ensure-services.sh), or on this machine: "
     "PostgreSQL `pg_ctlcluster --skip-systemctl-redirect 15 main start`, Redis `redis-server "
-    "--daemonize yes --port 6379 --save '' --appendonly yes --appendfsync everysec`, the "
+    "--daemonize yes --port 6379 --save '' --appendonly yes --appendfsync everysec "
+    "--auto-aof-rewrite-percentage 400 --auto-aof-rewrite-min-size 1gb`, the "
     "project's Mosquitto `mosquitto -d -c deploy/mosquitto/mosquitto.conf`"
 )
 PASSWORD = "correct horse battery staple"

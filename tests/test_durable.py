@@ -196,6 +196,11 @@ def test_make_services_leaves_redis_with_an_append_only_file(rds: redis.Redis):
     assert out.returncode == 0, out.stdout + out.stderr
     assert rds.config_get("appendonly") == {"appendonly": "yes"}, out.stdout
     assert rds.config_get("appendfsync") == {"appendfsync": "everysec"}
+    # Rewritten at five times the data and 1 GB, not every few seconds under load
+    # (deploy/redis/redis.conf).
+    assert rds.config_get("auto-aof-rewrite-percentage") == {"auto-aof-rewrite-percentage": "400"}
+    assert rds.config_get("auto-aof-rewrite-min-size") == {
+        "auto-aof-rewrite-min-size": str(1024 ** 3)}
 
 
 def _metric(name: str, **labels: str) -> float:
