@@ -1261,7 +1261,7 @@ def _add_profiles(res: Results, profiler: Any) -> None:
         n, top_self, top_incl = summarise(path, top=6)
         if not n:
             continue
-        res.add(f"profile {name} ({n} samples, {profiler.duration_s:.0f} s)",
+        res.add(f"profile {name} ({n} samples, {profiler.duration_s:.0f} s at {profiler.rate} Hz)",
                 "self: " + "; ".join(f"{f} {v:.0%}" for f, v in top_self))
         res.add("", "in stack: " + "; ".join(f"{f} {v:.0%}" for f, v in top_incl))
 

@@ -26,11 +26,20 @@ def py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
+# Samples per second. py-spy's own CPU grows with it: sampling a busy Python process with a
+# 30-frame stack for 10 s cost it 0.64 s of CPU at 100 Hz and 0.19 s at 25 Hz (py-spy 0.4,
+# this machine, 2026-12-07). The bench profiles five processes at once on a box it keeps
+# nearly saturated: at 100 Hz that was about a third of a core for the profile's 20 s, and the
+# 5-minute runs' latency stalls began in that window (BENCHMARKS.md, issue 13, session 12).
+# At 25 Hz a 20-s profile still holds some hundreds of busy samples per worker.
+RATE_HZ = 25
+
+
 class Profiler(threading.Thread):
     """Samples `pids` (name -> pid) for `duration_s`, starting at wall-clock time `start_at`."""
 
     def __init__(self, pids: dict[str, int], start_at: float, duration_s: float, outdir: Path,
-                 rate: int = 100) -> None:
+                 rate: int = RATE_HZ) -> None:
         super().__init__(name="profiler", daemon=True)
         self.pids, self.start_at, self.duration_s = pids, start_at, duration_s
         self.outdir, self.rate = outdir, rate
