@@ -992,8 +992,7 @@ def _progress_loop(
             now = time.time()
             if now >= publish_end + 0.1 and "all_stored_at" not in marks and now >= next_poll:
                 final = sum(s.sent.value for s in shared)
-                stored = conn.execute("SELECT count(*) FROM positions WHERE device_id LIKE 'sim%'"
-                                      ).fetchone()[0]  # type: ignore[index]
+                stored = _count_stored(conn)
                 now = time.time()
                 marks.setdefault("backlog", float(max(final - stored, 0)))
                 if stored >= final:
@@ -1012,8 +1011,7 @@ def _progress_loop(
             sent = sum(s.sent.value for s in shared)
             out = sum(s.out.value for s in shared)
             if polled is None or now - polled[0] > 1.0:
-                stored = conn.execute("SELECT count(*) FROM positions WHERE device_id LIKE 'sim%'"
-                                      ).fetchone()[0]  # type: ignore[index]
+                stored = _count_stored(conn)
             rate = (sent - last_sent) / max(now - last_t, 1e-9)
             last_t, last_sent = now, sent
             line = (f"elapsed {max(now - t0, 0):6.1f} s  sent {sent:9,d}  rate {rate:8,.0f}/s  "
@@ -1022,6 +1020,13 @@ def _progress_loop(
             print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
     if tty:
         print()
+
+
+def _count_stored(conn: psycopg.Connection) -> int:
+    """The simulated phones' positions stored so far (a scan of the positions table: the
+    callers' connections plan it without parallel workers, and poll it sparingly)."""
+    return conn.execute("SELECT count(*) FROM positions WHERE device_id LIKE 'sim%'"
+                        ).fetchone()[0]  # type: ignore[index]
 
 
 def _next_poll_s(prev: tuple[float, int] | None, cur: tuple[float, int], final: int) -> float:
@@ -1050,8 +1055,7 @@ def _drain(env: BenchEnv, published: int, reader: FeedReader, receivers: Receive
         conn.execute("SET max_parallel_workers_per_gather = 0")
         while time.monotonic() < deadline:
             if stored < published:  # all stored stays all stored: no more scans of positions
-                stored = conn.execute(
-                    "SELECT count(*) FROM positions WHERE device_id LIKE 'sim%'").fetchone()[0]  # type: ignore[index]
+                stored = _count_stored(conn)
             if marks is not None:
                 marks.setdefault("backlog", float(max(published - stored, 0)))
                 if stored >= published:

@@ -124,7 +124,8 @@ def _real(value: float | None) -> float | None:
     return value if value is None or abs(value) >= _REAL_TINY else 0.0
 
 
-_NUM = (int, float)
+# The Python types of a JSON number as orjson gives it (bool is neither: checked with `type() in`).
+JSON_NUMBER = (int, float)
 
 
 def plain_numbers(obj: dict[str, Any], keys: tuple[str, ...]) -> list[float | None] | None:
@@ -139,7 +140,7 @@ def plain_numbers(obj: dict[str, Any], keys: tuple[str, ...]) -> list[float | No
             if k in obj:
                 return None
             vals.append(None)
-        elif type(v) in _NUM:
+        elif type(v) in JSON_NUMBER:
             vals.append(float(v))
         else:
             return None

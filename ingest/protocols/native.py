@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from geofence.model import CRS, Fix, Source
 from ingest.protocols.common import (
+    JSON_NUMBER,
     STRICT,
     Candidate,
     Decoded,
@@ -54,7 +55,7 @@ def _plain(obj: dict[str, Any]) -> Candidate | None:
     t: Any = get("time")
     lat: Any = get("lat")
     lon: Any = get("lon")
-    if not (type(t) in _NUM and type(lat) in _NUM and type(lon) in _NUM):
+    if not (type(t) in JSON_NUMBER and type(lat) in JSON_NUMBER and type(lon) in JSON_NUMBER):
         return None
     vals = plain_numbers(obj, _OPTIONAL_NUMBERS)
     if vals is None:
@@ -68,9 +69,6 @@ def _plain(obj: dict[str, Any]) -> Candidate | None:
     return Candidate(time=float(t), lat=float(lat), lon=float(lon), crs=_CRS[crs], accuracy=acc,
                      altitude=alt, speed=speed, heading=heading, battery=battery,
                      provider=provider or None, mock=mock, seq=seq)
-
-
-_NUM = (int, float)
 
 
 def decode_native(device_id: str, payload: bytes, now: float, limits: Limits = Limits()) -> Decoded:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from geofence.model import Fix, Source
 from ingest.protocols.common import (
+    JSON_NUMBER,
     KMH_MS,
     STRICT,
     Candidate,
@@ -64,7 +65,6 @@ class _OwnTracksTransition(BaseModel):
     acc: float | None = None  # metres
 
 
-_NUM = (int, float)
 _OPTIONAL_NUMBERS = ("acc", "alt", "vel", "cog", "batt")
 
 
@@ -77,7 +77,7 @@ def _plain(obj: dict[str, Any]) -> Candidate | None:
     t: Any = obj.get("tst")
     lat: Any = obj.get("lat")
     lon: Any = obj.get("lon")
-    if not (type(t) in _NUM and type(lat) in _NUM and type(lon) in _NUM):
+    if not (type(t) in JSON_NUMBER and type(lat) in JSON_NUMBER and type(lon) in JSON_NUMBER):
         return None
     vals = plain_numbers(obj, _OPTIONAL_NUMBERS)
     if vals is None:
