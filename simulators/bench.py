@@ -32,7 +32,6 @@ import multiprocessing as mp
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +52,7 @@ from paho.mqtt.properties import Properties
 from sqlalchemy.engine import make_url
 
 from simulators.fleet import device_id
+from store.backup import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DB = "ccs_bench"
@@ -567,10 +567,7 @@ class Receivers:
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
         self.http.daemon_threads = True
         threading.Thread(target=self.http.serve_forever, name="bench-webhook", daemon=True).start()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.smtp_port = sock.getsockname()[1]
-        sock.close()
+        self.smtp_port = free_port()
         self.smtp = Controller(Mail(), hostname="127.0.0.1", port=self.smtp_port)
         self.smtp.start()
 

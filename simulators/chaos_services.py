@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from simulators.bench import ROOT, _die_with_parent
+from store.backup import free_port
 
 
 def _pg_bin() -> Path:
@@ -30,13 +31,6 @@ def _pg_bin() -> Path:
 
 
 PG_BIN = _pg_bin()
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 60.0, log: Path | None = None) -> None:

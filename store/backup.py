@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import pwd
+import random
 import shlex
 import shutil
 import socket
@@ -92,11 +93,41 @@ def _run(cmd: Sequence[str], what: str, timeout: float | None = None) -> str:
     return done.stdout
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux's default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT: set[int] = set()
+_PORTS = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
 def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nothing listens on right now, from below the kernel's ephemeral range.
+
+    Asking the kernel for port 0 returns an ephemeral port, which any outgoing connection
+    (a client of PostgreSQL, a Patroni health check) may take before the server that was
+    promised it binds it: "Address already in use". Ports below the range are only ever
+    taken by a bind, so one that binds now stays free until its server starts, unless
+    another test process picks the same one: the draw is random and each process remembers
+    what it handed out."""
+    high = _ephemeral_low()
+    low = 20000 if high > 25000 else 1024
+    for _ in range(200):
+        port = _PORTS.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{high - 1} after 200 tries")
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from store.backup import free_port
 from store.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +34,6 @@ def until(pred: Callable[[], object], timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return bool(pred())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
