@@ -885,8 +885,8 @@ def failover_note(res: dict[str, Any]) -> str:
             f"{fo['failover_timeout_ms']} ms), every worker connected through them "
             f"(CCS_REDIS_SENTINELS); the master (:{fo['old_master_port']}) SIGKILLed, the "
             f"replica (:{fo['new_master_port']}) named master after {fo['promoted_after_s']} s, "
-            f"the killed node started again at least {fo['restart_after_s']:g} s after the kill (the "
-            "sentinels make it a replica).")
+            f"the killed node started again at least {fo['restart_after_s']:g} s after the kill, "
+            "as a replica of the master the sentinels name (deploy/redis/ccs-redis-role.sh).")
 
 
 def report(a: argparse.Namespace, res: dict[str, Any], share_note: str) -> str:

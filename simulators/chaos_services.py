@@ -262,11 +262,37 @@ class RedisSentinels:
         """CCS_REDIS_SENTINELS for the clients."""
         return ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
 
+    ROLE_SCRIPT = ROOT / "deploy" / "redis" / "ccs-redis-role.sh"
+
     def start_node(self, port: int, replica_of: int | None = None) -> None:
         """One data node (a replica of `replica_of`, or a master)."""
         extra = ("--replicaof", "127.0.0.1", str(replica_of)) if replica_of else ()
         self.nodes[port] = _redis_node(port, self.root / f"redis-{port}",
                                        self.root / "redis.log", *extra)
+
+    def role_file(self, port: int) -> Path:
+        """The node's role, as deploy/redis/ccs-redis-role.sh writes it before a start."""
+        return self.root / f"role-{port}.conf"
+
+    def write_role(self, port: int) -> str:
+        """Run the deployment's ccs-redis-role.sh for the node on `port`; its message."""
+        done = subprocess.run(
+            [str(self.ROLE_SCRIPT), str(self.role_file(port)), f"127.0.0.1:{port}",
+             *(f"127.0.0.1:{p}" for p in self.sentinel_ports)],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "CCS_REDIS_SENTINEL_MASTER": self.MASTER_NAME})
+        if done.returncode != 0:
+            raise RuntimeError(f"ccs-redis-role.sh failed: {done.stderr.strip()}")
+        return done.stderr.strip()
+
+    def restart_node(self, port: int) -> None:
+        """Start a stopped node as its supervisor would in deployment: the role script first
+        (deploy/redis/redis-server.service.d), then Redis with the role file included last."""
+        self.write_role(port)
+        role = self.role_file(port)
+        role.touch()
+        self.nodes[port] = _redis_node(port, self.root / f"redis-{port}",
+                                       self.root / "redis.log", "--include", str(role))
 
     def start(self) -> None:
         """Master, replica (in sync), then the sentinels (each knowing the others and the
@@ -306,8 +332,9 @@ class RedisSentinels:
 
     def kill_master(self, restart_after: float) -> tuple[int, int, float]:
         """SIGKILL the master; wait until the sentinels name another; start the killed node
-        again after `restart_after` s (a supervisor would), which the sentinels turn into a
-        replica of the new master. Returns (old port, new port, seconds to promotion)."""
+        again after `restart_after` s as a supervisor would (`restart_node`: as a replica of
+        the master the sentinels name, never as a second master with its old data).
+        Returns (old port, new port, seconds to promotion)."""
         old = self.master()
         at = time.monotonic()
         proc = self.nodes.pop(old)
@@ -316,7 +343,7 @@ class RedisSentinels:
         self._until(lambda: self.master() not in (0, old), "no failover", 60, 0.05)
         promoted = time.monotonic() - at
         time.sleep(max(0.0, restart_after - promoted))
-        self.start_node(old)
+        self.restart_node(old)
         return old, self.master(), promoted
 
     def stop(self) -> None:

@@ -12,7 +12,9 @@ tests/test_chaos.py.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -76,5 +78,43 @@ def test_with_wait_replicas_the_relay_marks_feed_events_published_once_a_replica
             conn.commit()
         r.close()
         replica.close()
+    finally:
+        ha.stop()
+
+
+def test_a_killed_master_restarts_as_a_replica_of_the_master_the_sentinels_name(
+        tmp_path: Path) -> None:
+    """deploy/redis/ccs-redis-role.sh, as a node's supervisor runs it before each start: the
+    killed master comes back as a replica of the new one (never as a second master with its
+    old data, which a second failover could promote: writes since the first would be lost)."""
+    from simulators.chaos_services import RedisSentinels, free_port
+
+    ha = RedisSentinels(tmp_path, free_port(), down_after_ms=1000)
+    ha.start()
+    try:
+        master, replica = ha.node_ports
+        ha.write_role(replica)
+        assert ha.role_file(replica).read_text() == f"replicaof 127.0.0.1 {master}\n"
+        ha.write_role(master)
+        assert ha.role_file(master).read_text() == "replicaof no one\n"
+
+        old, new, _ = ha.kill_master(restart_after=0.0)
+        assert (old, new) == (master, replica)
+        assert ha.role_file(old).read_text() == f"replicaof 127.0.0.1 {new}\n"
+        with redis.Redis(port=old) as back, redis.Redis(port=new) as current:
+            info: Any = back.info("replication")
+            assert info["role"] == "slave" and int(info["master_port"]) == new  # from its start
+            current.set("written-after-the-failover", "1")
+            deadline = time.monotonic() + 30
+            while back.get("written-after-the-failover") is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert back.get("written-after-the-failover") == b"1"
+
+        # Sentinels that cannot be reached name nobody: the role file is left as it was.
+        before = ha.role_file(old).read_text()
+        ha.sentinel_ports = [free_port(), free_port(), free_port()]
+        said = ha.write_role(old)
+        assert "no majority of the 3 sentinel(s)" in said
+        assert ha.role_file(old).read_text() == before
     finally:
         ha.stop()
