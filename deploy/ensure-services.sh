@@ -87,7 +87,8 @@ elif command -v redis-cli >/dev/null && [ "$(redis_cfg appendonly)" != yes ]; th
 fi
 # The append-only file's rewrite thresholds (deploy/redis/redis.conf says why), set at runtime on
 # a Redis this machine started before (until it restarts).
-if command -v redis-cli >/dev/null && [ "$(redis_cfg auto-aof-rewrite-percentage)" != 400 ]; then
+if command -v redis-cli >/dev/null && { [ "$(redis_cfg auto-aof-rewrite-percentage)" != 400 ] \
+    || [ "$(redis_cfg auto-aof-rewrite-min-size)" != 1073741824 ]; }; then
   redis-cli -p "$REDIS_PORT" config set auto-aof-rewrite-percentage 400 >/dev/null
   redis-cli -p "$REDIS_PORT" config set auto-aof-rewrite-min-size 1gb >/dev/null
   say "Redis: append-only file rewritten at 400 % growth and 1 GB (at runtime, until it restarts)"

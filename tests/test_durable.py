@@ -191,6 +191,9 @@ def test_a_phone_enrolled_and_never_reporting_alerts(settings: Settings, db, rds
 
 def test_make_services_leaves_redis_with_an_append_only_file(rds: redis.Redis):
     root = Path(__file__).resolve().parent.parent
+    # A Redis with the rewrite percentage right but not the minimum size is set right too.
+    rds.config_set("auto-aof-rewrite-percentage", 400)
+    rds.config_set("auto-aof-rewrite-min-size", 64 * 1024 ** 2)
     out = subprocess.run(["bash", str(root / "deploy" / "ensure-services.sh")], cwd=root,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
