@@ -93,29 +93,34 @@ def _run(cmd: Sequence[str], what: str, timeout: float | None = None) -> str:
     return done.stdout
 
 
-def _ephemeral_low() -> int:
-    """The lowest port the kernel hands to outgoing connections (Linux's default 32768)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
 _HANDED_OUT: set[int] = set()
-_PORTS = random.Random(os.getpid() ^ time.monotonic_ns())
+_PORTS = random.SystemRandom()  # from os.urandom: a forked child does not draw its parent's
+
+
+def _port_range() -> tuple[int, int]:
+    """Where to draw from: below the ephemeral range, or above it where that is the larger."""
+    try:
+        low, high = (int(x) for x in
+                     Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    below, above = (1024, low), (high + 1, 65536)
+    return below if below[1] - below[0] >= above[1] - above[0] else above
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on right now, from below the kernel's ephemeral range.
+    """A TCP port nothing listens on right now, from outside the kernel's ephemeral range.
 
     Asking the kernel for port 0 returns an ephemeral port, which any outgoing connection
     (a client of PostgreSQL, a Patroni health check) may take before the server that was
-    promised it binds it: "Address already in use". Ports below the range are only ever
+    promised it binds it: "Address already in use". Ports outside the range are only ever
     taken by a bind, so one that binds now stays free until its server starts, unless
-    another test process picks the same one: the draw is random and each process remembers
+    another process picks the same one: the draw is random and each process remembers
     what it handed out."""
-    high = _ephemeral_low()
-    low = 20000 if high > 25000 else 1024
+    low, high = _port_range()
+    if high - low < 1000:
+        raise RuntimeError(f"fewer than 1,000 ports outside the ephemeral range ({low}-{high - 1})")
+    low = max(low, 20000) if high - 20000 >= 5000 else low
     for _ in range(200):
         port = _PORTS.randrange(low, high)
         if port in _HANDED_OUT:

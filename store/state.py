@@ -223,7 +223,9 @@ class StateStore:
                 continue
             if h is not None:
                 held_versions[d] = int(h[0].rsplit(b" ", 1)[1])
-                del cache[d]
+                # Perhaps already forgotten: an earlier device of this batch, remembered, made
+                # room by forgetting entries at random.
+                cache.pop(d, None)
             if raw == 2:
                 continue
             t, rest = raw.split(b" ", 1)

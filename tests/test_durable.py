@@ -437,6 +437,31 @@ def test_a_cache_smaller_than_the_fleet_still_finds_states_when_phones_report_in
     rds.delete(*(store.key(d) for d in devices))
 
 
+def test_a_stale_cached_state_forgotten_earlier_in_the_same_read_is_no_error(
+        settings: Settings, rds: redis.Redis, monkeypatch: pytest.MonkeyPatch):
+    """A read remembers the states it fetched as it goes, and a full cache forgets entries at
+    random: the entry of a later device of the same read may be gone when its stale state is
+    dropped (it raised KeyError, and the whole batch failed)."""
+    from geofence.model import DeviceState
+
+    mine = StateStore(rds, settings.redis_prefix, cache=4)
+    other = StateStore(rds, settings.redis_prefix)
+    held = [f"dforget{k}" for k in range(4)]
+    assert all(mine.save({d: DeviceState(last_fix_time=1.0) for d in held}, {}))
+    # Another writer changes them all, and a new device's state is stored.
+    assert all(other.save({d: DeviceState(last_fix_time=2.0) for d in held},
+                          dict.fromkeys(held, 1)))
+    assert other.save({"dforget-new": DeviceState(last_fix_time=3.0)}, {}) == [True]
+    # The new device comes first; remembering it forgets the last held device.
+    monkeypatch.setattr(mine._evict, "sample",
+                        lambda keys, k: [held[-1]] if held[-1] in keys else keys[:k])
+    states, versions = mine.load_versioned(["dforget-new", *held])
+    assert {d: s.last_fix_time for d, s in states.items()} == {
+        "dforget-new": 3.0, **dict.fromkeys(held, 2.0)}
+    assert versions == {"dforget-new": 1, **dict.fromkeys(held, 2)}
+    rds.delete(*(mine.key(d) for d in [*held, "dforget-new"]))
+
+
 def test_leases_and_states_are_taken_together_and_given_back_with_the_save(
         settings: Settings, rds: redis.Redis):
     """The pipeline's one round trip before a batch (`own_and_load`) and one after (`save` with

@@ -12,6 +12,7 @@ tests/test_chaos.py.
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,16 @@ def test_a_killed_master_restarts_as_a_replica_of_the_master_the_sentinels_name(
         assert ha.role_file(replica).read_text() == f"replicaof 127.0.0.1 {master}\n"
         ha.write_role(master)
         assert ha.role_file(master).read_text() == "replicaof no one\n"
+        # This node under another name (the sentinels know it as 127.0.0.1): still itself, never
+        # a replica of itself; and one sentinel named three times is one vote of three.
+        alias = tmp_path / "alias.conf"
+        run = [str(ha.ROLE_SCRIPT), str(alias), f"10.255.255.1:{master}"]
+        sentinels = [f"127.0.0.1:{p}" for p in ha.sentinel_ports]
+        subprocess.run([*run, *sentinels], check=True, timeout=60, capture_output=True)
+        assert alias.read_text() == "replicaof no one\n"
+        once = [sentinels[0]] * 3 + [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+        subprocess.run([*run, *once], check=True, timeout=60, capture_output=True)
+        assert alias.read_text() == ""
 
         old, new, _ = ha.kill_master(restart_after=0.0)
         assert (old, new) == (master, replica)
@@ -110,11 +121,11 @@ def test_a_killed_master_restarts_as_a_replica_of_the_master_the_sentinels_name(
                 time.sleep(0.1)
             assert back.get("written-after-the-failover") == b"1"
 
-        # Sentinels that cannot be reached name nobody: the role file is left as it was.
-        before = ha.role_file(old).read_text()
+        # Sentinels that cannot be reached name nobody: the role file is emptied, so the node
+        # starts as its redis.conf says (which Sentinel's CONFIG REWRITE keeps up to date).
         ha.sentinel_ports = [free_port(), free_port(), free_port()]
         said = ha.write_role(old)
         assert "no majority of the 3 sentinel(s)" in said
-        assert ha.role_file(old).read_text() == before
+        assert ha.role_file(old).read_text() == ""
     finally:
         ha.stop()
