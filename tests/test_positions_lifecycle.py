@@ -111,6 +111,32 @@ def test_last_positions_keep_each_persons_newest_fix_whatever_the_order(
         "dlast2", round(now - 100), round(lon + 2e-3, 6))
 
 
+def test_each_persons_newest_fix_is_updated_in_place(
+        settings: Settings, db: psycopg.Connection, org: Org):
+    """`last_positions` keeps half of each page free (migration 0019), so the update that every
+    stored report makes there is a HOT update: same page, no new index entry."""
+    (opts,) = db.execute("SELECT reloptions FROM pg_class WHERE relname = 'last_positions'"
+                         ).fetchone()  # type: ignore[misc]
+    assert "fillfactor=50" in (opts or []), opts
+    _enrol(db, org, "dhot1")
+    lon, lat = deep_inside(JIANGAN)
+    now = time.time()
+    p = Pipeline.connect(settings)
+    try:
+        p.process([_fix("dhot1", now - 300, lon, lat)])
+        (ctid,) = db.execute("SELECT ctid::text FROM last_positions WHERE supervisee_id = %s",
+                             (org.supervisee_id,)).fetchone()  # type: ignore[misc]
+        db.commit()
+        for k in range(1, 6):
+            p.process([_fix("dhot1", now - 300 + 10 * k, lon + 1e-4 * k, lat)])
+    finally:
+        p.close()
+    (moved,) = db.execute("SELECT ctid::text FROM last_positions WHERE supervisee_id = %s",
+                          (org.supervisee_id,)).fetchone()  # type: ignore[misc]
+    # Five new versions of the row, all on the page of the first one.
+    assert moved.split(",")[0] == ctid.split(",")[0], (ctid, moved)
+
+
 def _end_supervision(db: psycopg.Connection, supervisee: int, at: datetime) -> None:
     db.execute("UPDATE supervisees SET active = false WHERE id = %s", (supervisee,))
     db.execute("""INSERT INTO supervisee_changes (supervisee_id, at, field, old_value, new_value,
