@@ -215,6 +215,7 @@ class RedisSentinels:
     MASTER_NAME. `kill_master` is the failover fault."""
 
     MASTER_NAME = "ccs"
+    ROLE_SCRIPT = ROOT / "deploy" / "redis" / "ccs-redis-role.sh"
     EXAMPLE = ROOT / "deploy" / "redis" / "sentinel.conf"
 
     def __init__(self, root: Path, master_port: int, down_after_ms: int | None = None) -> None:
@@ -262,11 +263,8 @@ class RedisSentinels:
         """CCS_REDIS_SENTINELS for the clients."""
         return ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
 
-    ROLE_SCRIPT = ROOT / "deploy" / "redis" / "ccs-redis-role.sh"
-
-    def start_node(self, port: int, replica_of: int | None = None) -> None:
-        """One data node (a replica of `replica_of`, or a master)."""
-        extra = ("--replicaof", "127.0.0.1", str(replica_of)) if replica_of else ()
+    def start_node(self, port: int, *extra: str) -> None:
+        """One data node on `port`, its data kept in its own directory across restarts."""
         self.nodes[port] = _redis_node(port, self.root / f"redis-{port}",
                                        self.root / "redis.log", *extra)
 
@@ -289,17 +287,14 @@ class RedisSentinels:
         """Start a stopped node as its supervisor would in deployment: the role script first
         (deploy/redis/redis-server.service.d), then Redis with the role file included last."""
         self.write_role(port)
-        role = self.role_file(port)
-        role.touch()
-        self.nodes[port] = _redis_node(port, self.root / f"redis-{port}",
-                                       self.root / "redis.log", "--include", str(role))
+        self.start_node(port, "--include", str(self.role_file(port)))
 
     def start(self) -> None:
         """Master, replica (in sync), then the sentinels (each knowing the others and the
         replica) before returning."""
         master, replica = self.node_ports
         self.start_node(master)
-        self.start_node(replica, replica_of=master)
+        self.start_node(replica, "--replicaof", "127.0.0.1", str(master))
         self._until(lambda: cast(Any, _ask(replica, "INFO", "replication")).get(
             "master_link_status") == "up",
                     "the replica did not sync")

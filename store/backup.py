@@ -120,6 +120,8 @@ def free_port() -> int:
     low, high = _port_range()
     if high - low < 1000:
         raise RuntimeError(f"fewer than 1,000 ports outside the ephemeral range ({low}-{high - 1})")
+    # Clear of the well-known ports below 20000 that services on the machine itself listen on
+    # (PostgreSQL 5432, Redis 6379, MQTT 1883, the API 8000...), when that leaves enough.
     low = max(low, 20000) if high - 20000 >= 5000 else low
     for _ in range(200):
         port = _PORTS.randrange(low, high)
