@@ -558,6 +558,30 @@ class _Fold:
         facts["weight"] = round(w, 3)
         return w, grade, facts
 
+    @staticmethod
+    def _away_step(rules: Rules, a: tuple[float, float, float, float, float, float],
+                   b: tuple[float, float, float, float, float, float]) -> bool:
+        """Is evidence b further beyond the border than a by more than both accuracies and
+        `away_m`, at a plausible speed?"""
+        gain = b[1] - a[1]
+        return (gain > rules.away_m + a[2] + b[2]
+                and gain / (b[0] - a[0]) <= rules.plausible_speed_mps)
+
+    def _away_chain(self, rules: Rules, track: Track) -> bool:
+        """Did the counted fixes before the last one go further out too, step by step, so that
+        with the fix at hand `away_fixes` of them make a path? (The last step is the caller's.)
+        Two reflections of a still phone can land at different distances; a third each time
+        further out by more than the errors is what a person leaving leaves behind."""
+        need = rules.away_fixes - 2
+        if need <= 0:
+            return True
+        counted = [e for e in track.evidence if e[3] > 0]
+        if len(counted) < need + 1:
+            return False
+        chain = counted[-(need + 1):]
+        return all(b[0] - a[0] >= _MIN_GAP_S and self._away_step(rules, a, b)
+                   for a, b in zip(chain, chain[1:], strict=False))
+
     def _same_place(self, i: int, last: tuple[float, float, float, float, float, float]) -> bool:
         """Does fix i lie within its own and the counted fix `last`'s circles (+ slack)?"""
         _, _, acc, _, lon, lat = last
@@ -580,7 +604,9 @@ class _Fold:
         more in a third of that span (twice the span and two more fixes again when the streak
         began with a jump of a still phone: a reflection), or (d) leaving (`away_m`): a satellite
         fix further beyond the border than the last counted one by more than both accuracies
-        and `away_m`, at a plausible speed, in a streak that did not begin with such a jump.
+        and `away_m`, at a plausible speed, in a streak that did not begin with such a jump,
+        when its reported speed covers that gain (`away_speed`) or the counted fixes before it
+        made the same kind of step, `away_fixes` fixes in all.
         Until then, the phone is asked for a fresh fix (LOCATION_REQUEST) within its hourly
         budget, and `tick` asks again while it stays silent. Answers are weighed, not trusted: a
         shallow answer to a follow-up counts for nothing unless it comes `answer_independent_s`
@@ -639,9 +665,14 @@ class _Fold:
             # Leaving: further out than the last counted fix by more than both errors and a
             # margin, at a speed a vehicle can go. Not in a streak that began with a still
             # phone's jump: two reflections in a row can land at different distances.
+            # Its reported (Doppler) speed covering the gain is the phone saying it moves: a
+            # reflection moves the position, not the speed; without it, a path of `away_fixes`.
             gain = float(facts["beyond_m"]) - last[1]  # type: ignore[arg-type]
-            if (gain > rules.away_m + acc + last[2]
-                    and gain / (t - last[0]) <= rules.plausible_speed_mps):
+            if (self._away_step(rules, last, (t, float(facts["beyond_m"]), acc,  # type: ignore[arg-type]
+                                               w, self.pre.lon_l[i], self.pre.lat_l[i]))
+                    and ((rules.away_speed and f.speed is not None
+                          and f.speed * (t - last[0]) >= gain - acc - last[2])
+                         or self._away_chain(rules, track))):
                 decided_by = "moving_away"
                 compared = {"t": last[0], "beyond_m": last[1], "gain_m": round(gain, 1)}
         if decided_by is not None:

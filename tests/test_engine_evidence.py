@@ -269,22 +269,69 @@ def test_a_missed_report_or_an_answer_hardly_moves_the_phones_rhythm():
     assert p.states["dev-1"].gap_s == before
 
 
-def test_a_phone_going_further_out_is_leaving_and_its_second_fix_decides():
+def test_a_phone_going_further_out_is_leaving_and_its_third_fix_decides():
     # A one-minute phone without speed, walking east across the border at 1.4 m/s: 40 m out,
-    # then 124 m out a minute later (10 m accuracy each). A reflection throws a fix; it does not
-    # carry a phone further away with time. The second outside fix decides, dated from the first.
+    # then 124 m, then 208 m out a minute apart (10 m accuracy each). Two reflections can land
+    # at different distances; a third each time further out by more than the errors is a path.
+    # The third outside fix decides, dated from the first.
     p = Pipeline({"dev-1": subject()})
     p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0))])
     assert EventKind.AREA_EXIT not in kinds(p.live([fx(120, pos(HOME, 1040, 0))]))
-    [exit_] = [e for e in p.live([fx(180, pos(HOME, 1124, 0))]) if e.kind == EventKind.AREA_EXIT]
+    assert EventKind.AREA_EXIT not in kinds(p.live([fx(180, pos(HOME, 1124, 0))]))
+    [exit_] = [e for e in p.live([fx(240, pos(HOME, 1208, 0))]) if e.kind == EventKind.AREA_EXIT]
     assert detail(exit_)["decided_by"] == "moving_away"
     assert exit_.since == at(120)
-    assert [e["beyond_m"] for e in detail(exit_)["evidence"]] == [40.0, 124.0]
-    assert detail(exit_)["moving_away_from"] == {"t": at(120), "beyond_m": 40.0, "gain_m": 84.0}
+    assert [e["beyond_m"] for e in detail(exit_)["evidence"]] == [40.0, 124.0, 208.0]
+    assert detail(exit_)["moving_away_from"] == {"t": at(180), "beyond_m": 124.0, "gain_m": 84.0}
     from alerts.explain import explain
     assert "the last further beyond the border than the one counted before it" in explain(
         exit_.reason.to_dict())
     assert "此人正在离开" in explain(exit_.reason.to_dict(), "zh")
+
+
+@pytest.mark.parametrize(("speed", "decides"), [
+    (1.4, True),  # the phone says it moves: 84 m a minute, minus both accuracies, is covered
+    (0.5, False),  # a still phone's Doppler speed: the 84 m are not its own doing
+])
+def test_a_reported_speed_that_covers_the_gain_lets_the_second_fix_decide(speed, decides):
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, pos(HOME, 870, 0), speed=speed), fx(60, pos(HOME, 955, 0), speed=speed)])
+    p.live([fx(120, pos(HOME, 1040, 0), speed=speed)])
+    exits = [e for e in p.live([fx(180, pos(HOME, 1124, 0), speed=speed)])
+             if e.kind == EventKind.AREA_EXIT]
+    assert bool(exits) == decides
+    if decides:
+        assert detail(exits[0])["decided_by"] == "moving_away"
+        assert detail(exits[0])["moving_away_from"]["gain_m"] == 84.0
+
+
+def test_two_reflections_landing_further_out_are_no_departure_even_after_one_inside():
+    # A still phone at home 150 m inside, without speed; a burst of reflections, each thrown its
+    # own way: the first lands inside elsewhere (so the phone looks as if it moved), the next two
+    # 80 m and then 190 m outside, two minutes apart, at 15-20 m accuracy. Version 3 of the
+    # profile decided a departure on them (the stream that filed issue 10 had such bursts).
+    home = pos(HOME, 850, 0)
+    fixes = [fx(0, home), fx(120, home), fx(240, pos(HOME, 850, 170), accuracy=30.0),
+             fx(360, pos(HOME, 1080, -100), accuracy=16.0),
+             fx(480, pos(HOME, 1190, 60), accuracy=20.0)]
+    p = Pipeline({"dev-1": subject()})
+    p.live(fixes)
+    assert EventKind.AREA_EXIT not in kinds(p.events)
+    assert p.states["dev-1"].area.pending == 2
+    v3 = Pipeline({"dev-1": subject(replace(NORMAL, away_fixes=2, away_speed=0))})
+    v3.live(fixes)
+    assert [detail(e)["decided_by"] for e in v3.events if e.kind == EventKind.AREA_EXIT] == [
+        "moving_away"]
+
+
+def test_a_chain_broken_by_a_step_back_is_no_departure():
+    # 40, 124, then 100 m, then 184 m out: the last step goes further out, but the one before it
+    # came back: no path of three each further out, and not yet three shallow fixes over 10 min.
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0))])
+    p.live([fx(120, pos(HOME, 1040, 0)), fx(180, pos(HOME, 1124, 0)), fx(240, pos(HOME, 1100, 0)),
+            fx(300, pos(HOME, 1184, 0))])
+    assert EventKind.AREA_EXIT not in kinds(p.events)
 
 
 def test_departure_is_not_decided_on_a_streak_that_began_with_a_still_phones_jump():
@@ -304,6 +351,19 @@ def test_departure_is_not_decided_on_a_fix_whose_journey_is_implausible():
     p.live([fx(0, IN), fx(60, pos(HOME, 1120, 0))])
     p.live([fx(650, pos(HOME, 960, 0), accuracy=150.0), fx(660, pos(HOME, 4000, 0))])
     assert EventKind.AREA_EXIT not in kinds(p.events)
+
+
+def test_stored_profiles_of_version_3_keep_their_two_fix_departure():
+    from geofence.profile import RuleProfile
+
+    v3 = {"name": "national-2020", "version": 3, "levels": {"normal": {"away_m": 50.0}}}
+    rules = RuleProfile.from_dict(v3).rules_for("normal")
+    assert (rules.away_fixes, rules.away_speed) == (2, 0)
+    p = Pipeline({"dev-1": subject(rules)})
+    p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0)), fx(120, pos(HOME, 1040, 0)),
+            fx(180, pos(HOME, 1124, 0))])
+    assert [detail(e)["decided_by"] for e in p.events if e.kind == EventKind.AREA_EXIT] == [
+        "moving_away"]
 
 
 def test_stored_profiles_from_before_version_3_keep_their_behaviour():

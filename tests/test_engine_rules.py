@@ -903,8 +903,9 @@ def test_rules_come_from_the_level_and_person_overrides():
     strict = DEFAULT_PROFILE.rules_for("strict")
     lenient = DEFAULT_PROFILE.rules_for("lenient", {"exit_fixes": 5.0, "max_accuracy_m": 100})
     assert (strict.shallow_span_s, strict.exit_span_s) == (480.0, 60.0)
-    assert DEFAULT_PROFILE.rules_for("normal") == Rules(away_m=50.0)
-    assert DEFAULT_PROFILE.rules_for("no-such-level") == Rules(away_m=50.0)  # normal's
+    normal = Rules(away_m=50.0, away_fixes=3, away_speed=1)
+    assert DEFAULT_PROFILE.rules_for("normal") == normal
+    assert DEFAULT_PROFILE.rules_for("no-such-level") == normal  # normal's
     assert (lenient.exit_fixes, lenient.exit_span_s, lenient.max_accuracy_m) == (5, 180.0, 100.0)
     assert isinstance(lenient.exit_fixes, int) and isinstance(lenient.max_accuracy_m, float)
     assert lenient.undecidable_fixes == 8  # the level's own value survives the override
@@ -916,7 +917,7 @@ def test_rules_come_from_the_level_and_person_overrides():
         with pytest.raises(ValueError, match=word):
             DEFAULT_PROFILE.rules_for("normal", bad)
     label = DEFAULT_PROFILE.label
-    assert label == "national-2020@3"
+    assert label == "national-2020@4"
 
     # The same 8 minutes of shallow outside fixes: an exit for a strict supervisee, not for a
     # normal one (10 minutes) nor a lenient one (15). Requests for a fix are left aside here.

@@ -80,7 +80,7 @@ def test_exit_needs_accuracy_circle_wholly_outside_for_n_fixes(pipeline, device,
     assert reason["membership"] == "outside"
     assert reason["distance_m"] > 30  # farther from the border than the accuracy radius
     assert reason["accuracy_m"] == 30
-    assert reason["profile"] == "national-2020@3"
+    assert reason["profile"] == "national-2020@4"
     since = db.execute("SELECT first_fix_time FROM alerts").fetchone()[0].timestamp()
     assert since == pytest.approx(NOW - 300)  # the violation began with the first evidence
 

@@ -28,6 +28,7 @@ from simulators.quality import (
     PROFILE,
     REALISTIC,
     REPLAY,
+    STRANGER,
     T0,
     TODAY,
     AlertLog,
@@ -306,6 +307,30 @@ def test_replayed_phones_are_the_realistic_ones_and_answer_nothing(world, realis
     assert np.array_equal(tab.lon, rtab.lon) and np.array_equal(tab.arrival, rtab.arrival)
     # ...but a location request gets no answer from any of them.
     assert not traits(world, REPLAY).answers.any() and traits(world, REALISTIC).answers.any()
+    rng = np.random.default_rng(1)
+    assert all(s.answer(T0 + 3600 * 10, rng) is None for s in streams.values())
+
+
+def test_the_stranger_stream_differs_in_every_respect_the_engine_was_tuned_on(world):
+    # None sends speed or provider, intervals of 2/10/30 min, bursts of up to 4 reports with
+    # each report thrown its own way (80-600 m), nothing answers.
+    streams, tab = phone_tables(world, STRANGER)
+    tr = traits(world, STRANGER)
+    assert not tr.speed.any() and not tr.provider.any() and not tr.answers.any()
+    assert set(tr.interval.tolist()) == {120.0, 600.0, 1800.0}
+    assert np.isnan(tab.speed).all() and (tab.provider == NO_PROVIDER).all()
+    mp = tab.cls == MULTIPATH
+    err = errors_m(tab)
+    assert ((err[mp] > 77) & (err[mp] < 606)).all()
+    fwd = np.asarray(GEOD.inv(tab.true_lon, tab.true_lat, tab.wgs_lon, tab.wgs_lat)[0])
+    lengths, turned = [], 0
+    for p in np.unique(tab.person[mp]):
+        for ep in np.unique(tab.episode[(tab.person == p) & mp]):
+            sel = np.flatnonzero((tab.person == p) & (tab.episode == ep))
+            lengths.append(len(sel))
+            if len(sel) > 1 and np.ptp(np.unwrap(np.radians(fwd[sel]))) > math.radians(20):
+                turned += 1
+    assert max(lengths) == 4 and turned >= 0.5 * sum(n > 1 for n in lengths)
     rng = np.random.default_rng(1)
     assert all(s.answer(T0 + 3600 * 10, rng) is None for s in streams.values())
 

@@ -140,7 +140,7 @@ def test_a_recorded_warning_moves_the_person_to_strict_by_profile(client, org: O
     assert (warn.status_code, warn.json()["decided_by"]) == (201, org.staff["jiangan-officer"])
     assert client.get(f"{API}/supervisees/{org.supervisee_id}", headers=h).json()["level"] == "strict"
     changes = client.get(f"{API}/supervisees/{org.supervisee_id}/changes", headers=h).json()
-    assert changes[-1]["reason"].startswith("automatic after a warning (national-2020@3)")
+    assert changes[-1]["reason"].startswith("automatic after a warning (national-2020@4)")
 
 
 def test_a_mock_location_answers_no_roll_call(db, rds, settings, phone, org: Org):

@@ -42,8 +42,10 @@ class Scenario:
     provider_share: float = 0.8  # phones that say which provider a fix came from
     missing: float = 0.1  # reports lost at random
     multipath_start: float = 0.01  # per GNSS report: a multipath episode begins here
-    multipath_len: tuple[float, float, float] = (0.5, 0.3, 0.2)  # P(episode of 1, 2, 3 reports)
+    multipath_len: tuple[float, ...] = (0.5, 0.3, 0.2)  # P(episode of 1, 2, 3, ... reports)
     multipath_m: tuple[float, float] = (100.0, 500.0)  # displacement, one direction per episode
+    # True: every report of an episode (and every answer during one) is displaced its own way
+    multipath_scatter: bool = False
     multipath_accuracy_m: tuple[float, float] = (5.0, 30.0)  # what the phone says (small!)
     multipath_hold_s: tuple[float, float] = (60.0, 180.0)  # a still phone keeps the error this long
     network_share: tuple[float, float] = (0.02, 0.15)  # outdoors, indoors
@@ -77,7 +79,19 @@ TODAY = Scenario("today", intervals=((60.0, 1.0),), interval_jitter=1.0 / 60.0, 
 # The realistic phones replayed from a recording: nothing answers a location request, so only
 # the passive rules decide (how an independent stream replayed through `evaluate` is judged).
 REPLAY = Scenario("replay", never_answer_share=1.0, phones_of="realistic")
-SCENARIOS = {s.name: s for s in (REALISTIC, PROFILE, TODAY, REPLAY)}
+# A stream shaped by none of the parameters above (the engine was never tuned on it): how an
+# independent recording might look. Intervals 2 / 10 / 30 min, none sends speed or provider
+# (as in the stream that filed issue 10), nothing answers, 15 % of reports lost, a fifth of the
+# intervals stretched 1.5-4x, multipath more often and in bursts of up to 4 reports, each report
+# of a burst displaced its own way, more indoor network fixes, longer offline bursts.
+STRANGER = Scenario("stranger", intervals=((120.0, 0.3), (600.0, 0.4), (1800.0, 0.3)),
+                    interval_jitter=0.1, late_share=0.2, late_factor=(1.5, 4.0), speed_share=0.0,
+                    provider_share=0.0, missing=0.15, multipath_start=0.015,
+                    multipath_len=(0.4, 0.3, 0.2, 0.1), multipath_m=(80.0, 600.0),
+                    multipath_accuracy_m=(4.0, 40.0), multipath_scatter=True,
+                    network_share=(0.04, 0.25), offline_per_day=0.5,
+                    offline_minutes=(10.0, 240.0), never_answer_share=1.0)
+SCENARIOS = {s.name: s for s in (REALISTIC, PROFILE, TODAY, REPLAY, STRANGER)}
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,7 @@ class QualityConfig:
     people: int = 1000
     days: int = 10
     seed: int = 1
-    scenarios: tuple[Scenario, ...] = (REALISTIC, PROFILE, TODAY, REPLAY)
+    scenarios: tuple[Scenario, ...] = (REALISTIC, PROFILE, TODAY, REPLAY, STRANGER)
     batch_s: float = 60.0  # fixes are handed to the engine per this much ARRIVAL time
     tick_s: float = 60.0  # engine.tick() at least this often (every batch by default)
     levels: tuple[tuple[str, float], ...] = (("strict", 0.25), ("normal", 0.5), ("lenient", 0.25))

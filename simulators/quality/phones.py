@@ -7,7 +7,8 @@ a location request. Per report: ~10 % lost; a clean GNSS fix (accuracy 3-50 m, e
 with the accuracy as its 68 % radius, rare 2-4x outliers); or an indoor network fix 200-2,000 m
 off with an accuracy that roughly matches (sometimes smaller); or part of a multipath episode:
 1-3 consecutive GNSS reports all displaced 100-500 m the same way with a SMALL accuracy (5-30 m),
-still or moving, while the reported (Doppler) speed stays the true one. Offline bursts: the
+still or moving, while the reported (Doppler) speed stays the true one (the `stranger` scenario:
+bursts of up to 4, each report, and each answer during one, thrown its own way). Offline bursts: the
 phone keeps its fixes for 10-120 min, then at reconnect sends a fresh fix and the backlog.
 """
 
@@ -192,7 +193,8 @@ class PhoneStream:
 
     def _multipath(self, t: FloatArray, gnss: BoolArray, tspeed: FloatArray,
                    ) -> tuple[IntArray, FloatArray, FloatArray]:
-        """Episodes of 1-3 consecutive GNSS reports displaced the same way (carried over days)."""
+        """Episodes of 1-3 (the scenario's lengths) consecutive GNSS reports displaced the same
+        way, or each its own way (`multipath_scatter`); carried over days."""
         scen, rng = self.scen, self.rng
         n = len(t)
         episode = np.full(n, -1, dtype=np.int64)
@@ -200,7 +202,8 @@ class PhoneStream:
         g = np.flatnonzero(gnss)
         u = rng.random(len(g))
         starts = set(np.flatnonzero(u < scen.multipath_start).tolist())
-        lens = rng.choice([1, 2, 3], size=len(g), p=list(scen.multipath_len))
+        lens = rng.choice(np.arange(1, len(scen.multipath_len) + 1), size=len(g),
+                          p=list(scen.multipath_len))
         mags = rng.uniform(*scen.multipath_m, len(g))
         dirs = rng.uniform(0.0, 2 * math.pi, len(g))
         holds = rng.uniform(*scen.multipath_hold_s, len(g))
@@ -218,6 +221,9 @@ class PhoneStream:
                 self.mp_dy = float(mags[j] * math.sin(dirs[j]))
             sel = g[j:j + left]
             episode[sel], dx[sel], dy[sel] = self.mp_id, self.mp_dx, self.mp_dy
+            if scen.multipath_scatter:  # each report its own way
+                m, a = rng.uniform(*scen.multipath_m, len(sel)), rng.uniform(0.0, 2 * math.pi, len(sel))
+                dx[sel], dy[sel] = m * np.cos(a), m * np.sin(a)
             self.mp_left = left - len(sel)
             last = j + len(sel) - 1
             # In time: until the next report, or the hold (a still phone keeps its error).
@@ -314,6 +320,9 @@ class PhoneStream:
         if k >= 0 and t[0] < self.ep[k][1]:
             network[:] = False
             dx[0], dy[0], episode[0] = self.ep[k][2], self.ep[k][3], self.ep[k][4]
+            if scen.multipath_scatter:
+                m, a = rng.uniform(*scen.multipath_m), rng.uniform(0.0, 2 * math.pi)
+                dx[0], dy[0] = m * math.cos(a), m * math.sin(a)
         ex, ey, acc, cls, speed = self._noise(rng, indoor, tspeed, network, dx, dy)
         arrival = t + loguniform(rng, *self.cfg.latency_s, 1)
         viol = self.world.schedule.violation_at(person, t)

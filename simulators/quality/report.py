@@ -149,6 +149,28 @@ def naive_table(r: Result, name: str = "engine") -> list[list[str]]:
     return rows
 
 
+def variant_table(r: Result) -> list[list[str]]:
+    """Every engine variant on every scenario: the targets' figures, and the worst reporting
+    interval's false alerts among people near a border (where reflections decide)."""
+    w = r.world
+    rows = [["variant / scenario", "false / person-day (near a border)",
+             "worst interval near a border", "≥10 min seen: detected", "≥ 2 fixes, never answers",
+             "delay p50 / p95"]]
+    for e in r.scenarios[0].part.engines:
+        for s in r.scenarios:
+            x = s.metrics(w, e.name, s.group(w))
+            b = s.metrics(w, e.name, s.group(w, near_border=True))
+            worst = max(((s.metrics(w, e.name, s.group(w, iv, near_border=True)).false_per_person_day,
+                          iv) for iv in s.intervals()), default=(0.0, 0.0))
+            rows.append([f"{e.name} / {s.scenario.name}",
+                         f"{_fmt(x.false_per_person_day)} ({_fmt(b.false_per_person_day)})",
+                         f"{_fmt(worst[0])} ({_interval(worst[1])})",
+                         _share(x.eligible_detected, x.eligible, None),
+                         _share(x.never_detected, x.never_eligible, None),
+                         f"{_min(x.delay(50))} / {_min(x.delay(95))}"])
+    return rows
+
+
 def level_table(r: Result, name: str = "engine") -> list[list[str]]:
     """Per scenario and level, and for people near a border."""
     w = r.world
@@ -194,7 +216,11 @@ def _phones(r: Result, s: ScenarioResult) -> str:
             + ", ".join(f"{CLASS_SHORT[c]} {100 * p.class_counts[c] / total:.1f} %" for c in range(4))
             + f"); {100 * sc.missing:.0f} % of reports lost, {100 * sc.late_share:.0f} % of intervals "
             f"stretched {sc.late_factor[0]:g}-{sc.late_factor[1]:g}x; {p.offline_fixes:,} fixes delivered "
-            f"late from offline bursts of {sc.offline_minutes[0]:g}-{sc.offline_minutes[1]:g} min")
+            f"late from offline bursts of {sc.offline_minutes[0]:g}-{sc.offline_minutes[1]:g} min;"
+            f" multipath bursts of 1-{len(sc.multipath_len)} reports {sc.multipath_m[0]:g}-"
+            f"{sc.multipath_m[1]:g} m off at {sc.multipath_accuracy_m[0]:g}-"
+            f"{sc.multipath_accuracy_m[1]:g} m accuracy, "
+            + ("each report its own way" if sc.multipath_scatter else "one way per burst"))
 
 
 def _describe_fix(f: FixNote, start: float) -> str:
@@ -319,6 +345,8 @@ def text(r: Result) -> str:
     names = [e.name for e in r.scenarios[0].part.engines]
     for name in names:
         out += [f"Targets ({name}; ✓ met, ✗ not met):", render(target_table(r, name)), ""]
+    if len(names) > 1:
+        out += [render(variant_table(r)), ""]
     out += [render(naive_table(r, names[0])), "", render(level_table(r, names[0])), "",
             render(noise_table(r, names[0])), ""]
     out += ["False area-exit alerts, by the noise class of their wholly-outside evidence "
@@ -336,9 +364,13 @@ def markdown(r: Result) -> str:
                       for e in s.part.engines[:1] if e.seconds)
     head = (f"Alert quality ({cfg.people:,} people × {cfg.days} days = {cfg.person_days:,} person-days, "
             f"seed {cfg.seed}; `python -m simulators.quality`; evaluate() fixes/s on one core: {rates}):\n\n")
-    return (head + render(target_table(r), markdown=True) + "\n\n"
-            + render(naive_table(r), markdown=True) + "\n\n" + render(level_table(r), markdown=True))
+    names = [e.name for e in r.scenarios[0].part.engines]
+    out = head + "\n\n".join(render(target_table(r, n), markdown=True) for n in names[:1])
+    if len(names) > 1:
+        out += "\n\n" + render(variant_table(r), markdown=True)
+    return (out + "\n\n" + render(naive_table(r, names[0]), markdown=True) + "\n\n"
+            + render(level_table(r, names[0]), markdown=True))
 
 
 __all__ = ["columns", "false_alerts", "level_table", "markdown", "missed", "naive_table", "noise_table",
-           "render", "target_table", "text"]
+           "render", "target_table", "text", "variant_table"]
