@@ -21,6 +21,7 @@ from geofence.model import (
     DeviceState,
     Event,
     EventKind,
+    Evidence,
     Fix,
     LastFix,
     Membership,
@@ -559,32 +560,42 @@ class _Fold:
         return w, grade, facts
 
     @staticmethod
-    def _away_step(rules: Rules, a: tuple[float, float, float, float, float, float],
-                   b: tuple[float, float, float, float, float, float]) -> bool:
-        """Is evidence b further beyond the border than a by more than both accuracies and
-        `away_m`, at a plausible speed?"""
+    def _away_step(rules: Rules, a: Evidence, b: Evidence) -> bool:
+        """Is evidence b a step of a departure after a: a satellite fix of positive weight at
+        least 45 s later, further beyond the border by more than both accuracies and `away_m`,
+        at a plausible speed?"""
+        if b[6] <= 0 or b[0] - a[0] < _MIN_GAP_S:
+            return False
         gain = b[1] - a[1]
         return (gain > rules.away_m + a[2] + b[2]
                 and gain / (b[0] - a[0]) <= rules.plausible_speed_mps)
 
-    def _away_chain(self, rules: Rules, track: Track) -> bool:
-        """Did the counted fixes before the last one go further out too, step by step, so that
-        with the fix at hand `away_fixes` of them make a path? (The last step is the caller's.)
-        Two reflections of a still phone can land at different distances; a third each time
-        further out by more than the errors is what a person leaving leaves behind."""
-        need = rules.away_fixes - 2
-        if need <= 0:
-            return True
-        counted = [e for e in track.evidence if e[3] > 0]
-        if len(counted) < need + 1:
+    @staticmethod
+    def _away_path(rules: Rules, track: Track, here: Evidence) -> bool:
+        """Do the streak's last `away_fixes` counted fixes, ending with `here`, make a path
+        going further out at every step? Two reflections of a still phone can land at
+        different distances; a third further out again is what a person leaving leaves."""
+        counted = [e for e in track.evidence if e[3] > 0][-(rules.away_fixes - 1):]
+        if len(counted) < rules.away_fixes - 1 or counted[0][6] <= 0:
             return False
-        chain = counted[-(need + 1):]
-        return all(b[0] - a[0] >= _MIN_GAP_S and self._away_step(rules, a, b)
-                   for a, b in zip(chain, chain[1:], strict=False))
+        chain = [*counted, here]
+        return all(_Fold._away_step(rules, a, b) for a, b in zip(chain, chain[1:], strict=False))
 
-    def _same_place(self, i: int, last: tuple[float, float, float, float, float, float]) -> bool:
+    @staticmethod
+    def _away_speed(rules: Rules, speed: float | None, last: Evidence, here: Evidence) -> bool:
+        """A two-fix departure on the phone's word: a step of a departure whose fix reports a
+        (Doppler) speed of at least `away_speed_mps` that covers the gain within at most 2
+        minutes (a still phone's reflected fix reports little speed; over longer gaps any speed
+        times the gap covers anything)."""
+        dt = here[0] - last[0]
+        if not rules.away_speed_mps or speed is None or speed < rules.away_speed_mps:
+            return False
+        return (dt <= _SPEED_SPAN_S and _Fold._away_step(rules, last, here)
+                and speed * dt >= here[1] - last[1] - here[2] - last[2])
+
+    def _same_place(self, i: int, last: Evidence) -> bool:
         """Does fix i lie within its own and the counted fix `last`'s circles (+ slack)?"""
-        _, _, acc, _, lon, lat = last
+        _, _, acc, _, lon, lat, _ = last
         d = _haversine(lon, lat, self.pre.lon_l[i], self.pre.lat_l[i])
         return d <= acc + float(self.fixes[i].accuracy or 0.0) + _REPEAT_SLACK_M
 
@@ -605,8 +616,8 @@ class _Fold:
         began with a jump of a still phone: a reflection), or (d) leaving (`away_m`): a satellite
         fix further beyond the border than the last counted one by more than both accuracies
         and `away_m`, at a plausible speed, in a streak that did not begin with such a jump,
-        when its reported speed covers that gain (`away_speed`) or the counted fixes before it
-        made the same kind of step, `away_fixes` fixes in all.
+        when the counted satellite fixes before it made the same kind of step, `away_fixes` in
+        all (version 3: 2, the last counted fix and this one).
         Until then, the phone is asked for a fresh fix (LOCATION_REQUEST) within its hourly
         budget, and `tick` asks again while it stays silent. Answers are weighed, not trusted: a
         shallow answer to a follow-up counts for nothing unless it comes `answer_independent_s`
@@ -640,8 +651,14 @@ class _Fold:
         weight = track.weight + w
         deep = track.deep_count + (grade != "shallow" and w > 0)
         suspect = track.suspect or (first and "jump_of_still_phone_m" in facts)
-        evidence = (track.evidence + ((t, float(facts["beyond_m"]), acc, w,  # type: ignore[arg-type]
-                                       self.pre.lon_l[i], self.pre.lat_l[i]),))[-8:]
+        # A step of a departure path: a satellite fix of positive weight after a believable
+        # journey (Wi-Fi and cell positions are kilometres wrong at times, whatever they claim).
+        link = (w > 0 and "impossible_speed_mps" not in facts
+                and "implausible_speed_mps" not in facts
+                and (f.provider or "").lower() not in _NETWORK_PROVIDERS)
+        here: Evidence = (t, float(facts["beyond_m"]), acc, w,  # type: ignore[arg-type]
+                          self.pre.lon_l[i], self.pre.lat_l[i], 1.0 if link else 0.0)
+        evidence = (track.evidence + (here,))[-8:]
         decided_by = None
         if first:
             if (grade == "strong" and w >= rules.exit_weight - 1e-9
@@ -659,22 +676,18 @@ class _Fold:
                 decided_by = "shallow_evidence_over_time"
         compared: dict[str, float] | None = None
         if (decided_by is None and rules.away_m > 0 and not first and not repeat and not suspect
-                and w > 0 and last is not None and t - last[0] >= _MIN_GAP_S
-                and "impossible_speed_mps" not in facts and "implausible_speed_mps" not in facts
-                and (f.provider or "").lower() not in _NETWORK_PROVIDERS):
-            # Leaving: further out than the last counted fix by more than both errors and a
-            # margin, at a speed a vehicle can go. Not in a streak that began with a still
-            # phone's jump: two reflections in a row can land at different distances.
-            # Its reported (Doppler) speed covering the gain is the phone saying it moves: a
-            # reflection moves the position, not the speed; without it, a path of `away_fixes`.
-            gain = float(facts["beyond_m"]) - last[1]  # type: ignore[arg-type]
-            if (self._away_step(rules, last, (t, float(facts["beyond_m"]), acc,  # type: ignore[arg-type]
-                                               w, self.pre.lon_l[i], self.pre.lat_l[i]))
-                    and ((rules.away_speed and f.speed is not None
-                          and f.speed * (t - last[0]) >= gain - acc - last[2])
-                         or self._away_chain(rules, track))):
+                and link and last is not None and t - last[0] >= _MIN_GAP_S):
+            # Leaving: each of the last `away_fixes` counted fixes further out than the one
+            # before by more than both errors and a margin, at a speed a vehicle can go, or two
+            # such fixes the last of which reports moving that fast. Not in a streak that began
+            # with a still phone's jump: reflections land anywhere.
+            path = self._away_path(rules, track, here)
+            if path or self._away_speed(rules, f.speed, last, here):
                 decided_by = "moving_away"
-                compared = {"t": last[0], "beyond_m": last[1], "gain_m": round(gain, 1)}
+                compared = {"t": last[0], "beyond_m": last[1], "gain_m": round(here[1] - last[1], 1),
+                            "path_fixes": rules.away_fixes if path else 2}
+                if not path:
+                    compared["speed_mps"] = round(float(f.speed or 0.0), 1)
         if decided_by is not None:
             extra: dict[str, object] = {"moving_away_from": compared} if compared else {}
             self.emit(EventKind.AREA_EXIT, i, RULE_AREA_EXIT, subj.home_zone_id, Membership.OUTSIDE,
@@ -944,7 +957,7 @@ def _recent_requests(st: DeviceState, now: float) -> tuple[float, ...]:
     return tuple(r for r in st.requests if now - r < 3600.0)
 
 
-def _last_counted(track: Track) -> tuple[float, float, float, float, float, float] | None:
+def _last_counted(track: Track) -> Evidence | None:
     """The streak's latest fix that counted as evidence (a repeat weighs 0 and does not)."""
     for e in reversed(track.evidence):
         if e[3] > 0:

@@ -89,6 +89,10 @@ class Fix:
     source: Source = Source.NATIVE_MQTT
 
 
+# One piece of an exit streak's evidence: (t, beyond m, accuracy m, weight, lon, lat, link).
+Evidence = tuple[float, float, float, float, float, float, float]
+
+
 @dataclass(frozen=True, slots=True)
 class Track:
     """Debounced standing of one person towards one area (allowed area, exclusion, curfew)."""
@@ -103,8 +107,10 @@ class Track:
     suspect: bool = False  # the streak began with a jump the phone's movement cannot explain
     weight: float = 0.0  # allowed area: evidence weight of the pending streak (see engine)
     asked: float | None = None  # allowed area: when this streak last asked the phone for a fix
-    # allowed area: the streak's latest fixes (t, beyond m, accuracy m, weight, lon, lat)
-    evidence: tuple[tuple[float, float, float, float, float, float], ...] = ()
+    # allowed area: the streak's latest fixes (t, beyond m, accuracy m, weight, lon, lat, link):
+    # link 1.0 when the fix can be a step of a departure path (a satellite fix of positive
+    # weight after a believable journey), 0.0 otherwise and in states stored before it existed
+    evidence: tuple[Evidence, ...] = ()
     followup: float | None = None  # allowed area: when the clock last asked a silent phone
 
     def to_list(self) -> list[object]:
@@ -119,8 +125,9 @@ class Track:
         """Inverse of `to_list` (an older, shorter form takes the defaults for what it lacks)."""
         st, since, pend, psince, flag, dcount, dsince, suspect, weight, asked, evidence, fup = (
             list(v) + [None] * 12)[:12]
-        ev = tuple(tuple(float(x) for x in e) for e in evidence  # type: ignore[attr-defined]
-                   if isinstance(e, list) and len(e) == 6) if isinstance(evidence, list) else ()
+        ev = tuple(tuple(float(x) for x in (e + [0.0] if len(e) == 6 else e))
+                   for e in evidence  # type: ignore[attr-defined]
+                   if isinstance(e, list) and len(e) in (6, 7)) if isinstance(evidence, list) else ()
         return cls(AreaStatus(str(st)), _f(since), int(pend or 0), _f(psince),  # type: ignore[call-overload]
                    _f(flag), int(dcount or 0) if not isinstance(dcount, bool) else 0,  # type: ignore[call-overload]
                    _f(dsince), bool(suspect), _f(weight) or 0.0, _f(asked),

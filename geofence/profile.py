@@ -36,8 +36,8 @@ class Rules:
     # the last counted one, at a plausible speed, not in a streak that began with a still phone's
     # jump. 0 is off: profiles stored before version 3 keep their behaviour.
     away_m: float = 0.0
-    away_fixes: int = 2  # ...each of this many counted fixes further out than the one before...
-    away_speed: int = 0  # ...or (1) this fix's reported speed covers its gain over the last one
+    away_fixes: int = 2  # ...and so each of this many counted satellite fixes (2-8) in a row...
+    away_speed_mps: float = 0.0  # ...or two, within 2 min, the last reporting this speed (0: off)
     suspect_more_fixes: int = 2  # a streak that began with a still phone's jump needs this many more...
     suspect_span_factor: float = 2.0  # ...shallow fixes, over this many times the span
     single_fix_max_accuracy_m: float = 50.0  # a lone strong fix decides only this accurate
@@ -220,6 +220,8 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ValueError(f"threshold {k!r} must be a non-negative number, not {v!r}")
         out[k] = int(v) if _FIELD_TYPES[k] in ("int", int) else float(v)
+        if k == "away_fixes" and not 2 <= out[k] <= 8:  # the state keeps a streak's last 8 fixes
+            raise ValueError(f"threshold {k!r} must be 2-8, not {v!r}")
     return out
 
 
@@ -229,18 +231,19 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 # evidence and asks less. Version 3 (issue 10, 2026-12-07): a satellite fix further out than
 # the last counted one by 50 m beyond both accuracies decides (`away_m`), strict counts shallow
 # answers 4 minutes on (`answer_independent_s`). Version 4 (2026-12-07): that departure needs
-# three counted fixes each further out (`away_fixes`), or a reported speed that covers the
-# gain (`away_speed`): two reflections of a phone without speed land at different distances.
+# three counted satellite fixes each further out than the one before (`away_fixes`): two
+# reflections of a still phone land at different distances, a third further again is a path;
+# or two within 2 minutes, the last reporting at least 2 m/s that cover the gain (`away_speed_mps`).
 DEFAULT_PROFILE = RuleProfile(
     "national-2020",
     4,
     {
         "strict": Rules(shallow_weight=0.34, shallow_span_s=480.0, exit_span_s=60.0,
                         return_span_s=60.0, confirm_max_per_hour=6, answer_independent_s=240.0,
-                        away_m=50.0, away_fixes=3, away_speed=1),
-        "normal": Rules(away_m=50.0, away_fixes=3, away_speed=1),
+                        away_m=50.0, away_fixes=3, away_speed_mps=2.0),
+        "normal": Rules(away_m=50.0, away_fixes=3, away_speed_mps=2.0),
         "lenient": Rules(shallow_fixes=4, shallow_span_s=900.0, exit_span_s=180.0,
                          return_span_s=180.0, undecidable_fixes=8, confirm_max_per_hour=2,
-                         away_m=50.0, away_fixes=3, away_speed=1),
+                         away_m=50.0, away_fixes=3, away_speed_mps=2.0),
     },
 )

@@ -282,27 +282,59 @@ def test_a_phone_going_further_out_is_leaving_and_its_third_fix_decides():
     assert detail(exit_)["decided_by"] == "moving_away"
     assert exit_.since == at(120)
     assert [e["beyond_m"] for e in detail(exit_)["evidence"]] == [40.0, 124.0, 208.0]
-    assert detail(exit_)["moving_away_from"] == {"t": at(180), "beyond_m": 124.0, "gain_m": 84.0}
+    assert detail(exit_)["moving_away_from"] == {"t": at(180), "beyond_m": 124.0, "gain_m": 84.0,
+                                                 "path_fixes": 3}
     from alerts.explain import explain
-    assert "the last further beyond the border than the one counted before it" in explain(
-        exit_.reason.to_dict())
-    assert "此人正在离开" in explain(exit_.reason.to_dict(), "zh")
+    assert "the last 3 satellite fixes each further beyond the border than the one counted" in (
+        explain(exit_.reason.to_dict()))
+    assert "最后 3 次卫星定位" in explain(exit_.reason.to_dict(), "zh")
 
 
-@pytest.mark.parametrize(("speed", "decides"), [
-    (1.4, True),  # the phone says it moves: 84 m a minute, minus both accuracies, is covered
-    (0.5, False),  # a still phone's Doppler speed: the 84 m are not its own doing
+@pytest.mark.parametrize(("interval", "speed", "decides"), [
+    (60, 2.5, True),  # the phone says it moves at 9 km/h, and 84 m a minute is within that
+    (60, 1.4, False),  # walking pace: a reflection's noisy Doppler speed can say as much
+    (600, 5.0, False),  # 10 minutes apart: any speed times the gap covers any gain
 ])
-def test_a_reported_speed_that_covers_the_gain_lets_the_second_fix_decide(speed, decides):
+def test_a_reported_speed_lets_two_fixes_decide_only_when_it_says_so_within_two_minutes(
+        interval, speed, decides):
     p = Pipeline({"dev-1": subject()})
-    p.live([fx(0, pos(HOME, 870, 0), speed=speed), fx(60, pos(HOME, 955, 0), speed=speed)])
-    p.live([fx(120, pos(HOME, 1040, 0), speed=speed)])
-    exits = [e for e in p.live([fx(180, pos(HOME, 1124, 0), speed=speed)])
+    p.live([fx(0, pos(HOME, 870, 0), speed=speed),
+            fx(interval, pos(HOME, 955, 0), speed=speed),
+            fx(2 * interval, pos(HOME, 1040, 0), speed=speed)])
+    exits = [e for e in p.live([fx(3 * interval, pos(HOME, 1124, 0), speed=speed)])
              if e.kind == EventKind.AREA_EXIT]
     assert bool(exits) == decides
     if decides:
-        assert detail(exits[0])["decided_by"] == "moving_away"
-        assert detail(exits[0])["moving_away_from"]["gain_m"] == 84.0
+        away = detail(exits[0])["moving_away_from"]
+        assert (away["path_fixes"], away["speed_mps"], away["gain_m"]) == (2, speed, 84.0)
+        from alerts.explain import explain
+        assert "the last 2 satellite fixes" in explain(exits[0].reason.to_dict())
+        assert "the phone reporting 9 km/h" in explain(exits[0].reason.to_dict())
+        assert "9 公里/小时" in explain(exits[0].reason.to_dict(), "zh")
+
+
+def test_a_network_fix_is_no_step_of_a_departure_path():
+    # A Wi-Fi fix 30 m out claiming 10 m, then two satellite fixes 130 m and 240 m out: the
+    # path begins at a position that can be kilometres wrong, so it is no path of three.
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0))])
+    p.live([fx(120, pos(HOME, 1030, 0), provider="wifi", accuracy=10.0),
+            fx(180, pos(HOME, 1130, 0)), fx(240, pos(HOME, 1240, 0))])
+    assert EventKind.AREA_EXIT not in kinds(p.events)
+    assert p.states["dev-1"].area.pending == 3
+    assert [e[6] for e in p.states["dev-1"].area.evidence] == [0.0, 1.0, 1.0]
+    p.live([fx(300, pos(HOME, 1350, 0))])  # a third satellite fix further out: now a path
+    assert [detail(e)["decided_by"] for e in p.events if e.kind == EventKind.AREA_EXIT] == [
+        "moving_away"]
+
+
+def test_a_departure_path_longer_than_the_kept_evidence_is_refused():
+    from geofence.profile import validate_overrides
+
+    for bad in (0, 1, 9):
+        with pytest.raises(ValueError, match="away_fixes"):
+            validate_overrides({"away_fixes": bad})
+    assert validate_overrides({"away_fixes": 8}) == {"away_fixes": 8}
 
 
 def test_two_reflections_landing_further_out_are_no_departure_even_after_one_inside():
@@ -318,7 +350,7 @@ def test_two_reflections_landing_further_out_are_no_departure_even_after_one_ins
     p.live(fixes)
     assert EventKind.AREA_EXIT not in kinds(p.events)
     assert p.states["dev-1"].area.pending == 2
-    v3 = Pipeline({"dev-1": subject(replace(NORMAL, away_fixes=2, away_speed=0))})
+    v3 = Pipeline({"dev-1": subject(replace(NORMAL, away_fixes=2))})
     v3.live(fixes)
     assert [detail(e)["decided_by"] for e in v3.events if e.kind == EventKind.AREA_EXIT] == [
         "moving_away"]
@@ -358,7 +390,7 @@ def test_stored_profiles_of_version_3_keep_their_two_fix_departure():
 
     v3 = {"name": "national-2020", "version": 3, "levels": {"normal": {"away_m": 50.0}}}
     rules = RuleProfile.from_dict(v3).rules_for("normal")
-    assert (rules.away_fixes, rules.away_speed) == (2, 0)
+    assert rules.away_fixes == 2
     p = Pipeline({"dev-1": subject(rules)})
     p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0)), fx(120, pos(HOME, 1040, 0)),
             fx(180, pos(HOME, 1124, 0))])
@@ -440,3 +472,27 @@ def test_strict_counts_an_answer_still_outside_four_minutes_on_even_at_the_same_
     quick = _asked_again(replace(STRICT, answer_independent_s=400.0))
     quick.live([fx(1800 + 370, pos(HOME, 1305, 0))])
     assert quick.states["dev-1"].area.pending == 1
+
+
+def test_a_streak_stored_before_version_4_never_starts_a_departure_path():
+    # States stored by the previous engine hold evidence without the step mark: read as no
+    # step (the path begins again with fresh satellite fixes), never as a crash or a guess.
+    from geofence.model import DeviceState
+
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0)), fx(120, pos(HOME, 1040, 0)),
+            fx(180, pos(HOME, 1124, 0))])
+    stored = p.states["dev-1"].to_dict()
+    track = stored["area"]
+    track[10] = [e[:6] for e in track[10]]  # the six-field form of before
+    p.states["dev-1"] = DeviceState.from_dict(stored)
+    assert [e[6] for e in p.states["dev-1"].area.evidence] == [0.0, 0.0]
+    assert EventKind.AREA_EXIT not in kinds(p.live([fx(240, pos(HOME, 1208, 0))]))
+    # 124 m (stored before, no step) -> 208 -> 292: not yet a path of three satellite fixes
+    assert EventKind.AREA_EXIT not in kinds(p.live([fx(300, pos(HOME, 1292, 0))]))
+    # The same streak as this engine stores it: the 208-m fix completes the path at once.
+    control = Pipeline({"dev-1": subject()})
+    control.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0)), fx(120, pos(HOME, 1040, 0)),
+                  fx(180, pos(HOME, 1124, 0))])
+    exits = [e for e in control.live([fx(240, pos(HOME, 1208, 0))]) if e.kind == EventKind.AREA_EXIT]
+    assert [detail(e)["decided_by"] for e in exits] == ["moving_away"]

@@ -903,7 +903,7 @@ def test_rules_come_from_the_level_and_person_overrides():
     strict = DEFAULT_PROFILE.rules_for("strict")
     lenient = DEFAULT_PROFILE.rules_for("lenient", {"exit_fixes": 5.0, "max_accuracy_m": 100})
     assert (strict.shallow_span_s, strict.exit_span_s) == (480.0, 60.0)
-    normal = Rules(away_m=50.0, away_fixes=3, away_speed=1)
+    normal = Rules(away_m=50.0, away_fixes=3, away_speed_mps=2.0)
     assert DEFAULT_PROFILE.rules_for("normal") == normal
     assert DEFAULT_PROFILE.rules_for("no-such-level") == normal  # normal's
     assert (lenient.exit_fixes, lenient.exit_span_s, lenient.max_accuracy_m) == (5, 180.0, 100.0)
