@@ -66,8 +66,11 @@ _EXIT_HOW_ZH = {
                        "（证据权重 {weight}，需要 {needed}）：{fixes}",
     "shallow_evidence_over_time": "{n} 次定位在 {minutes} 内位于区域外，每次都在信号反射可达范围内，"
                                   "但持续时间过长，不可能是一次反射：{fixes}",
-    "moving_away": "{n} 次定位位于区域外，最后 {path} 次卫星定位一次比一次离边界更远，每次都超出"
-                   "两次定位的精度之和再加 50 米以上，且速度合理{moving}：此人正在离开：{fixes}",
+    "moving_away": "{n} 次定位位于区域外，最后一次比之前计入的一次离边界更远，超出两次定位的精度"
+                   "之和再加 50 米以上，且速度合理：此人正在离开：{fixes}",
+    "moving_away_path": "{n} 次定位位于区域外，最后 {path} 次卫星定位一次比一次离边界更远，每次都"
+                        "超出两次定位的精度之和再加 50 米以上，且速度合理{moving}：此人正在离开："
+                        "{fixes}",
 }
 
 
@@ -95,16 +98,23 @@ _EXIT_HOW = {
                        "(evidence {weight} of {needed} needed): {fixes}",
     "shallow_evidence_over_time": "{n} fixes lay outside for {minutes}, each within a "
                                   "reflection's reach but together too long for one: {fixes}",
-    "moving_away": "{n} fixes lay outside, the last {path} satellite fixes each further beyond "
-                   "the border than the one counted before it by more than both accuracies and "
-                   "a 50 m margin, at a believable speed{moving}: the person was moving away: "
-                   "{fixes}",
+    "moving_away": "{n} fixes lay outside, the last further beyond the border than the one "
+                   "counted before it by more than both accuracies and a 50 m margin, at a "
+                   "believable speed: the person was moving away: {fixes}",
+    "moving_away_path": "{n} fixes lay outside, the last {path} satellite fixes each further "
+                        "beyond the border than the one before by more than both accuracies and "
+                        "a 50 m margin, at a believable speed{moving}: the person was moving "
+                        "away: {fixes}",
 }
 
 
 def _exit_how(reason: dict[str, Any], zh: bool = False) -> str:
     """The evidence behind an area exit (the engine's `evidence` list), as a clause."""
-    how = (_EXIT_HOW_ZH if zh else _EXIT_HOW).get(str(reason.get("decided_by")))
+    decided_by = str(reason.get("decided_by"))
+    away = reason.get("moving_away_from")
+    if decided_by == "moving_away" and isinstance(away, dict) and "path_fixes" in away:
+        decided_by = "moving_away_path"  # version 4 names its path; earlier alerts keep their text
+    how = (_EXIT_HOW_ZH if zh else _EXIT_HOW).get(decided_by)
     evidence = reason.get("evidence")
     if how is None or not isinstance(evidence, list) or not evidence:
         return ""
@@ -115,8 +125,7 @@ def _exit_how(reason: dict[str, Any], zh: bool = False) -> str:
     times = [float(e["t"]) for e in items if isinstance(e.get("t"), int | float)]
     minutes = (f"{(max(times) - min(times)) / 60:.0f} {'分钟' if zh else 'min'}" if times
                else ("一段时间" if zh else "some time"))
-    away = reason.get("moving_away_from")
-    path = away.get("path_fixes", 2) if isinstance(away, dict) else 2  # 2 before version 4
+    path = away.get("path_fixes", 2) if isinstance(away, dict) else 2
     speed = away.get("speed_mps") if isinstance(away, dict) else None
     moving = "" if not isinstance(speed, int | float) else (
         f"，手机报告的速度为 {speed * 3.6:,.0f} 公里/小时" if zh

@@ -561,10 +561,12 @@ class _Fold:
 
     @staticmethod
     def _away_step(rules: Rules, a: Evidence, b: Evidence) -> bool:
-        """Is evidence b a step of a departure after a: a satellite fix of positive weight at
-        least 45 s later, further beyond the border by more than both accuracies and `away_m`,
-        at a plausible speed?"""
-        if b[6] <= 0 or b[0] - a[0] < _MIN_GAP_S:
+        """Is evidence b a step of a departure after a: both satellite fixes of positive weight
+        after a believable journey, b at least 45 s later, further beyond the border by more
+        than both accuracies and `away_m`, at a plausible speed? (Version 3's two-fix rule, with
+        neither a longer path nor a speed, took any counted fix as the first: kept as it was.)"""
+        v3 = rules.away_fixes <= 2 and not rules.away_speed_mps
+        if b[6] <= 0 or (a[6] <= 0 and not v3) or b[0] - a[0] < _MIN_GAP_S:
             return False
         gain = b[1] - a[1]
         return (gain > rules.away_m + a[2] + b[2]
@@ -576,7 +578,7 @@ class _Fold:
         going further out at every step? Two reflections of a still phone can land at
         different distances; a third further out again is what a person leaving leaves."""
         counted = [e for e in track.evidence if e[3] > 0][-(rules.away_fixes - 1):]
-        if len(counted) < rules.away_fixes - 1 or counted[0][6] <= 0:
+        if len(counted) < rules.away_fixes - 1:
             return False
         chain = [*counted, here]
         return all(_Fold._away_step(rules, a, b) for a, b in zip(chain, chain[1:], strict=False))

@@ -220,7 +220,7 @@ def validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ValueError(f"threshold {k!r} must be a non-negative number, not {v!r}")
         out[k] = int(v) if _FIELD_TYPES[k] in ("int", int) else float(v)
-        if k == "away_fixes" and not 2 <= out[k] <= 8:  # the state keeps a streak's last 8 fixes
+        if k == "away_fixes" and (v != out[k] or not 2 <= out[k] <= 8):  # 8: the fixes kept
             raise ValueError(f"threshold {k!r} must be 2-8, not {v!r}")
     return out
 

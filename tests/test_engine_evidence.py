@@ -285,7 +285,7 @@ def test_a_phone_going_further_out_is_leaving_and_its_third_fix_decides():
     assert detail(exit_)["moving_away_from"] == {"t": at(180), "beyond_m": 124.0, "gain_m": 84.0,
                                                  "path_fixes": 3}
     from alerts.explain import explain
-    assert "the last 3 satellite fixes each further beyond the border than the one counted" in (
+    assert "the last 3 satellite fixes each further beyond the border than the one before" in (
         explain(exit_.reason.to_dict()))
     assert "最后 3 次卫星定位" in explain(exit_.reason.to_dict(), "zh")
 
@@ -331,7 +331,7 @@ def test_a_network_fix_is_no_step_of_a_departure_path():
 def test_a_departure_path_longer_than_the_kept_evidence_is_refused():
     from geofence.profile import validate_overrides
 
-    for bad in (0, 1, 9):
+    for bad in (0, 1, 9, 2.5):
         with pytest.raises(ValueError, match="away_fixes"):
             validate_overrides({"away_fixes": bad})
     assert validate_overrides({"away_fixes": 8}) == {"away_fixes": 8}
@@ -496,3 +496,31 @@ def test_a_streak_stored_before_version_4_never_starts_a_departure_path():
                   fx(180, pos(HOME, 1124, 0))])
     exits = [e for e in control.live([fx(240, pos(HOME, 1208, 0))]) if e.kind == EventKind.AREA_EXIT]
     assert [detail(e)["decided_by"] for e in exits] == ["moving_away"]
+
+
+def test_a_reported_speed_must_cover_the_gain_and_start_from_a_satellite_fix():
+    # 2.1 m/s for 60 s is 126 m: not the 200 m gained (less both accuracies, 20 m).
+    p = Pipeline({"dev-1": subject()})
+    p.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0)), fx(120, pos(HOME, 1040, 0))])
+    p.live([fx(180, pos(HOME, 1240, 0), speed=2.1)])
+    assert EventKind.AREA_EXIT not in kinds(p.events)
+    # A Wi-Fi fix 30 m out, then a satellite fix 130 m out a minute later at 2.5 m/s: the speed
+    # covers the gain, but the step begins at a position that can be kilometres wrong.
+    q = Pipeline({"dev-1": subject()})
+    q.live([fx(0, pos(HOME, 870, 0)), fx(60, pos(HOME, 955, 0)),
+            fx(120, pos(HOME, 1030, 0), provider="wifi", accuracy=10.0)])
+    q.live([fx(180, pos(HOME, 1130, 0), speed=2.5)])
+    assert EventKind.AREA_EXIT not in kinds(q.events)
+
+
+def test_an_alert_decided_before_version_4_keeps_its_sentence():
+    from alerts.explain import explain
+
+    reason = {"rule": "area_exit.accuracy_circle_wholly_outside", "decided_by": "moving_away",
+              "fixes": 2, "moving_away_from": {"t": 1.0, "beyond_m": 40.0, "gain_m": 84.0},
+              "evidence": [{"t": 1.0, "beyond_m": 40.0, "accuracy_m": 10.0},
+                           {"t": 61.0, "beyond_m": 124.0, "accuracy_m": 10.0}]}
+    text = explain(reason)
+    assert "the last further beyond the border than the one counted before it" in text
+    assert "satellite" not in text
+    assert "最后一次比之前计入的一次离边界更远" in explain(reason, "zh")
