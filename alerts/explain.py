@@ -125,7 +125,7 @@ def _exit_how(reason: dict[str, Any], zh: bool = False) -> str:
     times = [float(e["t"]) for e in items if isinstance(e.get("t"), int | float)]
     minutes = (f"{(max(times) - min(times)) / 60:.0f} {'分钟' if zh else 'min'}" if times
                else ("一段时间" if zh else "some time"))
-    path = away.get("path_fixes", 2) if isinstance(away, dict) else 2
+    path = away.get("path_fixes") if isinstance(away, dict) else None  # only the path text uses it
     speed = away.get("speed_mps") if isinstance(away, dict) else None
     moving = "" if not isinstance(speed, int | float) else (
         f"，手机报告的速度为 {speed * 3.6:,.0f} 公里/小时" if zh
