@@ -119,7 +119,7 @@ def _exit_how(reason: dict[str, Any], zh: bool = False) -> str:
     if how is None or not isinstance(evidence, list) or not evidence:
         return ""
     items = [e for e in evidence if isinstance(e, dict)]
-    out = "区域外 {} ，精度 ±{}" if zh else "{} out at ±{}"
+    out = "区域外 {}，精度 ±{}" if zh else "{} out at ±{}"
     fixes = ("；" if zh else "; ").join(
         out.format(_m(e.get("beyond_m")), _m(e.get("accuracy_m"))) for e in items)
     times = [float(e["t"]) for e in items if isinstance(e.get("t"), int | float)]
@@ -136,15 +136,23 @@ def _exit_how(reason: dict[str, Any], zh: bool = False) -> str:
         minutes=minutes) + ("。" if zh else ".")
 
 
-def explain(reason: dict[str, Any], lang: str = "en") -> str:
-    """Render the engine's reason as a sentence for the officer ("en" or "zh")."""
+def explain(reason: dict[str, Any], lang: str = "en", zone_name: str | None = None) -> str:
+    """Render the engine's reason as a sentence for the officer ("en" or "zh"), naming the
+    zone by `zone_name` beside its number where the caller knows it."""
     zh = lang == "zh"
     if reason.get("rule") == "area_exit.accuracy_circle_wholly_outside":
-        return _render(reason, zh) + _exit_how(reason, zh)
-    return _render(reason, zh)
+        return _render(reason, zh, zone_name) + _exit_how(reason, zh)
+    return _render(reason, zh, zone_name)
 
 
-def _render(reason: dict[str, Any], zh: bool = False) -> str:
+def _zone(zone_id: Any, name: str | None, zh: bool) -> str:
+    """A zone as the officer knows it: its number, and its name when given."""
+    if not name:
+        return str(zone_id)
+    return f"{zone_id}「{name}」" if zh else f"{zone_id} “{name}”"
+
+
+def _render(reason: dict[str, Any], zh: bool = False, zone_name: str | None = None) -> str:
     template = (_TEMPLATES_ZH if zh else _TEMPLATES).get(str(reason.get("rule")))
     if template is None:
         return f"规则 {reason.get('rule')!s} 触发。" if zh else f"Rule {reason.get('rule')!s} fired."
@@ -154,7 +162,7 @@ def _render(reason: dict[str, Any], zh: bool = False) -> str:
         fix=_when(reason.get("fix_time"), zh),
         acc=_m(reason.get("accuracy_m")),
         dist=_m(reason.get("distance_m")),
-        zone=reason.get("zone_id"),
+        zone=_zone(reason.get("zone_id"), zone_name, zh),
         curfew=reason.get("curfew", ""),
         jump=_m(reason.get("jump_m")),
         speed="unknown speed" if speed is None else f"{float(speed) * 3.6:,.0f} km/h",

@@ -268,18 +268,19 @@ class AlertOut(BaseModel):
     escalation_level: int
     ack_deadline: datetime | None
     suppressed: bool
+    zone_name: str | None = None  # the name of the zone `reason.zone_id` names
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def explanation(self) -> str:
-        """Why the alert fired, in one sentence (from `reason`)."""
-        return explain(self.reason)
+        """Why the alert fired, in one sentence (from `reason`, the zone named)."""
+        return explain(self.reason, zone_name=self.zone_name)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def explanation_zh(self) -> str:
         """The same sentence in Chinese."""
-        return explain(self.reason, "zh")
+        return explain(self.reason, "zh", self.zone_name)
 
 
 class AlertPage(BaseModel):

@@ -18,10 +18,12 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     Text,
+    case,
     func,
+    select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 
 
 class Base(DeclarativeBase):
@@ -232,6 +234,15 @@ class Alert(Base):
     suppressed: Mapped[bool] = mapped_column(Boolean, server_default="false")
     escalation_level: Mapped[int] = mapped_column(Integer, server_default="0")
     ack_deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# The name of the zone an alert's reason names (its number alone means nothing to an officer);
+# a reason without a zone, or with one that is not a whole number, has none.
+_REASON_ZONE = Alert.__table__.c.reason["zone_id"].astext
+Alert.zone_name = column_property(  # type: ignore[attr-defined]
+    select(Zone.name).where(Zone.id == case(
+        (_REASON_ZONE.regexp_match("^[0-9]{1,9}$"), _REASON_ZONE.cast(Integer)))
+    ).scalar_subquery())
 
 
 class AlertSuspension(Base):

@@ -115,5 +115,8 @@ def test_every_alert_carries_a_readable_explanation(client, org: Org):
                     json={**owntracks((lon, lat), now - 300 + k * 60), "acc": 10})
     [alert] = client.get(f"{API}/alerts", headers=h).json()["items"]
     one = client.get(f"{API}/alerts/{alert['id']}", headers=h).json()
-    assert one["explanation"].startswith(f"Entered prohibited zone {zone['id']}")
+    # The zone by its number and the name the supervisor gave it, in both languages.
+    assert one["explanation"].startswith(f"Entered prohibited zone {zone['id']} “victim's home”:")
+    assert one["explanation_zh"].startswith(f"进入禁止区域 {zone['id']}「victim's home」：")
+    assert one["zone_name"] == "victim's home"
     assert "10 m" in one["explanation"]  # the accuracy it was judged with

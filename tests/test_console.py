@@ -3,7 +3,10 @@ ingest → alert → live feed → the officers' screens."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -42,6 +45,20 @@ def _enrol(base: str, username: str, supervisee_id: int) -> str:
     return str(cred["device_id"])
 
 
+@contextlib.contextmanager
+def _live_system(settings: Settings, org: Org, name: str) -> Iterator[tuple[str, str]]:
+    """The API, an MQTT ingest worker and the alert worker running, and a Jiang'an phone
+    enrolled: (the API's base URL, the device id)."""
+    client_id = f"{settings.mqtt_client_id}-{name}"
+    ingest = MqttIngestWorker(settings, client_id=client_id)
+    try:
+        with api_server(settings) as base, in_thread(ingest), in_thread(AlertWorker(settings)):
+            assert ingest.connected.wait(10), "ingest worker did not connect to the broker"
+            yield base, _enrol(base, "jiangan-officer", org.supervisee_id)
+    finally:
+        forget_session(settings, client_id)
+
+
 @pytest.mark.long
 def test_an_alert_reaches_open_consoles_live_and_its_handling_is_seen_by_colleagues(
         settings: Settings, org: Org, browser: Browser, session: Session, db: psycopg.Connection):
@@ -50,83 +67,78 @@ def test_an_alert_reaches_open_consoles_live_and_its_handling_is_seen_by_colleag
     acknowledges and resolves it and a colleague's open console sees each change; another
     district's officer sees nothing."""
     _add_staff(session, org, "jiangan-officer2", "officer", org.office_ids[JIANGAN])
-    client_id = f"{settings.mqtt_client_id}-console"
-    ingest = MqttIngestWorker(settings, client_id=client_id)
-    try:
-        with api_server(settings) as base, in_thread(ingest), in_thread(AlertWorker(settings)):
-            assert ingest.connected.wait(10), "ingest worker did not connect to the broker"
-            device = _enrol(base, "jiangan-officer", org.supervisee_id)
-            consoles = {}
-            for name in ("jiangan-officer", "jiangan-officer2", "jianghan-officer"):
-                c = open_console(browser, base)
-                c.sign_in(name, PASSWORD)
-                c.open_duty()
-                consoles[name] = c
-            me, colleague, other = (consoles["jiangan-officer"], consoles["jiangan-officer2"],
-                                    consoles["jianghan-officer"])
-            me.shot("duty-idle")
-            # Two heartbeats' time (HEARTBEAT_S, 15 s) with nothing happening: the feed stays
-            # open, no reconnect.
-            me.page.wait_for_timeout(2 * HEARTBEAT_S * 1000 + 2000)
-            assert me.page.locator("#feed-status.live").count() == 1
-            subscribes = db.execute(
-                "SELECT count(*) FROM audit_log a JOIN staff s ON s.id = a.staff_id "
-                "WHERE a.action = 'alert.stream_subscribe' AND s.username = 'jiangan-officer'"
-            ).fetchone()
-            assert subscribes == (1,)  # one opening, one audit row, however long it stays open
+    with _live_system(settings, org, "console") as (base, device):
+        consoles = {}
+        for name in ("jiangan-officer", "jiangan-officer2", "jianghan-officer"):
+            c = open_console(browser, base)
+            c.sign_in(name, PASSWORD)
+            c.open_duty()
+            consoles[name] = c
+        me, colleague, other = (consoles["jiangan-officer"], consoles["jiangan-officer2"],
+                                consoles["jianghan-officer"])
+        me.shot("duty-idle")
+        # Two heartbeats' time (HEARTBEAT_S, 15 s) with nothing happening: the feed stays
+        # open, no reconnect.
+        me.page.wait_for_timeout(2 * HEARTBEAT_S * 1000 + 2000)
+        assert me.page.locator("#feed-status.live").count() == 1
+        subscribes = db.execute(
+            "SELECT count(*) FROM audit_log a JOIN staff s ON s.id = a.staff_id "
+            "WHERE a.action = 'alert.stream_subscribe' AND s.username = 'jiangan-officer'"
+        ).fetchone()
+        assert subscribes == (1,)  # one opening, one audit row, however long it stays open
 
-            phone = Phone(settings, device)
-            t0 = time.time() - 900
-            home, away = deep_inside(JIANGAN), deep_inside(JIANGHAN)
-            phone.report(*home, t0).wait_for_publish(5)
-            for k in range(3):  # ten minutes later, across the river, three reports
-                phone.report(*away, t0 + 600 + k * 60).wait_for_publish(5)
-            phone.close()
-            item = me.page.locator("#alert-queue li.queue-item").first
-            item.wait_for(timeout=20_000)
-            alert_id = int(item.get_attribute("data-alert-id") or 0)
-            (kind,) = db.execute("SELECT kind FROM alerts WHERE id = %s", (alert_id,)).fetchone()
-            assert kind == "area_exit"
-            colleague.page.locator(f"#alert-queue li[data-alert-id='{alert_id}']").wait_for(
-                timeout=10_000)
-            # A high-severity alert sounds its tone (Web Audio; the page notes when it played).
-            assert me.page.evaluate("() => document.body.dataset.lastCue || ''").startswith("high@")
-            # On the map: the person turns "outside" once the map refreshes after the event.
-            me.page.locator("path.person.state-outside").first.wait_for(timeout=15_000)
-            item.click()
-            me.page.locator("#alert-detail .explanation").wait_for()
-            assert "Jiang" in me.page.inner_text("#alert-detail .explanation") or \
-                me.page.inner_text("#alert-detail .explanation").strip() != ""
-            me.page.locator("path.evidence-fix").first.wait_for(timeout=10_000)
-            me.shot("duty-alert")
+        phone = Phone(settings, device)
+        t0 = time.time() - 900
+        home, away = deep_inside(JIANGAN), deep_inside(JIANGHAN)
+        phone.report(*home, t0).wait_for_publish(5)
+        for k in range(3):  # ten minutes later, across the river, three reports
+            phone.report(*away, t0 + 600 + k * 60).wait_for_publish(5)
+        phone.close()
+        item = me.page.locator("#alert-queue li.queue-item").first
+        item.wait_for(timeout=20_000)
+        alert_id = int(item.get_attribute("data-alert-id") or 0)
+        (kind,) = db.execute("SELECT kind FROM alerts WHERE id = %s", (alert_id,)).fetchone()
+        assert kind == "area_exit"
+        colleague.page.locator(f"#alert-queue li[data-alert-id='{alert_id}']").wait_for(
+            timeout=10_000)
+        # A high-severity alert sounds its tone (Web Audio; the page notes when it played).
+        assert me.page.evaluate("() => document.body.dataset.lastCue || ''").startswith("high@")
+        # On the map: the person turns "outside" once the map refreshes after the event.
+        me.page.locator("path.person.state-outside").first.wait_for(timeout=15_000)
+        item.click()
+        me.page.locator("#alert-detail .explanation").wait_for()
+        text = me.page.inner_text("#alert-detail .explanation")
+        # The home area by its name, and the one deep fix that decided (1.9 km beyond).
+        assert f"区域 {org.zone_ids[JIANGAN]}「江岸区」" in text, text
+        assert "一次精度良好的定位超出边界" in text, text
+        me.page.locator("path.evidence-fix").first.wait_for(timeout=10_000)
+        me.shot("duty-alert")
 
-            me.page.click("#ack")
-            colleague.page.locator(
-                f"#alert-queue li[data-alert-id='{alert_id}'][data-status='acknowledged']"
-            ).wait_for(timeout=10_000)
-            me.page.click("#resolve")
-            me.page.select_option("dialog.dialog select[name=disposition]", "confirmed_violation")
-            me.page.fill("dialog.dialog textarea[name=note]", "电话联系本人，已返回辖区 called, back home")
-            me.shot("duty-resolve")
-            me.page.click("dialog.dialog button[type=submit]")
-            colleague.page.locator(f"#alert-queue li[data-alert-id='{alert_id}']").wait_for(
-                state="detached", timeout=10_000)
-            colleague.shot("duty-colleague")
-            status, disposition = db.execute(
-                "SELECT status, disposition FROM alerts WHERE id = %s", (alert_id,)).fetchone()
-            assert (status, disposition) == ("resolved", "confirmed_violation")
+        me.page.click("#ack")
+        colleague.page.locator(
+            f"#alert-queue li[data-alert-id='{alert_id}'][data-status='acknowledged']"
+        ).wait_for(timeout=10_000)
+        me.page.click("#resolve")
+        me.page.select_option("dialog.dialog select[name=disposition]", "confirmed_violation")
+        me.page.fill("dialog.dialog textarea[name=note]", "电话联系本人，已返回辖区 called, back home")
+        me.shot("duty-resolve")
+        me.page.click("dialog.dialog button[type=submit]")
+        colleague.page.locator(f"#alert-queue li[data-alert-id='{alert_id}']").wait_for(
+            state="detached", timeout=10_000)
+        colleague.shot("duty-colleague")
+        status, disposition = db.execute(
+            "SELECT status, disposition FROM alerts WHERE id = %s", (alert_id,)).fetchone()
+        assert (status, disposition) == ("resolved", "confirmed_violation")
 
-            # The other district's officer saw none of it: no alert, no person of Jiang'an.
-            assert other.page.locator("#alert-queue li.queue-item").count() == 0
-            other.page.reload()
-            other.page.wait_for_selector("#feed-status.live")
-            assert other.page.locator("#alert-queue li.queue-item").count() == 0
-            other.shot("duty-other-district")
-            for c in consoles.values():
-                assert c.problems == []
-                c.context.close()
-    finally:
-        forget_session(settings, client_id)
+        # The other district's officer saw none of it: no alert, no person of Jiang'an.
+        assert other.page.locator("#alert-queue li.queue-item").count() == 0
+        other.page.reload()
+        other.page.wait_for_selector("#feed-status.live")
+        assert other.page.locator("#alert-queue li.queue-item").count() == 0
+        other.shot("duty-other-district")
+        for c in consoles.values():
+            assert c.problems == []
+            c.context.close()
 
 
 def test_the_auditor_has_no_duty_view_and_no_positions(settings: Settings, org: Org,
@@ -655,3 +667,48 @@ def test_the_duty_map_colours_each_of_the_five_states_apart(
         c.shot("duty-states")
         assert c.problems == []
         c.context.close()
+
+
+def test_a_person_walking_out_is_shown_as_leaving_with_the_path_that_decided_it(
+        settings: Settings, org: Org, browser: Browser):
+    """A one-minute phone without speed walks out of Jiang'an towards Jianghan at 1.4 m/s,
+    reporting over MQTT: three fixes inside, then 40, 124 and 208 m beyond the border (±10 m).
+    The third outside fix decides a departure (profile version 4: three satellite fixes, each
+    further out than the one before by more than both accuracies and 50 m); the officer's alert
+    says so in Chinese, names each fix, and the map shows the three fixes beyond the border."""
+    from tests.geo import near_border
+
+    with _live_system(settings, org, "console-away") as (base, device):
+        me = open_console(browser, base)
+        me.sign_in("jiangan-officer", PASSWORD)
+        me.open_duty()
+        phone = Phone(settings, device)
+        t0 = time.time() - 330  # the last fix half a minute ago: not late data
+        for k, metres in enumerate((-270.0, -186.0, -102.0, 50.0, 134.0, 218.0)):
+            phone.report(*near_border(JIANGAN, JIANGHAN, metres), t0 + 60 * k
+                         ).wait_for_publish(5)
+        phone.close()
+        item = me.page.locator("#alert-queue li.queue-item").first
+        item.wait_for(timeout=20_000)
+        assert me.page.locator("#alert-queue li.queue-item").count() == 1
+        item.click()
+        detail = me.page.locator("#alert-detail .explanation")
+        detail.wait_for()
+        text = detail.inner_text()
+        assert "最后 3 次卫星定位一次比一次离边界更远" in text, text
+        assert "此人正在离开" in text, text
+        # The zone by its name, not its number alone.
+        assert f"区域 {org.zone_ids[JIANGAN]}「江岸区」" in text, text
+        # The evidence named is the three outside fixes, nearest first.
+        beyond = [float(m) for m in re.findall(r"区域外 ([\d,.]+) m", text)]
+        assert len(beyond) == 3 and beyond == sorted(beyond), text
+        assert beyond[-1] - beyond[0] > 2 * 70, text  # each step > 50 m + both accuracies
+        me.page.locator("path.evidence-fix").nth(2).wait_for(timeout=10_000)
+        assert me.page.locator("path.evidence-fix").count() == 3
+        # Raised once: the detail says so (it said "fixes 1" beside an explanation of three).
+        facts = me.page.inner_text("#alert-detail").split()
+        assert facts[facts.index("触发次数") + 1] == "1", facts
+        assert "迟到数据" not in facts  # the last fix was half a minute old
+        me.shot("duty-departure")
+        assert me.problems == []
+        me.context.close()

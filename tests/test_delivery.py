@@ -53,8 +53,10 @@ def raise_alert(db: psycopg.Connection, org: Org, severity: str = "high",
     office = org.office_ids[code]
     with db.transaction():
         row = db.execute("""INSERT INTO alerts (kind, severity, supervisee_id, office_id, reason)
-                            VALUES (%s, %s, %s, %s, '{"rule": "area_exit.accuracy_circle_wholly_outside"}')
-                            RETURNING id""", (kind, severity, sup, office)).fetchone()
+                            VALUES (%s, %s, %s, %s, jsonb_build_object(
+                                'rule', 'area_exit.accuracy_circle_wholly_outside', 'zone_id', %s))
+                            RETURNING id""", (kind, severity, sup, office, org.zone_ids[code])
+                         ).fetchone()
         assert row is not None
         queue_raised(db, kind, severity, [(row[0], sup, office, 1, True, {})])
     return int(row[0])
@@ -176,6 +178,8 @@ def test_a_webhook_failing_five_times_then_succeeding_gets_the_alert_once(
     body = next(iter(receiver.accepted.values()))
     assert (body["type"], body["alert"]["id"], body["recipient"]["address"]) == (
         "alert.opened", alert, "+8613800000001")
+    # The zone by its number and its name (the reason keeps only the number).
+    assert f"outside zone {org.zone_ids[JIANGAN]} “江岸区”" in body["alert"]["explanation"]
     assert notifications(db, alert)[0][4:] == ("delivered", 6)
     outcomes = db.execute("""SELECT outcome, detail FROM notification_attempts
                               ORDER BY id""").fetchall()
