@@ -143,7 +143,9 @@ class Outgoing:
                 "severity": a["severity"], "status": a["status"], "count": a["count"],
                 "opened_at": a["opened_at"].isoformat(),
                 "first_fix_time": a["first_fix_time"].isoformat() if a["first_fix_time"] else None,
-                "explanation": explain(a["reason"] or {}, zone_name=a.get("zone_name")),
+                # The zone by its number only: a zone's name ("the victim's home") says where a
+                # person is, and positions are read in the console, where the read is audited.
+                "explanation": explain(a["reason"] or {}, name_zone=False),
                 "supervisee": {"id": a["supervisee_id"], "name": a["supervisee_name"],
                                "case_number": a["case_number"]},
                 "office": {"id": a["office_id"], "name": a["office_name"]},
@@ -186,9 +188,6 @@ SELECT c.id, att.id, c.idempotency_key, c.topic, c.escalation_level, c.attempts,
        ch.address, w.url, w.secret, s.id, s.full_name,
        a.id, a.kind, a.severity, a.status, a.count, a.opened_at, a.first_fix_time, a.reason,
        a.supervisee_id, p.full_name, p.case_number, a.office_id, o.name,
-       (SELECT z.name FROM zones z
-         WHERE z.id = CASE WHEN a.reason->>'zone_id' ~ '^[0-9]{1,9}$'
-                           THEN (a.reason->>'zone_id')::int END),
        ob.payload->>'device_id', ob.payload->>'fix_time'
   FROM claimed c JOIN att ON att.notification_id = c.id
   LEFT JOIN outbox ob ON ob.id = c.outbox_id
@@ -203,7 +202,7 @@ SELECT c.id, att.id, c.idempotency_key, c.topic, c.escalation_level, c.attempts,
 
 _ALERT_FIELDS = ("id", "kind", "severity", "status", "count", "opened_at", "first_fix_time",
                  "reason", "supervisee_id", "supervisee_name", "case_number", "office_id",
-                 "office_name", "zone_name")
+                 "office_name")
 
 
 def claim(conn: psycopg.Connection, channel: str, limit: int, lease_s: float,
@@ -217,8 +216,8 @@ def claim(conn: psycopg.Connection, channel: str, limit: int, lease_s: float,
     return [Outgoing(notification_id=r[0], attempt_id=r[1], key=r[2], topic=r[3],
                      escalation_level=r[4], attempts=r[5], created_at=r[6], address=r[7],
                      url=r[8], secret=r[9], staff_id=r[10], staff_name=r[11],
-                     alert=dict(zip(_ALERT_FIELDS, r[12:26], strict=True)),
-                     fix_id=fix_id(r[26], r[27]) if r[26] else None) for r in rows]
+                     alert=dict(zip(_ALERT_FIELDS, r[12:25], strict=True)),
+                     fix_id=fix_id(r[25], r[26]) if r[25] else None) for r in rows]
 
 
 def backoff_s(attempts: int, settings: Settings) -> float:
@@ -362,7 +361,8 @@ class EmailSender:
             f"status {a['status']}{step}.\n"
             f"Supervisee: {a['supervisee']['name']}, case {a['supervisee']['case_number']}, "
             f"{a['office']['name']}.\n"
-            f"Opened {a['opened_at']}; first fix {a['first_fix_time']}; count {a['count']}.\n\n"
+            f"Opened {a['opened_at']}; first fix {a['first_fix_time']}; raised {a['count']} "
+            f"time(s).\n\n"
             f"{a['explanation']}\n\n"
             f"Open it in the console (the position is shown there, and the read is recorded):\n"
             f"{a['url']}\n")

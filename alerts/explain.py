@@ -136,20 +136,29 @@ def _exit_how(reason: dict[str, Any], zh: bool = False) -> str:
         minutes=minutes) + ("。" if zh else ".")
 
 
-def explain(reason: dict[str, Any], lang: str = "en", zone_name: str | None = None) -> str:
-    """Render the engine's reason as a sentence for the officer ("en" or "zh"), naming the
-    zone by `zone_name` beside its number where the caller knows it."""
+def explain(reason: dict[str, Any], lang: str = "en", zone_name: str | None = None,
+            name_zone: bool = True) -> str:
+    """Render the engine's reason as a sentence for the officer ("en" or "zh").
+
+    The zone is named by its number and its name: the name it had when the alert was raised
+    (`reason["zone_name"]`), else `zone_name` (what the caller knows it as now: alerts raised
+    before names were recorded). `name_zone=False` leaves every name out (notifications that
+    leave the system: a zone's name can say where a person is)."""
     zh = lang == "zh"
+    name = None
+    if name_zone:
+        recorded = reason.get("zone_name")
+        name = recorded if isinstance(recorded, str) and recorded else zone_name
     if reason.get("rule") == "area_exit.accuracy_circle_wholly_outside":
-        return _render(reason, zh, zone_name) + _exit_how(reason, zh)
-    return _render(reason, zh, zone_name)
+        return _render(reason, zh, name) + _exit_how(reason, zh)
+    return _render(reason, zh, name)
 
 
 def _zone(zone_id: Any, name: str | None, zh: bool) -> str:
     """A zone as the officer knows it: its number, and its name when given."""
     if not name:
         return str(zone_id)
-    return f"{zone_id}「{name}」" if zh else f"{zone_id} “{name}”"
+    return f"{zone_id}“{name}”" if zh else f"{zone_id} “{name}”"
 
 
 def _render(reason: dict[str, Any], zh: bool = False, zone_name: str | None = None) -> str:

@@ -270,6 +270,16 @@ RETURNING id, kind, severity, status, supervisee_id, office_id, device_id, count
 """
 
 
+def _zone_names(conn: psycopg.Connection, ids: Iterable[int | None]) -> dict[int, str]:
+    """Names of the zones alerts are about to name (one query, none when no alert names one;
+    the travel corridors' made-up negative ids have none)."""
+    wanted = sorted({i for i in ids if isinstance(i, int) and 0 < i < 2**31})
+    if not wanted:
+        return {}
+    return dict(conn.execute("SELECT id, name FROM zones WHERE id = ANY(%s)",
+                             (wanted,)).fetchall())
+
+
 def record_events(
     conn: psycopg.Connection,
     events: Sequence[Event],
@@ -289,6 +299,7 @@ def record_events(
     outbox: list[tuple[str, dict[str, Any]]] = []
     asks: list[tuple[Event, AlertTarget]] = []
     ack: AckRules | None = None
+    names = _zone_names(conn, {ev.reason.zone_id for ev in events if ev.kind in EVENT_ALERTS})
     for ev in events:
         target = targets.get(ev.device_id)
         if target is None:
@@ -298,6 +309,8 @@ def record_events(
             continue
         reason = {**ev.reason.to_dict(), "fix_time": _iso(ev.fix_time),
                   "since": _iso(ev.since), "detected_at": _iso(ev.detected_at)}
+        if ev.reason.zone_id in names:  # the zone's name when it decided (names can change)
+            reason["zone_name"] = names[ev.reason.zone_id]
         base = {"supervisee_id": target.supervisee_id, "office_id": target.office_id,
                 "device_id": ev.device_id, "fix_time": _iso(ev.fix_time), "lon": ev.lon,
                 "lat": ev.lat, "late": ev.late, "reason": reason}

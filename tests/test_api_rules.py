@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 
@@ -117,6 +118,38 @@ def test_every_alert_carries_a_readable_explanation(client, org: Org):
     one = client.get(f"{API}/alerts/{alert['id']}", headers=h).json()
     # The zone by its number and the name the supervisor gave it, in both languages.
     assert one["explanation"].startswith(f"Entered prohibited zone {zone['id']} “victim's home”:")
-    assert one["explanation_zh"].startswith(f"进入禁止区域 {zone['id']}「victim's home」：")
+    assert one["explanation_zh"].startswith(f"进入禁止区域 {zone['id']}“victim's home”：")
     assert one["zone_name"] == "victim's home"
+    assert one["reason"]["zone_name"] == "victim's home"  # as it was called when it decided
     assert "10 m" in one["explanation"]  # the accuracy it was judged with
+
+
+def test_an_alert_names_the_zone_it_was_raised_for_or_only_its_number(client, org: Org, db):
+    """The name recorded with an alert is what the zone was called when it decided (a renamed
+    zone does not rename old evidence); an alert recorded before names were kept shows today's
+    name; a reason whose zone is absent or malformed shows what it has, and never fails."""
+    home = org.zone_ids[JIANGAN]
+    reasons = [
+        {"zone_id": home, "zone_name": "江岸区（旧名）"},  # recorded at the time: kept
+        {"zone_id": home},  # recorded before names were kept: today's name
+        {"zone_id": None}, {"zone_id": 3.5}, {"zone_id": "abc"}, {"zone_id": -1},
+        {"zone_id": 10**20}, {},
+    ]
+    with db.transaction():
+        for k, extra in enumerate(reasons):
+            db.execute("""INSERT INTO alerts (kind, severity, status, supervisee_id, office_id,
+                                             reason)
+                          VALUES ('area_exit', 'high', 'resolved', %s, %s, %s::jsonb)""",
+                       (org.supervisee_id, org.office_ids[JIANGAN], json.dumps(
+                           {"rule": "area_exit.accuracy_circle_wholly_outside", "k": k,
+                            **extra})))
+    items = client.get(f"{API}/alerts", headers=login(client, "jiangan-officer"),
+                       params={"limit": 20}).json()["items"]
+    by_k = {a["reason"]["k"]: a for a in items}
+    assert f"outside zone {home} “江岸区（旧名）” (" in by_k[0]["explanation"]
+    assert by_k[0]["zone_name"] == "江岸区"  # what it is called now, beside the evidence's name
+    assert f"outside zone {home} “江岸区” (" in by_k[1]["explanation"]
+    assert by_k[1]["zone_name"] == "江岸区"
+    for k, shown in ((2, "None"), (3, "3.5"), (4, "abc"), (5, "-1"), (6, str(10**20)), (7, "None")):
+        assert by_k[k]["zone_name"] is None, k
+        assert f"outside zone {shown} (" in by_k[k]["explanation"], (k, by_k[k]["explanation"])

@@ -9,7 +9,7 @@ import { fixMarker, toMap } from "./map.js";
 register({
   zh: { "al.ack": "签收", "al.resolve": "办结", "al.escalate": "上报", "al.suspend": "暂停通知",
         "al.disposition": "处置结果", "al.note": "处置说明", "al.hours": "暂停时长（小时）", "al.reason": "原因",
-        "al.opened": "发生时间", "al.fixes": "触发次数", "al.level": "上报层级", "al.deadline": "签收期限",
+        "al.opened": "发生时间", "al.count": "触发次数", "al.level": "上报层级", "al.deadline": "签收期限",
         "al.history": "处理记录", "al.who": "对象", "al.office": "司法所", "al.evidence": "判定依据的定位点",
         "al.done.ack": "已签收", "al.done.resolve": "已办结", "al.done.escalate": "已上报", "al.done.suspend": "已暂停通知",
         "al.level.0": "司法所", "al.level.1": "区司法局", "al.level.2": "市司法局", "al.late": "迟到数据",
@@ -18,7 +18,7 @@ register({
         "al.a.escalated.auto": "超时未签收，自动上报至{level}", "al.a.suspended": "暂停通知至 {until}" },
   en: { "al.ack": "Acknowledge", "al.resolve": "Resolve", "al.escalate": "Escalate", "al.suspend": "Suspend notifications",
         "al.disposition": "Disposition", "al.note": "What was found and done", "al.hours": "Suspend for (hours)",
-        "al.reason": "Reason", "al.opened": "Opened", "al.fixes": "Times raised", "al.level": "Escalation level",
+        "al.reason": "Reason", "al.opened": "Opened", "al.count": "Times raised", "al.level": "Escalation level",
         "al.deadline": "Acknowledge by", "al.history": "History", "al.who": "Supervisee", "al.office": "Office",
         "al.evidence": "Fixes that decided it", "al.done.ack": "Acknowledged", "al.done.resolve": "Resolved",
         "al.done.escalate": "Escalated", "al.done.suspend": "Notifications suspended",
@@ -117,7 +117,7 @@ export function alertSummary(alert, person) {
       h("dd", {}, h("a", { href: `#/supervisees/${alert.supervisee_id}`,
         text: person ? `${person.full_name} (${person.case_number})` : `#${alert.supervisee_id}` })),
       h("dt", { text: t("al.opened") }), h("dd", { text: `${fmtTime(alert.opened_at)} (${ago(alert.opened_at)})` }),
-      h("dt", { text: t("al.fixes") }), h("dd", { text: String(alert.count) }),
+      h("dt", { text: t("al.count") }), h("dd", { text: String(alert.count) }),
       h("dt", { text: t("al.level") }), h("dd", { text: t(`al.level.${alert.escalation_level}`) }),
       alert.ack_deadline && alert.status === "open" ? [h("dt", { text: t("al.deadline") }),
         h("dd", { text: fmtTime(alert.ack_deadline) })] : null));
