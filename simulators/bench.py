@@ -91,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="load generator: every packet encoded before the run and sent on raw "
                         "sockets (default), encoded as it goes on raw sockets "
                         "(simulators/rawmqtt.py), or paho-mqtt")
+    p.add_argument("--payload", choices=("native", "owntracks"), default="native",
+                   help="what the phones send: the native JSON on devices/<id>/location "
+                        "(default), or OwnTracks' location JSON on owntracks/bench/<id> as the "
+                        "Android app publishes it (WGS-84, whole seconds; prebuilt publisher)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 500 reports/s for 30 s (long enough to decide the wanderers)")
     p.add_argument("--drain-timeout", type=float, default=120.0,
@@ -110,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.interval = a.phones / a.rate
     if a.interval <= 0.001 or a.duration <= 0 or a.publishers < 1:
         p.error("need phones/rate > 1 ms, duration > 0 and at least one publisher")
+    if a.payload != "native" and a.publisher != "prebuilt":
+        p.error("--payload owntracks needs the prebuilt publisher")
     return a
 
 
@@ -703,7 +709,7 @@ def _publisher_main(
     if kind == "prebuilt":  # the whole run encoded now, in virtual time from 0 (rawmqtt.py)
         from simulators.rawmqtt import prebuild
         pre = prebuild(fleet, args["phones"], args["interval"], args["duration"],
-                       env.topic_prefix, after)
+                       env.topic_prefix, after, args.get("payload", "native"))
     ready.release()
     go.wait()
     start = t0.value
@@ -785,7 +791,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'plan':14} {args.phones} phones x 1 report / {args.interval:g} s = "
           f"{args.rate:,.0f} reports/s for {args.duration:g} s, {args.publishers} publisher "
           f"process(es), wander {args.wander:g}, seed {args.seed}")
-    print(f"  {'MQTT topics':14} {env.topic_prefix or '(no prefix)'}devices/+/location")
+    print(f"  {'MQTT topics':14} {env.topic_prefix or '(no prefix)'}"
+          + ("owntracks/bench/+ (OwnTracks location JSON)" if args.payload == "owntracks"
+             else "devices/+/location (native JSON)"))
     others = _other_ingest_workers()
     if others and not env.topic_prefix:
         print(f"  WARNING: other ingest workers are running (pids {others}); every ingest worker "
@@ -846,7 +854,7 @@ def run(args: argparse.Namespace) -> int:
             Path(o).unlink(missing_ok=True)
         pargs = {"phones": args.phones, "interval": args.interval, "duration": args.duration,
                  "wander": args.wander, "seed": args.seed, "ack_wait": args.drain_timeout,
-                 "publisher": args.publisher}
+                 "publisher": args.publisher, "payload": args.payload}
         for k in range(args.publishers):
             p = ctx.Process(target=_publisher_main, name=f"publisher-{k}",
                             args=(k, args.publishers, pargs, env, shared[k], ready, go, t0,

@@ -32,7 +32,7 @@ import shapely
 from shapely.geometry import MultiPolygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from geofence.crs import CRS_CODE, from_wgs84, transform_geometry
+from geofence.crs import CRS_CODE, from_wgs84, point_to_wgs84, transform_geometry
 from geofence.model import CRS
 
 __all__ = [
@@ -608,6 +608,29 @@ def fix_payload(batch: FixBatch, k: int, time_s: float | None = None) -> dict[st
         v = float(arr[k])
         if not math.isnan(v):
             msg[name] = round(v, nd)
+    return msg
+
+
+def owntracks_payload(batch: FixBatch, k: int, time_s: int | None = None) -> dict[str, Any]:
+    """Fix k as the OwnTracks Android app publishes a location (https://owntracks.org/booklet/
+    tech/json/): WGS-84 (a phone that reports GCJ-02 in the native protocol is converted: the
+    app has no CRS field), whole seconds, metres and km/h as integers, the app's own fields that
+    the server ignores (`tid`, `conn`, `bs`, `m`, `t`, `vac`), `vel`, `cog` and `alt` only when
+    the phone has them. `time_s` is the fix time (`tst`); None leaves it out."""
+    lon, lat = float(batch.lon[k]), float(batch.lat[k])
+    if _CRS_NAMES[int(batch.crs[k])] != "wgs84":
+        lon, lat = point_to_wgs84(lon, lat, CRS(_CRS_NAMES[int(batch.crs[k])]))
+    msg: dict[str, Any] = {"_type": "location", "acc": round(float(batch.accuracy[k])),
+                           "batt": round(float(batch.battery[k])), "bs": 1, "conn": "m",
+                           "lat": round(lat, 7), "lon": round(lon, 7), "m": 1, "t": "p",
+                           "tid": "ph", "vac": 3}
+    if time_s is not None:
+        msg["tst"] = int(time_s)
+    for name, arr, scale in (("vel", batch.speed, 3.6), ("cog", batch.heading, 1.0),
+                             ("alt", batch.altitude, 1.0)):
+        v = float(arr[k])
+        if not math.isnan(v):
+            msg[name] = round(v * scale)
     return msg
 
 

@@ -24,7 +24,7 @@ import numpy.typing as npt
 import orjson
 
 from simulators.fleet import device_id
-from simulators.phone import PhoneFleet, fix_payload
+from simulators.phone import PhoneFleet, fix_payload, owntracks_payload
 from simulators.publisher import TICK_S, MqttTarget, Progress, PublishLog, Schedule
 
 KEEPALIVE_S = 60
@@ -248,6 +248,8 @@ def publish_fleet_raw(
 
 _TIME_KEY = b'{"time":'
 _TIME_W = 14  # "1733548800.123": the fix time's width in seconds with ms, until the year 2286
+_TST_KEY = b'{"tst":'
+_TST_W = 10  # "1733548800": OwnTracks' whole seconds, until the year 2286
 
 
 @dataclass
@@ -259,22 +261,32 @@ class Prebuilt:
     due: npt.NDArray[np.float64]
     phone: npt.NDArray[np.int64]
     head: list[bytes]  # fixed header with the remaining length, topic
-    body: list[bytes]  # the JSON after `{"time":<fix time>`
+    body: list[bytes]  # the JSON after `{"time":<fix time>` (OwnTracks: `{"tst":<seconds>`)
     out_at: npt.NDArray[np.float64]  # wanderers outside their district from these times on...
     out_n: npt.NDArray[np.int64]  # ...this many (for the progress line)
+    whole_seconds: bool = False  # OwnTracks: the fix time in whole seconds (`tst`)
 
 
 def prebuild(fleet: PhoneFleet, n_total: int, interval_s: float, duration_s: float,
-             topic_prefix: str, silent_after: npt.NDArray[np.float64] | None = None) -> Prebuilt:
+             topic_prefix: str, silent_after: npt.NDArray[np.float64] | None = None,
+             payload: str = "native") -> Prebuilt:
     """Run the fleet's schedule in virtual time (0 = the start) and encode every report.
 
     The same steps as the live loop when it keeps up: the phones due at a tick advance and
     report together, ticks at least `TICK_S` apart. `fleet` must be built for start time 0 and
     is left at the end of the run. The fix time goes in when the message is sent (the wall
     clock then, as `publish_fleet_raw` does), so the JSON is encoded with it cut out; its width
-    is fixed, so the packet's length is known now.
+    is fixed, so the packet's length is known now. `payload` "owntracks": each phone publishes
+    as the OwnTracks app does (`owntracks/bench/<device>`, `simulators.phone.owntracks_payload`,
+    the fix time in whole seconds).
     """
-    topics = [f"{topic_prefix}devices/{device_id(int(p))}/location".encode() for p in fleet.phone]
+    own = payload == "owntracks"
+    if not own and payload != "native":
+        raise ValueError(f"payload {payload!r}: native or owntracks")
+    topics = [(f"{topic_prefix}owntracks/bench/{device_id(int(p))}" if own else
+               f"{topic_prefix}devices/{device_id(int(p))}/location").encode()
+              for p in fleet.phone]
+    key, width = (_TST_KEY, _TST_W) if own else (_TIME_KEY, _TIME_W)
     plan = Schedule(fleet, n_total, interval_s, 0.0, silent_after)
     due_l: list[float] = []
     phone_l: list[int] = []
@@ -288,11 +300,14 @@ def prebuild(fleet: PhoneFleet, n_total: int, interval_s: float, duration_s: flo
         if due.size:
             batch = fleet.advance(vt, due)
             for k, j in enumerate(due.tolist()):
-                msg = fix_payload(batch, k)
-                del msg["time"]
+                if own:
+                    msg = owntracks_payload(batch, k)
+                else:
+                    msg = fix_payload(batch, k)
+                    del msg["time"]
                 rest = b"," + orjson.dumps(msg)[1:]
                 topic = topics[j]
-                n = 2 + len(topic) + 2 + len(_TIME_KEY) + _TIME_W + len(rest)
+                n = 2 + len(topic) + 2 + len(key) + width + len(rest)
                 head.append(b"\x32" + _varint(n) + struct.pack("!H", len(topic)) + topic)
                 body.append(rest)
                 due_l.append(vt)
@@ -302,7 +317,7 @@ def prebuild(fleet: PhoneFleet, n_total: int, interval_s: float, duration_s: flo
             out_n.append(fleet.wanderers_out())
         vt = max(vt + TICK_S, float(plan.next_due.min()))
     return Prebuilt(np.array(due_l), np.array(phone_l, dtype=np.int64), head, body,
-                    np.array(out_at), np.array(out_n, dtype=np.int64))
+                    np.array(out_at), np.array(out_n, dtype=np.int64), own)
 
 
 def publish_prebuilt(
@@ -327,6 +342,12 @@ def publish_prebuilt(
     sent = acked = 0
     started = time.time()
     due, phone, head, body = pre.due, pre.phone.tolist(), pre.head, pre.body
+    whole = pre.whole_seconds
+    key, width, step = (_TST_KEY, _TST_W, 1000) if whole else (_TIME_KEY, _TIME_W, 1)
+
+    def fmt(ms: int) -> bytes:
+        return b"%d" % (ms // 1000) if whole else b"%.3f" % (ms / 1000)
+
     try:
         while True:
             now = time.time()
@@ -334,19 +355,19 @@ def publish_prebuilt(
                 break
             upto = int(np.searchsorted(due, now - start, side="right"))
             if upto > sent:
-                now_ms = round(now * 1000)
-                stamp = b"%.3f" % (now_ms / 1000)
-                if len(stamp) != _TIME_W:  # the packets' lengths were counted with this width
+                # The fix time: now, to the millisecond (OwnTracks: the whole second)
+                now_ms = (int(now) * 1000) if whole else round(now * 1000)
+                stamp = fmt(now_ms)
+                if len(stamp) != width:  # the packets' lengths were counted with this width
                     raise RuntimeError(f"the clock reads {stamp!r}: outside 2001-2286")
                 for m in range(sent, upto):
                     j = phone[m]
                     t_ms = now_ms
-                    if last_ms.get(j, 0) >= now_ms:  # twice in one millisecond: one later
-                        t_ms = last_ms[j] + 1
+                    if last_ms.get(j, 0) >= now_ms:  # twice in one tick of the clock: one later
+                        t_ms = last_ms[j] + step
                     last_ms[j] = time_ms[m] = t_ms
                     c = conns[j % connections]
-                    tail = _TIME_KEY + (stamp if t_ms == now_ms else b"%.3f" % (t_ms / 1000)) \
-                        + body[m]
+                    tail = key + (stamp if t_ms == now_ms else fmt(t_ms)) + body[m]
                     while not c.publish_encoded(head[m], tail, m):
                         c.flush()
                         select.select([c.sock], [], [], 0.05)

@@ -12,9 +12,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.phone import PhoneFleet, districts_from_geojson, fix_payload
-from simulators.publisher import MqttTarget
+from simulators.publisher import MqttTarget, PublishLog
 from simulators.rawmqtt import (
     Connection,
+    Prebuilt,
     prebuild,
     publish_fleet_raw,
     publish_packet,
@@ -35,6 +36,25 @@ def _listener(settings: Settings, topic: str) -> tuple[mqtt.Client, queue.Queue]
     c.loop_start()
     time.sleep(0.3)
     return c, got
+
+
+def _send_prebuilt(settings: Settings, pre: Prebuilt, fleet: PhoneFleet, name: str,
+                   topic: str) -> tuple[float, PublishLog, list[tuple[str, bytes, int]]]:
+    """Publish an encoded run from 0.2 s on through the broker: (its start, the log, what a
+    subscriber to `topic` received). Every message went out and was acknowledged."""
+    listen, got = _listener(settings, topic)
+    try:
+        start = time.time() + 0.2
+        log = publish_prebuilt(pre, fleet.phone, start, start + 3.5,
+                               MqttTarget(settings.mqtt_host, settings.mqtt_port,
+                                          f"{settings.mqtt_client_id}-{name}",
+                                          topic_prefix=settings.mqtt_topic_prefix),
+                               ack_wait_s=5, connections=3)
+        assert log.sent == len(pre.due) and log.acked == log.sent and bool(log.acked_mask.all())
+        return start, log, [got.get(timeout=10) for _ in range(log.sent)]
+    finally:
+        listen.disconnect()
+        listen.loop_stop()
 
 
 def test_publish_packet_is_an_mqtt_qos1_publish():
@@ -111,18 +131,8 @@ def test_a_run_encoded_before_it_starts_sends_the_same_reports_with_live_fix_tim
     pre = prebuild(fleet, 40, 0.5, 3.0, prefix, silent)
     assert 200 <= len(pre.due) <= 240 and bool(np.all(np.diff(pre.due) >= 0))
     assert int((pre.phone == 7).sum()) == 3  # at 0.0875 + 0 / 0.5 / 1.0 s, then silent
-    listen, got = _listener(settings, f"{prefix}devices/+/location")
-    try:
-        start = time.time() + 0.2
-        log = publish_prebuilt(pre, fleet.phone, start, start + 3.5,
-                               MqttTarget(settings.mqtt_host, settings.mqtt_port,
-                                          f"{settings.mqtt_client_id}-prebuilt",
-                                          topic_prefix=prefix), ack_wait_s=5, connections=3)
-        assert log.sent == len(pre.due) and log.acked == log.sent and bool(log.acked_mask.all())
-        received = [got.get(timeout=10) for _ in range(log.sent)]
-    finally:
-        listen.disconnect()
-        listen.loop_stop()
+    start, log, received = _send_prebuilt(settings, pre, fleet, "prebuilt",
+                                          f"{prefix}devices/+/location")
     from simulators.fleet import device_id
     # Every packet was well-formed (the broker passed it on) and its fix time is the one logged,
     # the wall clock when it went out: after the start plus its due time, strictly increasing.
@@ -139,3 +149,57 @@ def test_a_run_encoded_before_it_starts_sends_the_same_reports_with_live_fix_tim
     mine = next(m for d, m in payloads if d == device_id(0))
     assert {k: v for k, v in mine.items() if k != "time"} == {
         k: v for k, v in expected.items() if k != "time"}
+
+
+def test_an_owntracks_run_is_what_the_app_publishes_and_what_ingest_reads(settings: Settings):
+    """`make bench --payload owntracks`: each phone publishes OwnTracks' location JSON on
+    owntracks/bench/<device>, with the fix time in whole seconds (strictly increasing per
+    phone), in WGS-84 (phones that report GCJ-02 natively converted), and the ingest worker's
+    own routing and decoder read each as that phone's fix at that time and place."""
+    from geofence.crs import point_to_wgs84
+    from geofence.model import CRS, Source
+    from ingest.mqtt_worker import route
+    from ingest.protocols.owntracks import decode_owntracks
+    from simulators.fleet import device_id
+
+    prefix = settings.mqtt_topic_prefix
+    regions = districts_from_geojson(load_regions())
+    fleet = PhoneFleet(regions, 40, 2, None, 0.0, np.arange(40))
+    twin = PhoneFleet(regions, 40, 2, None, 0.0, np.arange(40))
+    pre = prebuild(fleet, 40, 1.0, 3.0, prefix, payload="owntracks")
+    _, log, received = _send_prebuilt(settings, pre, fleet, "prebuilt-ot",
+                                      f"{prefix}owntracks/bench/+")
+    assert log.sent >= 100
+    fixes = []
+    for topic, payload, _ in received:
+        msg = route(topic, payload, time.time(), prefix)
+        assert msg.device_id is not None and msg.device_id == topic.rsplit("/", 1)[1]
+        [fix] = decode_owntracks(msg.device_id, payload, time.time()).fixes
+        assert fix.source == Source.OWNTRACKS_MQTT and fix.crs == CRS.WGS84
+        assert isinstance(orjson.loads(payload)["tst"], int)
+        fixes.append(fix)
+    # Whole seconds, as logged (the bench matches stored rows by them), increasing per phone.
+    assert sorted((f.device_id, round(f.time * 1000)) for f in fixes) == sorted(
+        (device_id(int(ph)), int(ms)) for ph, ms in zip(log.phone, log.time_ms, strict=True))
+    assert all(ms % 1000 == 0 for ms in log.time_ms.tolist())
+    by_phone: dict[str, list[float]] = {}
+    for f in sorted(fixes, key=lambda f: f.time):
+        by_phone.setdefault(f.device_id, []).append(f.time)
+    assert all(b > a for ts in by_phone.values() for a, b in zip(ts, ts[1:], strict=False))
+    # The place is the fleet's own fix, in WGS-84 whatever the phone reports natively: the
+    # same phones' run encoded natively (same seed, same schedule) names the same places.
+    native = prebuild(twin, 40, 1.0, 3.0, prefix)
+    assert native.phone.tolist() == pre.phone.tolist()
+    kinds = set()
+    for nb, ob in zip(native.body, pre.body, strict=True):
+        n, o = orjson.loads(b"{" + nb[1:]), orjson.loads(b"{" + ob[1:])
+        kinds.add(n["crs"])
+        lon, lat = point_to_wgs84(n["lon"], n["lat"], CRS(n["crs"]))
+        assert abs(o["lon"] - lon) < 2e-7 and abs(o["lat"] - lat) < 2e-7, (n, o)
+        # Whole metres, percent and km/h (the native payload keeps a decimal or two).
+        assert isinstance(o["acc"], int) and abs(o["acc"] - n["accuracy"]) <= 0.55
+        assert isinstance(o["batt"], int) and abs(o["batt"] - n["battery"]) <= 0.55
+        assert ("vel" in o) == ("speed" in n)
+        if "speed" in n:
+            assert isinstance(o["vel"], int) and abs(o["vel"] - n["speed"] * 3.6) <= 0.52
+    assert kinds == {"wgs84", "gcj02"}, "the sample should hold both kinds of phone"
