@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from geofence.crs import to_wgs84_mixed
 from simulators.fleet import device_id
 from simulators.phone import PhoneFleet, fix_payload, owntracks_payload
 from simulators.publisher import TICK_S, MqttTarget, Progress, PublishLog, Schedule
@@ -299,9 +300,10 @@ def prebuild(fleet: PhoneFleet, n_total: int, interval_s: float, duration_s: flo
         due = plan.due(vt)
         if due.size:
             batch = fleet.advance(vt, due)
+            wgs84 = to_wgs84_mixed(batch.lon, batch.lat, batch.crs) if own else None
             for k, j in enumerate(due.tolist()):
                 if own:
-                    msg = owntracks_payload(batch, k)
+                    msg = owntracks_payload(batch, k, wgs84=wgs84)
                 else:
                     msg = fix_payload(batch, k)
                     del msg["time"]
