@@ -612,14 +612,15 @@ def fix_payload(batch: FixBatch, k: int, time_s: float | None = None) -> dict[st
 
 
 def owntracks_payload(batch: FixBatch, k: int, time_s: int | None = None,
-                      wgs84: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
-                      ) -> dict[str, Any]:
+                      wgs84: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+                      ios: bool = False) -> dict[str, Any]:
     """Fix k as the OwnTracks Android app publishes a location (https://owntracks.org/booklet/
     tech/json/): WGS-84 (a phone that reports GCJ-02 in the native protocol is converted: the
     app has no CRS field), whole seconds, metres and km/h as integers, the app's own fields that
     the server ignores (`tid`, `conn`, `bs`, `m`, `t`, `vac`), `vel`, `cog` and `alt` only when
-    the phone has them. `time_s` is the fix time (`tst`); None leaves it out. `wgs84`: the
-    batch's positions already in WGS-84 (`to_wgs84_mixed`, one call for a whole batch)."""
+    the phone has them (`ios`: as the iOS app does, -1 for each it has not, and `vac` -1 without
+    an altitude). `time_s` is the fix time (`tst`); None leaves it out. `wgs84`: the batch's
+    positions already in WGS-84 (`to_wgs84_mixed`, one call for a whole batch)."""
     if wgs84 is not None:
         lon, lat = float(wgs84[0][k]), float(wgs84[1][k])
     else:
@@ -637,6 +638,10 @@ def owntracks_payload(batch: FixBatch, k: int, time_s: int | None = None,
         v = float(arr[k])
         if not math.isnan(v):
             msg[name] = round(v * scale)
+        elif ios:
+            msg[name] = 0 if name == "alt" else -1
+    if ios:
+        msg["vac"] = -1 if math.isnan(float(batch.altitude[k])) else 4
     return msg
 
 

@@ -279,7 +279,7 @@ def prebuild(fleet: PhoneFleet, n_total: int, interval_s: float, duration_s: flo
     clock then, as `publish_fleet_raw` does), so the JSON is encoded with it cut out; its width
     is fixed, so the packet's length is known now. `payload` "owntracks": each phone publishes
     as the OwnTracks app does (`owntracks/bench/<device>`, `simulators.phone.owntracks_payload`,
-    the fix time in whole seconds).
+    the fix time in whole seconds; odd-numbered phones as the iOS app, -1 for what they lack).
     """
     own = payload == "owntracks"
     if not own and payload != "native":
@@ -303,7 +303,9 @@ def prebuild(fleet: PhoneFleet, n_total: int, interval_s: float, duration_s: flo
             wgs84 = to_wgs84_mixed(batch.lon, batch.lat, batch.crs) if own else None
             for k, j in enumerate(due.tolist()):
                 if own:
-                    msg = owntracks_payload(batch, k, wgs84=wgs84)
+                    # Every other phone an iPhone: -1 for what it does not know.
+                    msg = owntracks_payload(batch, k, wgs84=wgs84,
+                                            ios=bool(fleet.phone[j] % 2))
                 else:
                     msg = fix_payload(batch, k)
                     del msg["time"]

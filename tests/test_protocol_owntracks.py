@@ -170,15 +170,32 @@ def test_owntracks_rejects_timestamp_as_string() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "named"),
     [
-        ("vel", -5, "speed"),
-        ("acc", -1, "accuracy"),
+        ("acc", -1, "accuracy"),  # iOS: no position at all
         ("batt", 101, "battery"),
         ("cog", 400, "heading"),
+        ("vel", 5000, "speed"),
     ],
 )
 def test_owntracks_rejects_impossible_values(field: str, value: float, named: str) -> None:
     e = owntracks_error(owntracks(**{field: value}))
     assert e.reason == "bad_value" and e.detail.startswith(named)
+
+
+def test_an_iphone_standing_still_is_stored_with_what_it_does_not_know_left_unknown() -> None:
+    """The iOS app's location of a phone without speed, course, vertical fix or battery reading
+    (as published, from the OwnTracks Recorder's documentation and phones in the field): the
+    position is stored; -1 is "not available", never a value, and never a reason to refuse."""
+    ios = {"cog": -1, "batt": -1, "lon": 2.29513, "acc": 5, "vel": -1, "vac": -1, "lat": 48.85833,
+           "t": "u", "tst": int(T), "alt": 0, "_type": "location", "tid": "JJ"}
+    (fix,) = run_owntracks(ios).fixes
+    assert (fix.lat, fix.lon, fix.accuracy) == (48.85833, 2.29513, 5.0)
+    assert (fix.speed, fix.heading, fix.battery, fix.altitude) == (None, None, None, None)
+    # With a vertical fix the altitude is kept, and a real speed and course are read as ever.
+    (fix,) = run_owntracks(ios | {"vac": 25, "alt": 129, "vel": 36, "cog": 90, "batt": 80}).fixes
+    assert (fix.altitude, fix.speed, fix.heading, fix.battery) == (129.0, 36 * KMH_MS, 90.0, 80.0)
+    # Both ways give it (the model path, taken when a field is not a plain number).
+    fast, model = fast_path_and_model(decode_owntracks, owntracks_module, ios | {"vac": -1})
+    assert fast == model
 
 
 def test_owntracks_applies_the_shared_time_window() -> None:
@@ -199,7 +216,7 @@ _EXTRAS = {"tid": "ab", "conn": "m", "bs": 1, "m": 1, "t": "p", "BSSID": "aa:bb"
 @given(base=st.fixed_dictionaries({}, optional={
     "tst": st.one_of(JSON_VALUES, st.floats(NOW - 40 * 86400, NOW + 700)),
     "lat": st.one_of(JSON_VALUES, st.floats(-91, 91)), "lon": st.one_of(JSON_VALUES, st.floats(-181, 181)),
-    **{k: JSON_VALUES for k in ("acc", "alt", "vel", "cog", "batt", "tid", "conn")}}),
+    **{k: JSON_VALUES for k in ("acc", "alt", "vel", "cog", "batt", "vac", "tid", "conn")}}),
     keep_valid=st.booleans(), extras=st.booleans())
 def test_owntracks_fast_path_gives_the_models_fix_or_error(
         base: dict[str, Any], keep_valid: bool, extras: bool) -> None:

@@ -161,6 +161,7 @@ def test_an_owntracks_run_is_what_the_app_publishes_and_what_ingest_reads(settin
     from ingest.mqtt_worker import route
     from ingest.protocols.owntracks import decode_owntracks
     from simulators.fleet import device_id
+    from simulators.phone import owntracks_payload
 
     prefix = settings.mqtt_topic_prefix
     regions = districts_from_geojson(load_regions())
@@ -191,7 +192,7 @@ def test_an_owntracks_run_is_what_the_app_publishes_and_what_ingest_reads(settin
     native = prebuild(twin, 40, 1.0, 3.0, prefix)
     assert native.phone.tolist() == pre.phone.tolist()
     kinds = set()
-    for nb, ob in zip(native.body, pre.body, strict=True):
+    for p, nb, ob in zip(pre.phone.tolist(), native.body, pre.body, strict=True):
         n, o = orjson.loads(b"{" + nb[1:]), orjson.loads(b"{" + ob[1:])
         kinds.add(n["crs"])
         lon, lat = point_to_wgs84(n["lon"], n["lat"], CRS(n["crs"]))
@@ -199,7 +200,17 @@ def test_an_owntracks_run_is_what_the_app_publishes_and_what_ingest_reads(settin
         # Whole metres, percent and km/h (the native payload keeps a decimal or two).
         assert isinstance(o["acc"], int) and abs(o["acc"] - n["accuracy"]) <= 0.55
         assert isinstance(o["batt"], int) and abs(o["batt"] - n["battery"]) <= 0.55
-        assert ("vel" in o) == ("speed" in n)
         if "speed" in n:
             assert isinstance(o["vel"], int) and abs(o["vel"] - n["speed"] * 3.6) <= 0.52
+        else:  # the iPhones (odd phones) say -1, the Android phones leave it out
+            assert o.get("vel", "absent") == (-1 if p % 2 else "absent"), (p, o)
     assert kinds == {"wgs84", "gcj02"}, "the sample should hold both kinds of phone"
+    # What an iPhone and an Android phone send for a fix without speed, course or altitude.
+    batch = twin.advance(10.0, np.array([0, 1]))
+    batch.speed[:] = batch.heading[:] = batch.altitude[:] = np.nan
+    iphone, android = owntracks_payload(batch, 0, ios=True), owntracks_payload(batch, 1)
+    assert (iphone["vel"], iphone["cog"], iphone["vac"]) == (-1, -1, -1)
+    assert not {"vel", "cog", "alt"} & set(android)
+    [fix] = decode_owntracks("d", orjson.dumps(iphone | {"tst": int(time.time())}),
+                             time.time()).fixes
+    assert (fix.speed, fix.heading, fix.altitude) == (None, None, None)

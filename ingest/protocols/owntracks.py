@@ -49,9 +49,9 @@ class _OwnTracksLocation(BaseModel):
     tst: float  # epoch seconds
     acc: float | None = None  # metres
     alt: float | None = None  # metres
-    vel: float | None = None  # km/h
-    cog: float | None = None  # degrees
-    batt: float | None = None  # percent
+    vel: float | None = None  # km/h (negative: unknown)
+    cog: float | None = None  # degrees (negative: unknown)
+    batt: float | None = None  # percent (negative: unknown)
 
 
 class _OwnTracksTransition(BaseModel):
@@ -83,9 +83,24 @@ def _plain(obj: dict[str, Any]) -> Candidate | None:
     if vals is None:
         return None
     acc, alt, vel, cog, batt = vals
+    alt, speed, cog, batt = _known(obj, alt, vel, cog, batt)
     return Candidate(time=time_value(t, "tst"), lat=float(lat), lon=float(lon), accuracy=acc,
-                     altitude=alt, speed=None if vel is None else vel * KMH_MS, heading=cog,
-                     battery=batt)
+                     altitude=alt, speed=speed, heading=cog, battery=batt)
+
+
+def _known(obj: dict[str, Any], alt: float | None, vel: float | None, cog: float | None,
+           batt: float | None) -> tuple[float | None, float | None, float | None, float | None]:
+    """(altitude, speed in m/s, heading, battery) with the app's "not available" values made
+    unknown. The iOS app passes on what iOS says: a negative speed, course or vertical accuracy
+    means the phone has none (CLLocation), and a battery level of -1 that it cannot tell, e.g.
+    `{"cog":-1,"vel":-1,"vac":-1,"batt":-1,"alt":0,...}` from a phone standing still. Refusing
+    those would throw away the position with them; a negative `acc` (no position at all) is
+    still refused."""
+    vac: Any = obj.get("vac")
+    if type(vac) in JSON_NUMBER and vac < 0:
+        alt = None  # no vertical fix: the altitude it sends (0) is none
+    return (alt, None if vel is None or vel < 0 else vel * KMH_MS,
+            None if cog is None or cog < 0 else cog, None if batt is None or batt < 0 else batt)
 
 
 def _location_fix(device_id: str, obj: dict[str, Any], source: Source, now: float,
@@ -94,15 +109,16 @@ def _location_fix(device_id: str, obj: dict[str, Any], source: Source, now: floa
     if cand is not None:
         return validate(device_id, cand, source, now, limits)
     m = validate_model(_OwnTracksLocation, obj)
+    alt, speed, cog, batt = _known(obj, m.alt, m.vel, m.cog, m.batt)
     cand = Candidate(
         time=time_value(m.tst, "tst"),
         lat=m.lat,
         lon=m.lon,
         accuracy=m.acc,
-        altitude=m.alt,
-        speed=None if m.vel is None else m.vel * KMH_MS,
-        heading=m.cog,
-        battery=m.batt,
+        altitude=alt,
+        speed=speed,
+        heading=cog,
+        battery=batt,
     )
     return validate(device_id, cand, source, now, limits)
 
