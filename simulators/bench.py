@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need phones/rate > 1 ms, duration > 0 and at least one publisher")
     if a.payload != "native" and a.publisher != "prebuilt":
         p.error("--payload owntracks needs the prebuilt publisher")
+    if a.payload == "owntracks" and a.interval < 1.0:
+        p.error("--payload owntracks: OwnTracks states whole seconds, so each phone may report "
+                "at most once a second (phones >= rate)")
     return a
 
 
@@ -792,8 +795,9 @@ def run(args: argparse.Namespace) -> int:
           f"{args.rate:,.0f} reports/s for {args.duration:g} s, {args.publishers} publisher "
           f"process(es), wander {args.wander:g}, seed {args.seed}")
     print(f"  {'MQTT topics':14} {env.topic_prefix or '(no prefix)'}"
-          + ("owntracks/bench/+ (OwnTracks location JSON)" if args.payload == "owntracks"
-             else "devices/+/location (native JSON)"))
+          + ("owntracks/bench/+ (OwnTracks location JSON; every latency below counts from the "
+             "whole second the app states, 0-1 s before the report leaves)"
+             if args.payload == "owntracks" else "devices/+/location (native JSON)"))
     others = _other_ingest_workers()
     if others and not env.topic_prefix:
         print(f"  WARNING: other ingest workers are running (pids {others}); every ingest worker "

@@ -279,11 +279,14 @@ def prebuild(fleet: PhoneFleet, n_total: int, interval_s: float, duration_s: flo
     clock then, as `publish_fleet_raw` does), so the JSON is encoded with it cut out; its width
     is fixed, so the packet's length is known now. `payload` "owntracks": each phone publishes
     as the OwnTracks app does (`owntracks/bench/<device>`, `simulators.phone.owntracks_payload`,
-    the fix time in whole seconds; odd-numbered phones as the iOS app, -1 for what they lack).
+    the fix time in whole seconds; odd-numbered phones as the 2014-15 iOS app did, -1 for what
+    they lack).
     """
     own = payload == "owntracks"
     if not own and payload != "native":
         raise ValueError(f"payload {payload!r}: native or owntracks")
+    if own and interval_s < 1.0:  # whole seconds: a faster phone's fix times would run ahead
+        raise ValueError(f"an OwnTracks phone reports at most once a second, not every {interval_s:g} s")
     topics = [(f"{topic_prefix}owntracks/bench/{device_id(int(p))}" if own else
                f"{topic_prefix}devices/{device_id(int(p))}/location").encode()
               for p in fleet.phone]
@@ -303,7 +306,7 @@ def prebuild(fleet: PhoneFleet, n_total: int, interval_s: float, duration_s: flo
             wgs84 = to_wgs84_mixed(batch.lon, batch.lat, batch.crs) if own else None
             for k, j in enumerate(due.tolist()):
                 if own:
-                    # Every other phone an iPhone: -1 for what it does not know.
+                    # Every other phone an iPhone with the older app: -1 for what it lacks.
                     msg = owntracks_payload(batch, k, wgs84=wgs84,
                                             ios=bool(fleet.phone[j] % 2))
                 else:

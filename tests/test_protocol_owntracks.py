@@ -182,9 +182,10 @@ def test_owntracks_rejects_impossible_values(field: str, value: float, named: st
 
 
 def test_an_iphone_standing_still_is_stored_with_what_it_does_not_know_left_unknown() -> None:
-    """The iOS app's location of a phone without speed, course, vertical fix or battery reading
-    (as published, from the OwnTracks Recorder's documentation and phones in the field): the
-    position is stored; -1 is "not available", never a value, and never a reason to refuse."""
+    """The older iOS app's location (2014-15; today's leaves such fields out) of a phone without
+    speed, course, vertical fix or battery reading, as the OwnTracks Recorder's documentation
+    shows it: the position is stored; -1 is "not available", never a value, and never a reason
+    to refuse."""
     ios = {"cog": -1, "batt": -1, "lon": 2.29513, "acc": 5, "vel": -1, "vac": -1, "lat": 48.85833,
            "t": "u", "tst": int(T), "alt": 0, "_type": "location", "tid": "JJ"}
     (fix,) = run_owntracks(ios).fixes
@@ -193,9 +194,25 @@ def test_an_iphone_standing_still_is_stored_with_what_it_does_not_know_left_unkn
     # With a vertical fix the altitude is kept, and a real speed and course are read as ever.
     (fix,) = run_owntracks(ios | {"vac": 25, "alt": 129, "vel": 36, "cog": 90, "batt": 80}).fixes
     assert (fix.altitude, fix.speed, fix.heading, fix.battery) == (129.0, 36 * KMH_MS, 90.0, 80.0)
-    # Both ways give it (the model path, taken when a field is not a plain number).
-    fast, model = fast_path_and_model(decode_owntracks, owntracks_module, ios | {"vac": -1})
-    assert fast == model
+
+
+@pytest.mark.parametrize(("extra", "speed", "heading", "battery", "altitude"), [
+    ({"vel": -3}, None, None, None, 12.0),  # any negative speed: none (iOS)
+    ({"batt": -100}, 10.0, None, None, 12.0),  # a battery level of -1 x 100: unknown
+    ({"cog": -0.5}, 10.0, None, None, 12.0),
+    ({"vac": -1}, 10.0, None, None, None),  # no vertical fix: the altitude is none
+    ({"vac": -0.0}, 10.0, None, None, 12.0),  # zero is no negative accuracy
+    ({"vac": True}, 10.0, None, None, 12.0),  # not a number: ignored, as any extra field
+    ({"vac": "-1"}, 10.0, None, None, 12.0),
+    ({"vac": None}, 10.0, None, None, 12.0),
+])
+def test_owntracks_reads_the_apps_not_available_values_as_unknown(
+        extra: dict[str, Any], speed: float | None, heading: float | None,
+        battery: float | None, altitude: float | None) -> None:
+    obj = {"_type": "location", "lat": 48.85, "lon": 2.35, "tst": int(T), "vel": 36, "alt": 12}
+    (fix,) = run_owntracks(obj | extra).fixes
+    got = (fix.speed, fix.heading, fix.battery, fix.altitude)
+    assert got == pytest.approx((speed, heading, battery, altitude))
 
 
 def test_owntracks_applies_the_shared_time_window() -> None:

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.phone import PhoneFleet, districts_from_geojson, fix_payload
@@ -155,7 +156,8 @@ def test_an_owntracks_run_is_what_the_app_publishes_and_what_ingest_reads(settin
     """`make bench --payload owntracks`: each phone publishes OwnTracks' location JSON on
     owntracks/bench/<device>, with the fix time in whole seconds (strictly increasing per
     phone), in WGS-84 (phones that report GCJ-02 natively converted), and the ingest worker's
-    own routing and decoder read each as that phone's fix at that time and place."""
+    own routing and decoder read each as that phone's fix at that time and place. (This run's
+    phones all have a speed: the iPhones' -1 is checked on its own at the end.)"""
     from geofence.crs import point_to_wgs84
     from geofence.model import CRS, Source
     from ingest.mqtt_worker import route
@@ -168,9 +170,16 @@ def test_an_owntracks_run_is_what_the_app_publishes_and_what_ingest_reads(settin
     fleet = PhoneFleet(regions, 40, 2, None, 0.0, np.arange(40))
     twin = PhoneFleet(regions, 40, 2, None, 0.0, np.arange(40))
     pre = prebuild(fleet, 40, 1.0, 3.0, prefix, payload="owntracks")
-    _, log, received = _send_prebuilt(settings, pre, fleet, "prebuilt-ot",
-                                      f"{prefix}owntracks/bench/+")
+    start, log, received = _send_prebuilt(settings, pre, fleet, "prebuilt-ot",
+                                          f"{prefix}owntracks/bench/+")
     assert log.sent >= 100
+    # Each fix time is the whole second the report went out in (not before its due time's
+    # second, at most a second of sending late after it).
+    sent_at = start + pre.due
+    assert bool(np.all(log.time_ms >= np.floor(sent_at) * 1000))
+    assert bool(np.all(log.time_ms <= np.ceil(sent_at + 1.0) * 1000))
+    with pytest.raises(ValueError, match="at most once a second"):
+        prebuild(twin, 40, 0.5, 3.0, prefix, payload="owntracks")
     fixes = []
     for topic, payload, _ in received:
         msg = route(topic, payload, time.time(), prefix)

@@ -91,11 +91,11 @@ def _plain(obj: dict[str, Any]) -> Candidate | None:
 def _known(obj: dict[str, Any], alt: float | None, vel: float | None, cog: float | None,
            batt: float | None) -> tuple[float | None, float | None, float | None, float | None]:
     """(altitude, speed in m/s, heading, battery) with the app's "not available" values made
-    unknown. The iOS app passes on what iOS says: a negative speed, course or vertical accuracy
-    means the phone has none (CLLocation), and a battery level of -1 that it cannot tell, e.g.
-    `{"cog":-1,"vel":-1,"vac":-1,"batt":-1,"alt":0,...}` from a phone standing still. Refusing
-    those would throw away the position with them; a negative `acc` (no position at all) is
-    still refused."""
+    unknown. Older versions of the iOS app (2014-15) pass on what iOS says: a negative speed,
+    course or vertical accuracy means the phone has none (CLLocation), and a battery level of -1
+    that it cannot tell, e.g. `{"cog":-1,"vel":-1,"vac":-1,"batt":-1,"alt":0,...}` (today's app
+    leaves them out). Refusing those would throw away the position with them; a negative `acc`
+    (no position at all) is still refused."""
     vac: Any = obj.get("vac")
     if type(vac) in JSON_NUMBER and vac < 0:
         alt = None  # no vertical fix: the altitude it sends (0) is none
