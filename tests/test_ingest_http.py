@@ -195,3 +195,35 @@ def test_oversized_bodies_keep_their_full_size_whoever_sends_them(
     assert [(reason, source, bytes(raw), size) for reason, source, raw, size in rows] == [
         ("oversized", "osmand_query", form[:limit], len(form)),  # the body, not the parameters
         ("unknown_device", "owntracks_http", form[:sample], len(form))]
+
+
+def test_a_pooled_pipeline_always_works_on_its_own_thread(client: TestClient, org: Org) -> None:
+    """The server's request threads come and go; a pipeline's work stays on one thread of its
+    own, so the zones' map projections (pyproj builds one per thread, ≈ 13 ms each) are built
+    once per pipeline, not once per request thread that happens to take it."""
+    import threading
+
+    ingest.pool.close()
+    seen: list[tuple[int, int]] = []  # (pipeline, thread) of each piece of work
+    callers: list[threading.Thread] = []
+
+    def request() -> None:
+        with ingest.pool.acquire() as p:
+            seen.append((id(p), ingest.pool.run(p, threading.get_ident)))
+
+    try:
+        for _ in range(12):  # twelve request threads, one after another: one pipeline
+            t = threading.Thread(target=request)
+            callers.append(t)
+            t.start()
+            t.join()
+        assert len({p for p, _ in seen}) == 1
+        assert len({t for _, t in seen}) == 1  # one thread for all twelve
+        assert seen[0][1] not in {t.ident for t in callers}
+        # And the real request path goes through it: an OsmAnd report is stored.
+        cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
+        r = client.get(f"{API}/ingest/osmand/{cred['secret']}",
+                       params=_traccar_client_params(cred["device_id"], deep_inside(JIANGAN)))
+        assert (r.status_code, r.json()) == (200, {"accepted": 1, "duplicates": 0})
+    finally:
+        ingest.pool.close()

@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -59,9 +60,18 @@ def _busy(detail: str) -> Unavailable:
     return Unavailable(detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+_T = TypeVar("_T")
+
+
 class _Pool:
     """At most `http_ingest_pipelines` pipelines (each with its own connections) shared by the
-    request threads; a request waits a while for one, then is told to come back (503)."""
+    request threads; a request waits a while for one, then is told to come back (503).
+
+    Each pipeline does its work on a thread of its own (`run`), not on whichever of the server's
+    request threads took it: the zones' map projections (pyproj) are built once per thread that
+    uses them, ≈ 13 ms each, and the server's threads come and go (idle ones end after 10 s), so
+    pipelines wandering between them paid that again and again (≈ 20 ms of CPU per request
+    under load: `python -m simulators.http_bench`)."""
 
     WAIT_S = 10.0
 
@@ -69,6 +79,21 @@ class _Pool:
         self._idle: queue.LifoQueue[Pipeline] = queue.LifoQueue()
         self._slots: threading.BoundedSemaphore | None = None
         self._lock = threading.Lock()
+        self._threads: dict[int, ThreadPoolExecutor] = {}  # id(pipeline) -> its own thread
+
+    def run(self, p: Pipeline, work: Callable[[], _T]) -> _T:
+        """Do `work` with pipeline `p` on the pipeline's own thread (waiting for it)."""
+        with self._lock:
+            ex = self._threads.get(id(p))
+            if ex is None:
+                ex = self._threads[id(p)] = ThreadPoolExecutor(1, "ingest-pipeline")
+        return ex.submit(work).result()
+
+    def _forget(self, p: Pipeline) -> None:
+        with self._lock:
+            ex = self._threads.pop(id(p), None)
+        if ex is not None:
+            ex.shutdown(wait=False)
 
     def _semaphore(self) -> threading.BoundedSemaphore:
         with self._lock:
@@ -96,6 +121,7 @@ class _Pool:
                 raise
             except Exception:
                 p.close()  # possibly broken connections: do not return them to the pool
+                self._forget(p)
                 raise
             else:
                 self._idle.put(p)
@@ -104,7 +130,9 @@ class _Pool:
 
     def close(self) -> None:
         while not self._idle.empty():
-            self._idle.get_nowait().close()
+            p = self._idle.get_nowait()
+            p.close()
+            self._forget(p)
 
 
 pool = _Pool()
@@ -225,7 +253,6 @@ def _record(p: Pipeline, msg: RawMessage, body: _Body, unauthorized: str) -> Mes
         return MessageResult(ok=False, reason="storage_error", detail=str(e)[:2000])
 
 
-_T = TypeVar("_T")
 
 
 async def _in_thread(work: Callable[[], _T]) -> _T:
@@ -258,11 +285,13 @@ async def owntracks_http(
 
     def work() -> MessageResult:
         with pool.acquire() as p:
-            device = _device_by_basic(p, authorization)
-            msg = RawMessage(Channel.OWNTRACKS_HTTP, body.data, device, request.url.path,
-                             time.time(), _remote(request), size=body.stored_size)
-            return _record(p, msg, body,
-                           "device credentials are missing or wrong (Basic device_id:secret)")
+            def record() -> MessageResult:
+                device = _device_by_basic(p, authorization)
+                msg = RawMessage(Channel.OWNTRACKS_HTTP, body.data, device, request.url.path,
+                                 time.time(), _remote(request), size=body.stored_size)
+                return _record(p, msg, body,
+                               "device credentials are missing or wrong (Basic device_id:secret)")
+            return pool.run(p, record)
 
     res = await _in_thread(work)
     response = JSONResponse([])
@@ -285,11 +314,14 @@ async def _osmand(request: Request, secret: str, response: Response) -> dict[str
 
     def work() -> MessageResult:
         with pool.acquire() as p:
-            device = _device_by_secret(p, secret)
-            # An oversized body is kept as its first bytes, not as the query parameters.
-            msg = RawMessage(channel, body.data, device, where, time.time(), _remote(request),
-                             None if body.oversized else params, size=body.stored_size)
-            return _record(p, msg, body, "unknown or revoked device secret")
+            def record() -> MessageResult:
+                device = _device_by_secret(p, secret)
+                # An oversized body is kept as its first bytes, not as the query parameters.
+                msg = RawMessage(channel, body.data, device, where, time.time(),
+                                 _remote(request), None if body.oversized else params,
+                                 size=body.stored_size)
+                return _record(p, msg, body, "unknown or revoked device secret")
+            return pool.run(p, record)
 
     res = await _in_thread(work)
     _dead_letter_header(res, response)
