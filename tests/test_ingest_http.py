@@ -197,7 +197,8 @@ def test_oversized_bodies_keep_their_full_size_whoever_sends_them(
         ("unknown_device", "owntracks_http", form[:sample], len(form))]
 
 
-def test_a_pooled_pipeline_always_works_on_its_own_thread(client: TestClient, org: Org) -> None:
+def test_a_pooled_pipeline_always_works_on_its_own_thread(
+        client: TestClient, org: Org, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server's request threads come and go; a pipeline's work stays on one thread of its
     own, so the zones' map projections (pyproj builds one per thread, ≈ 13 ms each) are built
     once per pipeline, not once per request thread that happens to take it."""
@@ -220,10 +221,23 @@ def test_a_pooled_pipeline_always_works_on_its_own_thread(client: TestClient, or
         assert len({p for p, _ in seen}) == 1
         assert len({t for _, t in seen}) == 1  # one thread for all twelve
         assert seen[0][1] not in {t.ident for t in callers}
-        # And the real request path goes through it: an OsmAnd report is stored.
+        # And the real requests go through it: an OsmAnd and an OwnTracks report are stored,
+        # each recorded on a pipeline's own thread.
+        where: list[str] = []
+        record = ingest._record
+
+        def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+            where.append(threading.current_thread().name)
+            return record(*args, **kwargs)
+
+        monkeypatch.setattr(ingest, "_record", spy)
         cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
         r = client.get(f"{API}/ingest/osmand/{cred['secret']}",
                        params=_traccar_client_params(cred["device_id"], deep_inside(JIANGAN)))
         assert (r.status_code, r.json()) == (200, {"accepted": 1, "duplicates": 0})
+        r = client.post(f"{API}/ingest/owntracks", headers=basic(cred["device_id"], cred["secret"]),
+                        json=owntracks(deep_inside(JIANGAN), time.time() - 5))
+        assert r.status_code == 200, r.text
+        assert len(where) == 2 and all(n.startswith("ingest-pipeline") for n in where), where
     finally:
         ingest.pool.close()

@@ -70,7 +70,7 @@ class _Pool:
     Each pipeline does its work on a thread of its own (`run`), not on whichever of the server's
     request threads took it: the zones' map projections (pyproj) are built once per thread that
     uses them, ≈ 13 ms each, and the server's threads come and go (idle ones end after 10 s), so
-    pipelines wandering between them paid that again and again (≈ 20 ms of CPU per request
+    pipelines wandering between them paid that again and again (≈ 14 ms of CPU per request
     under load: `python -m simulators.http_bench`)."""
 
     WAIT_S = 10.0
@@ -120,8 +120,10 @@ class _Pool:
                 self._idle.put(p)
                 raise
             except Exception:
-                p.close()  # possibly broken connections: do not return them to the pool
-                self._forget(p)
+                try:
+                    p.close()  # possibly broken connections: do not return them to the pool
+                finally:
+                    self._forget(p)
                 raise
             else:
                 self._idle.put(p)
@@ -131,8 +133,10 @@ class _Pool:
     def close(self) -> None:
         while not self._idle.empty():
             p = self._idle.get_nowait()
-            p.close()
-            self._forget(p)
+            try:
+                p.close()
+            finally:
+                self._forget(p)
 
 
 pool = _Pool()
