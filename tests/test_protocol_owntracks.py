@@ -109,10 +109,19 @@ def test_owntracks_transition_without_coordinates_is_only_recorded() -> None:
     assert run_owntracks(message) == Decoded(fixes=[], other=[message])
 
 
+def test_a_transition_without_a_position_is_recorded_and_is_no_fix() -> None:
+    # The older iOS app sent iOS's "no position" (horizontal accuracy -1) in a transition's acc:
+    # the phone's crossing of its own region is kept, its coordinates are not a fix.
+    message = override(TRANSITION, {"acc": -1})
+    assert run_owntracks(message) == Decoded(fixes=[], other=[message])
+    # A location with that accuracy is no fix either, and is refused (kept as a dead letter).
+    assert owntracks_error(owntracks(acc=-1)).reason == "bad_value"
+
+
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [({"lat": 95.0}, "impossible_coordinates"), ({"lon": REMOVE}, "missing_field"),
-     ({"tst": REMOVE}, "missing_field"), ({"acc": -1}, "bad_value"),
+     ({"tst": REMOVE}, "missing_field"), ({"acc": "-1"}, "bad_type"),
      ({"tst": int(NOW) + 3600}, "future_time")],
 )
 def test_owntracks_transition_with_a_bad_position_is_rejected_whole(

@@ -127,6 +127,11 @@ def _transition_fix(device_id: str, obj: dict[str, Any], source: Source, now: fl
                     limits: Limits) -> Fix | None:
     if "lat" not in obj and "lon" not in obj:
         return None
+    acc: Any = obj.get("acc")
+    if type(acc) in JSON_NUMBER and acc < 0:
+        # The older iOS app's transition when iOS had no position (horizontal accuracy -1):
+        # the crossing of the phone's own region is recorded, its coordinates are no fix.
+        return None
     m = validate_model(_OwnTracksTransition, obj)
     cand = Candidate(time=time_value(m.tst, "tst"), lat=m.lat, lon=m.lon, accuracy=m.acc)
     return validate(device_id, cand, source, now, limits)
