@@ -93,8 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(simulators/rawmqtt.py), or paho-mqtt")
     p.add_argument("--payload", choices=("native", "owntracks"), default="native",
                    help="what the phones send: the native JSON on devices/<id>/location "
-                        "(default), or OwnTracks' location JSON on owntracks/bench/<id> as the "
-                        "Android app publishes it (WGS-84, whole seconds; prebuilt publisher)")
+                        "(default), or OwnTracks' location JSON on owntracks/bench/<id> as its "
+                        "apps publish it (WGS-84, whole seconds, every other phone the older "
+                        "iOS app's -1 for what it lacks; prebuilt publisher)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 500 reports/s for 30 s (long enough to decide the wanderers)")
     p.add_argument("--drain-timeout", type=float, default=120.0,

@@ -32,7 +32,7 @@ import shapely
 from shapely.geometry import MultiPolygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from geofence.crs import CRS_CODE, from_wgs84, point_to_wgs84, transform_geometry
+from geofence.crs import CRS_CODE, from_wgs84, to_wgs84_mixed, transform_geometry
 from geofence.model import CRS
 
 __all__ = [
@@ -614,19 +614,15 @@ def fix_payload(batch: FixBatch, k: int, time_s: float | None = None) -> dict[st
 def owntracks_payload(batch: FixBatch, k: int, time_s: int | None = None,
                       wgs84: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
                       ios: bool = False) -> dict[str, Any]:
-    """Fix k as the OwnTracks Android app publishes a location (https://owntracks.org/booklet/
-    tech/json/): WGS-84 (a phone that reports GCJ-02 in the native protocol is converted: the
-    app has no CRS field), whole seconds, metres and km/h as integers, the app's own fields that
+    """Fix k as an OwnTracks app publishes a location (https://owntracks.org/booklet/tech/
+    json/): WGS-84 (a phone that reports GCJ-02 in the native protocol is converted: the app
+    has no CRS field), whole seconds, metres and km/h as integers, the app's own fields that
     the server ignores (`tid`, `conn`, `bs`, `m`, `t`, `vac`), `vel`, `cog` and `alt` only when
-    the phone has them (`ios`: as the iOS app does, -1 for each it has not, and `vac` -1 without
-    an altitude). `time_s` is the fix time (`tst`); None leaves it out. `wgs84`: the batch's
-    positions already in WGS-84 (`to_wgs84_mixed`, one call for a whole batch)."""
-    if wgs84 is not None:
-        lon, lat = float(wgs84[0][k]), float(wgs84[1][k])
-    else:
-        lon, lat = float(batch.lon[k]), float(batch.lat[k])
-        if _CRS_NAMES[int(batch.crs[k])] != "wgs84":
-            lon, lat = point_to_wgs84(lon, lat, CRS(_CRS_NAMES[int(batch.crs[k])]))
+    the phone has them (`ios`: as the 2014-15 iOS app did, -1 for each it has not, and `vac` -1
+    without an altitude). `time_s` is the fix time (`tst`); None leaves it out. `wgs84`: the
+    batch's positions in WGS-84 when the caller has them (`to_wgs84_mixed`, one call a batch)."""
+    lons, lats = wgs84 if wgs84 is not None else to_wgs84_mixed(batch.lon, batch.lat, batch.crs)
+    lon, lat = float(lons[k]), float(lats[k])
     msg: dict[str, Any] = {"_type": "location", "acc": round(float(batch.accuracy[k])),
                            "batt": round(float(batch.battery[k])), "bs": 1, "conn": "m",
                            "lat": round(lat, 7), "lon": round(lon, 7), "m": 1, "t": "p",

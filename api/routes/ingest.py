@@ -89,6 +89,11 @@ class _Pool:
                 ex = self._threads[id(p)] = ThreadPoolExecutor(1, "ingest-pipeline")
         return ex.submit(work).result()
 
+    def call(self, work: Callable[[Pipeline], _T]) -> _T:
+        """Take a pipeline and do `work` with it on the pipeline's own thread."""
+        with self.acquire() as p:
+            return self.run(p, lambda: work(p))
+
     def _forget(self, p: Pipeline) -> None:
         with self._lock:
             ex = self._threads.pop(id(p), None)
@@ -257,8 +262,6 @@ def _record(p: Pipeline, msg: RawMessage, body: _Body, unauthorized: str) -> Mes
         return MessageResult(ok=False, reason="storage_error", detail=str(e)[:2000])
 
 
-
-
 async def _in_thread(work: Callable[[], _T]) -> _T:
     """Run the blocking part; a service outage becomes 503 with Retry-After (the phone retries)."""
     try:
@@ -287,17 +290,14 @@ async def owntracks_http(
     once the message is recorded (stored, or kept as a dead letter)."""
     body = await _body(request)
 
-    def work() -> MessageResult:
-        with pool.acquire() as p:
-            def record() -> MessageResult:
-                device = _device_by_basic(p, authorization)
-                msg = RawMessage(Channel.OWNTRACKS_HTTP, body.data, device, request.url.path,
-                                 time.time(), _remote(request), size=body.stored_size)
-                return _record(p, msg, body,
-                               "device credentials are missing or wrong (Basic device_id:secret)")
-            return pool.run(p, record)
+    def record(p: Pipeline) -> MessageResult:
+        device = _device_by_basic(p, authorization)
+        msg = RawMessage(Channel.OWNTRACKS_HTTP, body.data, device, request.url.path,
+                         time.time(), _remote(request), size=body.stored_size)
+        return _record(p, msg, body,
+                       "device credentials are missing or wrong (Basic device_id:secret)")
 
-    res = await _in_thread(work)
+    res = await _in_thread(lambda: pool.call(record))
     response = JSONResponse([])
     _dead_letter_header(res, response)
     return response
@@ -316,18 +316,14 @@ async def _osmand(request: Request, secret: str, response: Response) -> dict[str
     # The secret is in the path: what is stored (a dead letter's topic) never holds it.
     where = request.url.path.rstrip("/").rsplit("/", 1)[0] + "/***"
 
-    def work() -> MessageResult:
-        with pool.acquire() as p:
-            def record() -> MessageResult:
-                device = _device_by_secret(p, secret)
-                # An oversized body is kept as its first bytes, not as the query parameters.
-                msg = RawMessage(channel, body.data, device, where, time.time(),
-                                 _remote(request), None if body.oversized else params,
-                                 size=body.stored_size)
-                return _record(p, msg, body, "unknown or revoked device secret")
-            return pool.run(p, record)
+    def record(p: Pipeline) -> MessageResult:
+        device = _device_by_secret(p, secret)
+        # An oversized body is kept as its first bytes, not as the query parameters.
+        msg = RawMessage(channel, body.data, device, where, time.time(), _remote(request),
+                         None if body.oversized else params, size=body.stored_size)
+        return _record(p, msg, body, "unknown or revoked device secret")
 
-    res = await _in_thread(work)
+    res = await _in_thread(lambda: pool.call(record))
     _dead_letter_header(res, response)
     if not res.ok:
         return {"accepted": 0, "duplicates": 0,

@@ -124,6 +124,13 @@ def _real(value: float | None) -> float | None:
     return value if value is None or abs(value) >= _REAL_TINY else 0.0
 
 
+def known(value: float | None) -> float | None:
+    """A phone's "not available": location APIs report -1 (any negative value) for a speed,
+    heading, battery level or HDOP they do not have (Android's Traccar Client and the SDK behind
+    Traccar Client 9+; iOS, passed on by the older OwnTracks app). Traccar drops negatives."""
+    return None if value is None or value < 0 else value
+
+
 # The Python types of a JSON number as orjson gives it (bool is neither: checked with `type() in`).
 JSON_NUMBER = (int, float)
 

@@ -24,6 +24,7 @@ from ingest.protocols.common import (
     Limits,
     check_size,
     json_kind,
+    known,
     load_json,
     parse_iso,
     short,
@@ -45,12 +46,6 @@ UNKNOWN = -1.0  # the "not available" value of an altitude (which may be negativ
 # Horizontal accuracy from HDOP: accuracy ≈ HDOP × UERE (user equivalent range error). 5 m is the
 # usual 1-sigma UERE of a single-frequency GPS receiver (docs/protocols.md, "hdop").
 HDOP_UERE_M = 5.0
-
-
-def _known(value: float | None) -> float | None:
-    """Phone location APIs report -1 for "not available" (Android's Traccar Client, the SDK behind
-    Traccar Client 9+); Traccar drops negatives."""
-    return None if value is None or value < 0 else value
 
 
 def _float_text(raw: str, name: str) -> float:
@@ -169,14 +164,14 @@ def decode_osmand_query(params: Mapping[str, str], now: float, limits: Limits = 
     else:  # like Traccar: the time it reached us, marked so that nobody takes it for the fix's
         time = now if received_at is None else received_at
         source = Source.OSMAND_HTTP_RECEIVED_TIME
-    speed_kn = _known(_param_float(params, "speed"))
+    speed_kn = known(_param_float(params, "speed"))
     heading = _param_float(params, "heading")
     if heading is None:
         heading = _param_float(params, "bearing")
     altitude = _param_float(params, "altitude")
     accuracy = _param_float(params, "accuracy")
     if accuracy is None:
-        hdop = _known(_param_float(params, "hdop"))
+        hdop = known(_param_float(params, "hdop"))
         accuracy = None if hdop is None else hdop * HDOP_UERE_M
 
     cand = Candidate(
@@ -186,8 +181,8 @@ def decode_osmand_query(params: Mapping[str, str], now: float, limits: Limits = 
         accuracy=accuracy,
         altitude=None if altitude == UNKNOWN else altitude,
         speed=None if speed_kn is None else speed_kn * KNOT_MS,
-        heading=_known(heading),
-        battery=_known(_param_float(params, "batt")),
+        heading=known(heading),
+        battery=known(_param_float(params, "batt")),
         mock=bool(_param_bool(params, "mock")),
     )
     fix = validate(device_id, cand, source, now, limits)
@@ -244,15 +239,15 @@ def decode_osmand_json(body: bytes, now: float, limits: Limits = Limits()) -> De
     m = validate_model(_TsBody, doc)
     device_id = _device_id_value(m.device_id, "device_id")
     loc = m.location
-    level = None if loc.battery is None else _known(loc.battery.level)
+    level = None if loc.battery is None else known(loc.battery.level)
     cand = Candidate(
         time=parse_iso(loc.timestamp, "location.timestamp"),
         lat=loc.coords.latitude,
         lon=loc.coords.longitude,
         accuracy=loc.coords.accuracy,
         altitude=loc.coords.altitude,
-        speed=_known(loc.coords.speed),
-        heading=_known(loc.coords.heading),
+        speed=known(loc.coords.speed),
+        heading=known(loc.coords.heading),
         battery=None if level is None else round(level * 100.0, 3),
         mock=bool(loc.mock) or bool(loc.is_mock),
     )

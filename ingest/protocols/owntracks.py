@@ -30,6 +30,7 @@ from ingest.protocols.common import (
     check_depth,
     each,
     elements,
+    known,
     load_json,
     plain_numbers,
     short,
@@ -99,8 +100,8 @@ def _known(obj: dict[str, Any], alt: float | None, vel: float | None, cog: float
     vac: Any = obj.get("vac")
     if type(vac) in JSON_NUMBER and vac < 0:
         alt = None  # no vertical fix: the altitude it sends (0) is none
-    return (alt, None if vel is None or vel < 0 else vel * KMH_MS,
-            None if cog is None or cog < 0 else cog, None if batt is None or batt < 0 else batt)
+    speed = known(vel)
+    return alt, None if speed is None else speed * KMH_MS, known(cog), known(batt)
 
 
 def _location_fix(device_id: str, obj: dict[str, Any], source: Source, now: float,
