@@ -2,9 +2,10 @@
 
 `make bench` measures phones on MQTT, where the ingest workers commit thousands of reports per
 transaction. Phones on HTTP (Traccar Client and other OsmAnd-protocol apps, OwnTracks in HTTP
-mode) are answered one request at a time: each request is authenticated, decoded, judged and
-committed before its answer, as the app needs it (an app keeps and resends what was not
-accepted). This bench measures that path end to end on this machine: the real API under
+mode) each wait for their own answer: a request is authenticated, decoded, judged and committed
+before it is answered, as the app needs it (an app keeps and resends what was not accepted);
+the requests waiting in an API process at the same moment are recorded together, as a batch.
+This bench measures that path end to end on this machine: the real API under
 uvicorn, on a fresh `ccs_bench` database with a fleet whose device secrets it knows, and wrk
 (Debian's package; installed when missing, as root) sending the Traccar Client's OsmAnd GET
 requests as fast as `--connections` keep-alive connections allow (closed loop: each connection
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                         for k, v in pids.items()}
 
             def load(seconds: float) -> subprocess.CompletedProcess[str]:
-                # --timeout beyond the pool's 10-s wait: a slow answer is measured, not dropped
+                # --timeout 15 s: a slow answer is measured, not dropped
                 return subprocess.run(
                     [wrk, "-t", str(a.threads), "-c", str(a.connections), "-d", f"{seconds:g}s",
                      "--timeout", "15s", "--latency", "-s", str(script),

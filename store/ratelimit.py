@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import redis
 
-__all__ = ["RateDecision", "allow"]
+__all__ = ["RateDecision", "allow", "allow_many"]
 
 # KEYS[1] the bucket; ARGV: emission interval (µs per request), tolerance (µs of burst).
 # Returns {allowed 0/1, µs until the next request would be allowed, requests left in the burst}.
@@ -51,18 +51,37 @@ class RateDecision:
         return str(max(1, math.ceil(self.retry_after_s)))
 
 
-def allow(r: redis.Redis, key: str, limit: int, window_s: float, burst: int | None = None) -> RateDecision:
-    """Count one request against `key`: at most `limit` per `window_s` on average, `burst` at once.
-
-    A refused request is not counted, so a client that keeps retrying too fast is let through
-    again as soon as its rate drops.
-    """
+def _params(limit: int, window_s: float, burst: int | None) -> tuple[float, float]:
+    """The script's emission interval and tolerance (µs)."""
     if limit <= 0 or window_s <= 0:
         raise ValueError("limit and window_s must be positive")
     burst = limit if burst is None else burst
     if burst < 1:
         raise ValueError("burst must be at least 1")
     interval = window_s * 1_000_000 / limit
-    tolerance = interval * burst
+    return interval, interval * burst
+
+
+def allow(r: redis.Redis, key: str, limit: int, window_s: float, burst: int | None = None) -> RateDecision:
+    """Count one request against `key`: at most `limit` per `window_s` on average, `burst` at once.
+
+    A refused request is not counted, so a client that keeps retrying too fast is let through
+    again as soon as its rate drops.
+    """
+    interval, tolerance = _params(limit, window_s, burst)
     allowed, wait_us, remaining = r.eval(_GCRA, 1, key, interval, tolerance)  # type: ignore[misc]
     return RateDecision(bool(allowed), float(wait_us) / 1_000_000, int(remaining))
+
+
+def allow_many(r: redis.Redis, keys: list[str], limit: int, window_s: float,
+               burst: int | None = None) -> list[RateDecision]:
+    """`allow` for each key in turn (a key may come more than once: each counts), in one round
+    trip."""
+    if not keys:
+        return []
+    interval, tolerance = _params(limit, window_s, burst)
+    script = r.register_script(_GCRA)
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        script(keys=[key], args=[interval, tolerance], client=pipe)
+    return [RateDecision(bool(a), float(w) / 1_000_000, int(n)) for a, w, n in pipe.execute()]

@@ -145,8 +145,13 @@ class Settings(BaseSettings):
     # Silences are judged only up to the lowest MQTT ingest worker's watermark (everything it
     # received before it is committed); a worker that wrote none for this long counts as gone.
     ingest_watermark_max_lag_s: float = 300.0
-    # HTTP ingest runs at most this many pipelines at once.
-    http_ingest_pipelines: int = 8
+    # HTTP ingest: this many threads per API process, each with a pipeline of its own, record
+    # the waiting requests in batches (api/routes/ingest.py): two keep one batch being judged
+    # while the other waits on the database, and let the requests gather into batches (eight
+    # took 369 requests/s on the bench where two took 680: BENCHMARKS.md); with more than
+    # `http_ingest_queue_max` requests waiting, a new one is answered 503 with Retry-After.
+    http_ingest_pipelines: Annotated[int, Field(ge=1)] = 2
+    http_ingest_queue_max: Annotated[int, Field(ge=1)] = 5000
     # Transient failures (database or Redis unreachable) are retried with this backoff: doubling
     # from the minimum, at most 2 s apart, so a failover (a new PostgreSQL primary after Patroni's
     # 10-20 s, a new Redis master) is found within 2 s of completing (with 30 s a worker slept

@@ -19,7 +19,7 @@ from starlette.types import Message
 
 from api.headers import API_CSP
 from api.limits import BodySizeLimit
-from store.ratelimit import allow
+from store.ratelimit import allow, allow_many
 from store.settings import Environment, Settings, set_settings
 from tests.conftest import JIANGAN, Org, login
 from tests.geo import deep_inside
@@ -293,6 +293,20 @@ def test_limiter_burst_defaults_to_the_limit(rds: redis.Redis, settings: Setting
     key = settings.redis_prefix + "rl:default"
     assert [allow(rds, key, 4, 3600).allowed for _ in range(5)] == [True] * 4 + [False]
     assert 0 < rds.pttl(key) <= 3600 * 1000 + 1  # the bucket expires by itself (ms, rounded up)
+
+
+def test_limiter_counts_a_batch_of_keys_in_turn(rds: redis.Redis, settings: Settings) -> None:
+    """allow_many (one round trip for HTTP ingest's batch) decides as allow would, one request
+    after another: a key that comes twice is counted twice."""
+    a, b = settings.redis_prefix + "rl:many-a", settings.redis_prefix + "rl:many-b"
+    got = allow_many(rds, [a, b, a, a, b], limit=10, window_s=3600, burst=2)
+    assert [d.allowed for d in got] == [True, True, True, False, True]
+    assert [d.remaining for d in got] == [1, 1, 0, 0, 0]
+    assert 0 < got[3].retry_after_s <= 360
+    assert allow(rds, a, 10, 3600, burst=2).allowed is False  # the same buckets as allow's
+    assert allow_many(rds, [], 10, 3600) == []
+    with pytest.raises(ValueError):
+        allow_many(rds, [a], 0, 60)
 
 
 @pytest.mark.parametrize(("limit", "window", "burst"), [(0, 60, None), (5, 0, None), (5, 60, 0)])

@@ -16,6 +16,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.routes import ingest
+from ingest.pipeline import Channel, Pipeline, RawMessage
 from store.settings import Settings, set_settings
 from tests.conftest import JIANGAN, Org, login
 from tests.geo import deep_inside
@@ -104,14 +105,14 @@ def _unreachable(settings: Settings, service: str) -> Iterator[None]:
     port = free_port()
     url = (f"postgresql+psycopg://postgres@127.0.0.1:{port}/nowhere" if service == "database"
            else f"redis://127.0.0.1:{port}/0")
-    ingest.pool.close()  # pipelines connected to the real services are not reused
+    ingest.batcher.close()  # pipelines connected to the real services are not reused
     set_settings(settings.model_copy(
         update={"database_url" if service == "database" else "redis_url": url}))
     try:
         yield
     finally:
         set_settings(settings)
-        ingest.pool.close()
+        ingest.batcher.close()
 
 
 @pytest.mark.parametrize("service", ["database", "redis"])
@@ -197,47 +198,163 @@ def test_oversized_bodies_keep_their_full_size_whoever_sends_them(
         ("unknown_device", "owntracks_http", form[:sample], len(form))]
 
 
-def test_a_pooled_pipeline_always_works_on_its_own_thread(
-        client: TestClient, org: Org, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server's request threads come and go; a pipeline's work stays on one thread of its
-    own, so the zones' map projections (pyproj builds one per thread, ≈ 13 ms each) are built
-    once per pipeline, not once per request thread that happens to take it."""
+def test_waiting_requests_are_recorded_as_one_batch_each_answered_with_its_own_outcome(
+        settings: Settings, org: Org, db: psycopg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: while a batch is being recorded, the requests that arrive wait and are then
+    authenticated, judged and committed together, in one transaction; each phone still gets
+    its own message's answer (stored, duplicate, dead letter, unknown credentials)."""
     import threading
 
-    ingest.pool.close()
-    seen: list[tuple[int, int]] = []  # (pipeline, thread) of each piece of work
-    callers: list[threading.Thread] = []
+    ingest.batcher.close()
+    batches: list[tuple[int, str]] = []  # (requests, thread) of each batch
+    hold, held = threading.Event(), threading.Event()
+    record = ingest.record_batch
 
-    def request() -> None:
-        with ingest.pool.acquire() as p:
-            seen.append((id(p), ingest.pool.run(p, threading.get_ident)))
+    def spy(p, batch):  # type: ignore[no-untyped-def]
+        batches.append((len(batch), threading.current_thread().name))
+        if len(batches) == 1:  # the first batch waits until the others are queued
+            held.set()
+            assert hold.wait(30)
+        return record(p, batch)
 
-    try:
-        for _ in range(12):  # twelve request threads, one after another: one pipeline
-            t = threading.Thread(target=request)
-            callers.append(t)
+    monkeypatch.setattr(ingest, "record_batch", spy)
+    with app_with(settings, http_ingest_pipelines=1) as c:
+        cred = enrol(c, login(c, "jiangan-officer"), org.supervisee_id)
+        here = deep_inside(JIANGAN)
+        t0 = int(time.time()) - 600
+        osmand = f"{API}/ingest/osmand/{cred['secret']}"
+        auth = basic(cred["device_id"], cred["secret"])
+        answers: dict[str, tuple[int, object]] = {}
+
+        def send(name: str, call) -> None:  # type: ignore[no-untyped-def]
+            r = call()
+            answers[name] = (r.status_code, r.json())
+
+        first = threading.Thread(target=send, args=("first", lambda: c.get(
+            osmand, params=_traccar_client_params(cred["device_id"], here,
+                                                  timestamp=str(t0)))))
+        first.start()
+        assert held.wait(30)
+        requests = {
+            **{f"fix{k}": lambda k=k: c.get(osmand, params=_traccar_client_params(
+                cred["device_id"], here, timestamp=str(t0 + 60 * k))) for k in range(1, 6)},
+            "again": lambda: c.get(osmand, params=_traccar_client_params(
+                cred["device_id"], here, timestamp=str(t0 + 60))),  # fix1 again
+            "owntracks": lambda: c.post(f"{API}/ingest/owntracks", headers=auth,
+                                        json=owntracks(here, t0 + 400)),
+            "bad": lambda: c.get(osmand, params=_traccar_client_params(
+                cred["device_id"], here, timestamp=str(t0 + 500), batt="140")),
+            "stranger": lambda: c.get(f"{API}/ingest/osmand/not-a-secret",
+                                      params=_traccar_client_params("x", here)),
+            "wrong password": lambda: c.post(f"{API}/ingest/owntracks",
+                                             headers=basic(cred["device_id"], "guess"),
+                                             json=owntracks(here, t0 + 450)),
+        }
+        others = [threading.Thread(target=send, args=(n, f)) for n, f in requests.items()]
+        for t in others:
             t.start()
-            t.join()
-        assert len({p for p, _ in seen}) == 1
-        assert len({t for _, t in seen}) == 1  # one thread for all twelve
-        assert seen[0][1] not in {t.ident for t in callers}
-        # And the real requests go through it: an OsmAnd and an OwnTracks report are stored,
-        # each recorded on a pipeline's own thread.
-        where: list[str] = []
-        record = ingest._record
+        deadline = time.monotonic() + 30
+        while ingest.batcher._queue.qsize() < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hold.set()
+        for t in [first, *others]:
+            t.join(30)
+    # One thread, two batches: the first request alone, then everything that waited meanwhile.
+    assert batches == [(1, "ingest-pipeline-0"), (len(requests), "ingest-pipeline-0")]
+    ok = (200, {"accepted": 1, "duplicates": 0})
+    assert {n: answers[n] for n in ("first", "fix1", "fix2", "fix3", "fix4", "fix5")} == {
+        n: ok for n in ("first", "fix1", "fix2", "fix3", "fix4", "fix5")}
+    # fix1 and its repeat were in the same batch: one of them is stored, the other a duplicate.
+    assert answers["again"] == (200, {"accepted": 0, "duplicates": 1})
+    assert answers["owntracks"] == (200, [])
+    assert answers["bad"][0] == 200
+    assert answers["bad"][1]["dead_letter"]["reason"] == "bad_value"  # type: ignore[index]
+    assert answers["stranger"][0] == 401 and answers["wrong password"][0] == 401
+    assert db.execute("SELECT count(*) FROM positions").fetchone() == (7,)
+    assert db.execute("SELECT reason FROM dead_letters ORDER BY reason").fetchall() == [
+        ("bad_value",), ("unknown_device",), ("unknown_device",)]
+    # The first fix in a transaction of its own, the batch's six in one: not one each.
+    assert db.execute("SELECT count(DISTINCT xmin::text) FROM positions").fetchone() == (2,)
 
-        def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-            where.append(threading.current_thread().name)
-            return record(*args, **kwargs)
 
-        monkeypatch.setattr(ingest, "_record", spy)
-        cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
-        r = client.get(f"{API}/ingest/osmand/{cred['secret']}",
-                       params=_traccar_client_params(cred["device_id"], deep_inside(JIANGAN)))
-        assert (r.status_code, r.json()) == (200, {"accepted": 1, "duplicates": 0})
-        r = client.post(f"{API}/ingest/owntracks", headers=basic(cred["device_id"], cred["secret"]),
-                        json=owntracks(deep_inside(JIANGAN), time.time() - 5))
-        assert r.status_code == 200, r.text
-        assert len(where) == 2 and all(n.startswith("ingest-pipeline") for n in where), where
+def _pending(secret: str, device_id: str, t: float, **extra: str) -> ingest.Pending:
+    """A Traccar Client GET as the endpoint queues it (device not yet known)."""
+    params = _traccar_client_params(device_id, deep_inside(JIANGAN), timestamp=str(int(t)),
+                                    **extra)
+    body = ingest._Body(b"", 0, False, True)
+    msg = RawMessage(Channel.OSMAND_QUERY, b"", None, f"{API}/ingest/osmand/***", time.time(),
+                     "127.0.0.1", params)
+    return ingest.Pending(msg, body, "unknown or revoked device secret", secret=secret)
+
+
+def test_a_message_that_breaks_its_batch_is_kept_alone_and_the_others_are_stored(
+        client: TestClient, org: Org, db: psycopg.Connection, settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on MQTT: a batch that fails for a reason of its data is recorded message by message;
+    the message that still fails is kept as a dead letter with the error (answered 200, so the
+    phone's queue moves on) and the rest of the batch is stored."""
+    cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
+    process = Pipeline.process
+
+    def poisoned(self, messages, now=None):  # type: ignore[no-untyped-def]
+        if any((m.params or {}).get("poison") for m in messages):
+            raise RuntimeError("boom")
+        return process(self, messages, now)
+
+    monkeypatch.setattr(Pipeline, "process", poisoned)
+    t0 = time.time() - 300
+    batch = [_pending(cred["secret"], cred["device_id"], t0),
+             _pending(cred["secret"], cred["device_id"], t0 + 60, poison="1"),
+             _pending(cred["secret"], cred["device_id"], t0 + 120)]
+    p = Pipeline.connect(settings)
+    try:
+        ingest.record_batch(p, batch)
     finally:
-        ingest.pool.close()
+        p.close()
+    got = [r.outcome.result(timeout=0) for r in batch]
+    assert [(r.ok, r.accepted, r.reason) for r in got] == [
+        (True, 1, None), (False, 0, "processing_error"), (True, 1, None)]
+    assert db.execute("SELECT count(*) FROM positions").fetchone() == (2,)
+    assert db.execute("SELECT reason, detail, device_id FROM dead_letters").fetchall() == [
+        ("processing_error", "RuntimeError: boom", cred["device_id"])]
+
+
+def test_over_the_queue_limit_a_request_is_told_to_come_back(
+        client: TestClient, org: Org, db: psycopg.Connection, settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests wait for a batch only up to `http_ingest_queue_max`; the next is answered 503
+    with Retry-After at once (the phone keeps its fix and sends it again); the waiting ones are
+    all recorded."""
+    import threading
+
+    cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
+    hold, held = threading.Event(), threading.Event()
+    record = ingest.record_batch
+
+    def slow(p, batch):  # type: ignore[no-untyped-def]
+        held.set()
+        assert hold.wait(30)
+        return record(p, batch)
+
+    monkeypatch.setattr(ingest, "record_batch", slow)
+    set_settings(settings.model_copy(update={"http_ingest_pipelines": 1,
+                                             "http_ingest_queue_max": 2}))
+    b = ingest._Batcher()
+    t0 = time.time() - 600
+    try:
+        first = b.submit(_pending(cred["secret"], cred["device_id"], t0))
+        assert held.wait(30)  # the only thread is busy with the first
+        waiting = [b.submit(_pending(cred["secret"], cred["device_id"], t0 + 60 * k))
+                   for k in (1, 2)]
+        refused = b.submit(_pending(cred["secret"], cred["device_id"], t0 + 180))
+        with pytest.raises(ingest.Unavailable) as e:
+            refused.result(timeout=0)
+        assert e.value.headers == {"Retry-After": str(ingest.RETRY_AFTER_S)}
+        hold.set()
+        assert [f.result(timeout=30).accepted for f in [first, *waiting]] == [1, 1, 1]
+    finally:
+        hold.set()
+        b.close()
+        set_settings(settings)
+    assert db.execute("SELECT count(*) FROM positions").fetchone() == (3,)

@@ -7,26 +7,33 @@ refuses, and retry it, in order):
 * 200 once the message is recorded: its fixes committed, or the message kept as a dead letter
   because it can never be used (a bad fix, an oversized body). Answering 4xx there would block
   the phone's queue for good; the `X-CCS-Dead-Letter` header names the reason.
-* 503 with `Retry-After` when nothing could be recorded now (database or Redis unreachable).
+* 503 with `Retry-After` when nothing could be recorded now (database or Redis unreachable, or
+  more requests waiting than the server takes on).
 * 429 with `Retry-After` over the rate limit; 401 for unknown credentials.
 
 Requests with unknown credentials are rate-limited per source address; within the limit each is
 kept as a dead letter cut to a short sample, beyond it only counted.
+
+Requests are recorded in batches (group commit, `_Batcher`): each request waits in one queue of
+the process; `http_ingest_pipelines` threads, each with a pipeline of its own, take whatever
+waits (up to `batch_max_messages`) and authenticate, rate-limit, judge and commit it together,
+one transaction and a few round trips for the whole batch, as the MQTT worker does; then each
+request is answered with its own message's outcome. A request arriving alone is taken at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Annotated, Any, NoReturn, TypeVar
+from collections.abc import Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, NoReturn
 from urllib.parse import parse_qsl
 
 import orjson
@@ -34,13 +41,13 @@ import psycopg
 import redis
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from prometheus_client import Histogram
 
 from api.authz import declared
 from api.errors import DomainError, TooManyRequests, Unauthorized, Unavailable
 from api.security import hash_device_secret, secret_matches
 from ingest.pipeline import Channel, DevicesBusy, MessageResult, Pipeline, RawMessage
-from store.ratelimit import allow
+from store.ratelimit import allow, allow_many
 from store.settings import Settings, get_settings
 
 router = APIRouter(prefix="/ingest", tags=["ingest (phones)"])
@@ -54,97 +61,150 @@ TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, redis.ConnectionE
 REFUSED_DATA = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 DEAD_LETTER_HEADER = "X-CCS-Dead-Letter"
 
+BATCH_SIZE = Histogram("ccs_http_ingest_batch_requests", "HTTP ingest requests recorded together "
+                       "in one batch", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
+
 
 def _busy(detail: str) -> Unavailable:
     """Transient: nothing was recorded, the phone keeps the fix and sends it again."""
     return Unavailable(detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-_T = TypeVar("_T")
+def _unavailable() -> Unavailable:
+    return _busy("the server cannot record this now; send it again later")
 
 
-class _Pool:
-    """At most `http_ingest_pipelines` pipelines (each with its own connections) shared by the
-    request threads; a request waits a while for one, then is told to come back (503).
+@dataclass(slots=True)
+class Pending:
+    """One request waiting for its batch: the message (its device not yet known), the
+    credentials to authenticate it by, and where its outcome goes."""
 
-    Each pipeline does its work on a thread of its own (`run`), not on whichever of the server's
-    request threads took it: the zones' map projections (pyproj) are built once per thread that
-    uses them, ≈ 13 ms each, and the server's threads come and go (idle ones end after 10 s), so
-    pipelines wandering between them paid that again and again (≈ 14 ms of CPU per request
-    under load: `python -m simulators.http_bench`)."""
+    msg: RawMessage
+    body: _Body
+    unauthorized: str  # the 401's text for this endpoint
+    secret: str | None = None  # OsmAnd: the secret in the path
+    authorization: str | None = None  # OwnTracks: the Basic header
+    outcome: Future[MessageResult] = field(default_factory=Future)
 
-    WAIT_S = 10.0
+
+_STOP = object()
+
+
+class _Batcher:
+    """The process's HTTP ingest: one queue, `http_ingest_pipelines` threads each owning a
+    pipeline (its connections, caches, and the zones' map projections, which pyproj builds once
+    per thread: ≈ 13 ms each), started on the first request and again after `close`."""
 
     def __init__(self) -> None:
-        self._idle: queue.LifoQueue[Pipeline] = queue.LifoQueue()
-        self._slots: threading.BoundedSemaphore | None = None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._threads: dict[int, ThreadPoolExecutor] = {}  # id(pipeline) -> its own thread
+        self._threads: list[threading.Thread] = []
 
-    def run(self, p: Pipeline, work: Callable[[], _T]) -> _T:
-        """Do `work` with pipeline `p` on the pipeline's own thread (waiting for it)."""
+    def submit(self, req: Pending) -> Future[MessageResult]:
+        """Queue a request for the next batch; its future holds the outcome (a MessageResult,
+        or the DomainError to answer with)."""
+        s = get_settings()
         with self._lock:
-            ex = self._threads.get(id(p))
-            if ex is None:
-                ex = self._threads[id(p)] = ThreadPoolExecutor(1, "ingest-pipeline")
-        return ex.submit(work).result()
-
-    def call(self, work: Callable[[Pipeline], _T]) -> _T:
-        """Take a pipeline and do `work` with it on the pipeline's own thread."""
-        with self.acquire() as p:
-            return self.run(p, lambda: work(p))
-
-    def _forget(self, p: Pipeline) -> None:
-        with self._lock:
-            ex = self._threads.pop(id(p), None)
-        if ex is not None:
-            ex.shutdown(wait=False)
-
-    def _semaphore(self) -> threading.BoundedSemaphore:
-        with self._lock:
-            if self._slots is None:
-                self._slots = threading.BoundedSemaphore(get_settings().http_ingest_pipelines)
-            return self._slots
-
-    @contextmanager
-    def acquire(self) -> Iterator[Pipeline]:
-        slots = self._semaphore()
-        if not slots.acquire(timeout=self.WAIT_S):
-            raise _busy("every ingest pipeline is busy; retry")
-        try:
-            try:
-                p = self._idle.get_nowait()
-            except queue.Empty:
-                p = Pipeline.connect(get_settings())
-            try:
-                yield p
-            except DevicesBusy as e:  # another writer holds the device: the phone retries
-                self._idle.put(p)
-                raise _busy(str(e)) from e
-            except DomainError:  # an answer, not a failure: the connections are fine
-                self._idle.put(p)
-                raise
-            except Exception:
-                try:
-                    p.close()  # possibly broken connections: do not return them to the pool
-                finally:
-                    self._forget(p)
-                raise
-            else:
-                self._idle.put(p)
-        finally:
-            slots.release()
+            if not self._threads:
+                self._threads = [threading.Thread(target=self._run, args=(self._queue, s),
+                                                  daemon=True, name=f"ingest-pipeline-{i}")
+                                 for i in range(s.http_ingest_pipelines)]
+                for t in self._threads:
+                    t.start()
+            q = self._queue
+        if q.qsize() >= s.http_ingest_queue_max:
+            req.outcome.set_exception(_busy("too many reports wait to be recorded; retry"))
+        else:
+            q.put(req)
+        return req.outcome
 
     def close(self) -> None:
-        while not self._idle.empty():
-            p = self._idle.get_nowait()
+        """Stop the threads (each after its current batch) and close their pipelines; requests
+        still queued are answered 503 (the phones send them again)."""
+        with self._lock:  # the next request starts new threads on a new queue
+            threads, self._threads = self._threads, []
+            q, self._queue = self._queue, queue.SimpleQueue()
+            for _ in threads:
+                q.put(_STOP)
+        for t in threads:
+            t.join(timeout=30)
+        while True:
             try:
-                p.close()
-            finally:
-                self._forget(p)
+                item = q.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Pending):
+                _settle(item, exc=_unavailable())
+
+    @staticmethod
+    def _take(q: queue.SimpleQueue[Any], first: Pending, limit: int
+              ) -> tuple[list[Pending], bool]:
+        """`first` and whatever else waits, up to `limit`; and whether a stop was taken."""
+        batch = [first]
+        while len(batch) < limit:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self, q: queue.SimpleQueue[Any], settings: Settings) -> None:
+        p: Pipeline | None = None
+        stop = False
+        try:
+            while not stop:
+                item = q.get()
+                if item is _STOP:
+                    break
+                batch, stop = self._take(q, item, max(1, settings.batch_max_messages))
+                BATCH_SIZE.observe(len(batch))
+                try:
+                    if p is None:
+                        p = Pipeline.connect(get_settings())
+                    record_batch(p, batch)
+                except TRANSIENT as e:
+                    log.warning("%d ingest request(s) not recorded, services unavailable: %s",
+                                len(batch), e)
+                    _discard(p)
+                    p = None
+                    for req in batch:
+                        _settle(req, exc=_unavailable())
+                except Exception as e:  # a bug: those not answered yet get the error (500)
+                    log.exception("HTTP ingest batch failed")
+                    _discard(p)
+                    p = None
+                    for req in batch:
+                        _settle(req, exc=e)
+        finally:
+            _discard(p)
 
 
-pool = _Pool()
+def _discard(p: Pipeline | None) -> None:
+    """Close a pipeline whose connections may be broken (never reused)."""
+    if p is not None:
+        try:
+            p.close()
+        except Exception:  # already broken: nothing to give back
+            log.debug("closing a failed ingest pipeline", exc_info=True)
+    return None
+
+
+def _settle(req: Pending, result: MessageResult | None = None,
+            exc: BaseException | None = None) -> None:
+    """Give a request its outcome, once (a request already answered keeps its answer)."""
+    try:
+        if exc is not None:
+            req.outcome.set_exception(exc)
+        else:
+            req.outcome.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:  # answered before, or the client went away (cancelled)
+        pass
+
+
+batcher = _Batcher()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +240,8 @@ async def _body(request: Request) -> _Body:
     return _Body(data[:limit], max(size, declared_size or 0), True, declared_size is None)
 
 
-def _device_by_secret(p: Pipeline, secret: str) -> str | None:
-    row = p.conn.execute(
-        "SELECT id FROM devices WHERE secret_hash = %s AND active", (hash_device_secret(secret),)
-    ).fetchone()
-    p.conn.rollback()
-    return None if row is None else str(row[0])
-
-
-def _device_by_basic(p: Pipeline, authorization: str | None) -> str | None:
+def _basic(authorization: str | None) -> tuple[str, str] | None:
+    """(device id, secret) of a Basic header; None when absent or malformed."""
     if not authorization or not authorization.lower().startswith("basic "):
         return None
     try:
@@ -197,11 +250,34 @@ def _device_by_basic(p: Pipeline, authorization: str | None) -> str | None:
         return None
     if not user or "\x00" in user:  # PostgreSQL text cannot hold NUL: no such device
         return None
-    row = p.conn.execute(
-        "SELECT secret_hash FROM devices WHERE id = %s AND active", (user,)
-    ).fetchone()
+    return user, password
+
+
+def _authenticate(p: Pipeline, batch: Sequence[Pending]) -> list[str | None]:
+    """The active device each request speaks for (None: unknown credentials), in at most two
+    queries for the whole batch."""
+    hashes = {r.secret: hash_device_secret(r.secret) for r in batch if r.secret is not None}
+    basics = [None if r.secret is not None else _basic(r.authorization) for r in batch]
+    by_hash: dict[str, str] = {}
+    stored: dict[str, str] = {}  # device id -> its secret's hash
+    if hashes:
+        by_hash = {h: str(d) for d, h in p.conn.execute(
+            "SELECT id, secret_hash FROM devices WHERE secret_hash = ANY(%s) AND active",
+            (list(set(hashes.values())),))}
+    ids = list({b[0] for b in basics if b is not None})
+    if ids:
+        stored = {str(d): h for d, h in p.conn.execute(
+            "SELECT id, secret_hash FROM devices WHERE id = ANY(%s) AND active", (ids,))}
     p.conn.rollback()
-    return user if row is not None and secret_matches(password, row[0]) else None
+    out: list[str | None] = []
+    for r, b in zip(batch, basics, strict=True):
+        if r.secret is not None:
+            out.append(by_hash.get(hashes[r.secret]))
+        elif b is not None and b[0] in stored and secret_matches(b[1], stored[b[0]]):
+            out.append(b[0])
+        else:
+            out.append(None)
+    return out
 
 
 def _unknown(p: Pipeline, msg: RawMessage, s: Settings, unauthorized: str) -> NoReturn:
@@ -232,44 +308,82 @@ def _unknown(p: Pipeline, msg: RawMessage, s: Settings, unauthorized: str) -> No
     raise Unauthorized(unauthorized)
 
 
-def _record(p: Pipeline, msg: RawMessage, body: _Body, unauthorized: str) -> MessageResult:
-    """Record one request: its fixes stored, or the message dead-lettered with its reason.
+def record_batch(p: Pipeline, batch: Sequence[Pending]) -> None:
+    """Record a batch of requests and settle each: its fixes stored, or the message
+    dead-lettered with its reason (a MessageResult); or the error to answer with
+    (`Unauthorized` for unknown credentials, `TooManyRequests` over a rate: the message is then
+    kept as a `rate_limited` dead letter, not decoded, and the phone sends it again; 503 when
+    other writers hold a device too long). A service outage propagates (the caller answers
+    every request not settled yet with 503)."""
+    s = get_settings()  # not p.settings: pipelines outlive a settings change
+    devices = _authenticate(p, batch)
+    known: list[tuple[Pending, RawMessage]] = []
+    for req, dev in zip(batch, devices, strict=True):
+        if dev is None:
+            try:
+                _unknown(p, req.msg, s, req.unauthorized)
+            except DomainError as e:
+                _settle(req, exc=e)
+        else:
+            known.append((req, replace(req.msg, device_id=dev)))
+    rates = allow_many(p.redis, [f"{p.prefix}ratelimit:ingest:{m.device_id}" for _, m in known],
+                       s.ingest_rate_per_min, 60.0, s.ingest_rate_burst)
+    todo: list[tuple[Pending, RawMessage]] = []
+    for (req, msg), decision in zip(known, rates, strict=True):
+        if not decision.allowed:
+            detail = (f"over {s.ingest_rate_per_min} requests/min (burst {s.ingest_rate_burst}); "
+                      f"retry after {decision.retry_after_header} s")
+            p.reject(msg, "rate_limited", detail)
+            _settle(req, exc=TooManyRequests(detail, "rate_limited",
+                                             headers={"Retry-After": decision.retry_after_header}))
+        elif req.body.oversized:
+            detail = (f"{'more than ' if req.body.counted else ''}{req.body.size} bytes > limit "
+                      f"{s.max_payload_bytes}; the first {s.max_payload_bytes} bytes are kept")
+            p.reject(msg, "oversized", detail)
+            _settle(req, MessageResult(ok=False, reason="oversized", detail=detail))
+        else:
+            todo.append((req, msg))
+    _process(p, todo)
 
-    Raises `Unauthorized` (unknown credentials) or `TooManyRequests` (over a rate; the message
-    is kept as a `rate_limited` dead letter, not decoded, and the phone sends it again).
-    """
-    s = get_settings()  # not p.settings: pooled pipelines outlive a settings change
-    if msg.device_id is None:
-        _unknown(p, msg, s, unauthorized)
-    decision = allow(p.redis, f"{p.prefix}ratelimit:ingest:{msg.device_id}",
-                     s.ingest_rate_per_min, 60.0, s.ingest_rate_burst)
-    if not decision.allowed:
-        detail = (f"over {s.ingest_rate_per_min} requests/min (burst {s.ingest_rate_burst}); "
-                  f"retry after {decision.retry_after_header} s")
-        p.reject(msg, "rate_limited", detail)
-        raise TooManyRequests(detail, "rate_limited",
-                              headers={"Retry-After": decision.retry_after_header})
-    if body.oversized:
-        detail = (f"{'more than ' if body.counted else ''}{body.size} bytes > limit "
-                  f"{s.max_payload_bytes}; the first {s.max_payload_bytes} bytes are kept")
-        p.reject(msg, "oversized", detail)
-        return MessageResult(ok=False, reason="oversized", detail=detail)
+
+def _process(p: Pipeline, todo: Sequence[tuple[Pending, RawMessage]]) -> None:
+    """The messages judged and committed in one transaction. If that fails for a reason of the
+    data (not a service outage), each is tried alone and one that still fails is kept as a dead
+    letter with the error as its reason, as the MQTT worker does: answered 200, so that the
+    phone's queue moves on."""
+    if not todo:
+        return
     try:
-        return p.process([msg])[0]
-    except REFUSED_DATA as e:  # the batch's transaction is rolled back; keep the message alone
+        results = p.process([m for _, m in todo])
+    except DevicesBusy as e:  # another writer holds a device: the phones retry
+        for req, _ in todo:
+            _settle(req, exc=_busy(str(e)))
+        return
+    except TRANSIENT:
+        raise
+    except Exception as e:
+        if not p.conn.closed:
+            p.conn.rollback()
+        if len(todo) > 1:
+            log.warning("HTTP ingest batch of %d failed (%r); recording it message by message",
+                        len(todo), e)
+            for item in todo:
+                _process(p, [item])
+            return
+        req, msg = todo[0]
         log.error("message from %s cannot be stored: %s", msg.device_id, e)
-        p.reject(msg, "storage_error", str(e))
-        return MessageResult(ok=False, reason="storage_error", detail=str(e)[:2000])
+        reason = "storage_error" if isinstance(e, psycopg.Error) else "processing_error"
+        detail = f"{type(e).__name__}: {e}"[:2000]
+        p.reject(msg, reason, detail)
+        _settle(req, MessageResult(ok=False, reason=reason, detail=detail))
+        return
+    for (req, _), res in zip(todo, results, strict=True):
+        _settle(req, res)
 
 
-async def _in_thread(work: Callable[[], _T]) -> _T:
-    """Run the blocking part; a service outage becomes 503 with Retry-After (the phone retries)."""
-    try:
-        return await run_in_threadpool(work)
-    except TRANSIENT as e:
-        log.warning("ingest request not recorded, services unavailable: %s", e)
-        raise Unavailable("the server cannot record this now; send it again later",
-                          headers={"Retry-After": str(RETRY_AFTER_S)}) from e
+async def _submit(req: Pending) -> MessageResult:
+    """Queue the request for a batch and wait for its outcome (raised if an error)."""
+    return await asyncio.wrap_future(batcher.submit(req))
 
 
 def _dead_letter_header(res: MessageResult, response: Response) -> None:
@@ -289,15 +403,11 @@ async def owntracks_http(
     """OwnTracks HTTP mode: Basic auth with device id and secret; replies with an empty list
     once the message is recorded (stored, or kept as a dead letter)."""
     body = await _body(request)
-
-    def record(p: Pipeline) -> MessageResult:
-        device = _device_by_basic(p, authorization)
-        msg = RawMessage(Channel.OWNTRACKS_HTTP, body.data, device, request.url.path,
-                         time.time(), _remote(request), size=body.stored_size)
-        return _record(p, msg, body,
-                       "device credentials are missing or wrong (Basic device_id:secret)")
-
-    res = await _in_thread(lambda: pool.call(record))
+    msg = RawMessage(Channel.OWNTRACKS_HTTP, body.data, None, request.url.path, time.time(),
+                     _remote(request), size=body.stored_size)
+    res = await _submit(Pending(
+        msg, body, "device credentials are missing or wrong (Basic device_id:secret)",
+        authorization=authorization))
     response = JSONResponse([])
     _dead_letter_header(res, response)
     return response
@@ -315,15 +425,10 @@ async def _osmand(request: Request, secret: str, response: Response) -> dict[str
         params.update(parse_qsl(body.data.decode("utf-8", "replace"), keep_blank_values=True))
     # The secret is in the path: what is stored (a dead letter's topic) never holds it.
     where = request.url.path.rstrip("/").rsplit("/", 1)[0] + "/***"
-
-    def record(p: Pipeline) -> MessageResult:
-        device = _device_by_secret(p, secret)
-        # An oversized body is kept as its first bytes, not as the query parameters.
-        msg = RawMessage(channel, body.data, device, where, time.time(), _remote(request),
-                         None if body.oversized else params, size=body.stored_size)
-        return _record(p, msg, body, "unknown or revoked device secret")
-
-    res = await _in_thread(lambda: pool.call(record))
+    # An oversized body is kept as its first bytes, not as the query parameters.
+    msg = RawMessage(channel, body.data, None, where, time.time(), _remote(request),
+                     None if body.oversized else params, size=body.stored_size)
+    res = await _submit(Pending(msg, body, "unknown or revoked device secret", secret=secret))
     _dead_letter_header(res, response)
     if not res.ok:
         return {"accepted": 0, "duplicates": 0,
