@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -36,7 +37,7 @@ from store.settings import Environment, get_settings
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
-    ingest.batcher.close()
+    await asyncio.to_thread(ingest.batcher.close)  # joins the batch threads: not on the loop
 
 
 def create_app() -> FastAPI:

@@ -54,7 +54,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from alerts.silences import write_load, write_watermark
 from ingest.mqtt_client import BatchClient
-from ingest.pipeline import Channel, DevicesBusy, MessageResult, Pipeline, RawMessage
+from ingest.pipeline import (
+    Channel,
+    MessageResult,
+    Pipeline,
+    RawMessage,
+    transient_reason,
+)
 from store import redisconn
 from store.observe import Health, setup_logging
 from store.runtime import tune_gc
@@ -81,21 +87,6 @@ BATCH = Histogram("ccs_ingest_batch_seconds", "Time to process and commit one ba
                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LAG = Gauge("ccs_ingest_commit_lag_seconds", "Age of the oldest message this worker received "
             "and has not committed yet (0: none waiting)", ["worker"])
-
-def transient_reason(e: BaseException) -> str | None:
-    """The retry reason of a transient failure (its label in the metric), None otherwise: a
-    service that does not answer, or devices other writers hold too long. Anything else is a
-    property of the message."""
-    if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
-        return "database"
-    if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
-        return "redis"
-    if isinstance(e, DevicesBusy):
-        return "devices_busy"
-    if isinstance(e, OSError):
-        return "network"
-    return None
-
 
 def worker_client_id(settings: Settings) -> str:
     """This worker's MQTT client id: stable across restarts, distinct between workers."""

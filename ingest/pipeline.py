@@ -50,6 +50,29 @@ class DevicesBusy(Exception):
     transient failure: the caller retries, the fixes are not acknowledged)."""
 
 
+BUSY = "devices_busy"  # MessageResult.reason of a message left unprocessed (process(partial=True))
+
+
+def transient_reason(e: BaseException) -> str | None:
+    """The retry reason of a transient failure (its label in the metrics), None otherwise: a
+    service that does not answer or cannot take writes now (a Redis master demoted in a
+    failover answers READONLY, one at its memory limit OOM; a PostgreSQL standby refuses
+    writes), or devices other writers hold too long. Anything else is a property of the
+    message: retrying it would fail the same way, so it is kept as a dead letter."""
+    if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError,
+                      psycopg.errors.ReadOnlySqlTransaction)):
+        return "database"
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                      redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
+                      redis.exceptions.MasterDownError)):
+        return "redis"
+    if isinstance(e, DevicesBusy):
+        return "devices_busy"
+    if isinstance(e, OSError):
+        return "network"
+    return None
+
+
 class Channel(StrEnum):
     """How a message reached us: decides the decoder."""
 
@@ -195,17 +218,21 @@ class Pipeline:
             return decode_osmand_query(msg.params or {}, now, self.limits, msg.received_at)
         return decode_osmand_json(msg.payload, now, self.limits)
 
-    def process(self, messages: Sequence[RawMessage], now: float | None = None) -> list[MessageResult]:
+    def process(self, messages: Sequence[RawMessage], now: float | None = None,
+                wait_s: float | None = None, partial: bool = False) -> list[MessageResult]:
         """Handle a batch end to end; returns one result per message, in order.
 
         The messages of the devices this pipeline can own now go first; those of devices
         another writer holds follow as soon as it lets go (each device's messages stay together
-        and in arrival order). Raises DevicesBusy after `device_owner_wait_s`.
+        and in arrival order). After `wait_s` (default `device_owner_wait_s`) raises
+        DevicesBusy; with `partial`, returns instead, the messages still waiting marked
+        MessageResult(ok=False, reason=BUSY): not processed, nothing recorded of them.
         """
         now = time.time() if now is None else now
         results: list[MessageResult | None] = [None] * len(messages)
         todo = list(range(len(messages)))
-        deadline = time.monotonic() + self.settings.device_owner_wait_s
+        deadline = time.monotonic() + (self.settings.device_owner_wait_s if wait_s is None
+                                       else wait_s)
         pause = 0.002
         while todo:
             # Leases and engine states in one round trip; leases given back after the batch.
@@ -227,7 +254,12 @@ class Pipeline:
                 pause = 0.002
                 continue
             if time.monotonic() > deadline:
-                raise DevicesBusy(f"{len(todo)} message(s) wait for devices other writers hold")
+                detail = f"{len(todo)} message(s) wait for devices other writers hold"
+                if not partial:
+                    raise DevicesBusy(detail)
+                for i in todo:
+                    results[i] = MessageResult(ok=False, reason=BUSY, detail=detail)
+                break
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
         return [r for r in results if r is not None]

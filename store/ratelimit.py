@@ -80,8 +80,7 @@ def allow_many(r: redis.Redis, keys: list[str], limit: int, window_s: float,
     if not keys:
         return []
     interval, tolerance = _params(limit, window_s, burst)
-    script = r.register_script(_GCRA)
     pipe = r.pipeline(transaction=False)
-    for key in keys:
-        script(keys=[key], args=[interval, tolerance], client=pipe)
+    for key in keys:  # EVAL, not a registered script: that checks SCRIPT EXISTS first, a round trip
+        pipe.eval(_GCRA, 1, key, interval, tolerance)
     return [RateDecision(bool(a), float(w) / 1_000_000, int(n)) for a, w, n in pipe.execute()]

@@ -5,7 +5,7 @@ With `CCS_REDIS_SENTINELS` empty a client is `Redis.from_url(CCS_REDIS_URL)`, as
 With sentinels, redis-py's own `Sentinel(...).master_for(CCS_REDIS_SENTINEL_MASTER)` builds it:
 each new connection asks the sentinels where the master is now, and a connection to a master
 that was demoted fails with `ConnectionError` ("The previous master is now a slave"), which
-every worker already treats as a transient outage (retried; ingest/mqtt_worker.py,
+every worker already treats as a transient outage (retried; ingest/pipeline.py,
 `transient_reason`). The URL still gives the database number, username, password and TLS of
 the data nodes; its host and port are ignored then.
 """

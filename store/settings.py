@@ -148,8 +148,8 @@ class Settings(BaseSettings):
     # HTTP ingest: this many threads per API process, each with a pipeline of its own, record
     # the waiting requests in batches (api/routes/ingest.py): two keep one batch being judged
     # while the other waits on the database, and let the requests gather into batches (eight
-    # took 369 requests/s on the bench where two took 680: BENCHMARKS.md); with more than
-    # `http_ingest_queue_max` requests waiting, a new one is answered 503 with Retry-After.
+    # took 369 requests/s on the bench where two took 680: BENCHMARKS.md); with
+    # `http_ingest_queue_max` requests already waiting, a new one is answered 503 with Retry-After.
     http_ingest_pipelines: Annotated[int, Field(ge=1)] = 2
     http_ingest_queue_max: Annotated[int, Field(ge=1)] = 5000
     # Transient failures (database or Redis unreachable) are retried with this backoff: doubling

@@ -274,6 +274,53 @@ def test_a_message_that_breaks_the_pipeline_is_dead_lettered_alone_and_the_batch
         forget_session(settings, client_id)
 
 
+@pytest.mark.parametrize("error", [
+    redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+    redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+    psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"),
+])
+def test_a_service_that_refuses_writes_is_an_outage_not_a_bad_message(
+        settings: Settings, db, org: Org, monkeypatch, error: Exception):
+    """A Redis master demoted in a failover answers READONLY, one at its memory limit OOM, a
+    PostgreSQL standby refuses writes: the batch is retried until the service takes writes
+    again, as when it does not answer, never dead-lettered message by message (the fixes would
+    be kept but never judged)."""
+    import ingest.pipeline
+
+    _enrol(db, org, "dfailover")
+    real = ingest.pipeline.evaluate
+    failures = [3]  # none until the probe went through
+
+    def evaluate(fixes, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if failures[0] < 3:
+            failures[0] += 1
+            raise error
+        return real(fixes, *args, **kwargs)
+
+    monkeypatch.setattr(ingest.pipeline, "evaluate", evaluate)
+    client_id = f"{settings.mqtt_client_id}-refuses"
+    worker = MqttIngestWorker(settings.model_copy(update={
+        "ingest_retry_min_s": 0.05, "ingest_retry_max_s": 0.2}), client_id=client_id)
+    reason = "redis" if isinstance(error, redis.RedisError) else "database"
+    try:
+        with in_thread(worker):
+            assert worker.connected.wait(10)
+            phone = _subscribed(settings, db, "dfailover")
+            retried = _metric("ccs_ingest_batch_retries_total", reason=reason)
+            failures[0] = 0  # from now on the service refuses the next three batches
+            t = time.time() - 600
+            phone.report(*HOME, t).wait_for_publish(5)
+            assert until(lambda: db.execute("""SELECT count(*) FROM positions
+                WHERE device_id = 'dfailover' AND fix_time >= to_timestamp(%s)""",
+                (t - 1,)).fetchone()[0] == 1, 30)
+            phone.close()
+        assert failures[0] == 3
+        assert _metric("ccs_ingest_batch_retries_total", reason=reason) == retried + 3
+        assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
+    finally:
+        forget_session(settings, client_id)
+
+
 def test_an_unreachable_database_is_retried_with_backoff_and_counted(
         settings: Settings, db, org: Org, caplog):
     down = settings.model_copy(update={

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 import queue
 import threading
@@ -38,15 +37,13 @@ from urllib.parse import parse_qsl
 
 import orjson
 import psycopg
-import redis
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import Histogram
 
 from api.authz import declared
 from api.errors import DomainError, TooManyRequests, Unauthorized, Unavailable
 from api.security import hash_device_secret, secret_matches
-from ingest.pipeline import Channel, DevicesBusy, MessageResult, Pipeline, RawMessage
+from ingest.pipeline import BUSY, Channel, MessageResult, Pipeline, RawMessage, transient_reason
 from store.ratelimit import allow, allow_many
 from store.settings import Settings, get_settings
 
@@ -54,15 +51,17 @@ router = APIRouter(prefix="/ingest", tags=["ingest (phones)"])
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5  # what a phone is told to wait when the database or Redis is unreachable
-# Failures of the services, not of the message: the phone keeps it and sends it again.
-TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, redis.ConnectionError,
-             redis.TimeoutError, OSError)
-# The database refuses the message's data itself: retrying would fail the same way.
-REFUSED_DATA = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 DEAD_LETTER_HEADER = "X-CCS-Dead-Letter"
-
-BATCH_SIZE = Histogram("ccs_http_ingest_batch_requests", "HTTP ingest requests recorded together "
-                       "in one batch", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
+# A request that waited this long for a batch is answered 503 instead of recorded (a phone's
+# own timeout is about this; it sends the fix again)...
+QUEUE_WAIT_S = 10.0
+# ...and one that got no answer this long after it came (a database that hangs without closing
+# the connection) too; if it is recorded after all, its resend is a duplicate.
+ANSWER_WAIT_S = 60.0
+# How long a batch waits for a device another writer holds (the phone's own resend on another
+# thread or API process, the clock's follow-up): not the MQTT worker's 15 s, which would hold
+# every other phone of the batch. The messages of such a device are answered 503.
+DEVICE_WAIT_S = 1.0
 
 
 def _busy(detail: str) -> Unavailable:
@@ -85,6 +84,7 @@ class Pending:
     secret: str | None = None  # OsmAnd: the secret in the path
     authorization: str | None = None  # OwnTracks: the Basic header
     outcome: Future[MessageResult] = field(default_factory=Future)
+    queued: float = field(default_factory=time.monotonic)
 
 
 _STOP = object()
@@ -104,18 +104,17 @@ class _Batcher:
         """Queue a request for the next batch; its future holds the outcome (a MessageResult,
         or the DomainError to answer with)."""
         s = get_settings()
-        with self._lock:
+        with self._lock:  # with close(): never into a queue no thread reads any more
             if not self._threads:
                 self._threads = [threading.Thread(target=self._run, args=(self._queue, s),
                                                   daemon=True, name=f"ingest-pipeline-{i}")
                                  for i in range(s.http_ingest_pipelines)]
                 for t in self._threads:
                     t.start()
-            q = self._queue
-        if q.qsize() >= s.http_ingest_queue_max:
-            req.outcome.set_exception(_busy("too many reports wait to be recorded; retry"))
-        else:
-            q.put(req)
+            if self._queue.qsize() >= s.http_ingest_queue_max:
+                req.outcome.set_exception(_busy("too many reports wait to be recorded; retry"))
+            else:
+                self._queue.put(req)
         return req.outcome
 
     def close(self) -> None:
@@ -126,15 +125,21 @@ class _Batcher:
             q, self._queue = self._queue, queue.SimpleQueue()
             for _ in threads:
                 q.put(_STOP)
+        deadline = time.monotonic() + 30
         for t in threads:
-            t.join(timeout=30)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        stops = 0
         while True:
             try:
                 item = q.get_nowait()
             except queue.Empty:
-                return
+                break
             if isinstance(item, Pending):
                 _settle(item, exc=_unavailable())
+            else:
+                stops += 1
+        for _ in range(stops):  # a thread still in its batch stops after it
+            q.put(_STOP)
 
     @staticmethod
     def _take(q: queue.SimpleQueue[Any], first: Pending, limit: int
@@ -160,24 +165,32 @@ class _Batcher:
                 if item is _STOP:
                     break
                 batch, stop = self._take(q, item, max(1, settings.batch_max_messages))
-                BATCH_SIZE.observe(len(batch))
+                # Too late to help the phone (it timed out and will send the fix again), or
+                # already answered (the client went away, or waited ANSWER_WAIT_S).
+                late = time.monotonic() - QUEUE_WAIT_S
+                for req in batch:
+                    if req.queued < late:
+                        _settle(req, exc=_busy("the server is too busy to record this now; "
+                                               "send it again later"))
+                batch = [req for req in batch if not req.outcome.done()]
+                if not batch:
+                    continue
                 try:
                     if p is None:
                         p = Pipeline.connect(get_settings())
                     record_batch(p, batch)
-                except TRANSIENT as e:
-                    log.warning("%d ingest request(s) not recorded, services unavailable: %s",
-                                len(batch), e)
+                except Exception as e:
                     _discard(p)
                     p = None
-                    for req in batch:
-                        _settle(req, exc=_unavailable())
-                except Exception as e:  # a bug: those not answered yet get the error (500)
-                    log.exception("HTTP ingest batch failed")
-                    _discard(p)
-                    p = None
-                    for req in batch:
-                        _settle(req, exc=e)
+                    if transient_reason(e) is not None:
+                        log.warning("%d ingest request(s) not recorded, services unavailable: "
+                                    "%s", len(batch), e)
+                        for req in batch:
+                            _settle(req, exc=_unavailable())
+                    else:  # a bug: those not answered yet get an error (500)
+                        log.exception("HTTP ingest batch failed")
+                        for req in batch:
+                            _settle(req, exc=RuntimeError(f"HTTP ingest batch failed: {e!r}"))
         finally:
             _discard(p)
 
@@ -246,7 +259,7 @@ def _basic(authorization: str | None) -> tuple[str, str] | None:
         return None
     try:
         user, _, password = base64.b64decode(authorization[6:], validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError; so is non-ASCII
         return None
     if not user or "\x00" in user:  # PostgreSQL text cannot hold NUL: no such device
         return None
@@ -348,27 +361,25 @@ def record_batch(p: Pipeline, batch: Sequence[Pending]) -> None:
 
 def _process(p: Pipeline, todo: Sequence[tuple[Pending, RawMessage]]) -> None:
     """The messages judged and committed in one transaction. If that fails for a reason of the
-    data (not a service outage), each is tried alone and one that still fails is kept as a dead
-    letter with the error as its reason, as the MQTT worker does: answered 200, so that the
-    phone's queue moves on."""
+    data (not a service outage, `transient_reason`), the batch is tried again in halves until
+    the message that fails is alone; it is kept as a dead letter with the error as its reason,
+    as the MQTT worker does, and answered 200, so that the phone's queue moves on. Messages of
+    a device another writer holds past DEVICE_WAIT_S are answered 503 (the phone resends)."""
     if not todo:
         return
     try:
-        results = p.process([m for _, m in todo])
-    except DevicesBusy as e:  # another writer holds a device: the phones retry
-        for req, _ in todo:
-            _settle(req, exc=_busy(str(e)))
-        return
-    except TRANSIENT:
-        raise
+        results = p.process([m for _, m in todo], wait_s=DEVICE_WAIT_S, partial=True)
     except Exception as e:
+        if transient_reason(e) is not None:
+            raise
         if not p.conn.closed:
             p.conn.rollback()
         if len(todo) > 1:
-            log.warning("HTTP ingest batch of %d failed (%r); recording it message by message",
+            log.warning("HTTP ingest batch of %d failed (%r); recording it in halves",
                         len(todo), e)
-            for item in todo:
-                _process(p, [item])
+            half = len(todo) // 2
+            _process(p, todo[:half])
+            _process(p, todo[half:])
             return
         req, msg = todo[0]
         log.error("message from %s cannot be stored: %s", msg.device_id, e)
@@ -378,12 +389,18 @@ def _process(p: Pipeline, todo: Sequence[tuple[Pending, RawMessage]]) -> None:
         _settle(req, MessageResult(ok=False, reason=reason, detail=detail))
         return
     for (req, _), res in zip(todo, results, strict=True):
-        _settle(req, res)
+        if res.reason == BUSY and not res.ok:
+            _settle(req, exc=_busy(res.detail or "the device is busy; retry"))
+        else:
+            _settle(req, res)
 
 
 async def _submit(req: Pending) -> MessageResult:
     """Queue the request for a batch and wait for its outcome (raised if an error)."""
-    return await asyncio.wrap_future(batcher.submit(req))
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(batcher.submit(req)), ANSWER_WAIT_S)
+    except TimeoutError:  # the request's future is cancelled: a batch that takes it skips it
+        raise _unavailable() from None
 
 
 def _dead_letter_header(res: MessageResult, response: Response) -> None:
