@@ -50,14 +50,17 @@ class DevicesBusy(Exception):
     transient failure: the caller retries, the fixes are not acknowledged)."""
 
 
+_REDIS_REFUSALS = ("NOREPLICAS ", "MISCONF ", "READONLY ", "OOM ", "MASTERDOWN ", "LOADING ")
+
 BUSY = "devices_busy"  # MessageResult.reason of a message left unprocessed (process(partial=True))
 
 
 def transient_reason(e: BaseException) -> str | None:
     """The retry reason of a transient failure (its label in the metrics), None otherwise: a
     service that does not answer or cannot take writes now (a Redis master demoted in a
-    failover answers READONLY, one at its memory limit OOM; a PostgreSQL standby refuses
-    writes), or devices other writers hold too long. Anything else is a property of the
+    failover answers READONLY, one at its memory limit OOM, one short of replicas NOREPLICAS,
+    one that cannot persist MISCONF; a PostgreSQL standby refuses writes), or devices other
+    writers hold too long. Anything else is a property of the
     message: retrying it would fail the same way, so it is kept as a dead letter."""
     if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError,
                       psycopg.errors.ReadOnlySqlTransaction)):
@@ -65,6 +68,12 @@ def transient_reason(e: BaseException) -> str | None:
     if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
                       redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
                       redis.exceptions.MasterDownError)):
+        return "redis"
+    # Refusals redis-py has no class for: a master short of replicas (`min-replicas-to-write`,
+    # deploy/redis/redis.conf), one that cannot write its append-only file (a full disk). In
+    # the text, not at its start: a pipeline's error begins "Command # n (...) of pipeline".
+    if isinstance(e, redis.ResponseError) and any(
+            code in str(e) for code in _REDIS_REFUSALS):
         return "redis"
     if isinstance(e, DevicesBusy):
         return "devices_busy"

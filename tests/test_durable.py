@@ -321,6 +321,48 @@ def test_a_service_that_refuses_writes_is_an_outage_not_a_bad_message(
         forget_session(settings, client_id)
 
 
+def test_a_real_redis_short_of_replicas_is_an_outage_however_the_command_was_sent(
+        tmp_path: Path) -> None:
+    """deploy/redis/redis.conf makes a master without a replica refuse writes (NOREPLICAS),
+    a reply redis-py has no class for: whether the write was a command, a script or a
+    pipeline's, the ingest paths must see an outage to retry, not a bad message."""
+    from ingest.pipeline import transient_reason
+    from tests.services import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--min-replicas-to-write", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port)
+        assert until(lambda: _pings(r), 10)
+        errors = []
+        for write in (lambda: r.set("k", "v"),
+                      lambda: r.eval("return redis.call('SET', KEYS[1], 'v')", 1, "k"),
+                      lambda: r.register_script("return redis.call('SET', KEYS[1], 'v')")(
+                          keys=["k"]),
+                      lambda: r.pipeline(transaction=False).set("k", "v").execute(),
+                      lambda: r.pipeline(transaction=True).set("k", "v").execute()):
+            with pytest.raises(redis.RedisError) as e:
+                write()
+            errors.append(e.value)
+        assert all("NOREPLICAS" in str(e) for e in errors)
+        assert [transient_reason(e) for e in errors] == ["redis"] * len(errors)
+        assert transient_reason(redis.ResponseError("ERR wrong number of arguments")) is None
+        r.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _pings(r: redis.Redis) -> bool:
+    try:
+        return bool(r.ping())
+    except redis.ConnectionError:
+        return False
+
+
 def test_an_unreachable_database_is_retried_with_backoff_and_counted(
         settings: Settings, db, org: Org, caplog):
     down = settings.model_copy(update={

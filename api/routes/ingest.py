@@ -7,8 +7,12 @@ refuses, and retry it, in order):
 * 200 once the message is recorded: its fixes committed, or the message kept as a dead letter
   because it can never be used (a bad fix, an oversized body). Answering 4xx there would block
   the phone's queue for good; the `X-CCS-Dead-Letter` header names the reason.
-* 503 with `Retry-After` when nothing could be recorded now (database or Redis unreachable, or
-  more requests waiting than the server takes on).
+* 503 with `Retry-After` when the message could not be recorded now: database or Redis
+  unreachable or refusing writes, `http_ingest_queue_max` requests already waiting, the request
+  waited `QUEUE_WAIT_S` for its batch, its device held by another writer past `DEVICE_WAIT_S`,
+  or the server shutting down. After `ANSWER_WAIT_S` without an outcome, or a failure after
+  part of the batch was committed, a request answered 503 may have been recorded: the phone's
+  resend is then a duplicate (the same device and fix time), stored once.
 * 429 with `Retry-After` over the rate limit; 401 for unknown credentials.
 
 Requests with unknown credentials are rate-limited per source address; within the limit each is
@@ -59,9 +63,10 @@ QUEUE_WAIT_S = 10.0
 # the connection) too; if it is recorded after all, its resend is a duplicate.
 ANSWER_WAIT_S = 60.0
 # How long a batch waits for a device another writer holds (the phone's own resend on another
-# thread or API process, the clock's follow-up): not the MQTT worker's 15 s, which would hold
-# every other phone of the batch. The messages of such a device are answered 503.
-DEVICE_WAIT_S = 1.0
+# thread or API process, the clock's follow-up; such a writer's batch takes a few tens of ms):
+# not the MQTT worker's 15 s, which would hold every other phone of the batch. The messages of
+# such a device are answered 503.
+DEVICE_WAIT_S = 0.25
 
 
 def _busy(detail: str) -> Unavailable:
@@ -106,10 +111,12 @@ class _Batcher:
         s = get_settings()
         with self._lock:  # with close(): never into a queue no thread reads any more
             if not self._threads:
-                self._threads = [threading.Thread(target=self._run, args=(self._queue, s),
-                                                  daemon=True, name=f"ingest-pipeline-{i}")
-                                 for i in range(s.http_ingest_pipelines)]
-                for t in self._threads:
+                self._threads = [None] * s.http_ingest_pipelines  # type: ignore[list-item]
+            for i, t in enumerate(self._threads):
+                if t is None or not t.is_alive():  # the first request, or a thread that died
+                    t = self._threads[i] = threading.Thread(
+                        target=self._run, args=(self._queue, s), daemon=True,
+                        name=f"ingest-pipeline-{i}")
                     t.start()
             if self._queue.qsize() >= s.http_ingest_queue_max:
                 req.outcome.set_exception(_busy("too many reports wait to be recorded; retry"))
