@@ -70,10 +70,12 @@ def transient_reason(e: BaseException) -> str | None:
                       redis.exceptions.MasterDownError)):
         return "redis"
     # Refusals redis-py has no class for: a master short of replicas (`min-replicas-to-write`,
-    # deploy/redis/redis.conf), one that cannot write its append-only file (a full disk). In
-    # the text, not at its start: a pipeline's error begins "Command # n (...) of pipeline".
-    if isinstance(e, redis.ResponseError) and any(
-            code in str(e) for code in _REDIS_REFUSALS):
+    # deploy/redis/redis.conf), one that cannot write its append-only file (a full disk). The
+    # code begins Redis's reply; in a pipeline redis-py puts "Command # n (<the command, its
+    # arguments>) of pipeline caused error: " before it: read after the last such marker, so
+    # that no argument (a device id) can pass for the code.
+    if isinstance(e, redis.ResponseError) and str(e).rpartition(
+            " of pipeline caused error: ")[2].startswith(_REDIS_REFUSALS):
         return "redis"
     if isinstance(e, DevicesBusy):
         return "devices_busy"

@@ -146,9 +146,9 @@ class Settings(BaseSettings):
     # received before it is committed); a worker that wrote none for this long counts as gone.
     ingest_watermark_max_lag_s: float = 300.0
     # HTTP ingest: this many threads per API process, each with a pipeline of its own, record
-    # the waiting requests in batches (api/routes/ingest.py): two keep one batch being judged
-    # while the other waits on the database, and let the requests gather into batches (eight
-    # took 369 requests/s on the bench where two took 680: BENCHMARKS.md); with
+    # the waiting requests in batches (api/routes/ingest.py). Fewer threads make larger
+    # batches (on the bench one took 787 requests/s, two 680, eight 369: BENCHMARKS.md); two,
+    # so that one slow batch does not hold every phone of the process; with
     # `http_ingest_queue_max` requests already waiting, a new one is answered 503 with Retry-After.
     http_ingest_pipelines: Annotated[int, Field(ge=1)] = 2
     http_ingest_queue_max: Annotated[int, Field(ge=1)] = 5000

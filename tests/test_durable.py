@@ -350,6 +350,10 @@ def test_a_real_redis_short_of_replicas_is_an_outage_however_the_command_was_sen
         assert all("NOREPLICAS" in str(e) for e in errors)
         assert [transient_reason(e) for e in errors] == ["redis"] * len(errors)
         assert transient_reason(redis.ResponseError("ERR wrong number of arguments")) is None
+        # A pipeline's error repeats the command: an argument cannot pass for the code.
+        with pytest.raises(redis.ResponseError) as e:
+            r.pipeline(transaction=False).zrange("OOM x", "a", "b").execute()
+        assert "OOM x" in str(e.value) and transient_reason(e.value) is None
         r.close()
     finally:
         server.terminate()

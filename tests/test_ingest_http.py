@@ -294,9 +294,9 @@ def _pending(secret: str, device_id: str, t: float, **extra: str) -> ingest.Pend
 def test_a_message_that_breaks_its_batch_is_kept_alone_and_the_others_are_stored(
         client: TestClient, org: Org, db: psycopg.Connection, settings: Settings,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """As on MQTT: a batch that fails for a reason of its data is recorded message by message;
-    the message that still fails is kept as a dead letter with the error (answered 200, so the
-    phone's queue moves on) and the rest of the batch is stored."""
+    """A batch that fails for a reason of one message is recorded around it: the message that
+    still fails alone is kept as a dead letter with the error (answered 200, so the phone's
+    queue moves on) and the rest of the batch is stored."""
     cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
     process = Pipeline.process
 
@@ -324,7 +324,7 @@ def test_a_message_that_breaks_its_batch_is_kept_alone_and_the_others_are_stored
     assert db.execute("SELECT count(*) FROM positions").fetchone() == (2,)
     assert db.execute("SELECT reason, detail, device_id FROM dead_letters").fetchall() == [
         ("processing_error", "RuntimeError: boom", cred["device_id"])]
-    assert calls == [3, 1, 2, 1, 1]  # the batch, then in halves down to the poisoned message
+    assert calls == [3, 1, 1, 1]  # the batch, its two ends alone, then the middle
 
 
 def test_over_the_queue_limit_a_request_is_told_to_come_back(
@@ -422,3 +422,40 @@ def test_a_request_that_waited_too_long_is_told_to_come_back_not_recorded(
     finally:
         b.close()
     assert db.execute("SELECT count(*) FROM positions").fetchone() == (1,)
+
+
+def test_a_failure_every_message_meets_records_nothing_and_every_phone_keeps_its_fix(
+        client: TestClient, org: Org, db: psycopg.Connection, settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code and schema out of step in a deployment, a revoked grant, a defect every fix meets:
+    the failure is the server's, not a message's. Nothing is dead-lettered (a dead letter is
+    answered 200 and the phone would drop its fix): the error reaches every request (500) and
+    the phones send their fixes again once the server is mended."""
+    cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
+    process = Pipeline.process
+    calls: list[int] = []
+
+    def broken(self, messages, now=None, **kw):  # type: ignore[no-untyped-def]
+        calls.append(len(messages))
+        raise psycopg.errors.UndefinedColumn('column "late" does not exist')
+
+    monkeypatch.setattr(Pipeline, "process", broken)
+    t0 = time.time() - 300
+    batch = [_pending(cred["secret"], cred["device_id"], t0 + 60 * k) for k in range(5)]
+    p = Pipeline.connect(settings)
+    try:
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            ingest.record_batch(p, batch)
+    finally:
+        p.close()
+    assert calls == [5, 1, 1]  # the batch and its two ends alone, not each message in turn
+    assert not any(r.outcome.done() for r in batch)  # the batch thread answers them 500
+    # A lone request meets it too: 500 (the test client raises it), as before batching.
+    with pytest.raises(RuntimeError, match="UndefinedColumn"):
+        client.get(f"{API}/ingest/osmand/{cred['secret']}",
+                   params=_traccar_client_params(cred["device_id"], deep_inside(JIANGAN)))
+    assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
+    monkeypatch.setattr(Pipeline, "process", process)
+    r = client.get(f"{API}/ingest/osmand/{cred['secret']}",
+                   params=_traccar_client_params(cred["device_id"], deep_inside(JIANGAN)))
+    assert (r.status_code, r.json()) == (200, {"accepted": 1, "duplicates": 0})

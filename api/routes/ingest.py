@@ -30,9 +30,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import queue
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
@@ -134,7 +137,8 @@ class _Batcher:
                 q.put(_STOP)
         deadline = time.monotonic() + 30
         for t in threads:
-            t.join(timeout=max(0.0, deadline - time.monotonic()))
+            if t is not None:  # (a thread whose start failed)
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
         stops = 0
         while True:
             try:
@@ -166,6 +170,8 @@ class _Batcher:
     def _run(self, q: queue.SimpleQueue[Any], settings: Settings) -> None:
         p: Pipeline | None = None
         stop = False
+        token = (f"http:{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:"
+                 f"{uuid.uuid4().hex[:8]}")
         try:
             while not stop:
                 item = q.get()
@@ -183,8 +189,9 @@ class _Batcher:
                 if not batch:
                     continue
                 try:
-                    if p is None:
-                        p = Pipeline.connect(get_settings())
+                    if p is None:  # the same lease token for the thread's next pipeline:
+                        # it takes over at once leases a failed one could not give back
+                        p = Pipeline.connect(get_settings(), owner_token=token)
                     record_batch(p, batch)
                 except Exception as e:
                     _discard(p)
@@ -366,14 +373,61 @@ def record_batch(p: Pipeline, batch: Sequence[Pending]) -> None:
     _process(p, todo)
 
 
+# The database refuses the message's own data (a value out of range, a constraint): no retry
+# can help, whatever else happens to the batch.
+_REFUSED_DATA = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+
+
 def _process(p: Pipeline, todo: Sequence[tuple[Pending, RawMessage]]) -> None:
-    """The messages judged and committed in one transaction. If that fails for a reason of the
-    data (not a service outage, `transient_reason`), the batch is tried again in halves until
-    the message that fails is alone; it is kept as a dead letter with the error as its reason,
-    as the MQTT worker does, and answered 200, so that the phone's queue moves on. Messages of
-    a device another writer holds past DEVICE_WAIT_S are answered 503 (the phone resends)."""
-    if not todo:
+    """The messages judged and committed in one transaction; messages of a device another
+    writer holds past DEVICE_WAIT_S are answered 503 (the phone resends).
+
+    If that fails and it is not a service outage (`transient_reason`), the batch's two ends are
+    tried alone. Both failing the same way means the failure is the server's, not a message's
+    (code and schema out of step in a deployment, a revoked grant, a defect every fix meets):
+    the error propagates, nothing is recorded and every phone is answered 500 and keeps its
+    fix. Otherwise the rest is tried in halves until each message that fails is alone, and that
+    one is kept as a dead letter with the error as its reason (answered 200, so the phone's
+    queue moves on), as is any message whose data the database refuses. A lone request that
+    fails for another reason is answered 500, as before batching."""
+    err = _attempt(p, todo)
+    if err is None:
         return
+    if len(todo) == 1:
+        if not isinstance(err, _REFUSED_DATA):
+            raise err
+        _dead_letter(p, todo[0], err)
+        return
+    log.warning("HTTP ingest batch of %d failed (%r); trying its ends alone", len(todo), err)
+    ends = [todo[0], todo[-1]]
+    errors = [_attempt(p, [item]) for item in ends]
+    if all(e is not None and type(e) is type(err) and not isinstance(e, _REFUSED_DATA)
+           for e in errors):
+        raise err
+    for item, e in zip(ends, errors, strict=True):
+        if e is not None:
+            _dead_letter(p, item, e)
+    _halves(p, todo[1:-1])
+
+
+def _halves(p: Pipeline, todo: Sequence[tuple[Pending, RawMessage]]) -> None:
+    """Record the messages in halves until each one that fails is alone: a dead letter."""
+    err = _attempt(p, todo)
+    if err is None:
+        return
+    if len(todo) == 1:
+        _dead_letter(p, todo[0], err)
+        return
+    half = len(todo) // 2
+    _halves(p, todo[:half])
+    _halves(p, todo[half:])
+
+
+def _attempt(p: Pipeline, todo: Sequence[tuple[Pending, RawMessage]]) -> Exception | None:
+    """Judge and commit the messages and answer each; the error if that failed for a reason
+    other than a service outage (which propagates). Nothing of a failed attempt is kept."""
+    if not todo:
+        return None
     try:
         results = p.process([m for _, m in todo], wait_s=DEVICE_WAIT_S, partial=True)
     except Exception as e:
@@ -381,25 +435,23 @@ def _process(p: Pipeline, todo: Sequence[tuple[Pending, RawMessage]]) -> None:
             raise
         if not p.conn.closed:
             p.conn.rollback()
-        if len(todo) > 1:
-            log.warning("HTTP ingest batch of %d failed (%r); recording it in halves",
-                        len(todo), e)
-            half = len(todo) // 2
-            _process(p, todo[:half])
-            _process(p, todo[half:])
-            return
-        req, msg = todo[0]
-        log.error("message from %s cannot be stored: %s", msg.device_id, e)
-        reason = "storage_error" if isinstance(e, psycopg.Error) else "processing_error"
-        detail = f"{type(e).__name__}: {e}"[:2000]
-        p.reject(msg, reason, detail)
-        _settle(req, MessageResult(ok=False, reason=reason, detail=detail))
-        return
+        return e
     for (req, _), res in zip(todo, results, strict=True):
         if res.reason == BUSY and not res.ok:
             _settle(req, exc=_busy(res.detail or "the device is busy; retry"))
         else:
             _settle(req, res)
+    return None
+
+
+def _dead_letter(p: Pipeline, item: tuple[Pending, RawMessage], e: Exception) -> None:
+    """Keep a message that fails on its own as a dead letter, the error as its reason."""
+    req, msg = item
+    log.error("message from %s cannot be stored: %r", msg.device_id, e)
+    reason = "storage_error" if isinstance(e, psycopg.Error) else "processing_error"
+    detail = f"{type(e).__name__}: {e}"[:2000]
+    p.reject(msg, reason, detail)
+    _settle(req, MessageResult(ok=False, reason=reason, detail=detail))
 
 
 async def _submit(req: Pending) -> MessageResult:
