@@ -371,8 +371,17 @@ class Pipeline:
 
     def reject(self, msg: RawMessage, reason: str, detail: str) -> None:
         """Dead-letter one message on its own (used when a batch cannot be stored)."""
+        self.reject_many([(msg, reason, detail)])
+
+    def reject_many(self, rejected: Sequence[tuple[RawMessage, str, str]]) -> None:
+        """Dead-letter messages without processing them, in one transaction: (message,
+        reason, detail) each."""
+        if not rejected:
+            return
         with self.conn.transaction():
-            self._write_dead_letters([msg], [(0, reason, detail[:2000])])
+            self._write_dead_letters([m for m, _, _ in rejected],
+                                     [(i, reason, detail[:2000])
+                                      for i, (_, reason, detail) in enumerate(rejected)])
 
     def _track_silences(
         self, messages: Sequence[RawMessage], decoded: Sequence[tuple[int, Decoded]],

@@ -16,6 +16,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from api.errors import DomainError
 from api.routes import ingest
 from ingest.pipeline import Channel, Pipeline, RawMessage
 from store.settings import Settings, set_settings
@@ -459,3 +460,80 @@ def test_a_failure_every_message_meets_records_nothing_and_every_phone_keeps_its
     r = client.get(f"{API}/ingest/osmand/{cred['secret']}",
                    params=_traccar_client_params(cred["device_id"], deep_inside(JIANGAN)))
     assert (r.status_code, r.json()) == (200, {"accepted": 1, "duplicates": 0})
+
+
+def test_unknown_credentials_in_one_batch_are_counted_and_sampled_in_arrival_order(
+        client: TestClient, org: Org, db: psycopg.Connection, rds: redis.Redis,
+        settings: Settings) -> None:
+    """A burst of guessed secrets arriving together is handled as one request after another
+    would be (the first within the source's rate kept as samples, the rest answered 429 and
+    only counted), in a few round trips and one transaction for the batch's dead letters; the
+    phone among them is stored as usual."""
+    cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
+    set_settings(settings.model_copy(update={"ingest_unknown_rate_per_min": 1,
+                                             "ingest_unknown_rate_burst": 2}))
+    try:
+        guesses = [_pending(f"guess-{k}", "x", time.time() - 60) for k in range(4)]
+        for g in guesses:
+            g.msg = replace(g.msg, remote="198.51.100.7")
+        phone = _pending(cred["secret"], cred["device_id"], time.time() - 30)
+        batch = [guesses[0], phone, *guesses[1:]]
+        p = Pipeline.connect(settings)
+        try:
+            ingest.record_batch(p, batch)
+            codes = []
+            for g in guesses:
+                with pytest.raises(DomainError) as e:
+                    g.outcome.result(timeout=0)
+                codes.append(e.value.status_code)
+            assert codes == [401, 401, 429, 429]
+            assert phone.outcome.result(timeout=0).accepted == 1
+            rows = db.execute("SELECT reason, detail, xmin::text FROM dead_letters").fetchall()
+            assert [(r, d) for r, d, _ in rows] == [
+                ("unknown_device", "no valid device credentials")] * 2
+            assert len({x for _, _, x in rows}) == 1  # one transaction for both
+            prefix = settings.redis_prefix
+            assert int(rds.get(f"{prefix}ingest:unknown_credentials") or 0) == 4
+            # The next sample kept from that address says how many were only counted.
+            for key in rds.scan_iter(f"{prefix}ratelimit:ingest-unknown:*"):
+                rds.delete(key)
+            later = _pending("guess-again", "x", time.time())
+            later.msg = replace(later.msg, remote="198.51.100.7")
+            ingest.record_batch(p, [later])
+        finally:
+            p.close()
+    finally:
+        set_settings(settings)
+    (detail,) = db.execute("SELECT detail FROM dead_letters ORDER BY id DESC LIMIT 1").fetchone()
+    assert "2 more request(s) from 198.51.100.7" in detail
+
+
+def test_a_dead_letter_that_cannot_be_kept_fails_only_its_own_request(
+        org: Org, db: psycopg.Connection, settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's dead letters go in one transaction; if one of them cannot be written, the
+    others are kept one by one and only its own request is answered 500 (its phone resends)."""
+    write = Pipeline._write_dead_letters
+
+    def fussy(self, messages, dead):  # type: ignore[no-untyped-def]
+        if any(m.remote == "203.0.113.66" for m in messages):
+            raise ValueError("this one cannot be written")
+        return write(self, messages, dead)
+
+    monkeypatch.setattr(Pipeline, "_write_dead_letters", fussy)
+    batch = [_pending(f"guess-{k}", "x", time.time() - 60) for k in range(3)]
+    for g, remote in zip(batch, ("198.51.100.1", "203.0.113.66", "198.51.100.2"), strict=True):
+        g.msg = replace(g.msg, remote=remote)
+    p = Pipeline.connect(settings)
+    try:
+        ingest.record_batch(p, batch)
+    finally:
+        p.close()
+    with pytest.raises(ingest.Unauthorized):
+        batch[0].outcome.result(timeout=0)
+    with pytest.raises(RuntimeError, match="cannot be kept"):
+        batch[1].outcome.result(timeout=0)
+    with pytest.raises(ingest.Unauthorized):
+        batch[2].outcome.result(timeout=0)
+    assert db.execute("SELECT remote FROM dead_letters ORDER BY id").fetchall() == [
+        ("198.51.100.1",), ("198.51.100.2",)]

@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -51,7 +51,7 @@ from api.authz import declared
 from api.errors import DomainError, TooManyRequests, Unauthorized, Unavailable
 from api.security import hash_device_secret, secret_matches
 from ingest.pipeline import BUSY, Channel, MessageResult, Pipeline, RawMessage, transient_reason
-from store.ratelimit import allow, allow_many
+from store.ratelimit import allow_many
 from store.settings import Settings, get_settings
 
 router = APIRouter(prefix="/ingest", tags=["ingest (phones)"])
@@ -307,32 +307,52 @@ def _authenticate(p: Pipeline, batch: Sequence[Pending]) -> list[str | None]:
     return out
 
 
-def _unknown(p: Pipeline, msg: RawMessage, s: Settings, unauthorized: str) -> NoReturn:
-    """Unknown credentials: counted always; kept (a dead letter cut to a sample) only within the
-    source address's rate, so that nobody can fill the disk by guessing."""
-    source = msg.remote or "unknown"
-    p.redis.incr(f"{p.prefix}ingest:unknown_credentials")  # every such request, for the record
-    unsampled = f"{p.prefix}ingest:unknown_unsampled:{source}"
-    decision = allow(p.redis, f"{p.prefix}ratelimit:ingest-unknown:{source}",
-                     s.ingest_unknown_rate_per_min, 60.0, s.ingest_unknown_rate_burst)
-    if not decision.allowed:
-        with p.redis.pipeline() as r:
-            r.incr(unsampled)
-            r.expire(unsampled, 86400)  # a source that stops sending is forgotten in a day
-            r.execute()
-        raise TooManyRequests(
-            f"too many requests with unknown credentials from this address; retry after "
-            f"{decision.retry_after_header} s", "rate_limited",
-            headers={"Retry-After": decision.retry_after_header})
-    skipped = int(p.redis.getdel(unsampled) or 0)
-    raw = (orjson.dumps(dict(msg.params)) if msg.channel == Channel.OSMAND_QUERY and msg.params
-           else msg.payload)
-    detail = "no valid device credentials" + (
-        f"; {skipped} more request(s) from {source} since the last one kept were only counted"
-        if skipped else "")
-    p.reject(replace(msg, payload=raw[: s.ingest_unknown_sample_bytes], params=None,
-                     size=msg.size or len(raw)), "unknown_device", detail)
-    raise Unauthorized(unauthorized)
+_Rejected = tuple[Pending, RawMessage, str, str]  # a dead letter to keep: request, message, reason, detail
+
+
+def _unknowns(p: Pipeline, reqs: Sequence[Pending], s: Settings, rejected: list[_Rejected]
+              ) -> list[tuple[Pending, DomainError]]:
+    """Requests with unknown credentials, the batch's together (two Redis round trips, their
+    dead letters in the batch's one transaction of rejections): each counted; kept (a dead
+    letter cut to a sample, added to `rejected`) only within its source address's rate, so
+    that nobody can fill the disk by guessing. Returns each request's answer (401, or 429
+    beyond the rate), to give once the dead letters are committed."""
+    if not reqs:
+        return []
+    sources = [r.msg.remote or "unknown" for r in reqs]
+    decisions = allow_many(p.redis, [f"{p.prefix}ratelimit:ingest-unknown:{src}" for src in sources],
+                           s.ingest_unknown_rate_per_min, 60.0, s.ingest_unknown_rate_burst)
+    pipe = p.redis.pipeline(transaction=False)  # in arrival order, as one request after another
+    pipe.incrby(f"{p.prefix}ingest:unknown_credentials", len(reqs))  # every one, for the record
+    for src, decision in zip(sources, decisions, strict=True):
+        unsampled = f"{p.prefix}ingest:unknown_unsampled:{src}"
+        if decision.allowed:
+            pipe.getdel(unsampled)
+        else:
+            pipe.incr(unsampled)
+            pipe.expire(unsampled, 86400)  # a source that stops sending is forgotten in a day
+    replies = iter(pipe.execute()[1:])
+    answers: list[tuple[Pending, DomainError]] = []
+    for req, src, decision in zip(reqs, sources, decisions, strict=True):
+        if not decision.allowed:
+            next(replies), next(replies)
+            answers.append((req, TooManyRequests(
+                f"too many requests with unknown credentials from this address; retry after "
+                f"{decision.retry_after_header} s", "rate_limited",
+                headers={"Retry-After": decision.retry_after_header})))
+            continue
+        skipped = int(next(replies) or 0)
+        msg = req.msg
+        raw = (orjson.dumps(dict(msg.params)) if msg.channel == Channel.OSMAND_QUERY and msg.params
+               else msg.payload)
+        detail = "no valid device credentials" + (
+            f"; {skipped} more request(s) from {src} since the last one kept were only counted"
+            if skipped else "")
+        rejected.append((req, replace(msg, payload=raw[: s.ingest_unknown_sample_bytes],
+                                      params=None, size=msg.size or len(raw)),
+                         "unknown_device", detail))
+        answers.append((req, Unauthorized(req.unauthorized)))
+    return answers
 
 
 def record_batch(p: Pipeline, batch: Sequence[Pending]) -> None:
@@ -344,33 +364,55 @@ def record_batch(p: Pipeline, batch: Sequence[Pending]) -> None:
     every request not settled yet with 503)."""
     s = get_settings()  # not p.settings: pipelines outlive a settings change
     devices = _authenticate(p, batch)
-    known: list[tuple[Pending, RawMessage]] = []
-    for req, dev in zip(batch, devices, strict=True):
-        if dev is None:
-            try:
-                _unknown(p, req.msg, s, req.unauthorized)
-            except DomainError as e:
-                _settle(req, exc=e)
-        else:
-            known.append((req, replace(req.msg, device_id=dev)))
+    known = [(req, replace(req.msg, device_id=dev))
+             for req, dev in zip(batch, devices, strict=True) if dev is not None]
+    rejected: list[_Rejected] = []  # dead letters, kept before any answer
+    answers = _unknowns(p, [req for req, dev in zip(batch, devices, strict=True) if dev is None],
+                        s, rejected)
     rates = allow_many(p.redis, [f"{p.prefix}ratelimit:ingest:{m.device_id}" for _, m in known],
                        s.ingest_rate_per_min, 60.0, s.ingest_rate_burst)
     todo: list[tuple[Pending, RawMessage]] = []
+    results: list[tuple[Pending, MessageResult]] = []
     for (req, msg), decision in zip(known, rates, strict=True):
         if not decision.allowed:
             detail = (f"over {s.ingest_rate_per_min} requests/min (burst {s.ingest_rate_burst}); "
                       f"retry after {decision.retry_after_header} s")
-            p.reject(msg, "rate_limited", detail)
-            _settle(req, exc=TooManyRequests(detail, "rate_limited",
-                                             headers={"Retry-After": decision.retry_after_header}))
+            rejected.append((req, msg, "rate_limited", detail))
+            answers.append((req, TooManyRequests(
+                detail, "rate_limited", headers={"Retry-After": decision.retry_after_header})))
         elif req.body.oversized:
             detail = (f"{'more than ' if req.body.counted else ''}{req.body.size} bytes > limit "
                       f"{s.max_payload_bytes}; the first {s.max_payload_bytes} bytes are kept")
-            p.reject(msg, "oversized", detail)
-            _settle(req, MessageResult(ok=False, reason="oversized", detail=detail))
+            rejected.append((req, msg, "oversized", detail))
+            results.append((req, MessageResult(ok=False, reason="oversized", detail=detail)))
         else:
             todo.append((req, msg))
+    _keep(p, rejected)
+    for req, e in answers:
+        _settle(req, exc=e)
+    for req, res in results:
+        _settle(req, res)
     _process(p, todo)
+
+
+def _keep(p: Pipeline, rejected: Sequence[_Rejected]) -> None:
+    """The batch's dead letters in one transaction; if that fails for a reason other than an
+    outage, each alone, and a request whose own cannot be kept is answered 500 (as before
+    batching: its phone sends it again)."""
+    try:
+        p.reject_many([(m, reason, detail) for _, m, reason, detail in rejected])
+        return
+    except Exception as e:
+        if transient_reason(e) is not None:
+            raise
+    for req, m, reason, detail in rejected:
+        try:
+            p.reject(m, reason, detail)
+        except Exception as e:
+            if transient_reason(e) is not None:
+                raise
+            log.error("dead letter of %s cannot be kept: %r", m.device_id, e)
+            _settle(req, exc=RuntimeError(f"the message cannot be kept: {e!r}"))
 
 
 # The database refuses the message's own data (a value out of range, a constraint): no retry
