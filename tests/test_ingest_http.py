@@ -509,10 +509,12 @@ def test_unknown_credentials_in_one_batch_are_counted_and_sampled_in_arrival_ord
 
 
 def test_a_dead_letter_that_cannot_be_kept_fails_only_its_own_request(
-        org: Org, db: psycopg.Connection, settings: Settings,
+        client: TestClient, org: Org, db: psycopg.Connection, settings: Settings,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The batch's dead letters go in one transaction; if one of them cannot be written, the
-    others are kept one by one and only its own request is answered 500 (its phone resends)."""
+    others are kept one by one and only its own request is answered 500 (its phone resends);
+    the phone in the same batch is stored as usual."""
+    cred = enrol(client, login(client, "jiangan-officer"), org.supervisee_id)
     write = Pipeline._write_dead_letters
 
     def fussy(self, messages, dead):  # type: ignore[no-untyped-def]
@@ -524,11 +526,14 @@ def test_a_dead_letter_that_cannot_be_kept_fails_only_its_own_request(
     batch = [_pending(f"guess-{k}", "x", time.time() - 60) for k in range(3)]
     for g, remote in zip(batch, ("198.51.100.1", "203.0.113.66", "198.51.100.2"), strict=True):
         g.msg = replace(g.msg, remote=remote)
+    phone = _pending(cred["secret"], cred["device_id"], time.time() - 30)
     p = Pipeline.connect(settings)
     try:
-        ingest.record_batch(p, batch)
+        ingest.record_batch(p, [*batch, phone])
     finally:
         p.close()
+    assert phone.outcome.result(timeout=0).accepted == 1
+    assert db.execute("SELECT device_id FROM positions").fetchall() == [(cred["device_id"],)]
     with pytest.raises(ingest.Unauthorized):
         batch[0].outcome.result(timeout=0)
     with pytest.raises(RuntimeError, match="cannot be kept"):

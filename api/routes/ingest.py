@@ -405,13 +405,16 @@ def _keep(p: Pipeline, rejected: Sequence[_Rejected]) -> None:
     except Exception as e:
         if transient_reason(e) is not None:
             raise
+        log.warning("the batch's %d dead letter(s) failed together (%r); keeping them one by one",
+                    len(rejected), e)
     for req, m, reason, detail in rejected:
         try:
             p.reject(m, reason, detail)
         except Exception as e:
             if transient_reason(e) is not None:
                 raise
-            log.error("dead letter of %s cannot be kept: %r", m.device_id, e)
+            log.error("dead letter (%s) of %s from %s cannot be kept: %r", reason,
+                      m.device_id or "an unknown device", m.remote, e)
             _settle(req, exc=RuntimeError(f"the message cannot be kept: {e!r}"))
 
 
