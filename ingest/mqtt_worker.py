@@ -45,7 +45,6 @@ import zlib
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-import psycopg
 import redis
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -491,10 +490,8 @@ class MqttIngestWorker:
                 log.exception("message on %s cannot be processed; dead-lettered", raw.topic)
                 if not pipeline.conn.closed:
                     pipeline.conn.rollback()
-                reason = ("storage_error" if isinstance(e, psycopg.Error) else "processing_error")
-                pipeline.reject(raw, reason, f"{type(e).__name__}: {e}")
+                results.append(pipeline.reject_failed(raw, e))
                 POISONED.inc()
-                results.append(MessageResult(ok=False, reason=reason))
         return results
 
     def stop(self) -> None:

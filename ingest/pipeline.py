@@ -60,8 +60,8 @@ def transient_reason(e: BaseException) -> str | None:
     service that does not answer or cannot take writes now (a Redis master demoted in a
     failover answers READONLY, one at its memory limit OOM, one short of replicas NOREPLICAS,
     one that cannot persist MISCONF; a PostgreSQL standby refuses writes), or devices other
-    writers hold too long. Anything else is a property of the
-    message: retrying it would fail the same way, so it is kept as a dead letter."""
+    writers hold too long. Anything else is a property of the message: retrying it would fail
+    the same way, so it is kept as a dead letter."""
     if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError,
                       psycopg.errors.ReadOnlySqlTransaction)):
         return "database"
@@ -372,6 +372,15 @@ class Pipeline:
     def reject(self, msg: RawMessage, reason: str, detail: str) -> None:
         """Dead-letter one message on its own (used when a batch cannot be stored)."""
         self.reject_many([(msg, reason, detail)])
+
+    def reject_failed(self, msg: RawMessage, e: BaseException) -> MessageResult:
+        """Dead-letter a message that makes processing raise (not an outage), alone, with the
+        error as its reason: `storage_error` when the database refused it, else
+        `processing_error`."""
+        reason = "storage_error" if isinstance(e, psycopg.Error) else "processing_error"
+        detail = f"{type(e).__name__}: {e}"[:2000]
+        self.reject(msg, reason, detail)
+        return MessageResult(ok=False, reason=reason, detail=detail)
 
     def reject_many(self, rejected: Sequence[tuple[RawMessage, str, str]]) -> None:
         """Dead-letter messages without processing them, in one transaction: (message,

@@ -44,6 +44,7 @@ from simulators.bench import (
     fresh_database,
     machine_facts,
 )
+from store.backup import free_port
 
 # The secret of simulated phone i: derived, so that the load generator can name it; the database
 # keeps only its hash, as for every phone.
@@ -134,14 +135,6 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_up(port: int, timeout: float = 60.0) -> None:
     import http.client
 
@@ -200,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     clear_redis(env)
     fresh_database(env, a.phones, "http://127.0.0.1:9/unused")
     set_known_secrets(env.dsn, a.phones)
-    port = _free_port()
+    port = free_port()
     child_env = {**os.environ, "CCS_DATABASE_URL": env.url, "CCS_REDIS_URL": env.redis_url,
                  "CCS_REDIS_PREFIX": BENCH_PREFIX, "CCS_MQTT_HOST": env.mqtt_host,
                  "CCS_MQTT_PORT": str(env.mqtt_port), "PYTHONUNBUFFERED": "1"}

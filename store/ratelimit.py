@@ -68,9 +68,7 @@ def allow(r: redis.Redis, key: str, limit: int, window_s: float, burst: int | No
     A refused request is not counted, so a client that keeps retrying too fast is let through
     again as soon as its rate drops.
     """
-    interval, tolerance = _params(limit, window_s, burst)
-    allowed, wait_us, remaining = r.eval(_GCRA, 1, key, interval, tolerance)  # type: ignore[misc]
-    return RateDecision(bool(allowed), float(wait_us) / 1_000_000, int(remaining))
+    return allow_many(r, [key], limit, window_s, burst)[0]
 
 
 def allow_many(r: redis.Redis, keys: list[str], limit: int, window_s: float,

@@ -216,7 +216,6 @@ def _discard(p: Pipeline | None) -> None:
             p.close()
         except Exception:  # already broken: nothing to give back
             log.debug("closing a failed ingest pipeline", exc_info=True)
-    return None
 
 
 def _settle(req: Pending, result: MessageResult | None = None,
@@ -493,10 +492,7 @@ def _dead_letter(p: Pipeline, item: tuple[Pending, RawMessage], e: Exception) ->
     """Keep a message that fails on its own as a dead letter, the error as its reason."""
     req, msg = item
     log.error("message from %s cannot be stored: %r", msg.device_id, e)
-    reason = "storage_error" if isinstance(e, psycopg.Error) else "processing_error"
-    detail = f"{type(e).__name__}: {e}"[:2000]
-    p.reject(msg, reason, detail)
-    _settle(req, MessageResult(ok=False, reason=reason, detail=detail))
+    _settle(req, p.reject_failed(msg, e))
 
 
 async def _submit(req: Pending) -> MessageResult:
